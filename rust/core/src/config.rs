@@ -1,0 +1,686 @@
+//! Engine and rules configuration: YAML in, validated plain structs out.
+//!
+//! Parsing has two stages. serde-saphyr reads the text into `Raw*` structs whose leaves are
+//! [`Spanned`] (so every value knows its line); unknown keys and wrong types stop there with the
+//! parser's own message and line. Validation then checks every value, collects **every** problem
+//! with its key path and line, and only if there are none builds the plain [`EngineConfig`] /
+//! [`Rule`] values the engine uses.
+//!
+//! # Example: an engine configuration
+//!
+//! ```
+//! let cfg = scale_core::EngineConfig::from_yaml(r#"
+//! mode: keyed
+//! sampler: { n_trees: 10, height: 8, window_size: 250, min_score: 0.7, train_size: 500 }
+//! rules:
+//!   - name: checkout-latency
+//!     match: { service: checkoutservice, operation: "oteldemo.CheckoutService/*" }
+//!     when: { duration_above: 500ms }
+//!     count: 5
+//!     window: 30s
+//!     action: { kind: auto, target: { kind: Deployment, namespace: shop, name: checkout }, max: 10 }
+//! "#)?;
+//! assert_eq!(cfg.rules[0].count, 5);
+//! assert_eq!(cfg.rules[0].window_ms, 30_000.0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_saphyr::Spanned;
+
+use crate::error::{ConfigError, ConfigProblem};
+
+/// Featurization mode. See the crate docs for the evaluation behind the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The source paper's and River's features: a sparse one-hot `service::operation` key plus
+    /// the duration in ms capped at `max_duration` and scaled to `[0, 1]`. Kept to reproduce the
+    /// paper.
+    Paper,
+    /// Each span is judged against its own key's latency baseline (see [`crate::features`]).
+    #[default]
+    Keyed,
+}
+
+/// Sampler parameters (the paper's six, plus the seed).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SamplerConfig {
+    /// Half-Space-Trees in the forest. Default [`SamplerConfig::DEFAULT.n_trees`].
+    pub n_trees: u32,
+    /// Tree height (`height + 1` levels).
+    pub height: u32,
+    /// Spans per tumbling mass window.
+    pub window_size: u32,
+    /// A span is kept iff its score is at least this (0–1).
+    pub min_score: f64,
+    /// Durations are capped here, in milliseconds.
+    pub max_duration_ms: f64,
+    /// Spans only learned before any keep decision.
+    pub train_size: u64,
+    /// Seed for tree construction.
+    pub seed: u64,
+}
+
+impl SamplerConfig {
+    /// Defaults: the forest River ships with (10 trees, height 8, window 250), the paper's
+    /// `max_duration` of 50 s, and the keep threshold and training prefix tuned for `keyed` mode
+    /// on the paper's stream (see BENCHMARKS.md).
+    pub const DEFAULT: SamplerConfig = SamplerConfig {
+        n_trees: 10,
+        height: 8,
+        window_size: 250,
+        min_score: 0.75,
+        max_duration_ms: 50_000.0,
+        train_size: 1_000,
+        seed: 42,
+    };
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Bounds on the key table.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KeysConfig {
+    /// Distinct `service::operation` keys remembered; past this, spans share one overflow key
+    /// (counted). Bounds memory: roughly 100 bytes plus the name per key.
+    pub max_keys: u32,
+}
+
+impl KeysConfig {
+    /// Default bound: 10,000 keys.
+    pub const DEFAULT: KeysConfig = KeysConfig { max_keys: 10_000 };
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// What a fired rule asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// Change the replica count.
+    Horizontal,
+    /// Change cpu/memory of the workload's pods.
+    Vertical,
+    /// Decide from the evidence: see [`crate::rules`].
+    Auto,
+}
+
+impl ActionKind {
+    /// The lowercase name used in YAML and in span events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Horizontal => "horizontal",
+            ActionKind::Vertical => "vertical",
+            ActionKind::Auto => "auto",
+        }
+    }
+}
+
+/// The workload a rule scales.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// `Deployment` or `StatefulSet`.
+    pub kind: String,
+    /// Namespace; default `default`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Object name.
+    pub name: String,
+}
+
+fn default_namespace() -> String {
+    "default".to_string()
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// Resource steps for vertical actions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct VerticalConfig {
+    /// Container to resize; default: the pod's first container.
+    pub container: Option<String>,
+    /// Multiply cpu requests/limits by this per step (default 1.5).
+    pub factor: f64,
+    /// Upper bound for cpu, in millicores (default 4000).
+    pub max_cpu_millis: u64,
+    /// Upper bound for memory, in MiB (default 8192).
+    pub max_memory_mib: u64,
+}
+
+/// A rule's action: what to scale, and the limits the daemon plans within.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    /// horizontal, vertical or auto.
+    pub kind: ActionKind,
+    /// The workload.
+    pub target: Target,
+    /// Fewest replicas (default 1).
+    pub min: u32,
+    /// Most replicas.
+    pub max: u32,
+    /// Replicas added per action (default 1).
+    pub step: u32,
+    /// Minimum time between two scale-ups, ms (default 60 s).
+    pub cooldown_ms: f64,
+    /// Quiet time (no decision) after which the daemon scales back down one step, ms (default 300 s).
+    pub scale_down_after_ms: f64,
+    /// Vertical settings.
+    pub vertical: VerticalConfig,
+}
+
+/// Matching of a span's service and operation; `*` and `?` globs allowed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Match {
+    /// Service name pattern (default `*`).
+    pub service: String,
+    /// Operation (span name) pattern (default `*`).
+    pub operation: String,
+}
+
+/// A latency rule: `Count(spans matching with duration > T [and anomalous], W) ≥ N`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rule {
+    /// Unique name; carried by decisions (`scale.rule`).
+    pub name: String,
+    /// Which spans the rule watches.
+    pub matcher: Match,
+    /// Breach if duration is above this, ms (`None`: any duration).
+    pub duration_above_ms: Option<f64>,
+    /// Breach only if the span is also anomalous (score ≥ min_score).
+    pub anomalous: bool,
+    /// N: breaches within the window that fire the rule.
+    pub count: u32,
+    /// W: the sliding window, ms.
+    pub window_ms: f64,
+    /// What to do.
+    pub action: Action,
+}
+
+/// Tuning of the `keyed` featurization (see [`crate::features`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KeyedConfig {
+    /// Weight of each new observation in a key's baseline (EWMA rate, 0–1).
+    pub baseline_rate: f64,
+    /// Spans a key must have seen before its baseline is trusted.
+    pub min_key_count: u32,
+}
+
+impl KeyedConfig {
+    /// Defaults.
+    pub const DEFAULT: KeyedConfig = KeyedConfig { baseline_rate: 0.02, min_key_count: 8 };
+}
+
+impl Default for KeyedConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The whole engine configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct EngineConfig {
+    /// Featurization mode.
+    pub mode: Mode,
+    /// Sampler parameters.
+    pub sampler: SamplerConfig,
+    /// Key table bounds.
+    pub keys: KeysConfig,
+    /// Keyed-mode tuning.
+    pub keyed: KeyedConfig,
+    /// Latency rules.
+    pub rules: Vec<Rule>,
+}
+
+/// A rules file: just `rules:` (shared by the collector and the daemon).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RulesFile {
+    /// The rules.
+    pub rules: Vec<Rule>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw (spanned) forms.
+
+type S<T> = Spanned<T>;
+
+/// A duration: a number of milliseconds, or a string with a unit (`250us`, `500ms`, `30s`, `5m`,
+/// `1h`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DurationMs(pub f64);
+
+impl<'de> Deserialize<'de> for DurationMs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            N(f64),
+            S(String),
+        }
+        match Either::deserialize(d)? {
+            Either::N(n) => Ok(DurationMs(n)),
+            Either::S(s) => parse_duration_ms(&s).map(DurationMs).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parse `"500ms"`, `"1.5s"`, `"2m"`, `"1h"`, `"250us"`, `"10ns"` or a bare number (ms).
+pub fn parse_duration_ms(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+' || c == 'e' || c == 'E'))
+        .unwrap_or(t.len());
+    // "1e3ms" is fine; but "5m" must not be read as exponent-less number "5" + "m": find already
+    // stops at the first letter other than e/E, so handle a trailing unit starting with 'e' never
+    // (no such unit exists).
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected a number with a unit such as 500ms, 30s, 5m"))?;
+    let mult = match unit.trim() {
+        "" | "ms" => 1.0,
+        "ns" => 1e-6,
+        "us" | "µs" => 1e-3,
+        "s" => 1e3,
+        "m" => 60e3,
+        "h" => 3_600e3,
+        u => return Err(format!("invalid duration {s:?}: unknown unit {u:?} (use ns, us, ms, s, m or h)")),
+    };
+    Ok(v * mult)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSampler {
+    n_trees: Option<S<i64>>,
+    height: Option<S<i64>>,
+    window_size: Option<S<i64>>,
+    min_score: Option<S<f64>>,
+    max_duration: Option<S<DurationMs>>,
+    train_size: Option<S<i64>>,
+    seed: Option<S<u64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    max_keys: Option<S<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKeyed {
+    baseline_rate: Option<S<f64>>,
+    min_key_count: Option<S<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    service: Option<S<String>>,
+    operation: Option<S<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWhen {
+    duration_above: Option<S<DurationMs>>,
+    anomalous: Option<S<bool>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawVertical {
+    container: Option<S<String>>,
+    factor: Option<S<f64>>,
+    max_cpu_millis: Option<S<i64>>,
+    max_memory_mib: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAction {
+    kind: S<ActionKind>,
+    target: S<Target>,
+    min: Option<S<i64>>,
+    max: S<i64>,
+    step: Option<S<i64>>,
+    cooldown: Option<S<DurationMs>>,
+    scale_down_after: Option<S<DurationMs>>,
+    vertical: Option<RawVertical>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: S<String>,
+    #[serde(rename = "match", default)]
+    matcher: RawMatch,
+    #[serde(default)]
+    when: RawWhen,
+    count: S<i64>,
+    window: S<DurationMs>,
+    action: RawAction,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    mode: Option<S<Mode>>,
+    #[serde(default)]
+    sampler: RawSampler,
+    #[serde(default)]
+    keys: RawKeys,
+    #[serde(default)]
+    keyed: RawKeyed,
+    #[serde(default)]
+    rules: Vec<S<RawRule>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRulesFile {
+    #[serde(default)]
+    rules: Vec<S<RawRule>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation.
+
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn push<T>(&mut self, path: &str, v: &S<T>, msg: impl Into<String>) {
+        self.0.push(ConfigProblem { path: path.to_string(), line: v.referenced.line(), message: msg.into() });
+    }
+    fn push_at(&mut self, path: &str, line: u64, msg: impl Into<String>) {
+        self.0.push(ConfigProblem { path: path.to_string(), line, message: msg.into() });
+    }
+
+    /// An integer in `[lo, hi]`.
+    fn int(&mut self, path: &str, v: &Option<S<i64>>, lo: i64, hi: i64, default: i64) -> i64 {
+        match v {
+            None => default,
+            Some(s) if s.value < lo || s.value > hi => {
+                self.push(path, s, format!("must be between {lo} and {hi}, got {}", s.value));
+                default
+            }
+            Some(s) => s.value,
+        }
+    }
+
+    /// A finite float with `ok` true.
+    fn float(&mut self, path: &str, v: &Option<S<f64>>, ok: impl Fn(f64) -> bool, what: &str, default: f64) -> f64 {
+        match v {
+            None => default,
+            Some(s) if !s.value.is_finite() || !ok(s.value) => {
+                self.push(path, s, format!("must be {what}, got {}", s.value));
+                default
+            }
+            Some(s) => s.value,
+        }
+    }
+
+    fn duration(&mut self, path: &str, v: &Option<S<DurationMs>>, default: f64) -> f64 {
+        match v {
+            None => default,
+            Some(s) if !s.value.0.is_finite() || s.value.0 <= 0.0 => {
+                self.push(path, s, format!("must be a positive duration, got {}", s.value.0));
+                default
+            }
+            Some(s) => s.value.0,
+        }
+    }
+}
+
+fn parse_err(e: serde_saphyr::Error) -> ConfigError {
+    let line = e.location().map(|l| l.line()).unwrap_or(0);
+    ConfigError::new(vec![ConfigProblem { path: String::new(), line, message: e.to_string() }])
+}
+
+fn validate_rules(p: &mut Problems, raw: &[S<RawRule>], prefix: &str) -> Vec<Rule> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut names = std::collections::HashMap::new();
+    for (i, sr) in raw.iter().enumerate() {
+        let r = &sr.value;
+        let at = |k: &str| format!("{prefix}[{i}].{k}");
+        let name = r.name.value.trim().to_string();
+        if name.is_empty() {
+            p.push(&at("name"), &r.name, "must not be empty");
+        } else if let Some(prev) = names.insert(name.clone(), i) {
+            p.push(&at("name"), &r.name, format!("duplicate rule name {name:?} (also {prefix}[{prev}])"));
+        }
+        let pat = |p: &mut Problems, k: &str, v: &Option<S<String>>| -> String {
+            match v {
+                None => "*".to_string(),
+                Some(s) if s.value.is_empty() => {
+                    p.push(&at(k), s, "must not be empty (use \"*\" to match anything)");
+                    "*".to_string()
+                }
+                Some(s) => s.value.clone(),
+            }
+        };
+        let service = pat(p, "match.service", &r.matcher.service);
+        let operation = pat(p, "match.operation", &r.matcher.operation);
+        let duration_above_ms = match &r.when.duration_above {
+            None => None,
+            Some(s) if !s.value.0.is_finite() || s.value.0 < 0.0 => {
+                p.push(&at("when.duration_above"), s, format!("must be a non-negative duration, got {}", s.value.0));
+                None
+            }
+            Some(s) => Some(s.value.0),
+        };
+        let anomalous = r.when.anomalous.as_ref().map(|s| s.value).unwrap_or(false);
+        if duration_above_ms.is_none() && !anomalous {
+            p.push_at(&at("when"), sr.referenced.line(), "needs duration_above, anomalous: true, or both");
+        }
+        let count = if r.count.value < 1 || r.count.value > 1_000_000 {
+            p.push(&at("count"), &r.count, format!("must be between 1 and 1000000, got {}", r.count.value));
+            1
+        } else {
+            r.count.value as u32
+        };
+        let window_ms = p.duration(&at("window"), &Some(r.window.clone()), 1.0);
+        let a = &r.action;
+        let min = p.int(&at("action.min"), &a.min, 0, 100_000, 1) as u32;
+        let max = p.int(&at("action.max"), &Some(a.max.clone()), 0, 100_000, min as i64) as u32;
+        if max < min {
+            p.push(&at("action.max"), &a.max, format!("must be at least action.min ({min}), got {max}"));
+        }
+        let step = p.int(&at("action.step"), &a.step, 1, 100_000, 1) as u32;
+        let cooldown_ms = p.duration(&at("action.cooldown"), &a.cooldown, 60_000.0);
+        let scale_down_after_ms = p.duration(&at("action.scale_down_after"), &a.scale_down_after, 300_000.0);
+        let t = &a.target.value;
+        if t.kind != "Deployment" && t.kind != "StatefulSet" {
+            p.push(&at("action.target.kind"), &a.target, format!("must be Deployment or StatefulSet, got {:?}", t.kind));
+        }
+        if t.name.is_empty() {
+            p.push(&at("action.target.name"), &a.target, "must not be empty");
+        }
+        let rv = a.vertical.as_ref();
+        let dv = RawVertical::default();
+        let rv = rv.unwrap_or(&dv);
+        let vertical = VerticalConfig {
+            container: rv.container.as_ref().map(|s| s.value.clone()),
+            factor: p.float(&at("action.vertical.factor"), &rv.factor, |x| x > 1.0 && x <= 10.0, "greater than 1 and at most 10", 1.5),
+            max_cpu_millis: p.int(&at("action.vertical.max_cpu_millis"), &rv.max_cpu_millis, 1, 1_000_000, 4_000) as u64,
+            max_memory_mib: p.int(&at("action.vertical.max_memory_mib"), &rv.max_memory_mib, 1, 16_777_216, 8_192) as u64,
+        };
+        out.push(Rule {
+            name,
+            matcher: Match { service, operation },
+            duration_above_ms,
+            anomalous,
+            count,
+            window_ms,
+            action: Action {
+                kind: a.kind.value,
+                target: t.clone(),
+                min,
+                max,
+                step,
+                cooldown_ms,
+                scale_down_after_ms,
+                vertical,
+            },
+        });
+    }
+    out
+}
+
+impl EngineConfig {
+    /// Parse and validate YAML text. On failure the error lists every problem with its key path
+    /// and line.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawEngine = if text.trim().is_empty() {
+            RawEngine::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(parse_err)?
+        };
+        let mut p = Problems(Vec::new());
+        let s = &raw.sampler;
+        let d = SamplerConfig::DEFAULT;
+        let sampler = SamplerConfig {
+            n_trees: p.int("sampler.n_trees", &s.n_trees, 1, 1_000, d.n_trees as i64) as u32,
+            height: p.int("sampler.height", &s.height, 1, crate::hst::MAX_HEIGHT as i64, d.height as i64) as u32,
+            window_size: p.int("sampler.window_size", &s.window_size, 1, 10_000_000, d.window_size as i64) as u32,
+            min_score: p.float("sampler.min_score", &s.min_score, |x| (0.0..=1.0).contains(&x), "between 0 and 1", d.min_score),
+            max_duration_ms: p.duration("sampler.max_duration", &s.max_duration, d.max_duration_ms),
+            train_size: p.int("sampler.train_size", &s.train_size, 0, i64::MAX, d.train_size as i64) as u64,
+            seed: s.seed.as_ref().map(|v| v.value).unwrap_or(d.seed),
+        };
+        if let (Some(h), Some(n)) = (&s.height, &s.n_trees) {
+            // 24 bytes per node; refuse forests over 4 GiB.
+            let bytes = 24u128 * ((1u128 << (h.value.clamp(1, 20) + 1)) - 1) * n.value.clamp(1, 1000) as u128;
+            if bytes > 4 << 30 {
+                p.push("sampler.height", h, format!("with n_trees {} needs {} MiB of trees; lower height or n_trees", n.value, bytes >> 20));
+            }
+        }
+        let keys = KeysConfig {
+            max_keys: p.int("keys.max_keys", &raw.keys.max_keys, 1, 10_000_000, KeysConfig::DEFAULT.max_keys as i64) as u32,
+        };
+        let k = &raw.keyed;
+        let keyed = KeyedConfig {
+            baseline_rate: p.float("keyed.baseline_rate", &k.baseline_rate, |x| x > 0.0 && x <= 1.0, "greater than 0 and at most 1", KeyedConfig::DEFAULT.baseline_rate),
+            min_key_count: p.int("keyed.min_key_count", &k.min_key_count, 1, 1_000_000, KeyedConfig::DEFAULT.min_key_count as i64) as u32,
+        };
+        let rules = validate_rules(&mut p, &raw.rules, "rules");
+        if !p.0.is_empty() {
+            return Err(ConfigError::new(p.0));
+        }
+        Ok(EngineConfig { mode: raw.mode.map(|m| m.value).unwrap_or_default(), sampler, keys, keyed, rules })
+    }
+}
+
+impl RulesFile {
+    /// Parse and validate a rules file (`rules:` only).
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawRulesFile = if text.trim().is_empty() {
+            RawRulesFile::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(parse_err)?
+        };
+        let mut p = Problems(Vec::new());
+        let rules = validate_rules(&mut p, &raw.rules, "rules");
+        if !p.0.is_empty() {
+            return Err(ConfigError::new(p.0));
+        }
+        Ok(RulesFile { rules })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("500ms").unwrap(), 500.0);
+        assert_eq!(parse_duration_ms("1.5s").unwrap(), 1500.0);
+        assert_eq!(parse_duration_ms("2m").unwrap(), 120_000.0);
+        assert_eq!(parse_duration_ms("250us").unwrap(), 0.25);
+        assert_eq!(parse_duration_ms("7").unwrap(), 7.0);
+        assert!(parse_duration_ms("5 parsecs").is_err());
+        assert!(parse_duration_ms("ms").is_err());
+    }
+
+    #[test]
+    fn empty_is_default() {
+        assert_eq!(EngineConfig::from_yaml("").unwrap(), EngineConfig::default());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = EngineConfig::from_yaml("sampler:\n  n_tress: 3\n").unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("n_tress"), "{s}");
+        assert_eq!(e.problems()[0].line, 2, "{s}");
+    }
+
+    #[test]
+    fn every_problem_at_once() {
+        let yaml = "sampler:\n  n_trees: 0\n  min_score: .nan\n  window_size: -3\n  max_duration: 0s\nkeys:\n  max_keys: 0\n";
+        let e = EngineConfig::from_yaml(yaml).unwrap_err();
+        let paths: Vec<_> = e.problems().iter().map(|p| (p.path.as_str(), p.line)).collect();
+        assert_eq!(
+            paths,
+            vec![
+                ("sampler.n_trees", 2),
+                ("sampler.window_size", 4),
+                ("sampler.min_score", 3),
+                ("sampler.max_duration", 5),
+                ("keys.max_keys", 7)
+            ],
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rule_problems() {
+        let yaml = r#"
+rules:
+  - name: a
+    when: {}
+    count: 0
+    window: -1s
+    action: { kind: horizontal, target: { kind: Pod, name: x }, min: 3, max: 2 }
+  - name: a
+    when: { duration_above: 1s }
+    count: 1
+    window: 1s
+    action: { kind: vertical, target: { kind: Deployment, name: x }, max: 2, vertical: { factor: 0.5 } }
+"#;
+        let e = RulesFile::from_yaml(yaml).unwrap_err();
+        let s = e.to_string();
+        for needle in [
+            "rules[0].when",
+            "rules[0].count",
+            "rules[0].window",
+            "rules[0].action.max",
+            "rules[0].action.target.kind",
+            "rules[1].name",
+            "rules[1].action.vertical.factor",
+        ] {
+            assert!(s.contains(needle), "missing {needle} in\n{s}");
+        }
+        assert!(e.problems().iter().all(|p| p.line > 0), "{s}");
+    }
+
+    #[test]
+    fn bad_enum_value_is_a_parse_error_with_line() {
+        let e = EngineConfig::from_yaml("mode: fancy\n").unwrap_err();
+        assert_eq!(e.problems()[0].line, 1, "{e}");
+    }
+}

@@ -1,0 +1,450 @@
+//! The engine: featurize → score + learn → keep → rules → decisions, one batch at a time.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{EngineConfig, Mode};
+use crate::error::{Error, Result};
+use crate::features::{self, Featurizer, N_FEATURES, SkipReason};
+use crate::hst::{Hst, HstParams};
+use crate::keys::{KeyId, KeyTable, OVERFLOW};
+use crate::rules::{Decision, Observation, RuleSet};
+
+/// How a span names its key.
+#[derive(Debug, Clone, Copy)]
+pub enum SpanKey<'a> {
+    /// An id from [`Engine::intern`].
+    Id(KeyId),
+    /// Names, interned on the fly.
+    Names {
+        /// `service.name` of the span's resource.
+        service: &'a str,
+        /// The span's name.
+        operation: &'a str,
+    },
+}
+
+/// How a span gives its duration.
+#[derive(Debug, Clone, Copy)]
+pub enum Timing {
+    /// Start and end, ns since the Unix epoch (validated).
+    StartEnd {
+        /// Start.
+        start_ns: u64,
+        /// End.
+        end_ns: u64,
+    },
+    /// A duration already in ms (recorded CSV streams).
+    DurationMs(f64),
+}
+
+/// One span as the engine sees it. Borrowed: nothing is kept after the call.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanRef<'a> {
+    /// Key.
+    pub key: SpanKey<'a>,
+    /// Duration.
+    pub timing: Timing,
+    /// Trace id (evidence for decisions).
+    pub trace_id: [u8; 16],
+    /// Span id (evidence for decisions).
+    pub span_id: [u8; 8],
+}
+
+/// The engine's verdict on one span.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    /// Anomaly score in `[0, 1]`; `None` before the model is warm or if skipped.
+    pub score: Option<f64>,
+    /// Keep (forward) the span.
+    pub keep: bool,
+    /// Why the span was not scored.
+    pub skipped: Option<SkipReason>,
+}
+
+/// Outputs of [`Engine::process_batch`]; reuse one across batches to avoid allocating.
+#[derive(Debug, Default, Clone)]
+pub struct BatchOutput {
+    /// One verdict per input span, in order.
+    pub verdicts: Vec<Verdict>,
+    /// Decisions that fired in this batch, conflated by target.
+    pub decisions: Vec<Decision>,
+}
+
+/// Counters since the engine was created (or restored).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Spans given to the engine.
+    pub spans_seen: u64,
+    /// Spans that got a score.
+    pub spans_scored: u64,
+    /// Spans kept.
+    pub spans_kept: u64,
+    /// Spans skipped, by [`SkipReason`] discriminant.
+    pub spans_skipped: [u64; 6],
+    /// Distinct keys held.
+    pub keys: u64,
+    /// Spans that fell into the overflow key.
+    pub keys_overflow: u64,
+    /// Decisions emitted (after conflation).
+    pub decisions: u64,
+}
+
+/// A time source for rule windows (ns). Inject a fake in tests.
+pub trait Clock {
+    /// Now, in ns.
+    fn now_ns(&self) -> u64;
+}
+
+/// Wall-clock time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ns(&self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    }
+}
+
+/// The engine. Not internally synchronised: wrap it in a lock (the C ABI does) to share it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Engine {
+    cfg: EngineConfig,
+    keys: KeyTable,
+    /// Matching rule indices per key id (computed once per key).
+    key_rules: Vec<Vec<u16>>,
+    featurizer: Featurizer,
+    hst: Hst,
+    rules: RuleSet,
+    /// Spans learned so far (training counts against `train_size`).
+    learned: u64,
+    stats: Stats,
+    /// Feature names, once known.
+    feature_names: Option<[String; 2]>,
+}
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SCALESNP";
+/// Snapshot format version. Bump on any change to the serialized state.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+impl Engine {
+    /// A fresh engine. In `keyed` mode the trees are built now; in `paper` mode on the first
+    /// span, as River does.
+    pub fn new(cfg: EngineConfig) -> Self {
+        let s = cfg.sampler;
+        let params = HstParams { n_trees: s.n_trees, height: s.height, window_size: s.window_size, seed: s.seed };
+        let mut hst = Hst::new(params, N_FEATURES);
+        let mut feature_names = None;
+        if cfg.mode == Mode::Keyed {
+            hst.build(&[(0.0, 1.0); N_FEATURES]);
+            feature_names = Some(["deviation".to_string(), "log_duration".to_string()]);
+        }
+        Self {
+            keys: KeyTable::new(cfg.keys.max_keys),
+            key_rules: Vec::new(),
+            featurizer: Featurizer::new(&cfg),
+            hst,
+            rules: RuleSet::new(cfg.rules.clone()),
+            learned: 0,
+            stats: Stats::default(),
+            feature_names,
+            cfg,
+        }
+    }
+
+    /// Parse, validate and build.
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        Ok(Self::new(EngineConfig::from_yaml(text)?))
+    }
+
+    /// A `paper`-mode engine over trees built elsewhere (River), for parity checks. `features`
+    /// names the forest's features in order (`"duration"` and one key `service::operation`);
+    /// `trees` gives, per tree, its internal nodes in heap order as (feature index, threshold).
+    pub fn with_paper_trees(cfg: EngineConfig, features: &[String], trees: &[Vec<(u32, f64)>]) -> Result<Self> {
+        if cfg.mode != Mode::Paper || features.len() != 2 {
+            return Err(Error::Trees("paper mode with two features (duration and one key) required".into()));
+        }
+        let mut e = Self::new(cfg);
+        let s = e.cfg.sampler;
+        let params = HstParams { n_trees: s.n_trees, height: s.height, window_size: s.window_size, seed: s.seed };
+        e.hst = Hst::from_trees(params, N_FEATURES, trees).map_err(Error::Trees)?;
+        let key_name = features.iter().find(|f| *f != "duration").ok_or_else(|| Error::Trees("no key feature".into()))?;
+        let (service, operation) = key_name.split_once("::").ok_or_else(|| Error::Trees(format!("key feature {key_name:?} is not service::operation")))?;
+        let id = e.intern(service, operation);
+        let names = e.featurizer.init_paper(id, &e.keys);
+        if names.as_slice() != features {
+            return Err(Error::Trees(format!("feature order {features:?} is not River's sorted order {names:?}")));
+        }
+        e.feature_names = Some(names);
+        Ok(e)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// The key table.
+    pub fn keys(&self) -> &KeyTable {
+        &self.keys
+    }
+
+    /// The rules.
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// Names of the forest's features, once known.
+    pub fn feature_names(&self) -> Option<&[String; 2]> {
+        self.feature_names.as_ref()
+    }
+
+    /// Whether scores are available (a reference window exists).
+    pub fn is_warm(&self) -> bool {
+        self.hst.is_warm()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.keys = self.keys.len() as u64;
+        s.keys_overflow = self.keys.overflowed();
+        s
+    }
+
+    /// Approximate heap bytes held (trees, keys, baselines, windows).
+    pub fn memory_bytes(&self) -> usize {
+        self.hst.memory_bytes()
+            + self.keys.memory_bytes()
+            + self.featurizer.memory_bytes()
+            + self.rules.memory_bytes()
+            + self.key_rules.iter().map(|v| v.capacity() * 2 + 24).sum::<usize>()
+    }
+
+    /// The id of `service::operation` (added if there is room, else [`OVERFLOW`]). Ids are stable
+    /// for the engine's life and survive snapshots, so callers may cache them.
+    pub fn intern(&mut self, service: &str, operation: &str) -> KeyId {
+        let (id, added) = self.keys.intern(service, operation);
+        if added {
+            debug_assert_eq!(id as usize, self.key_rules.len());
+            self.key_rules.push(self.rules.matching(service, operation));
+        }
+        id
+    }
+
+    /// Process one span at time `now_ns`; decisions are appended to `decisions`.
+    pub fn process_span(&mut self, span: &SpanRef<'_>, index: u32, now_ns: u64, decisions: &mut Vec<Decision>) -> Verdict {
+        self.stats.spans_seen += 1;
+        let d = match span.timing {
+            Timing::StartEnd { start_ns, end_ns } => features::duration_ms(start_ns, end_ns),
+            Timing::DurationMs(d) => features::check_duration_ms(d),
+        };
+        let (key, names) = match span.key {
+            SpanKey::Id(id) if id == OVERFLOW || (id as usize) < self.keys.len() => (id, None),
+            SpanKey::Id(_) => return self.skip(SkipReason::InvalidKey),
+            SpanKey::Names { service, operation } => (self.intern(service, operation), Some((service, operation))),
+        };
+        let d = match d {
+            Ok(d) => d,
+            Err(r) => return self.skip(r),
+        };
+        if !self.featurizer.is_ready() {
+            self.feature_names = Some(self.featurizer.init_paper(key, &self.keys));
+            self.hst.build(&[(0.0, 1.0); N_FEATURES]);
+        }
+        let mut x = [0.0; N_FEATURES];
+        self.featurizer.features(key, d, &mut x);
+        let score = self.hst.score_learn(&x, true);
+        self.learned += 1;
+        let trained = self.learned > self.cfg.sampler.train_size;
+        let anomalous = trained && score.is_some_and(|s| s >= self.cfg.sampler.min_score);
+        if !anomalous {
+            self.featurizer.learn(key, d, self.cfg.keys.max_keys);
+        }
+        if score.is_some() {
+            self.stats.spans_scored += 1;
+        }
+        if anomalous {
+            self.stats.spans_kept += 1;
+        }
+        if !self.rules.rules().is_empty() {
+            let obs = Observation { duration_ms: d, score, anomalous, trace_id: span.trace_id, span_id: span.span_id, span_index: index };
+            let before = decisions.len();
+            if key == OVERFLOW {
+                // Overflow spans have no cached rule list: match by name when we have names.
+                let matching = match names {
+                    Some((s, o)) => self.rules.matching(s, o),
+                    None => self.rules.matching("", ""),
+                };
+                for i in matching {
+                    decisions.extend(self.rules.observe(i as usize, &obs, now_ns));
+                }
+            } else {
+                let list = std::mem::take(&mut self.key_rules[key as usize]);
+                for &i in &list {
+                    decisions.extend(self.rules.observe(i as usize, &obs, now_ns));
+                }
+                self.key_rules[key as usize] = list;
+            }
+            let _ = before;
+        }
+        Verdict { score, keep: anomalous, skipped: None }
+    }
+
+    fn skip(&mut self, r: SkipReason) -> Verdict {
+        self.stats.spans_skipped[r as usize] += 1;
+        Verdict { score: None, keep: false, skipped: Some(r) }
+    }
+
+    /// Process a batch at time `now_ns` (from the caller's [`Clock`]). `out` is cleared first;
+    /// it holds one verdict per span and the batch's decisions, conflated by target.
+    pub fn process_batch(&mut self, spans: &[SpanRef<'_>], now_ns: u64, out: &mut BatchOutput) {
+        out.verdicts.clear();
+        out.decisions.clear();
+        out.verdicts.reserve(spans.len());
+        for (i, s) in spans.iter().enumerate() {
+            let v = self.process_span(s, i as u32, now_ns, &mut out.decisions);
+            out.verdicts.push(v);
+        }
+        self.rules.conflate(&mut out.decisions);
+        self.stats.decisions += out.decisions.len() as u64;
+    }
+
+    /// Serialize the whole state (model, keys, baselines, windows, counters) in a versioned
+    /// binary format.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.hst.memory_bytes() / 2 + 1024);
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        postcard::to_extend(self, out).expect("engine state serializes")
+    }
+
+    /// Rebuild an engine from [`Engine::snapshot`] bytes. The snapshot's model parameters and
+    /// mode must equal `cfg`'s; its rules' windows are kept for rules of the same name and
+    /// window, and `cfg`'s other settings (thresholds, rules) take effect.
+    pub fn restore(cfg: EngineConfig, bytes: &[u8]) -> Result<Self> {
+        if bytes.len() < 12 || &bytes[..8] != SNAPSHOT_MAGIC {
+            return Err(Error::Snapshot("not a SCALE snapshot (bad magic)".into()));
+        }
+        let v = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if v != SNAPSHOT_VERSION {
+            return Err(Error::Snapshot(format!("version {v} is not supported (this build reads {SNAPSHOT_VERSION})")));
+        }
+        let mut e: Engine = postcard::from_bytes(&bytes[12..]).map_err(|err| Error::Snapshot(err.to_string()))?;
+        let (a, b) = (&e.cfg, &cfg);
+        if a.mode != b.mode
+            || a.sampler.n_trees != b.sampler.n_trees
+            || a.sampler.height != b.sampler.height
+            || a.sampler.window_size != b.sampler.window_size
+            || a.sampler.max_duration_ms != b.sampler.max_duration_ms
+        {
+            return Err(Error::SnapshotMismatch(format!(
+                "snapshot has mode {:?}, n_trees {}, height {}, window_size {}, max_duration {} ms",
+                a.mode, a.sampler.n_trees, a.sampler.height, a.sampler.window_size, a.sampler.max_duration_ms
+            )));
+        }
+        if e.keys.max_keys() != cfg.keys.max_keys {
+            return Err(Error::SnapshotMismatch(format!("snapshot has keys.max_keys {}", e.keys.max_keys())));
+        }
+        if a.rules != b.rules {
+            // Rules changed: start their windows afresh and recompute key → rule matches.
+            e.rules = RuleSet::new(cfg.rules.clone());
+            e.key_rules = (0..e.keys.len() as u32)
+                .map(|id| {
+                    let (s, o) = e.keys.names(id).expect("known id");
+                    e.rules.matching(s, o)
+                })
+                .collect();
+        }
+        e.cfg = cfg;
+        Ok(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(service: &'static str, op: &'static str, d: f64) -> SpanRef<'static> {
+        SpanRef { key: SpanKey::Names { service, operation: op }, timing: Timing::DurationMs(d), trace_id: [7; 16], span_id: [9; 8] }
+    }
+
+    #[test]
+    fn skips_bad_spans_and_counts_them() {
+        let mut e = Engine::new(EngineConfig::default());
+        let mut out = BatchOutput::default();
+        let bad = [
+            SpanRef { timing: Timing::StartEnd { start_ns: 0, end_ns: 5 }, ..span("a", "b", 0.0) },
+            SpanRef { timing: Timing::StartEnd { start_ns: 2_000_000_000_000_000_000, end_ns: 1_999_999_999_999_999_999 }, ..span("a", "b", 0.0) },
+            span("a", "b", f64::NAN),
+            span("a", "b", -3.0),
+            SpanRef { key: SpanKey::Id(12345), ..span("a", "b", 1.0) },
+        ];
+        e.process_batch(&bad, 0, &mut out);
+        assert!(out.verdicts.iter().all(|v| v.skipped.is_some() && !v.keep && v.score.is_none()));
+        let s = e.stats();
+        assert_eq!(s.spans_seen, 5);
+        assert_eq!(s.spans_skipped[SkipReason::ZeroTimestamp as usize], 1);
+        assert_eq!(s.spans_skipped[SkipReason::EndBeforeStart as usize], 1);
+        assert_eq!(s.spans_skipped[SkipReason::InvalidDuration as usize], 2);
+        assert_eq!(s.spans_skipped[SkipReason::InvalidKey as usize], 1);
+    }
+
+    #[test]
+    fn keeps_slow_spans_after_training() {
+        let cfg = EngineConfig::from_yaml("sampler: { train_size: 2000, window_size: 250 }").unwrap();
+        let mut e = Engine::new(cfg);
+        let mut out = BatchOutput::default();
+        let mut spans = Vec::new();
+        for i in 0..3000 {
+            let d = if i % 2 == 0 { 5.0 + (i % 7) as f64 * 0.1 } else { 500.0 + (i % 5) as f64 };
+            spans.push(span("svc", if i % 2 == 0 { "fast" } else { "slow" }, d));
+        }
+        e.process_batch(&spans, 0, &mut out);
+        assert!(out.verdicts[..2000].iter().all(|v| !v.keep), "training keeps nothing");
+        let kept = out.verdicts[2000..].iter().filter(|v| v.keep).count();
+        assert!(kept < 30, "normal traffic mostly dropped: kept {kept}");
+        e.process_batch(&[span("svc", "fast", 80.0), span("svc", "slow", 500.0)], 0, &mut out);
+        assert!(out.verdicts[0].keep, "16x slower than its key: {:?}", out.verdicts[0]);
+        assert!(!out.verdicts[1].keep, "normal for its key: {:?}", out.verdicts[1]);
+    }
+
+    #[test]
+    fn snapshot_restore_round_trip() {
+        let cfg = EngineConfig::from_yaml("sampler: { train_size: 10, window_size: 50 }").unwrap();
+        let mut a = Engine::new(cfg.clone());
+        let mut out = BatchOutput::default();
+        let spans: Vec<_> = (0..500).map(|i| span("s", if i % 3 == 0 { "x" } else { "y" }, 1.0 + (i % 11) as f64)).collect();
+        a.process_batch(&spans, 0, &mut out);
+        let snap = a.snapshot();
+        let mut b = Engine::restore(cfg.clone(), &snap).unwrap();
+        assert_eq!(a, b);
+        let mut o2 = BatchOutput::default();
+        a.process_batch(&spans, 0, &mut out);
+        b.process_batch(&spans, 0, &mut o2);
+        assert_eq!(out.verdicts, o2.verdicts);
+        // Corrupt or mismatched snapshots are refused with an error.
+        assert!(Engine::restore(cfg.clone(), b"garbage").is_err());
+        assert!(Engine::restore(cfg.clone(), &snap[..snap.len() / 2]).is_err());
+        let other = EngineConfig::from_yaml("sampler: { train_size: 10, window_size: 60 }").unwrap();
+        assert!(matches!(Engine::restore(other, &snap), Err(Error::SnapshotMismatch(_))));
+        let mut bad = snap.clone();
+        bad[8] = 99;
+        assert!(Engine::restore(cfg, &bad).is_err());
+    }
+
+    #[test]
+    fn rule_fires_on_every_span_not_only_kept() {
+        let cfg = EngineConfig::from_yaml(
+            "sampler: { train_size: 1000000 }\nrules:\n- name: slow\n  match: { service: s, operation: \"o*\" }\n  when: { duration_above: 100ms }\n  count: 3\n  window: 10s\n  action: { kind: horizontal, target: { kind: Deployment, name: s }, max: 3 }\n",
+        )
+        .unwrap();
+        let mut e = Engine::new(cfg);
+        let mut out = BatchOutput::default();
+        e.process_batch(&[span("s", "op", 200.0), span("s", "op", 200.0), span("t", "op", 200.0), span("s", "op", 300.0)], 1, &mut out);
+        assert!(out.verdicts.iter().all(|v| !v.keep), "still training");
+        assert_eq!(out.decisions.len(), 1);
+        let d = &out.decisions[0];
+        assert_eq!((d.rule.as_str(), d.span_index, d.observed_ms, d.trace_id), ("slow", 3, 300.0, [7; 16]));
+        assert_eq!(e.stats().decisions, 1);
+    }
+}
