@@ -72,7 +72,7 @@ impl SamplerConfig {
         n_trees: 10,
         height: 8,
         window_size: 250,
-        min_score: 0.75,
+        min_score: 0.925,
         max_duration_ms: 50_000.0,
         train_size: 1_000,
         seed: 42,

@@ -253,10 +253,23 @@ impl Engine {
         }
         let mut x = [0.0; N_FEATURES];
         self.featurizer.features(key, d, &mut x);
-        let score = self.hst.score_learn(&x, true);
         self.learned += 1;
         let trained = self.learned > self.cfg.sampler.train_size;
-        let anomalous = trained && score.is_some_and(|s| s >= self.cfg.sampler.min_score);
+        let min_score = self.cfg.sampler.min_score;
+        let (score, anomalous) = if self.cfg.mode == Mode::Paper || !trained {
+            // River: every span is learned.
+            let score = self.hst.score_learn(&x, true);
+            (score, trained && score.is_some_and(|s| s >= min_score))
+        } else {
+            // Keyed: spans judged anomalous are not learned, so a latency fault never becomes
+            // the normal it is judged against.
+            let score = self.hst.score(&x);
+            let anomalous = score.is_some_and(|s| s >= min_score);
+            if !anomalous {
+                self.hst.score_learn(&x, true);
+            }
+            (score, anomalous)
+        };
         if !anomalous {
             self.featurizer.learn(key, d, self.cfg.keys.max_keys);
         }

@@ -113,9 +113,10 @@ pub fn check_duration_ms(d: f64) -> Result<f64, SkipReason> {
 /// Number of features the forest sees (both modes use two).
 pub const N_FEATURES: usize = 2;
 
-/// Floor added to a key's deviation scale, in ln units (a key whose latency never varies would
-/// otherwise make every jitter infinitely surprising).
-pub const KEYED_SCALE_FLOOR: f64 = 0.1;
+/// Added to a key's deviation scale, in ln units. A key whose latency never varies would
+/// otherwise make every jitter infinitely surprising; on the paper's stream, values from 0.1 to 2
+/// change F1 by under 0.01, and 2 was best (BENCHMARKS.md).
+pub const KEYED_SCALE_FLOOR: f64 = 2.0;
 /// Deviations are squashed with `0.5 + z / (2 · (|z| + KEYED_SQUASH))`.
 pub const KEYED_SQUASH: f64 = 8.0;
 
@@ -282,7 +283,7 @@ mod tests {
         f.features(fast, 50.0, &mut xf);
         f.features(slow, 50_000.0, &mut xs);
         assert!((xf[0] - xs[0]).abs() < 1e-3, "{xf:?} {xs:?}");
-        assert!(xf[0] > 0.8, "{xf:?}");
+        assert!(xf[0] > 0.55, "{xf:?}");
         f.features(fast, 5.0, &mut xf);
         assert!((xf[0] - 0.5).abs() < 0.05);
         // Unknown keys have no deviation yet.
