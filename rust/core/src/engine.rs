@@ -266,7 +266,7 @@ impl Engine {
             let score = self.hst.score(&x);
             let anomalous = score.is_some_and(|s| s >= min_score);
             if !anomalous {
-                self.hst.score_learn(&x, true);
+                self.hst.learn(&x);
             }
             (score, anomalous)
         };

@@ -223,14 +223,30 @@ impl Hst {
     /// `score_one(x); learn_one(x)`.
     #[inline]
     pub fn score_learn(&mut self, x: &[f64], learn: bool) -> Option<f64> {
+        if learn { self.walk::<true, true>(x) } else { self.walk::<true, false>(x) }
+    }
+
+    /// Score without learning.
+    pub fn score(&mut self, x: &[f64]) -> Option<f64> {
+        self.walk::<true, false>(x)
+    }
+
+    /// Learn without scoring.
+    pub fn learn(&mut self, x: &[f64]) {
+        self.walk::<false, true>(x);
+    }
+
+    #[inline(always)]
+    fn walk<const SCORE: bool, const LEARN: bool>(&mut self, x: &[f64]) -> Option<f64> {
         debug_assert!(self.built);
         debug_assert_eq!(x.len(), self.n_features);
         let size_limit = SIZE_LIMIT_FRACTION * self.params.window_size as f64;
         let height = self.params.height;
-        let warm = self.warm;
+        let warm = SCORE && self.warm;
         let now = self.window;
         let mut total = 0.0f64;
         let npt = self.nodes_per_tree;
+        let first_leaf = npt / 2;
         for tree in self.nodes.chunks_exact_mut(npt) {
             let mut i = 0usize;
             let mut depth_pow = 1.0f64;
@@ -238,47 +254,49 @@ impl Hst {
             let mut scoring = warm;
             for _ in 0..height {
                 let node = &mut tree[i];
+                let r = if LEARN {
+                    node.refresh(now);
+                    node.l_mass += 1;
+                    node.r_mass
+                } else {
+                    node.masses(now).1
+                };
                 if scoring {
-                    let r = node.masses(now).1;
                     sum += r as f64 * depth_pow;
                     if (r as f64) < size_limit {
                         scoring = false;
-                        if !learn {
+                        if !LEARN {
                             break;
                         }
                     }
                 }
-                if learn {
-                    node.refresh(now);
-                    node.l_mass += 1;
-                }
-                let (feature, threshold) = (node.feature as usize, node.threshold);
-                let v = x[feature];
+                let v = x[node.feature as usize];
+                let threshold = node.threshold;
+                let (l, rr) = (2 * i + 1, 2 * i + 2);
                 i = if v.is_nan() {
-                    let (l, r) = (2 * i + 1, 2 * i + 2);
-                    if tree[l].masses(now).0 < tree[r].masses(now).0 { r } else { l }
+                    if tree[l].masses(now).0 < tree[rr].masses(now).0 { rr } else { l }
                 } else if v < threshold {
-                    2 * i + 1
+                    l
                 } else {
-                    2 * i + 2
+                    rr
                 };
                 depth_pow *= 2.0;
             }
-            if i >= npt / 2 {
+            if i >= first_leaf {
                 // Reached a leaf (the loop did not stop early).
                 let leaf = &mut tree[i];
-                if scoring {
-                    sum += leaf.masses(now).1 as f64 * depth_pow;
-                }
-                if learn {
+                if LEARN {
                     leaf.refresh(now);
                     leaf.l_mass += 1;
+                }
+                if scoring {
+                    sum += leaf.masses(now).1 as f64 * depth_pow;
                 }
             }
             total += sum;
         }
         let score = if warm { Some(1.0 - total / self.max_score()) } else { None };
-        if learn {
+        if LEARN {
             self.counter += 1;
             if self.counter == self.params.window_size {
                 self.counter = 0;
@@ -290,11 +308,6 @@ impl Hst {
             }
         }
         score
-    }
-
-    /// Score without learning.
-    pub fn score(&mut self, x: &[f64]) -> Option<f64> {
-        self.score_learn(x, false)
     }
 
     /// Bring every node's epoch to the current window and restart window numbering, so that

@@ -5,6 +5,7 @@
 //! Look-ups hash the two names in place (no allocation); only a new key allocates its name.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,13 +30,33 @@ fn hash(service: &str, operation: &str) -> u64 {
     h
 }
 
+/// The map's keys are already FNV-1a hashes: pass them through instead of hashing again.
+#[derive(Default, Clone, Copy)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type HashIndex = HashMap<u64, u32, BuildHasherDefault<PassThrough>>;
+
 /// Interned keys.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeyTable {
     max_keys: u32,
     names: Vec<(Box<str>, Box<str>)>,
     /// hash → first id with that hash; `next` chains ids sharing a hash.
-    heads: HashMap<u64, u32>,
+    heads: HashIndex,
     next: Vec<u32>,
     overflowed: u64,
 }
