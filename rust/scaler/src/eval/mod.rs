@@ -1,0 +1,856 @@
+//! `scale eval`: run the engine over recorded spans and measure how well it keeps anomalies.
+//!
+//! # What happens
+//!
+//! 1. The engine configuration is read (`--config`, else the defaults) and the command-line
+//!    overrides are applied to its fields; the engine is built with [`Engine::new`].
+//! 2. Each file is read in order ([`input`]: CSV or OTLP JSON lines, plain or gzip) and its spans
+//!    are fed to [`Engine::process_batch`] in batches of [`BATCH`], by name
+//!    ([`SpanKey::Names`]), with one [`BatchOutput`] reused throughout. Batches run across file
+//!    boundaries.
+//! 3. Rule windows need a clock: OTLP spans advance it to their end time (monotonic maximum so
+//!    far); CSV rows, which carry no time, advance it by 1 ms each. A batch is processed at the
+//!    clock's value after its last span.
+//! 4. Skipped spans (bad timing; see [`scale_core::SkipReason`]) are counted by the engine and
+//!    excluded from everything else. Of the rest, the first `train_size` are the training prefix
+//!    (the engine learns them and keeps none — the same count the engine uses); all later
+//!    spans are the **test stream**, over which the metrics are computed. Only labelled test
+//!    spans count towards the metrics; with no labels at all they are omitted.
+//! 5. Only the `process_batch` calls are timed (wall clock), not parsing.
+//!
+//! Outputs: a [`Report`] (printed as text or one JSON object by `main`), and optionally a
+//! per-span scores CSV (`--scores`), SVG plots (`--plots`, see [`plot`]) and the paper's own
+//! per-span results for comparison (`--compare-seed`, read by [`read_seed`]).
+//!
+//! Memory: one [`TestSpan`] (40 bytes) per test-stream span is kept for the AUC and the plots.
+
+pub mod input;
+pub mod metrics;
+pub mod plot;
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use clap::{ValueEnum, value_parser};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use scale_core::{BatchOutput, ConfigError, Engine, EngineConfig, Mode, SkipReason, SpanKey, SpanRef, Timing};
+use serde::Serialize;
+
+use input::{InputError, SpanRecord};
+use metrics::{Confusion, Metrics, roc_auc};
+
+/// Spans per `process_batch` call.
+pub const BATCH: usize = 1_024;
+/// Show the progress bar once this many spans have been read (and stderr is a terminal).
+pub const PROGRESS_AFTER_SPANS: u64 = 100_000;
+
+/// `--mode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// The paper's featurization.
+    Paper,
+    /// Per-key baselines (the engine default).
+    Keyed,
+}
+
+/// Arguments of `scale eval`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    /// Span files, read in order: CSV (`service,operation,duration_ms[,label]`) or OTLP JSON lines,
+    /// optionally gzip-compressed.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Engine configuration (YAML); defaults otherwise. The options below override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Featurization mode.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Half-Space-Trees in the forest.
+    #[arg(long, value_parser = value_parser!(u32).range(1..=1000))]
+    pub n_trees: Option<u32>,
+    /// Tree height.
+    #[arg(long, value_parser = value_parser!(u32).range(1..=scale_core::hst::MAX_HEIGHT as i64))]
+    pub height: Option<u32>,
+    /// Spans per mass window.
+    #[arg(long, value_parser = value_parser!(u32).range(1..=10_000_000))]
+    pub window_size: Option<u32>,
+    /// Keep a span iff its score is at least this (0-1).
+    #[arg(long, value_parser = parse_unit)]
+    pub min_score: Option<f64>,
+    /// Durations are capped here (ms, > 0).
+    #[arg(long, value_parser = parse_positive)]
+    pub max_duration_ms: Option<f64>,
+    /// Spans only learned before any keep decision; metrics start after them.
+    #[arg(long)]
+    pub train_size: Option<u64>,
+    /// Seed for tree construction.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The paper's per-span results (`operation,duration_ms,seed_score,seed_sampled,label`, may be
+    /// gzip) to compare against.
+    #[arg(long, value_name = "FILE")]
+    pub compare_seed: Option<PathBuf>,
+    /// Write the test stream's `index,score,keep,label` here (CSV).
+    #[arg(long, value_name = "FILE")]
+    pub scores: Option<PathBuf>,
+    /// Write scores.svg, confusion.svg and durations.svg into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<PathBuf>,
+}
+
+fn parse_unit(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("must be a number between 0 and 1, got {s:?}")),
+    }
+}
+
+fn parse_positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("must be a positive number, got {s:?}")),
+    }
+}
+
+/// Errors that stop an evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// A span file could not be read.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The configuration file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    ReadConfig {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The configuration file is invalid.
+    #[error("{path}: {source}")]
+    Config {
+        /// The file.
+        path: String,
+        /// Every problem.
+        source: ConfigError,
+    },
+    /// The options do not make a usable configuration.
+    #[error("{0}")]
+    Options(String),
+    /// The seed results file is unusable.
+    #[error("--compare-seed {path}: {message}")]
+    Seed {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An output could not be written.
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// One span of the test stream, as the metrics and plots need it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TestSpan {
+    /// Position in the whole input (0-based, skipped spans included).
+    pub index: u64,
+    /// The engine's score.
+    pub score: Option<f64>,
+    /// The engine kept it.
+    pub keep: bool,
+    /// Ground truth.
+    pub label: Option<bool>,
+    /// Duration in ms (for the duration plot).
+    pub duration_ms: f64,
+}
+
+/// The configuration the run used.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigReport {
+    /// `paper` or `keyed`.
+    pub mode: &'static str,
+    /// Trees.
+    pub n_trees: u32,
+    /// Height.
+    pub height: u32,
+    /// Mass window.
+    pub window_size: u32,
+    /// Keep threshold.
+    pub min_score: f64,
+    /// Duration cap.
+    pub max_duration_ms: f64,
+    /// Training prefix.
+    pub train_size: u64,
+    /// Tree seed.
+    pub seed: u64,
+    /// Key table bound.
+    pub max_keys: u32,
+    /// Rules configured.
+    pub rules: usize,
+}
+
+/// Span counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpanCounts {
+    /// Spans given to the engine.
+    pub total: u64,
+    /// Training prefix (not skipped).
+    pub training: u64,
+    /// Test stream (not skipped).
+    pub tested: u64,
+    /// Test-stream spans with a label.
+    pub labelled: u64,
+    /// Spans the engine skipped.
+    pub skipped: u64,
+    /// Skipped spans by reason.
+    pub skipped_by_reason: BTreeMap<&'static str, u64>,
+    /// Input lines/rows that could not be used (not given to the engine).
+    pub bad_input_lines: u64,
+}
+
+/// Engine cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct Performance {
+    /// Wall time inside `process_batch`, seconds.
+    pub engine_seconds: f64,
+    /// Engine time per span, ns.
+    pub ns_per_span: f64,
+    /// Spans per second of engine time.
+    pub spans_per_second: f64,
+    /// `Engine::memory_bytes()` at the end.
+    pub memory_bytes: usize,
+}
+
+/// Engine counters at the end.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineCounters {
+    /// Distinct keys.
+    pub keys: u64,
+    /// Spans in the overflow key.
+    pub keys_overflow: u64,
+    /// Decisions emitted.
+    pub decisions: u64,
+    /// Spans scored.
+    pub spans_scored: u64,
+    /// Spans kept.
+    pub spans_kept: u64,
+}
+
+/// The paper's own results, measured the same way.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedReport {
+    /// The file.
+    pub file: String,
+    /// Usable rows.
+    pub rows: u64,
+    /// Rows that could not be used.
+    pub bad_lines: u64,
+    /// Metrics of `seed_sampled` (and AUC of `seed_score`).
+    #[serde(flatten)]
+    pub metrics: Metrics,
+}
+
+/// Everything `scale eval` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `scale` version.
+    pub version: &'static str,
+    /// Inputs, in order.
+    pub files: Vec<String>,
+    /// Configuration used.
+    pub config: ConfigReport,
+    /// Span counts.
+    pub spans: SpanCounts,
+    /// Metrics over the labelled test stream (`null` without labels).
+    pub metrics: Option<Metrics>,
+    /// The paper's results (with `--compare-seed`).
+    pub seed: Option<SeedReport>,
+    /// Engine cost.
+    pub performance: Performance,
+    /// Engine counters.
+    pub engine: EngineCounters,
+}
+
+/// `paper` or `keyed`.
+pub fn mode_str(m: Mode) -> &'static str {
+    match m {
+        Mode::Paper => "paper",
+        Mode::Keyed => "keyed",
+    }
+}
+
+/// The configuration: `--config` (or defaults) with the overrides applied and checked.
+pub fn build_config(args: &EvalArgs) -> Result<EngineConfig, EvalError> {
+    let mut cfg = match &args.config {
+        Some(p) => {
+            let path = p.display().to_string();
+            let text = std::fs::read_to_string(p).map_err(|source| EvalError::ReadConfig { path: path.clone(), source })?;
+            EngineConfig::from_yaml(&text).map_err(|source| EvalError::Config { path, source })?
+        }
+        None => EngineConfig::default(),
+    };
+    if let Some(m) = args.mode {
+        cfg.mode = match m {
+            ModeArg::Paper => Mode::Paper,
+            ModeArg::Keyed => Mode::Keyed,
+        };
+    }
+    let s = &mut cfg.sampler;
+    s.n_trees = args.n_trees.unwrap_or(s.n_trees);
+    s.height = args.height.unwrap_or(s.height);
+    s.window_size = args.window_size.unwrap_or(s.window_size);
+    s.min_score = args.min_score.unwrap_or(s.min_score);
+    s.max_duration_ms = args.max_duration_ms.unwrap_or(s.max_duration_ms);
+    s.train_size = args.train_size.unwrap_or(s.train_size);
+    s.seed = args.seed.unwrap_or(s.seed);
+    // The same bound EngineConfig::from_yaml enforces: 24 bytes per node, at most 4 GiB.
+    let bytes = 24u128 * ((1u128 << (s.height + 1)) - 1) * s.n_trees as u128;
+    if bytes > 4 << 30 {
+        return Err(EvalError::Options(format!(
+            "height {} with n_trees {} needs {} MiB of trees; lower --height or --n-trees",
+            s.height,
+            s.n_trees,
+            bytes >> 20
+        )));
+    }
+    Ok(cfg)
+}
+
+/// A reusable owned span in the batch buffer.
+#[derive(Debug, Default)]
+struct Slot {
+    service: String,
+    operation: String,
+    timing: Option<Timing>,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    label: Option<bool>,
+}
+
+/// The progress bar: hidden until stderr is a terminal and the input proves long.
+struct Progress {
+    bar: ProgressBar,
+    tty: bool,
+    shown: bool,
+    bytes: Rc<Cell<u64>>,
+}
+
+impl Progress {
+    fn new(files: &[PathBuf]) -> Self {
+        let sizes: Option<u64> = files.iter().map(|f| std::fs::metadata(f).ok().filter(|m| m.is_file()).map(|m| m.len())).sum();
+        let tty = io::stderr().is_terminal();
+        let bar = ProgressBar::with_draw_target(sizes, ProgressDrawTarget::hidden());
+        let template = if sizes.is_some() {
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} read, {msg}"
+        } else {
+            "{spinner} [{elapsed_precise}] {bytes} read, {msg}"
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style);
+        }
+        let mut p = Self { bar, tty, shown: false, bytes: Rc::default() };
+        // Unknown length (a pipe or a device): show from the start.
+        if sizes.is_none() {
+            p.show();
+        }
+        p
+    }
+
+    fn show(&mut self) {
+        if self.tty && !self.shown {
+            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+            self.shown = true;
+        }
+    }
+
+    fn update(&mut self, spans: u64) {
+        if spans > PROGRESS_AFTER_SPANS {
+            self.show();
+        }
+        if self.shown {
+            self.bar.set_position(self.bytes.get());
+            self.bar.set_message(format!("{spans} spans"));
+        }
+    }
+}
+
+/// The engine loop: batches spans, times the engine, splits training from test.
+struct Runner {
+    engine: Engine,
+    out: BatchOutput,
+    slots: Vec<Slot>,
+    len: usize,
+    clock_ns: u64,
+    engine_time: Duration,
+    fed: u64,
+    unskipped: u64,
+    train_size: u64,
+    training: u64,
+    test: Vec<TestSpan>,
+    progress: Progress,
+}
+
+impl Runner {
+    fn push(&mut self, r: &SpanRecord<'_>) {
+        self.clock_ns = match r.timing {
+            Timing::StartEnd { end_ns, .. } => self.clock_ns.max(end_ns),
+            Timing::DurationMs(_) => self.clock_ns.saturating_add(1_000_000),
+        };
+        if self.len == self.slots.len() {
+            self.slots.push(Slot::default());
+        }
+        let s = &mut self.slots[self.len];
+        s.service.clear();
+        s.service.push_str(r.service);
+        s.operation.clear();
+        s.operation.push_str(r.operation);
+        s.timing = Some(r.timing);
+        s.trace_id = r.trace_id;
+        s.span_id = r.span_id;
+        s.label = r.label;
+        self.len += 1;
+        if self.len == BATCH {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        let batch = &self.slots[..self.len];
+        let spans: Vec<SpanRef<'_>> = batch
+            .iter()
+            .map(|s| SpanRef {
+                key: SpanKey::Names { service: &s.service, operation: &s.operation },
+                timing: s.timing.unwrap_or(Timing::DurationMs(f64::NAN)),
+                trace_id: s.trace_id,
+                span_id: s.span_id,
+            })
+            .collect();
+        let t = Instant::now();
+        self.engine.process_batch(&spans, self.clock_ns, &mut self.out);
+        self.engine_time += t.elapsed();
+        for (i, (v, s)) in self.out.verdicts.iter().zip(batch).enumerate() {
+            if v.skipped.is_some() {
+                continue;
+            }
+            self.unskipped += 1;
+            if self.unskipped <= self.train_size {
+                self.training += 1;
+                continue;
+            }
+            let duration_ms = match s.timing {
+                Some(Timing::DurationMs(d)) => d,
+                Some(Timing::StartEnd { start_ns, end_ns }) => scale_core::features::duration_ms(start_ns, end_ns).unwrap_or(f64::NAN),
+                None => f64::NAN,
+            };
+            self.test.push(TestSpan { index: self.fed + i as u64, score: v.score, keep: v.keep, label: s.label, duration_ms });
+        }
+        self.fed += self.len as u64;
+        self.len = 0;
+        self.progress.update(self.fed);
+    }
+}
+
+/// Confusion and AUC over the labelled spans of `spans`; `None` if none is labelled.
+pub fn test_metrics(spans: &[TestSpan]) -> Option<Metrics> {
+    let mut c = Confusion::default();
+    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    for s in spans {
+        if let Some(l) = s.label {
+            c.add(s.keep, l);
+            scores.push(s.score.unwrap_or(0.0));
+            labels.push(l);
+        }
+    }
+    (c.total() > 0).then(|| c.summary(roc_auc(&scores, &labels)))
+}
+
+/// Read the paper's per-span results: confusion of `seed_sampled` against `label`, AUC of
+/// `seed_score` (a missing or unparsable score counts as 0.0). Rows with a missing or bad
+/// `seed_sampled` or `label` are bad lines.
+pub fn read_seed(path: &Path) -> Result<SeedReport, EvalError> {
+    let name = path.display().to_string();
+    let err = |message: String| EvalError::Seed { path: name.clone(), message };
+    let (mut reader, _, _) = input::open(path, Rc::default())?;
+    let mut line = Vec::new();
+    let mut cols: Option<(usize, usize, usize, usize)> = None;
+    let (mut c, mut scores, mut labels, mut bad) = (Confusion::default(), Vec::new(), Vec::new(), 0u64);
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(file = name, error = %e, "read error; the rest of the file is ignored");
+                bad += 1;
+                break;
+            }
+        }
+        let Ok(text) = std::str::from_utf8(&line) else {
+            bad += 1;
+            continue;
+        };
+        let text = text.trim_end_matches(['\n', '\r']);
+        if text.trim().is_empty() {
+            continue;
+        }
+        let Some((width, score_i, sampled_i, label_i)) = cols else {
+            let fields = input::split_csv(text.trim_start_matches('\u{feff}')).unwrap_or_default();
+            let find = |n: &str| fields.iter().position(|f| f.trim().eq_ignore_ascii_case(n));
+            match (find("seed_score"), find("seed_sampled"), find("label")) {
+                (Some(a), Some(b), Some(l)) => cols = Some((fields.len(), a, b, l)),
+                _ => return Err(err(format!("header {text:?} needs columns seed_score, seed_sampled, label"))),
+            }
+            continue;
+        };
+        let Some(f) = input::split_csv(text).filter(|f| f.len() == width) else {
+            bad += 1;
+            continue;
+        };
+        let (Ok(Some(sampled)), Ok(Some(label))) = (input::parse_label(&f[sampled_i]), input::parse_label(&f[label_i])) else {
+            bad += 1;
+            continue;
+        };
+        c.add(sampled, label);
+        scores.push(f[score_i].trim().parse::<f64>().ok().filter(|v| v.is_finite()).unwrap_or(0.0));
+        labels.push(label);
+    }
+    if cols.is_none() {
+        return Err(err("empty file".into()));
+    }
+    Ok(SeedReport { file: name, rows: c.total(), bad_lines: bad, metrics: c.summary(roc_auc(&scores, &labels)) })
+}
+
+/// A one-line description of the configuration, for titles.
+fn describe(c: &ConfigReport) -> String {
+    format!(
+        "{} mode, n_trees {}, height {}, window_size {}, min_score {}, train_size {}",
+        c.mode, c.n_trees, c.height, c.window_size, c.min_score, c.train_size
+    )
+}
+
+fn write_file(path: &Path, body: impl FnOnce(&mut BufWriter<std::fs::File>) -> io::Result<()>) -> Result<(), EvalError> {
+    let werr = |source| EvalError::Write { path: path.display().to_string(), source };
+    let f = std::fs::File::create(path).map_err(werr)?;
+    let mut w = BufWriter::new(f);
+    body(&mut w).and_then(|_| w.flush()).map_err(werr)
+}
+
+fn write_scores(path: &Path, spans: &[TestSpan]) -> Result<(), EvalError> {
+    write_file(path, |w| {
+        writeln!(w, "index,score,keep,label")?;
+        for s in spans {
+            let score = s.score.map(|v| v.to_string()).unwrap_or_default();
+            let label = s.label.map(|l| if l { "1" } else { "0" }).unwrap_or("");
+            writeln!(w, "{},{score},{},{label}", s.index, u8::from(s.keep))?;
+        }
+        Ok(())
+    })
+}
+
+fn write_plots(dir: &Path, spans: &[TestSpan], metrics: Option<&Metrics>, cfg: &ConfigReport) -> Result<(), EvalError> {
+    std::fs::create_dir_all(dir).map_err(|source| EvalError::Write { path: dir.display().to_string(), source })?;
+    let d = describe(cfg);
+    let svg = |name: &str, text: String| write_file(&dir.join(name), |w| w.write_all(text.as_bytes()));
+    svg("scores.svg", plot::scores_svg(spans, cfg.min_score, &format!("Anomaly scores of the test stream\n{d}")))?;
+    svg("durations.svg", plot::durations_svg(spans, cfg.min_score, &format!("Score vs duration\n{d}")))?;
+    match metrics {
+        Some(m) => svg("confusion.svg", plot::confusion_svg(&m.confusion, &format!("Confusion matrix\n{d}")))?,
+        None => tracing::info!("no labels in the test stream: confusion.svg not written"),
+    }
+    Ok(())
+}
+
+/// Run the evaluation described by `args`; also writes the `--scores` and `--plots` outputs.
+pub fn run(args: &EvalArgs) -> Result<Report, EvalError> {
+    let cfg = build_config(args)?;
+    let s = cfg.sampler;
+    let config = ConfigReport {
+        mode: mode_str(cfg.mode),
+        n_trees: s.n_trees,
+        height: s.height,
+        window_size: s.window_size,
+        min_score: s.min_score,
+        max_duration_ms: s.max_duration_ms,
+        train_size: s.train_size,
+        seed: s.seed,
+        max_keys: cfg.keys.max_keys,
+        rules: cfg.rules.len(),
+    };
+    // Fail on an unusable seed file before the long run.
+    let seed = args.compare_seed.as_deref().map(read_seed).transpose()?;
+    let progress = Progress::new(&args.files);
+    let bytes = progress.bytes.clone();
+    let mut r = Runner {
+        engine: Engine::new(cfg),
+        out: BatchOutput::default(),
+        slots: Vec::with_capacity(BATCH),
+        len: 0,
+        clock_ns: 0,
+        engine_time: Duration::ZERO,
+        fed: 0,
+        unskipped: 0,
+        train_size: s.train_size,
+        training: 0,
+        test: Vec::new(),
+        progress,
+    };
+    let mut bad_lines = 0;
+    for f in &args.files {
+        let summary = input::read_file(f, bytes.clone(), |rec| r.push(rec))?;
+        bad_lines += summary.bad_lines;
+        tracing::info!(
+            file = %f.display(),
+            format = summary.format.map(|f| f.as_str()).unwrap_or("?"),
+            gzip = summary.gzip,
+            spans = summary.spans,
+            bad_lines = summary.bad_lines,
+            "read"
+        );
+    }
+    r.flush();
+    r.progress.bar.finish_and_clear();
+    if bad_lines > 0 {
+        tracing::warn!(bad_lines, "input lines could not be used");
+    }
+
+    let stats = r.engine.stats();
+    let metrics = test_metrics(&r.test);
+    if let (Some(sd), Some(m)) = (&seed, &metrics)
+        && sd.rows != m.confusion.total()
+    {
+        tracing::warn!(seed_rows = sd.rows, tested = m.confusion.total(), "the seed results and our test stream differ in length");
+    }
+    if let Some(p) = &args.scores {
+        write_scores(p, &r.test)?;
+    }
+    if let Some(dir) = &args.plots {
+        write_plots(dir, &r.test, metrics.as_ref(), &config)?;
+    }
+    let secs = r.engine_time.as_secs_f64();
+    Ok(Report {
+        version: env!("CARGO_PKG_VERSION"),
+        files: args.files.iter().map(|f| f.display().to_string()).collect(),
+        config,
+        spans: SpanCounts {
+            total: r.fed,
+            training: r.training,
+            tested: r.test.len() as u64,
+            labelled: r.test.iter().filter(|t| t.label.is_some()).count() as u64,
+            skipped: stats.spans_skipped.iter().sum(),
+            skipped_by_reason: SkipReason::ALL.iter().map(|&k| (k.as_str(), stats.spans_skipped[k as usize])).collect(),
+            bad_input_lines: bad_lines,
+        },
+        metrics,
+        seed,
+        performance: Performance {
+            engine_seconds: secs,
+            ns_per_span: if r.fed == 0 { 0.0 } else { secs * 1e9 / r.fed as f64 },
+            spans_per_second: if secs > 0.0 { r.fed as f64 / secs } else { 0.0 },
+            memory_bytes: r.engine.memory_bytes(),
+        },
+        engine: EngineCounters {
+            keys: stats.keys,
+            keys_overflow: stats.keys_overflow,
+            decisions: stats.decisions,
+            spans_scored: stats.spans_scored,
+            spans_kept: stats.spans_kept,
+        },
+    })
+}
+
+/// The report as a human-readable table.
+pub fn render_text(r: &Report) -> String {
+    let mut o = String::new();
+    let c = &r.config;
+    let _ = writeln!(
+        o,
+        "config    {}, max_duration {} ms, seed {}, max_keys {}, {} rule{}",
+        describe(c),
+        c.max_duration_ms,
+        c.seed,
+        c.max_keys,
+        c.rules,
+        if c.rules == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(o, "files     {}", r.files.join(" "));
+    let s = &r.spans;
+    let _ = writeln!(
+        o,
+        "spans     {} total: {} training, {} tested ({} labelled), {} skipped, {} bad input lines",
+        s.total, s.training, s.tested, s.labelled, s.skipped, s.bad_input_lines
+    );
+    if s.skipped > 0 {
+        let reasons: Vec<_> = s.skipped_by_reason.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(o, "skipped   {}", reasons.join(", "));
+    }
+    o.push('\n');
+    let seed = r.seed.as_ref().map(|s| &s.metrics);
+    if r.metrics.is_none() && seed.is_none() {
+        let _ = writeln!(o, "metrics   none: the test stream has no labels");
+    } else {
+        let cols: Vec<Option<&Metrics>> = if seed.is_some() { vec![r.metrics.as_ref(), seed] } else { vec![r.metrics.as_ref()] };
+        let _ = write!(o, "{:<12}", "metric");
+        for name in ["scale", "seed"].iter().take(cols.len()) {
+            let _ = write!(o, "{name:>12}");
+        }
+        o.push('\n');
+        type Cell = fn(&Metrics) -> String;
+        let rows: [(&str, Cell); 9] = [
+            ("TP", |m| m.confusion.tp.to_string()),
+            ("FP", |m| m.confusion.fp.to_string()),
+            ("FN", |m| m.confusion.fn_.to_string()),
+            ("TN", |m| m.confusion.tn.to_string()),
+            ("precision", |m| format!("{:.4}", m.precision)),
+            ("recall", |m| format!("{:.4}", m.recall)),
+            ("F1", |m| format!("{:.4}", m.f1)),
+            ("FPR", |m| format!("{:.2} %", 100.0 * m.fpr)),
+            ("ROC AUC", |m| m.roc_auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "-".into())),
+        ];
+        for (name, cell) in rows {
+            let _ = write!(o, "{name:<12}");
+            for m in &cols {
+                let _ = write!(o, "{:>12}", m.map(cell).unwrap_or_else(|| "-".into()));
+            }
+            o.push('\n');
+        }
+        if r.metrics.is_none() {
+            let _ = writeln!(o, "(scale: the test stream has no labels)");
+        }
+        if let Some(sd) = &r.seed {
+            let _ = writeln!(o, "(seed: {} rows, {} bad, from {})", sd.rows, sd.bad_lines, sd.file);
+        }
+    }
+    o.push('\n');
+    let p = &r.performance;
+    let e = &r.engine;
+    let _ = writeln!(
+        o,
+        "engine    {:.1} ns/span, {:.2} M spans/s ({:.3} s in process_batch), memory {:.2} MiB",
+        p.ns_per_span,
+        p.spans_per_second / 1e6,
+        p.engine_seconds,
+        p.memory_bytes as f64 / (1 << 20) as f64
+    );
+    let _ = writeln!(
+        o,
+        "counters  {} keys ({} overflow), {} scored, {} kept, {} decisions",
+        e.keys, e.keys_overflow, e.spans_scored, e.spans_kept, e.decisions
+    );
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        eval: EvalArgs,
+    }
+
+    fn args(a: &[&str]) -> EvalArgs {
+        Cli::try_parse_from(std::iter::once("eval").chain(a.iter().copied())).unwrap().eval
+    }
+
+    #[test]
+    fn overrides_apply_to_the_config() {
+        let a = args(&[
+            "--mode",
+            "paper",
+            "--n-trees",
+            "16",
+            "--height",
+            "8",
+            "--window-size",
+            "175",
+            "--min-score",
+            "0.6",
+            "--train-size",
+            "5",
+            "--seed",
+            "3",
+            "--max-duration-ms",
+            "100",
+            "x.csv",
+        ]);
+        let c = build_config(&a).unwrap();
+        assert_eq!(c.mode, Mode::Paper);
+        let s = c.sampler;
+        assert_eq!(
+            (s.n_trees, s.height, s.window_size, s.min_score, s.train_size, s.seed, s.max_duration_ms),
+            (16, 8, 175, 0.6, 5, 3, 100.0)
+        );
+        assert!(Cli::try_parse_from(["eval", "--min-score", "1.5", "x"]).is_err());
+        assert!(Cli::try_parse_from(["eval", "--n-trees", "0", "x"]).is_err());
+        assert!(Cli::try_parse_from(["eval"]).is_err(), "a file is required");
+        let huge = args(&["--height", "20", "--n-trees", "1000", "x"]);
+        assert!(matches!(build_config(&huge), Err(EvalError::Options(_))));
+    }
+
+    fn temp(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("scale-eval-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn run_splits_training_skips_and_reports() {
+        let mut csv = String::from("service,operation,duration_ms,label\n");
+        for i in 0..3000 {
+            let anomalous = i >= 2000 && i % 50 == 0;
+            let d = if anomalous { 400.0 } else { 10.0 + (i % 7) as f64 };
+            csv.push_str(&format!("s,op{},{d},{}\n", i % 3, u8::from(anomalous)));
+        }
+        csv.push_str("s,op0,NaN,0\ns,op0\n");
+        let p = temp("run.csv", &csv);
+        let a = args(&["--train-size", "1000", "--window-size", "100", p.to_str().unwrap()]);
+        let r = run(&a).unwrap();
+        assert_eq!((r.spans.total, r.spans.training, r.spans.tested, r.spans.skipped, r.spans.bad_input_lines), (3001, 1000, 2000, 1, 1));
+        assert_eq!(r.spans.skipped_by_reason["invalid_duration"], 1);
+        let m = r.metrics.unwrap();
+        assert_eq!(m.confusion.total(), 2000);
+        assert_eq!(m.confusion.tp + m.confusion.fn_, 20);
+        assert!(m.recall > 0.9, "{m:?}");
+        assert!(m.roc_auc.unwrap() > 0.9, "{m:?}");
+        let text = render_text(&r);
+        assert!(text.contains("ROC AUC") && text.contains("invalid_duration 1"), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["metrics"]["tp"], m.confusion.tp);
+        assert_eq!(json["config"]["mode"], "keyed");
+    }
+
+    #[test]
+    fn seed_file_metrics() {
+        let p = temp(
+            "seed.csv",
+            "operation,duration_ms,seed_score,seed_sampled,label\na,1,0.9,1,1\nb,1,0.2,0,0\nc,1,0.7,1,0\nd,1,,0,0\ne,1,0.1,x,0\n",
+        );
+        let s = read_seed(&p).unwrap();
+        assert_eq!((s.rows, s.bad_lines), (4, 1));
+        assert_eq!(s.metrics.confusion, Confusion { tp: 1, fp: 1, fn_: 0, tn: 2 });
+        assert_eq!(s.metrics.roc_auc, Some(1.0));
+        assert!(read_seed(&temp("notseed.csv", "a,b\n1,2\n")).is_err());
+    }
+}
