@@ -18,9 +18,10 @@
 //! Nodes live in one `Vec` (24 bytes each), tree `t`'s node `i` at `t · nodes_per_tree + i`,
 //! children at `2i + 1` and `2i + 2`. [`Hst::score_learn`] walks each tree once, scoring and
 //! learning in the same pass, so a span costs `n_trees · (height + 1)` node visits and never
-//! allocates. The window pivot is O(1): each node remembers the window (epoch) its `l_mass` belongs
-//! to and is brought up to date when next touched, instead of sweeping every node every
-//! `window_size` spans (which at height 15 would cost more than the walks themselves).
+//! allocates. The window pivot of a small forest (at most 64 nodes per `window_size`, e.g.
+//! (16, 8, 175)) sweeps every node; a large forest's pivot is O(1) instead: each node remembers
+//! the window (epoch) its `l_mass` belongs to and is brought up to date when next touched, since
+//! at height 15 a sweep every `window_size` spans would cost more than the walks themselves.
 //! Memory is `24 · n_trees · (2^(height+1) − 1)` bytes: 39 MB at (25, 15), 0.2 MB at (16, 8);
 //! it does not depend on traffic.
 //!
@@ -38,6 +39,8 @@ pub const SIZE_LIMIT_FRACTION: f64 = 0.1;
 /// Split values are drawn from the feature's range narrowed by this fraction on each side
 /// (River's `make_padded_tree(padding=0.15)`).
 pub const SPLIT_PADDING: f64 = 0.15;
+/// Forests of at most this many nodes per `window_size` pivot eagerly; see [`Hst`].
+pub const EAGER_NODES_PER_SPAN: usize = 64;
 /// Largest supported height: 2^(20+1) − 1 nodes per tree (48 MB per tree).
 pub const MAX_HEIGHT: u32 = 20;
 
@@ -73,6 +76,12 @@ impl Node {
             1 => (0, self.l_mass),
             _ => (0, 0),
         }
+    }
+
+    /// (latest, reference) masses; with `EAGER` pivots the stored values are always current.
+    #[inline(always)]
+    fn masses_as<const EAGER: bool>(&self, now: u32) -> (u32, u32) {
+        if EAGER { (self.l_mass, self.r_mass) } else { self.masses(now) }
     }
 
     #[inline(always)]
@@ -223,47 +232,63 @@ impl Hst {
     /// `score_one(x); learn_one(x)`.
     #[inline]
     pub fn score_learn(&mut self, x: &[f64], learn: bool) -> Option<f64> {
-        if learn { self.walk::<true, true>(x) } else { self.walk::<true, false>(x) }
+        match (learn, self.eager()) {
+            (true, true) => self.walk::<true, true, true>(x),
+            (true, false) => self.walk::<true, true, false>(x),
+            (false, true) => self.walk::<true, false, true>(x),
+            (false, false) => self.walk::<true, false, false>(x),
+        }
     }
 
     /// Score without learning.
     pub fn score(&mut self, x: &[f64]) -> Option<f64> {
-        self.walk::<true, false>(x)
+        self.score_learn(x, false)
     }
 
     /// Learn without scoring.
     pub fn learn(&mut self, x: &[f64]) {
-        self.walk::<false, true>(x);
+        if self.eager() { self.walk::<false, true, true>(x) } else { self.walk::<false, true, false>(x) };
+    }
+
+    /// Small forests pivot eagerly (a sweep over every node each window, at most
+    /// [`EAGER_NODES_PER_SPAN`] node updates per span amortised); large ones lazily by epoch.
+    #[inline(always)]
+    fn eager(&self) -> bool {
+        self.nodes.len() <= EAGER_NODES_PER_SPAN * self.params.window_size as usize
     }
 
     #[inline(always)]
-    fn walk<const SCORE: bool, const LEARN: bool>(&mut self, x: &[f64]) -> Option<f64> {
+    fn walk<const SCORE: bool, const LEARN: bool, const EAGER: bool>(&mut self, x: &[f64]) -> Option<f64> {
         debug_assert!(self.built);
         debug_assert_eq!(x.len(), self.n_features);
-        let size_limit = SIZE_LIMIT_FRACTION * self.params.window_size as f64;
+        // Masses are integers, so `r < 0.1 · window_size` ⇔ `r < ceil(0.1 · window_size)`, and
+        // the sum of `r · 2^depth` is exact in integers; converted to f64 once, it equals River's
+        // float sum of the same exact integers bit for bit.
+        let limit = (SIZE_LIMIT_FRACTION * self.params.window_size as f64).ceil() as u32;
         let height = self.params.height;
         let warm = SCORE && self.warm;
         let now = self.window;
-        let mut total = 0.0f64;
+        let mut total: u64 = 0;
         let npt = self.nodes_per_tree;
         let first_leaf = npt / 2;
         for tree in self.nodes.chunks_exact_mut(npt) {
             let mut i = 0usize;
-            let mut depth_pow = 1.0f64;
-            let mut sum = 0.0f64;
             let mut scoring = warm;
-            for _ in 0..height {
+            let mut depth = 0u32;
+            while depth < height {
                 let node = &mut tree[i];
                 let r = if LEARN {
-                    node.refresh(now);
+                    if !EAGER && node.epoch != now {
+                        node.refresh(now);
+                    }
                     node.l_mass += 1;
                     node.r_mass
                 } else {
-                    node.masses(now).1
+                    node.masses_as::<EAGER>(now).1
                 };
                 if scoring {
-                    sum += r as f64 * depth_pow;
-                    if (r as f64) < size_limit {
+                    total += (r as u64) << depth;
+                    if r < limit {
                         scoring = false;
                         if !LEARN {
                             break;
@@ -272,38 +297,44 @@ impl Hst {
                 }
                 let v = x[node.feature as usize];
                 let threshold = node.threshold;
-                let (l, rr) = (2 * i + 1, 2 * i + 2);
+                let l = 2 * i + 1;
                 i = if v.is_nan() {
-                    if tree[l].masses(now).0 < tree[rr].masses(now).0 { rr } else { l }
-                } else if v < threshold {
-                    l
+                    l + (tree[l].masses_as::<EAGER>(now).0 < tree[l + 1].masses_as::<EAGER>(now).0) as usize
                 } else {
-                    rr
+                    l + (v >= threshold) as usize
                 };
-                depth_pow *= 2.0;
+                depth += 1;
             }
             if i >= first_leaf {
                 // Reached a leaf (the loop did not stop early).
                 let leaf = &mut tree[i];
                 if LEARN {
-                    leaf.refresh(now);
+                    if !EAGER {
+                        leaf.refresh(now);
+                    }
                     leaf.l_mass += 1;
                 }
                 if scoring {
-                    sum += leaf.masses(now).1 as f64 * depth_pow;
+                    total += (leaf.masses_as::<EAGER>(now).1 as u64) << height;
                 }
             }
-            total += sum;
         }
-        let score = if warm { Some(1.0 - total / self.max_score()) } else { None };
+        let score = if warm { Some(1.0 - total as f64 / self.max_score()) } else { None };
         if LEARN {
             self.counter += 1;
             if self.counter == self.params.window_size {
                 self.counter = 0;
-                self.window = self.window.wrapping_add(1);
                 self.warm = true;
-                if self.window == u32::MAX / 2 {
-                    self.renormalize();
+                if EAGER {
+                    for n in &mut self.nodes {
+                        n.r_mass = n.l_mass;
+                        n.l_mass = 0;
+                    }
+                } else {
+                    self.window = self.window.wrapping_add(1);
+                    if self.window == u32::MAX / 2 {
+                        self.renormalize();
+                    }
                 }
             }
         }
@@ -406,9 +437,17 @@ mod tests {
 
     #[test]
     fn matches_reference_including_missing_features() {
-        let p = params(5, 4, 20);
+        // Window 20: eager pivots; window 2: lazy (epoch) pivots.
+        for (window, eager) in [(20, true), (2, false)] {
+            check_against_reference(window, eager);
+        }
+    }
+
+    fn check_against_reference(window: u32, eager: bool) {
+        let p = params(5, 4, window);
         let mut h = Hst::new(p, 2);
         h.build(&[(0.0, 1.0), (0.0, 1.0)]);
+        assert_eq!(h.eager(), eager);
         let trees = trees_of(&h);
         let n = h.nodes_per_tree;
         let mut r = Reference {
@@ -420,7 +459,7 @@ mod tests {
             l: vec![vec![0; n]; 5],
             r: vec![vec![0; n]; 5],
             height: 4,
-            window: 20,
+            window,
             counter: 0,
             first: true,
         };

@@ -5,9 +5,9 @@
 //! 1. The engine configuration is read (`--config`, else the defaults) and the command-line
 //!    overrides are applied to its fields; the engine is built with [`Engine::new`].
 //! 2. Each file is read in order ([`input`]: CSV or OTLP JSON lines, plain or gzip) and its spans
-//!    are fed to [`Engine::process_batch`] in batches of [`BATCH`], by name
-//!    ([`SpanKey::Names`]), with one [`BatchOutput`] reused throughout. Batches run across file
-//!    boundaries.
+//!    are fed to [`Engine::process_batch`] in batches of [`BATCH`], by key id ([`SpanKey::Id`],
+//!    names interned just before the call, as the C ABI's callers cache ids), with one
+//!    [`BatchOutput`] reused throughout. Batches run across file boundaries.
 //! 3. Rule windows need a clock: OTLP spans advance it to their end time (monotonic maximum so
 //!    far); CSV rows, which carry no time, advance it by 1 ms each. A batch is processed at the
 //!    clock's value after its last span.
@@ -16,7 +16,8 @@
 //!    (the engine learns them and keeps none — the same count the engine uses); all later
 //!    spans are the **test stream**, over which the metrics are computed. Only labelled test
 //!    spans count towards the metrics; with no labels at all they are omitted.
-//! 5. Only the `process_batch` calls are timed (wall clock), not parsing.
+//! 5. Only the `process_batch` calls are timed (wall clock), not parsing or interning (River's
+//!    timing in `scripts/river_bench.py` likewise excludes building its feature dicts).
 //!
 //! Outputs: a [`Report`] (printed as text or one JSON object by `main`), and optionally a
 //! per-span scores CSV (`--scores`), SVG plots (`--plots`, see [`plot`]) and the paper's own
@@ -434,10 +435,11 @@ impl Runner {
             return;
         }
         let batch = &self.slots[..self.len];
+        let engine = &mut self.engine;
         let spans: Vec<SpanRef<'_>> = batch
             .iter()
             .map(|s| SpanRef {
-                key: SpanKey::Names { service: &s.service, operation: &s.operation },
+                key: SpanKey::Id(engine.intern(&s.service, &s.operation)),
                 timing: s.timing.unwrap_or(Timing::DurationMs(f64::NAN)),
                 trace_id: s.trace_id,
                 span_id: s.span_id,
