@@ -403,10 +403,10 @@ struct Problems(Vec<ConfigProblem>);
 
 impl Problems {
     fn push<T>(&mut self, path: &str, v: &S<T>, msg: impl Into<String>) {
-        self.0.push(ConfigProblem { path: path.to_string(), line: v.referenced.line(), message: msg.into() });
+        self.0.push(ConfigProblem { path: path.to_string(), line: v.referenced.line(), message: msg.into(), source: None });
     }
     fn push_at(&mut self, path: &str, line: u64, msg: impl Into<String>) {
-        self.0.push(ConfigProblem { path: path.to_string(), line, message: msg.into() });
+        self.0.push(ConfigProblem { path: path.to_string(), line, message: msg.into(), source: None });
     }
 
     /// An integer in `[lo, hi]`.
@@ -447,7 +447,7 @@ impl Problems {
 
 fn parse_err(e: serde_saphyr::Error) -> ConfigError {
     let line = e.location().map(|l| l.line()).unwrap_or(0);
-    ConfigError::new(vec![ConfigProblem { path: String::new(), line, message: e.to_string() }])
+    ConfigError::new(vec![ConfigProblem { path: String::new(), line, message: e.to_string(), source: None }])
 }
 
 fn validate_rules(p: &mut Problems, raw: &[S<RawRule>], prefix: &str) -> Vec<Rule> {
@@ -584,6 +584,48 @@ impl EngineConfig {
     }
 }
 
+impl EngineConfig {
+    /// An engine configuration whose rules come from a separate rules file (shared with the
+    /// daemon). Problems in either document are reported together; those of the rules file carry
+    /// `source = "rules file"` and lines of that file. Rules may not be given in both.
+    pub fn from_parts(engine_yaml: &str, rules_yaml: Option<&str>) -> Result<Self, ConfigError> {
+        let Some(rules_yaml) = rules_yaml else {
+            return Self::from_yaml(engine_yaml);
+        };
+        let engine = Self::from_yaml(engine_yaml);
+        let rules = RulesFile::from_yaml(rules_yaml).map_err(|e| {
+            let mut problems = e.problems;
+            for p in &mut problems {
+                p.source = Some("rules file".to_string());
+            }
+            problems
+        });
+        match (engine, rules) {
+            (Ok(mut cfg), Ok(rules)) => {
+                if !cfg.rules.is_empty() && !rules.rules.is_empty() {
+                    return Err(ConfigError::new(vec![ConfigProblem {
+                        path: "rules".into(),
+                        line: 0,
+                        message: "rules are given both inline and in a rules file; use one".into(),
+                        source: None,
+                    }]));
+                }
+                if cfg.rules.is_empty() {
+                    cfg.rules = rules.rules;
+                }
+                Ok(cfg)
+            }
+            (Err(e), Ok(_)) => Err(e),
+            (Ok(_), Err(p)) => Err(ConfigError::new(p)),
+            (Err(e), Err(p)) => {
+                let mut all = e.problems;
+                all.extend(p);
+                Err(ConfigError::new(all))
+            }
+        }
+    }
+}
+
 impl RulesFile {
     /// Parse and validate a rules file (`rules:` only).
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
@@ -676,6 +718,19 @@ rules:
             assert!(s.contains(needle), "missing {needle} in\n{s}");
         }
         assert!(e.problems().iter().all(|p| p.line > 0), "{s}");
+    }
+
+    #[test]
+    fn rules_from_a_separate_file() {
+        let rules = "rules:\n- name: r\n  when: { duration_above: 1s }\n  count: 2\n  window: 1s\n  action: { kind: horizontal, target: { kind: Deployment, name: x }, max: 3 }\n";
+        let cfg = EngineConfig::from_parts("sampler: { n_trees: 3 }", Some(rules)).unwrap();
+        assert_eq!((cfg.sampler.n_trees, cfg.rules.len()), (3, 1));
+        let e = EngineConfig::from_parts("sampler: { n_trees: 0 }", Some(&rules.replace("count: 2", "count: 0"))).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("line 2: sampler.n_trees") || s.contains("line 1: sampler.n_trees"), "{s}");
+        assert!(s.contains("rules file: line 4: rules[0].count"), "{s}");
+        let both = format!("{rules}");
+        assert!(EngineConfig::from_parts(&both, Some(rules)).is_err());
     }
 
     #[test]

@@ -11,10 +11,15 @@ pub struct ConfigProblem {
     pub line: u64,
     /// What is wrong, with the offending value.
     pub message: String,
+    /// Which document, when a configuration is assembled from several (e.g. `rules file`).
+    pub source: Option<String>,
 }
 
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(src) = &self.source {
+            write!(f, "{src}: ")?;
+        }
         match (self.path.is_empty(), self.line) {
             (true, 0) => write!(f, "{}", self.message),
             (true, l) => write!(f, "line {l}: {}", self.message),
@@ -27,7 +32,7 @@ impl fmt::Display for ConfigProblem {
 /// Every problem found in a configuration, reported together.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    problems: Vec<ConfigProblem>,
+    pub(crate) problems: Vec<ConfigProblem>,
 }
 
 impl ConfigError {
