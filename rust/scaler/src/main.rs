@@ -11,6 +11,8 @@
 
 mod check;
 mod eval;
+#[allow(dead_code)] // The daemon is assembled in steps; `scale serve` wires the planner in.
+mod serve;
 
 use std::io::Write;
 use std::process::ExitCode;
