@@ -1,0 +1,830 @@
+//! `scale_engine`: the opaque engine handle and every `scale_engine_*` function.
+
+use std::mem::MaybeUninit;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::{Mutex, MutexGuard};
+use safer_ffi::c_char;
+use safer_ffi::prelude::*;
+use scale_core::{BatchOutput, Engine, EngineConfig, Error, SpanKey, SpanRef, Timing};
+
+use crate::decision::scale_decision;
+use crate::ffi::{self, FfiResult, MsgOut};
+use crate::panic;
+use crate::skip::scale_skip;
+use crate::stats::scale_stats;
+use crate::status::scale_status;
+
+/// The key id every span past the key table's bound (`keys.max_keys`) shares. Returned by
+/// `scale_engine_intern` when the table is full; a valid id to pass to `scale_engine_process`.
+#[ffi_export]
+pub const SCALE_KEY_OVERFLOW: u32 = scale_core::OVERFLOW;
+
+/// A key id no engine ever hands out: spans given it (or names that are not UTF-8) are skipped
+/// as `InvalidKey`. `max_keys` is at most 10,000,000, so this never collides.
+const INVALID_KEY: u32 = u32::MAX - 1;
+
+/// A SCALE engine: featurizer, Half-Space-Trees model, key table and latency-rule windows.
+///
+/// Ownership: created by `scale_engine_new`, `scale_engine_new_with_rules`, `scale_engine_restore`
+/// or `scale_engine_restore_from_file`; the caller owns it and must call `scale_engine_free` once.
+///
+/// Thread safety: every function except `scale_engine_free` may be called from any thread,
+/// concurrently, on the same handle: calls are serialised by one lock per handle (calls on
+/// different handles never wait on each other). `scale_engine_free` must not run concurrently
+/// with any other call on the handle.
+///
+/// Poisoning: if a call panics (a bug), it returns `SCALE_STATUS_PANIC` and every later call on
+/// the handle returns `SCALE_STATUS_POISONED`; only `scale_engine_free` still works.
+///
+/// Methods: `scale_engine_new`, `scale_engine_new_with_rules`, `scale_engine_restore`,
+/// `scale_engine_restore_from_file`, `scale_engine_free`, `scale_engine_intern`, `scale_engine_process`,
+/// `scale_engine_process_names`, `scale_engine_rule_count`, `scale_engine_rule_name`,
+/// `scale_engine_stats`, `scale_engine_snapshot_size`, `scale_engine_snapshot`,
+/// `scale_engine_snapshot_to_file`.
+#[derive_ReprC]
+#[repr(opaque)]
+pub struct scale_engine {
+    pub(crate) shared: Shared,
+}
+
+/// Everything behind the handle.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    poisoned: AtomicBool,
+    /// Test hook: the next locked call panics (see `tests.rs`). Not compiled in the library.
+    #[cfg(test)]
+    pub(crate) panic_next: AtomicBool,
+}
+
+/// The engine and its reusable scratch space (no allocation per batch once warm).
+struct State {
+    engine: Engine,
+    out: BatchOutput,
+    /// Allocation reused across batches; always empty between calls.
+    spans: Vec<SpanRef<'static>>,
+}
+
+/// A locked handle; poisons the handle if dropped during a panic (before the lock is released,
+/// so no other thread can see the broken state).
+pub(crate) struct Locked<'a> {
+    poison_on_panic: PoisonOnPanic<'a>,
+    guard: MutexGuard<'a, State>,
+}
+
+struct PoisonOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for PoisonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Shared {
+    fn new(engine: Engine) -> Self {
+        Shared {
+            state: Mutex::new(State { engine, out: BatchOutput::default(), spans: Vec::new() }),
+            poisoned: AtomicBool::new(false),
+            #[cfg(test)]
+            panic_next: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::SeqCst)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn poison(&self) {
+        self.poisoned.store(true, Ordering::SeqCst);
+    }
+
+    /// Lock the engine; fails if the handle was poisoned while this thread waited.
+    fn lock(&self) -> FfiResult<Locked<'_>> {
+        let guard = self.state.lock();
+        if self.is_poisoned() {
+            return Err(scale_status::Poisoned);
+        }
+        let locked = Locked { poison_on_panic: PoisonOnPanic(&self.poisoned), guard };
+        #[cfg(test)]
+        if self.panic_next.swap(false, Ordering::SeqCst) {
+            panic!("scale-ffi test hook: forced panic");
+        }
+        Ok(locked)
+    }
+}
+
+impl Locked<'_> {
+    fn state(&mut self) -> &mut State {
+        let _ = &self.poison_on_panic;
+        &mut self.guard
+    }
+}
+
+/// The boundary of every export on a handle: NULL and poison checks, then `f` under
+/// `catch_unwind`; a panic poisons the handle and returns `SCALE_STATUS_PANIC`.
+///
+/// # Safety
+/// `engine` must be NULL or a live handle from this library.
+unsafe fn on_engine(engine: *const scale_engine, f: impl FnOnce(&Shared) -> FfiResult<scale_status>) -> scale_status {
+    panic::catch(|| {
+        if engine.is_null() {
+            return scale_status::NullArgument;
+        }
+        if !engine.is_aligned() {
+            return scale_status::MisalignedPointer;
+        }
+        // SAFETY: non-NULL, aligned, and live by the caller's contract.
+        let e = unsafe { &*engine };
+        if e.shared.is_poisoned() {
+            return scale_status::Poisoned;
+        }
+        match catch_unwind(AssertUnwindSafe(|| f(&e.shared))) {
+            Ok(r) => panic::status(r),
+            Err(_) => {
+                e.shared.poisoned.store(true, Ordering::SeqCst);
+                scale_status::Panic
+            }
+        }
+    })
+}
+
+/// A failure with text for the caller's message buffer.
+struct Failure(scale_status, String);
+
+impl From<scale_status> for Failure {
+    fn from(s: scale_status) -> Self {
+        Failure(s, s.as_cstr().to_string_lossy().into_owned())
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let status = match e {
+            Error::Config(_) => scale_status::InvalidConfig,
+            Error::Snapshot(_) => scale_status::InvalidSnapshot,
+            Error::SnapshotMismatch(_) => scale_status::SnapshotMismatch,
+            _ => scale_status::InvalidConfig,
+        };
+        Failure(status, e.to_string())
+    }
+}
+
+/// The boundary of exports that report a message: validates the message output first, runs
+/// `f` under `catch_unwind`, and writes the message (empty on success).
+///
+/// # Safety
+/// As `ffi::MsgOut::new`.
+unsafe fn with_msg(msg: *mut c_char, msg_cap: usize, msg_len: *mut usize, f: impl FnOnce() -> Result<(), Failure>) -> scale_status {
+    panic::catch(|| {
+        // SAFETY: forwarded.
+        let mut m = match unsafe { MsgOut::new(msg, msg_cap, msg_len) } {
+            Ok(m) => m,
+            Err(s) => return s,
+        };
+        let r = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(Failure::from(scale_status::Panic)));
+        match r {
+            Ok(()) => {
+                m.write("");
+                scale_status::Ok
+            }
+            Err(Failure(s, text)) => {
+                m.write(&text);
+                s
+            }
+        }
+    })
+}
+
+/// Text input for the message-reporting functions.
+///
+/// # Safety
+/// As `ffi::slice`.
+unsafe fn text<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a str, Failure> {
+    // SAFETY: forwarded.
+    let bytes = unsafe { ffi::slice(ptr, len) }.map_err(|s| Failure(s, format!("{what}: {}", s.as_cstr().to_string_lossy())))?;
+    std::str::from_utf8(bytes)
+        .map_err(|e| Failure(scale_status::InvalidUtf8, format!("{what} is not valid UTF-8 (byte {})", e.valid_up_to())))
+}
+
+/// A filesystem path from `(ptr, len)` bytes: any bytes but NUL on Unix, UTF-8 elsewhere.
+///
+/// # Safety
+/// As `ffi::slice`.
+unsafe fn path<'a>(ptr: *const u8, len: usize) -> Result<&'a std::path::Path, Failure> {
+    // SAFETY: forwarded.
+    let bytes = unsafe { ffi::slice(ptr, len) }.map_err(Failure::from)?;
+    if bytes.is_empty() || bytes.contains(&0) {
+        return Err(Failure(scale_status::Io, "path is empty or contains a NUL byte".into()));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        Ok(std::path::Path::new(std::ffi::OsStr::from_bytes(bytes)))
+    }
+    #[cfg(not(unix))]
+    {
+        std::str::from_utf8(bytes).map(std::path::Path::new).map_err(|_| Failure(scale_status::InvalidUtf8, "path is not valid UTF-8".into()))
+    }
+}
+
+/// Parse the configuration and validate `out`; shared by the constructors.
+///
+/// # Safety
+/// As `ffi::slice` and `ffi::out_ref`.
+unsafe fn config_and_out<'a>(yaml: *const u8, yaml_len: usize, out: *mut *mut scale_engine) -> Result<(EngineConfig, &'a mut MaybeUninit<*mut scale_engine>), Failure> {
+    // SAFETY: forwarded.
+    let out = unsafe { ffi::out_ref(out) }.map_err(|s| Failure(s, "out is NULL or misaligned".into()))?;
+    // SAFETY: forwarded.
+    let text = unsafe { text(yaml, yaml_len, "configuration") }?;
+    let cfg = EngineConfig::from_yaml(text).map_err(|e| Failure::from(Error::Config(e)))?;
+    Ok((cfg, out))
+}
+
+fn publish(out: &mut MaybeUninit<*mut scale_engine>, engine: Engine) {
+    out.write(Box::into_raw(Box::new(scale_engine { shared: Shared::new(engine) })));
+}
+
+/// Create an engine from configuration YAML.
+///
+/// `yaml[0..yaml_len]` is UTF-8 YAML text (no NUL needed; `(NULL, 0)` is the empty
+/// configuration, i.e. every default). It is read during the call only.
+///
+/// On success returns `SCALE_STATUS_OK`, writes the new handle to `*out` (the caller owns it
+/// and must call `scale_engine_free`) and sets `*msg_len` to 0. On failure `*out` is not
+/// written, and a description (for `SCALE_STATUS_INVALID_CONFIG`, every problem with its key
+/// path and line) is written to `msg[0..msg_cap]` as UTF-8 without a NUL, truncated on a
+/// character boundary, with the bytes written in `*msg_len`. `msg` may be NULL if `msg_cap` is
+/// 0; `msg_len` may be NULL.
+///
+/// Thread safety: safe to call from any thread.
+#[ffi_export]
+pub unsafe fn scale_engine_new(
+    yaml: *const u8,
+    yaml_len: usize,
+    out: *mut *mut scale_engine,
+    msg: *mut c_char,
+    msg_cap: usize,
+    msg_len: *mut usize,
+) -> scale_status {
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        with_msg(msg, msg_cap, msg_len, || {
+            let (cfg, out) = config_and_out(yaml, yaml_len, out)?;
+            publish(out, Engine::new(cfg));
+            Ok(())
+        })
+    }
+}
+
+/// Like `scale_engine_new`, with the rules taken from a separate rules file's text
+/// (`rules_yaml[0..rules_len]`, UTF-8, a document with only `rules:`), the file shared with the
+/// daemon. Problems in either text are reported together; those of the rules text are prefixed
+/// `rules file:` and cite its own lines. Rules given in both texts are an error.
+///
+/// Both buffers are read during the call only. Outputs and messages as `scale_engine_new`: the
+/// caller owns `*out` and must call `scale_engine_free`.
+///
+/// Thread safety: safe to call from any thread.
+#[ffi_export]
+pub unsafe fn scale_engine_new_with_rules(
+    yaml: *const u8,
+    yaml_len: usize,
+    rules_yaml: *const u8,
+    rules_len: usize,
+    out: *mut *mut scale_engine,
+    msg: *mut c_char,
+    msg_cap: usize,
+    msg_len: *mut usize,
+) -> scale_status {
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        with_msg(msg, msg_cap, msg_len, || {
+            let out = ffi::out_ref(out).map_err(|s| Failure(s, "out is NULL or misaligned".into()))?;
+            let engine_text = text(yaml, yaml_len, "configuration")?;
+            let rules_text = text(rules_yaml, rules_len, "rules")?;
+            let cfg = EngineConfig::from_parts(engine_text, Some(rules_text)).map_err(|e| Failure::from(Error::Config(e)))?;
+            publish(out, Engine::new(cfg));
+            Ok(())
+        })
+    }
+}
+
+/// Rebuild an engine from configuration YAML and a snapshot from `scale_engine_snapshot`.
+///
+/// The snapshot's model parameters and mode must match the configuration's
+/// (`SCALE_STATUS_SNAPSHOT_MISMATCH` otherwise); rules may differ (changed rules start with
+/// empty windows). Both buffers are read during the call only. Outputs and messages as
+/// `scale_engine_new`: the caller owns `*out` and must call `scale_engine_free`.
+///
+/// Thread safety: safe to call from any thread.
+#[ffi_export]
+pub unsafe fn scale_engine_restore(
+    yaml: *const u8,
+    yaml_len: usize,
+    snapshot: *const u8,
+    snapshot_len: usize,
+    out: *mut *mut scale_engine,
+    msg: *mut c_char,
+    msg_cap: usize,
+    msg_len: *mut usize,
+) -> scale_status {
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        with_msg(msg, msg_cap, msg_len, || {
+            let (cfg, out) = config_and_out(yaml, yaml_len, out)?;
+            let snap = ffi::slice(snapshot, snapshot_len).map_err(|s| Failure(s, "snapshot is NULL or too long".into()))?;
+            publish(out, Engine::restore(cfg, snap)?);
+            Ok(())
+        })
+    }
+}
+
+/// Like `scale_engine_restore`, reading the snapshot from the file at `path[0..path_len]`
+/// (bytes, no NUL needed; any bytes but NUL on Unix).
+///
+/// I/O errors return `SCALE_STATUS_IO` with the OS error in the message.
+/// Thread safety: safe to call from any thread.
+#[ffi_export]
+pub unsafe fn scale_engine_restore_from_file(
+    yaml: *const u8,
+    yaml_len: usize,
+    path: *const u8,
+    path_len: usize,
+    out: *mut *mut scale_engine,
+    msg: *mut c_char,
+    msg_cap: usize,
+    msg_len: *mut usize,
+) -> scale_status {
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        with_msg(msg, msg_cap, msg_len, || {
+            let (cfg, out) = config_and_out(yaml, yaml_len, out)?;
+            let p = self::path(path, path_len)?;
+            let bytes = std::fs::read(p).map_err(|e| Failure(scale_status::Io, format!("reading {}: {e}", p.display())))?;
+            publish(out, Engine::restore(cfg, &bytes)?);
+            Ok(())
+        })
+    }
+}
+
+/// Free an engine. NULL is accepted and ignored.
+///
+/// Takes ownership of `engine`: it must come from this library, must not be used afterwards,
+/// must not be freed twice, and no other call may be running on it. Works on poisoned handles.
+#[ffi_export]
+pub unsafe fn scale_engine_free(engine: *mut scale_engine) {
+    panic::catch_or((), || {
+        if !engine.is_null() {
+            // SAFETY: the caller passes ownership of a handle made by `publish`.
+            drop(unsafe { Box::from_raw(engine) });
+        }
+    })
+}
+
+/// The key id of `service::operation`, for `scale_engine_process`.
+///
+/// Names are UTF-8 (no NUL needed; `(NULL, 0)` is the empty name), read during the call and
+/// copied if new. Ids are dense from 0, stable for the engine's life and kept by snapshots, so
+/// callers may cache them. When the key table is full (`keys.max_keys`) the result is
+/// `SCALE_KEY_OVERFLOW` (status OK). `*key_out` is written only on success.
+///
+/// Thread safety: safe to call concurrently with any call but `scale_engine_free`.
+#[ffi_export]
+pub unsafe fn scale_engine_intern(
+    engine: *mut scale_engine,
+    service: *const u8,
+    service_len: usize,
+    operation: *const u8,
+    operation_len: usize,
+    key_out: *mut u32,
+) -> scale_status {
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        on_engine(engine, |e| {
+            let service = ffi::str(service, service_len)?;
+            let operation = ffi::str(operation, operation_len)?;
+            let out = ffi::out_ref(key_out)?;
+            let id = e.lock()?.state().engine.intern(service, operation);
+            out.write(id);
+            Ok(scale_status::Ok)
+        })
+    }
+}
+
+/// How a batch names its spans' keys.
+enum Keys<'a> {
+    Ids(&'a [u32]),
+    Names { services: &'a [*const u8], service_lens: &'a [usize], operations: &'a [*const u8], operation_lens: &'a [usize] },
+}
+
+/// A validated batch: inputs and the caller's outputs.
+struct Batch<'a> {
+    now_ns: u64,
+    keys: Keys<'a>,
+    start_ns: &'a [u64],
+    end_ns: &'a [u64],
+    trace_ids: Option<&'a [[u8; 16]]>,
+    span_ids: Option<&'a [[u8; 8]]>,
+    scores: &'a mut [MaybeUninit<f64>],
+    keep: &'a mut [MaybeUninit<u8>],
+    skip: &'a mut [MaybeUninit<scale_skip>],
+    decisions: &'a mut [MaybeUninit<scale_decision>],
+    decisions_len: &'a mut MaybeUninit<usize>,
+}
+
+/// Reuse `v`'s allocation for borrows of another lifetime (the in-place `collect` of an empty
+/// vector of a same-layout type keeps the buffer).
+fn recycle<'b>(mut v: Vec<SpanRef<'_>>) -> Vec<SpanRef<'b>> {
+    v.clear();
+    v.into_iter().map(|_| -> SpanRef<'b> { unreachable!("the vector is empty") }).collect()
+}
+
+/// A name pair at index `i` of a names batch; `None` if a pointer is NULL or a name is not
+/// UTF-8 (the span is then skipped as `InvalidKey`).
+///
+/// # Safety
+/// The arrays' pointers must be valid as documented on `scale_engine_process_names`.
+unsafe fn name_pair<'a>(k: &Keys<'a>, i: usize) -> Option<(&'a str, &'a str)> {
+    let Keys::Names { services, service_lens, operations, operation_lens } = k else { return None };
+    // SAFETY: forwarded.
+    let s = unsafe { ffi::str(services[i], service_lens[i]) }.ok()?;
+    // SAFETY: forwarded.
+    let o = unsafe { ffi::str(operations[i], operation_lens[i]) }.ok()?;
+    Some((s, o))
+}
+
+impl Batch<'_> {
+    fn run(self, st: &mut State) -> scale_status {
+        let n = self.start_ns.len();
+        let mut spans = recycle(std::mem::take(&mut st.spans));
+        spans.reserve(n);
+        for i in 0..n {
+            let key = match &self.keys {
+                Keys::Ids(ids) => SpanKey::Id(ids[i]),
+                // SAFETY: the names arrays were validated; each name is checked here.
+                names => match unsafe { name_pair(names, i) } {
+                    Some((service, operation)) => SpanKey::Names { service, operation },
+                    None => SpanKey::Id(INVALID_KEY),
+                },
+            };
+            spans.push(SpanRef {
+                key,
+                timing: Timing::StartEnd { start_ns: self.start_ns[i], end_ns: self.end_ns[i] },
+                trace_id: self.trace_ids.map_or([0; 16], |t| t[i]),
+                span_id: self.span_ids.map_or([0; 8], |t| t[i]),
+            });
+        }
+        st.engine.process_batch(&spans, self.now_ns, &mut st.out);
+        st.spans = recycle(spans);
+        for (i, v) in st.out.verdicts.iter().enumerate() {
+            self.scores[i].write(v.score.unwrap_or(f64::NAN));
+            self.keep[i].write(u8::from(v.keep));
+            self.skip[i].write(scale_skip::from(v.skipped));
+        }
+        let total = st.out.decisions.len();
+        for (dst, d) in self.decisions.iter_mut().zip(&st.out.decisions) {
+            dst.write(scale_decision::from(d));
+        }
+        self.decisions_len.write(total);
+        if total > self.decisions.len() { scale_status::DecisionsTruncated } else { scale_status::Ok }
+    }
+}
+
+/// A batch has at most `u32::MAX` spans (decisions carry a `u32` span index).
+fn check_n(n: usize) -> FfiResult<()> {
+    u32::try_from(n).map(|_| ()).map_err(|_| scale_status::InvalidLength)
+}
+
+/// Validate the arguments shared by both process calls.
+///
+/// # Safety
+/// As documented on `scale_engine_process`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn batch<'a>(
+    now_ns: u64,
+    n: usize,
+    keys: Keys<'a>,
+    start_ns: *const u64,
+    end_ns: *const u64,
+    trace_ids: *const u8,
+    span_ids: *const u8,
+    scores_out: *mut f64,
+    keep_out: *mut u8,
+    skip_out: *mut scale_skip,
+    decisions_out: *mut scale_decision,
+    decisions_cap: usize,
+    decisions_len: *mut usize,
+) -> FfiResult<Batch<'a>> {
+    // SAFETY: every pointer is checked by `ffi`; validity for `n` elements is the contract.
+    unsafe {
+        Ok(Batch {
+            now_ns,
+            keys,
+            start_ns: ffi::slice(start_ns, n)?,
+            end_ns: ffi::slice(end_ns, n)?,
+            trace_ids: ffi::opt_slice(trace_ids.cast::<[u8; 16]>(), n)?,
+            span_ids: ffi::opt_slice(span_ids.cast::<[u8; 8]>(), n)?,
+            scores: ffi::out_slice(scores_out, n)?,
+            keep: ffi::out_slice(keep_out, n)?,
+            skip: ffi::out_slice(skip_out, n)?,
+            decisions: ffi::out_slice(decisions_out, decisions_cap)?,
+            decisions_len: ffi::out_ref(decisions_len)?,
+        })
+    }
+}
+
+/// Score a batch of `n` spans given by key id: the hot path, one call per batch.
+///
+/// Inputs (read during the call only, never kept; arrays of `n` elements unless stated;
+/// `(NULL, 0)` is an empty batch):
+/// - `now_ns`: the caller's clock (ns since the Unix epoch) for the rules' sliding windows;
+/// - `key_ids`: ids from `scale_engine_intern` (or `SCALE_KEY_OVERFLOW`); an unknown id skips
+///   that span as `SCALE_SKIP_INVALID_KEY` (not an error);
+/// - `start_ns`, `end_ns`: span start and end, ns since the Unix epoch; bad timings skip the span;
+/// - `trace_ids` (`16 * n` bytes) and `span_ids` (`8 * n` bytes): evidence copied into
+///   decisions; either may be NULL (zeros are used).
+///
+/// Outputs (caller-allocated, `n` elements, written on `SCALE_STATUS_OK` and
+/// `SCALE_STATUS_DECISIONS_TRUNCATED` only):
+/// - `scores_out`: anomaly score in [0, 1], higher is more anomalous; NaN if none (skipped,
+///   or the model is still warming up);
+/// - `keep_out`: 1 to keep (forward) the span, 0 to drop it;
+/// - `skip_out`: `SCALE_SKIP_NONE` (0) if the span was scored, else why not (`scale_skip`);
+/// - `decisions_out[0..decisions_cap]`: the decisions that fired (may be NULL if
+///   `decisions_cap` is 0), and `*decisions_len`: how many fired. If more than `decisions_cap`
+///   fired, the first `decisions_cap` are written, `*decisions_len` is the total, and the
+///   status is `SCALE_STATUS_DECISIONS_TRUNCATED`: the per-span outputs are still complete and
+///   the engine's state has advanced (do not resubmit the batch); the extra decisions are lost.
+///
+/// No output may overlap another argument. `n` above `UINT32_MAX` is
+/// `SCALE_STATUS_INVALID_LENGTH`. Any other error (NULL, length, poisoned) leaves the engine
+/// and every output untouched.
+///
+/// Cost: O(n · n_trees · height); no allocation once the engine's scratch buffers have grown
+/// to the largest batch. Thread safety: safe to call concurrently with any call but
+/// `scale_engine_free`; concurrent calls on one handle are serialised (each batch is processed
+/// atomically, in the order the lock is acquired).
+#[ffi_export]
+pub unsafe fn scale_engine_process(
+    engine: *mut scale_engine,
+    now_ns: u64,
+    n: usize,
+    key_ids: *const u32,
+    start_ns: *const u64,
+    end_ns: *const u64,
+    trace_ids: *const u8,
+    span_ids: *const u8,
+    scores_out: *mut f64,
+    keep_out: *mut u8,
+    skip_out: *mut scale_skip,
+    decisions_out: *mut scale_decision,
+    decisions_cap: usize,
+    decisions_len: *mut usize,
+) -> scale_status {
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        on_engine(engine, |e| {
+            check_n(n)?;
+            let keys = Keys::Ids(ffi::slice(key_ids, n)?);
+            let b = batch(now_ns, n, keys, start_ns, end_ns, trace_ids, span_ids, scores_out, keep_out, skip_out, decisions_out, decisions_cap, decisions_len)?;
+            Ok(b.run(e.lock()?.state()))
+        })
+    }
+}
+
+/// Like `scale_engine_process`, naming each span's key by its service and operation names
+/// instead of an id (interned on the fly; cheaper to cache ids with `scale_engine_intern`).
+///
+/// `services[i]` points to `service_lens[i]` bytes of UTF-8 (no NUL needed), likewise
+/// `operations`/`operation_lens`; all four arrays have `n` elements and are read during the
+/// call only. A span whose name pointer is NULL (with a non-zero length) or whose name is not
+/// UTF-8 is skipped as `SCALE_SKIP_INVALID_KEY`. Everything else, including outputs, status
+/// and thread safety, is as `scale_engine_process`.
+#[ffi_export]
+pub unsafe fn scale_engine_process_names(
+    engine: *mut scale_engine,
+    now_ns: u64,
+    n: usize,
+    services: *const *const u8,
+    service_lens: *const usize,
+    operations: *const *const u8,
+    operation_lens: *const usize,
+    start_ns: *const u64,
+    end_ns: *const u64,
+    trace_ids: *const u8,
+    span_ids: *const u8,
+    scores_out: *mut f64,
+    keep_out: *mut u8,
+    skip_out: *mut scale_skip,
+    decisions_out: *mut scale_decision,
+    decisions_cap: usize,
+    decisions_len: *mut usize,
+) -> scale_status {
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        on_engine(engine, |e| {
+            check_n(n)?;
+            let keys = Keys::Names {
+                services: ffi::slice(services, n)?,
+                service_lens: ffi::slice(service_lens, n)?,
+                operations: ffi::slice(operations, n)?,
+                operation_lens: ffi::slice(operation_lens, n)?,
+            };
+            let b = batch(now_ns, n, keys, start_ns, end_ns, trace_ids, span_ids, scores_out, keep_out, skip_out, decisions_out, decisions_cap, decisions_len)?;
+            Ok(b.run(e.lock()?.state()))
+        })
+    }
+}
+
+/// The number of rules in the engine's configuration, in `*count_out`.
+///
+/// Thread safety: safe to call concurrently with any call but `scale_engine_free`.
+#[ffi_export]
+pub unsafe fn scale_engine_rule_count(engine: *const scale_engine, count_out: *mut usize) -> scale_status {
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        on_engine(engine, |e| {
+            let out = ffi::out_ref(count_out)?;
+            out.write(e.lock()?.state().engine.rules().rules().len());
+            Ok(scale_status::Ok)
+        })
+    }
+}
+
+/// The name of rule `index` (as in `scale_decision.rule_index`), UTF-8 without a NUL, copied
+/// into `buf[0..cap]` with its length in `*len`.
+///
+/// If `cap` is too small, returns `SCALE_STATUS_BUFFER_TOO_SMALL`, writes nothing to `buf` and
+/// sets `*len` to the size needed. An index past the rules is
+/// `SCALE_STATUS_INDEX_OUT_OF_RANGE`. `buf` may be NULL if `cap` is 0.
+/// Thread safety: safe to call concurrently with any call but `scale_engine_free`.
+#[ffi_export]
+pub unsafe fn scale_engine_rule_name(engine: *const scale_engine, index: usize, buf: *mut c_char, cap: usize, len: *mut usize) -> scale_status {
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        on_engine(engine, |e| {
+            let buf = ffi::out_slice(buf, cap)?;
+            let len = ffi::out_ref(len)?;
+            let mut l = e.lock()?;
+            let rules = l.state().engine.rules().rules();
+            let name = rules.get(index).ok_or(scale_status::IndexOutOfRange)?.name.as_bytes();
+            len.write(name.len());
+            if name.len() > buf.len() {
+                return Ok(scale_status::BufferTooSmall);
+            }
+            for (d, &b) in buf.iter_mut().zip(name) {
+                d.write(c_char(b));
+            }
+            Ok(scale_status::Ok)
+        })
+    }
+}
+
+/// The engine's counters, copied into `*out` (caller-owned).
+///
+/// Thread safety: safe to call concurrently with any call but `scale_engine_free`; the counters
+/// are a consistent view between two batches.
+#[ffi_export]
+pub unsafe fn scale_engine_stats(engine: *const scale_engine, out: *mut scale_stats) -> scale_status {
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        on_engine(engine, |e| {
+            let out = ffi::out_ref(out)?;
+            let s = e.lock()?.state().engine.stats();
+            out.write(scale_stats::from(&s));
+            Ok(scale_status::Ok)
+        })
+    }
+}
+
+/// The size in bytes of the engine's snapshot now, in `*size_out`.
+///
+/// Cost: serialises the whole engine (as `scale_engine_snapshot`). Batches processed between
+/// this call and `scale_engine_snapshot` may change the size: size the buffer with a margin,
+/// or retry on `SCALE_STATUS_BUFFER_TOO_SMALL`.
+/// Thread safety: safe to call concurrently with any call but `scale_engine_free`.
+#[ffi_export]
+pub unsafe fn scale_engine_snapshot_size(engine: *const scale_engine, size_out: *mut usize) -> scale_status {
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        on_engine(engine, |e| {
+            let out = ffi::out_ref(size_out)?;
+            let n = e.lock()?.state().engine.snapshot().len();
+            out.write(n);
+            Ok(scale_status::Ok)
+        })
+    }
+}
+
+/// Serialise the whole engine state (model, keys, baselines, rule windows, counters) into
+/// `buf[0..cap]`, with its length in `*len`; `scale_engine_restore` reads it back.
+///
+/// If `cap` is too small, returns `SCALE_STATUS_BUFFER_TOO_SMALL`, writes nothing to `buf` and
+/// sets `*len` to the size needed. The format is versioned; a newer library refuses snapshots
+/// it cannot read. Cost: proportional to the model and key table; holds the engine's lock
+/// meanwhile (concurrent batches wait). Thread safety: safe to call concurrently with any call
+/// but `scale_engine_free`.
+#[ffi_export]
+pub unsafe fn scale_engine_snapshot(engine: *const scale_engine, buf: *mut u8, cap: usize, len: *mut usize) -> scale_status {
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        on_engine(engine, |e| {
+            let buf = ffi::out_slice(buf, cap)?;
+            let len = ffi::out_ref(len)?;
+            let bytes = e.lock()?.state().engine.snapshot();
+            len.write(bytes.len());
+            if bytes.len() > buf.len() {
+                return Ok(scale_status::BufferTooSmall);
+            }
+            for (d, &b) in buf.iter_mut().zip(&bytes) {
+                d.write(b);
+            }
+            Ok(scale_status::Ok)
+        })
+    }
+}
+
+/// Write the engine's snapshot to the file at `path[0..path_len]` (bytes, no NUL needed; any
+/// bytes but NUL on Unix), atomically: a temporary file in the same directory is written,
+/// synced and renamed over `path`, so readers see the old file or the new one, never a part.
+///
+/// Errors: `SCALE_STATUS_IO` with the OS error in `msg` (as `scale_engine_new`). The engine's
+/// lock is held only while serialising, not during I/O.
+/// Thread safety: safe to call concurrently with any call but `scale_engine_free`; concurrent
+/// writes to the same path leave one complete snapshot.
+#[ffi_export]
+pub unsafe fn scale_engine_snapshot_to_file(
+    engine: *const scale_engine,
+    path: *const u8,
+    path_len: usize,
+    msg: *mut c_char,
+    msg_cap: usize,
+    msg_len: *mut usize,
+) -> scale_status {
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        on_engine(engine, |e| {
+            let mut m = MsgOut::new(msg, msg_cap, msg_len)?;
+            let r = self::path(path, path_len).and_then(|p| {
+                let bytes = e.lock().map_err(Failure::from)?.state().engine.snapshot();
+                write_atomically(p, &bytes).map_err(|err| Failure(scale_status::Io, format!("writing {}: {err}", p.display())))
+            });
+            match r {
+                Ok(()) => {
+                    m.write("");
+                    Ok(scale_status::Ok)
+                }
+                Err(Failure(s, text)) => {
+                    m.write(&text);
+                    Ok(s)
+                }
+            }
+        })
+    }
+}
+
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::AtomicU64;
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let mut name = path.file_name().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"))?.to_os_string();
+    name.push(format!(".tmp.{}.{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+    let tmp = path.with_file_name(name);
+    let r = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(key: SpanKey<'_>) -> SpanRef<'_> {
+        SpanRef { key, timing: Timing::DurationMs(1.0), trace_id: [0; 16], span_id: [0; 8] }
+    }
+
+    #[test]
+    fn recycle_keeps_the_allocation() {
+        let mut v: Vec<SpanRef<'static>> = Vec::with_capacity(1024);
+        v.push(span(SpanKey::Id(0)));
+        let p = v.as_ptr();
+        let name = String::from("borrowed");
+        let mut w = recycle(v);
+        assert!(w.is_empty() && w.capacity() >= 1024);
+        w.push(span(SpanKey::Names { service: &name, operation: &name }));
+        assert_eq!(w.as_ptr(), p, "same buffer: no allocation per batch");
+        let back: Vec<SpanRef<'static>> = recycle(w);
+        assert_eq!((back.as_ptr(), back.len()), (p, 0));
+    }
+}

@@ -1,0 +1,754 @@
+//! Tests that call the exported C functions: misuse (NULLs, lengths, UTF-8), errors with
+//! messages, the panic boundary and poisoning, snapshots, truncation and concurrency.
+//!
+//! They live inside the crate so they can reach the `#[cfg(test)]` panic hook on a handle;
+//! nothing here is compiled into the library.
+
+use std::ptr::{null, null_mut};
+use std::sync::atomic::Ordering;
+
+use crate::*;
+
+const T0: u64 = 1_700_000_000_000_000_000;
+const MS: u64 = 1_000_000;
+
+/// A handle freed on drop.
+struct H(*mut scale_engine);
+
+impl Drop for H {
+    fn drop(&mut self) {
+        // SAFETY: a live handle from `new`.
+        unsafe { scale_engine_free(self.0) };
+    }
+}
+
+// SAFETY: the handle is documented as safe for concurrent calls (other than free, which only
+// `Drop` does, once, with exclusive access).
+unsafe impl Send for H {}
+// SAFETY: as above.
+unsafe impl Sync for H {}
+
+impl H {
+    fn shared(&self) -> &engine::Shared {
+        // SAFETY: live handle.
+        unsafe { &(*self.0).shared }
+    }
+}
+
+fn try_new(yaml: &[u8]) -> (scale_status, *mut scale_engine, String) {
+    let mut out = null_mut();
+    let mut msg = vec![0u8; 4096];
+    let mut len = usize::MAX;
+    // SAFETY: valid buffers.
+    let st = unsafe { scale_engine_new(yaml.as_ptr(), yaml.len(), &mut out, msg.as_mut_ptr().cast(), msg.len(), &mut len) };
+    msg.truncate(len);
+    (st, out, String::from_utf8(msg).unwrap())
+}
+
+fn new(yaml: &str) -> H {
+    let (st, e, msg) = try_new(yaml.as_bytes());
+    assert_eq!(st, scale_status::Ok, "{msg}");
+    assert!(msg.is_empty());
+    H(e)
+}
+
+fn intern(e: &H, s: &str, o: &str) -> u32 {
+    let mut k = 0;
+    // SAFETY: valid buffers.
+    let st = unsafe { scale_engine_intern(e.0, s.as_ptr(), s.len(), o.as_ptr(), o.len(), &mut k) };
+    assert_eq!(st, scale_status::Ok);
+    k
+}
+
+/// One batch's outputs.
+#[derive(Debug, Clone, PartialEq)]
+struct Out {
+    status: scale_status,
+    scores: Vec<f64>,
+    keep: Vec<u8>,
+    skip: Vec<scale_skip>,
+    decisions: Vec<scale_decision>,
+    n_decisions: usize,
+}
+
+impl Out {
+    /// Scores compared bit for bit (NaN == NaN).
+    fn score_bits(&self) -> Vec<u64> {
+        self.scores.iter().map(|s| s.to_bits()).collect()
+    }
+}
+
+/// Spans `(key, duration_ms)`, starting at `T0 + i ms`.
+fn spans(v: &[(u32, f64)]) -> (Vec<u32>, Vec<u64>, Vec<u64>) {
+    let keys = v.iter().map(|s| s.0).collect();
+    let start: Vec<u64> = (0..v.len() as u64).map(|i| T0 + i * MS).collect();
+    let end = start.iter().zip(v).map(|(s, x)| s + (x.1 * 1e6) as u64).collect();
+    (keys, start, end)
+}
+
+fn process_cap(e: &H, now: u64, v: &[(u32, f64)], cap: usize) -> Out {
+    let (keys, start, end) = spans(v);
+    let n = v.len();
+    let trace: Vec<u8> = (0..n * 16).map(|i| (i / 16) as u8).collect();
+    let span: Vec<u8> = (0..n * 8).map(|i| (i / 8) as u8).collect();
+    let mut o = Out { status: scale_status::Ok, scores: vec![-1.0; n], keep: vec![9; n], skip: vec![scale_skip::None; n], decisions: Vec::with_capacity(cap), n_decisions: usize::MAX };
+    // SAFETY: every array has `n` (or `cap`) elements.
+    o.status = unsafe {
+        scale_engine_process(
+            e.0,
+            now,
+            n,
+            keys.as_ptr(),
+            start.as_ptr(),
+            end.as_ptr(),
+            trace.as_ptr(),
+            span.as_ptr(),
+            o.scores.as_mut_ptr(),
+            o.keep.as_mut_ptr(),
+            o.skip.as_mut_ptr(),
+            o.decisions.as_mut_ptr(),
+            cap,
+            &mut o.n_decisions,
+        )
+    };
+    if matches!(o.status, scale_status::Ok | scale_status::DecisionsTruncated) {
+        // SAFETY: the call wrote min(cap, total) decisions.
+        unsafe { o.decisions.set_len(cap.min(o.n_decisions)) };
+    }
+    o
+}
+
+fn process(e: &H, now: u64, v: &[(u32, f64)]) -> Out {
+    process_cap(e, now, v, 64)
+}
+
+fn stats(e: &H) -> scale_stats {
+    let mut s = scale_stats::default();
+    // SAFETY: valid pointers.
+    assert_eq!(unsafe { scale_engine_stats(e.0, &mut s) }, scale_status::Ok);
+    s
+}
+
+/// Snapshot through the size call, retrying as documented when batches grew it meanwhile.
+fn snapshot(e: &H) -> Vec<u8> {
+    let mut size = 0;
+    // SAFETY: valid pointers.
+    assert_eq!(unsafe { scale_engine_snapshot_size(e.0, &mut size) }, scale_status::Ok);
+    loop {
+        let mut buf = vec![0u8; size];
+        let mut len = 0;
+        // SAFETY: valid pointers.
+        match unsafe { scale_engine_snapshot(e.0, buf.as_mut_ptr(), buf.len(), &mut len) } {
+            scale_status::Ok => {
+                buf.truncate(len);
+                return buf;
+            }
+            scale_status::BufferTooSmall => size = len,
+            st => panic!("{st:?}"),
+        }
+    }
+}
+
+/// Decisions compared bit for bit (NaN fields equal).
+fn dbits(d: &[scale_decision]) -> String {
+    format!("{d:?}")
+}
+
+fn restore(yaml: &str, snap: &[u8]) -> (scale_status, *mut scale_engine, String) {
+    let mut out = null_mut();
+    let mut msg = vec![0u8; 1024];
+    let mut len = 0;
+    // SAFETY: valid buffers.
+    let st = unsafe { scale_engine_restore(yaml.as_ptr(), yaml.len(), snap.as_ptr(), snap.len(), &mut out, msg.as_mut_ptr().cast(), msg.len(), &mut len) };
+    msg.truncate(len);
+    (st, out, String::from_utf8(msg).unwrap())
+}
+
+const SMALL: &str = "sampler: { window_size: 20, train_size: 50 }";
+
+/// Every export on a handle, with valid other arguments; returns each status.
+fn every_call(e: *mut scale_engine) -> Vec<(&'static str, scale_status)> {
+    (0..N_CALLS).map(|i| one_call(e, i)).collect()
+}
+
+const N_CALLS: usize = 9;
+
+/// Export number `i` of [`every_call`].
+fn one_call(e: *mut scale_engine, i: usize) -> (&'static str, scale_status) {
+    let (k, mut key, mut count, mut size, mut len) = (b"k", 0u32, 0usize, 0usize, 0usize);
+    let mut s = scale_stats::default();
+    let mut buf = [0u8; 64];
+    let mut name = [safer_ffi::c_char(0); 64];
+    let (keys, start, end) = ([0u32], [T0], [T0 + MS]);
+    let (mut sc, mut kp, mut sk, mut nd) = ([0.0], [0u8], [scale_skip::None], 0usize);
+    let svc = [k.as_ptr()];
+    let lens = [1usize];
+    let path = std::env::temp_dir().join(format!("scale-ffi-every-call-{}", std::process::id()));
+    let path = path.to_str().unwrap();
+    // SAFETY: valid buffers throughout; `e` may be NULL or poisoned on purpose.
+    unsafe {
+        match i {
+            0 => ("intern", scale_engine_intern(e, k.as_ptr(), 1, k.as_ptr(), 1, &mut key)),
+            1 => (
+                "process",
+                scale_engine_process(e, T0, 1, keys.as_ptr(), start.as_ptr(), end.as_ptr(), null(), null(), sc.as_mut_ptr(), kp.as_mut_ptr(), sk.as_mut_ptr(), null_mut(), 0, &mut nd),
+            ),
+            2 => (
+                "process_names",
+                scale_engine_process_names(
+                    e,
+                    T0,
+                    1,
+                    svc.as_ptr(),
+                    lens.as_ptr(),
+                    svc.as_ptr(),
+                    lens.as_ptr(),
+                    start.as_ptr(),
+                    end.as_ptr(),
+                    null(),
+                    null(),
+                    sc.as_mut_ptr(),
+                    kp.as_mut_ptr(),
+                    sk.as_mut_ptr(),
+                    null_mut(),
+                    0,
+                    &mut nd,
+                ),
+            ),
+            3 => ("rule_count", scale_engine_rule_count(e, &mut count)),
+            4 => ("rule_name", scale_engine_rule_name(e, 0, name.as_mut_ptr(), name.len(), &mut len)),
+            5 => ("stats", scale_engine_stats(e, &mut s)),
+            6 => ("snapshot_size", scale_engine_snapshot_size(e, &mut size)),
+            7 => ("snapshot", scale_engine_snapshot(e, buf.as_mut_ptr(), buf.len(), &mut len)),
+            8 => ("snapshot_to_file", scale_engine_snapshot_to_file(e, path.as_ptr(), path.len(), null_mut(), 0, null_mut())),
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn free_null_is_a_no_op() {
+    // SAFETY: NULL is documented as accepted.
+    unsafe { scale_engine_free(null_mut()) };
+}
+
+#[test]
+fn null_handle_everywhere() {
+    for (f, st) in every_call(null_mut()) {
+        assert_eq!(st, scale_status::NullArgument, "{f}");
+    }
+}
+
+#[test]
+fn null_arguments_are_refused_before_any_work() {
+    let e = new(SMALL);
+    let k = intern(&e, "s", "o");
+    let n = 4;
+    let (keys, start, end) = spans(&[(k, 5.0); 4]);
+    let (mut sc, mut kp, mut sk, mut nd) = (vec![-1.0; n], vec![9u8; n], vec![scale_skip::None; n], 77usize);
+    // SAFETY: valid buffers, one NULL at a time.
+    unsafe {
+        let (kp_, sp_, ep_) = (keys.as_ptr(), start.as_ptr(), end.as_ptr());
+        let (so, ko, ki) = (sc.as_mut_ptr(), kp.as_mut_ptr(), sk.as_mut_ptr());
+        let nd_ = &mut nd as *mut usize;
+        let cases: [(&str, scale_status); 7] = [
+            ("key_ids", scale_engine_process(e.0, T0, n, null(), sp_, ep_, null(), null(), so, ko, ki, null_mut(), 0, nd_)),
+            ("start_ns", scale_engine_process(e.0, T0, n, kp_, null(), ep_, null(), null(), so, ko, ki, null_mut(), 0, nd_)),
+            ("end_ns", scale_engine_process(e.0, T0, n, kp_, sp_, null(), null(), null(), so, ko, ki, null_mut(), 0, nd_)),
+            ("scores_out", scale_engine_process(e.0, T0, n, kp_, sp_, ep_, null(), null(), null_mut(), ko, ki, null_mut(), 0, nd_)),
+            ("keep_out", scale_engine_process(e.0, T0, n, kp_, sp_, ep_, null(), null(), so, null_mut(), ki, null_mut(), 0, nd_)),
+            ("skip_out", scale_engine_process(e.0, T0, n, kp_, sp_, ep_, null(), null(), so, ko, null_mut(), null_mut(), 0, nd_)),
+            ("decisions_len", scale_engine_process(e.0, T0, n, kp_, sp_, ep_, null(), null(), so, ko, ki, null_mut(), 0, null_mut())),
+        ];
+        for (what, st) in cases {
+            assert_eq!(st, scale_status::NullArgument, "{what}");
+        }
+        // decisions_out NULL with a non-zero capacity.
+        assert_eq!(scale_engine_process(e.0, T0, n, kp_, sp_, ep_, null(), null(), so, ko, ki, null_mut(), 3, nd_), scale_status::NullArgument);
+        // Other exports' outputs.
+        assert_eq!(scale_engine_intern(e.0, b"a".as_ptr(), 1, b"b".as_ptr(), 1, null_mut()), scale_status::NullArgument);
+        assert_eq!(scale_engine_intern(e.0, null(), 1, b"b".as_ptr(), 1, &mut 0), scale_status::NullArgument);
+        assert_eq!(scale_engine_stats(e.0, null_mut()), scale_status::NullArgument);
+        assert_eq!(scale_engine_rule_count(e.0, null_mut()), scale_status::NullArgument);
+        assert_eq!(scale_engine_snapshot_size(e.0, null_mut()), scale_status::NullArgument);
+        assert_eq!(scale_engine_snapshot(e.0, null_mut(), 10, &mut 0), scale_status::NullArgument);
+        assert_eq!(scale_engine_snapshot(e.0, null_mut(), 0, null_mut()), scale_status::NullArgument);
+        assert_eq!(scale_engine_rule_name(e.0, 0, null_mut(), 0, null_mut()), scale_status::NullArgument);
+        assert_eq!(scale_engine_snapshot_to_file(e.0, null(), 3, null_mut(), 0, null_mut()), scale_status::NullArgument);
+    }
+    // Nothing was touched or counted.
+    assert!(sc.iter().all(|&s| s == -1.0) && kp.iter().all(|&k| k == 9) && nd == 77);
+    assert_eq!(stats(&e).spans_seen, 0);
+}
+
+#[test]
+fn constructor_nulls_and_messages() {
+    let yaml = b"{}";
+    let mut out = null_mut();
+    let mut msg = [0u8; 64];
+    let mut len = 0;
+    // SAFETY: valid buffers, one NULL at a time.
+    unsafe {
+        assert_eq!(scale_engine_new(yaml.as_ptr(), 2, null_mut(), msg.as_mut_ptr().cast(), 64, &mut len), scale_status::NullArgument);
+        assert!(len > 0, "a message says which argument");
+        assert_eq!(scale_engine_new(null(), 2, &mut out, msg.as_mut_ptr().cast(), 64, &mut len), scale_status::NullArgument);
+        assert!(out.is_null(), "*out written only on success");
+        // A NULL message buffer with a capacity is itself refused.
+        assert_eq!(scale_engine_new(yaml.as_ptr(), 2, &mut out, null_mut(), 64, &mut len), scale_status::NullArgument);
+        // The message outputs are optional.
+        assert_eq!(scale_engine_new(yaml.as_ptr(), 2, &mut out, null_mut(), 0, null_mut()), scale_status::Ok);
+        drop(H(out));
+        // (NULL, 0) is the empty configuration: every default.
+        let mut out = null_mut();
+        assert_eq!(scale_engine_new(null(), 0, &mut out, null_mut(), 0, null_mut()), scale_status::Ok);
+        drop(H(out));
+        let snap = b"x";
+        assert_eq!(scale_engine_restore(yaml.as_ptr(), 2, null(), 5, &mut out, null_mut(), 0, null_mut()), scale_status::NullArgument);
+        assert_eq!(scale_engine_restore(yaml.as_ptr(), 2, snap.as_ptr(), 1, null_mut(), null_mut(), 0, null_mut()), scale_status::NullArgument);
+        assert_eq!(scale_engine_restore_from_file(yaml.as_ptr(), 2, null(), 5, &mut out, null_mut(), 0, null_mut()), scale_status::NullArgument);
+    }
+}
+
+#[test]
+fn bad_yaml_names_key_and_line() {
+    let (st, e, msg) = try_new(b"sampler:\n  window_size: 20\n  n_tress: 3\n");
+    assert_eq!(st, scale_status::InvalidConfig);
+    assert!(e.is_null());
+    assert!(msg.contains("n_tress") && msg.contains("line 3"), "{msg}");
+    let (st, _, msg) = try_new(b"sampler:\n  n_trees: 0\nkeys:\n  max_keys: -1\n");
+    assert_eq!(st, scale_status::InvalidConfig);
+    assert!(msg.contains("line 2: sampler.n_trees") && msg.contains("line 4: keys.max_keys"), "every problem: {msg}");
+    let (st, _, msg) = try_new(b"sampler: [unclosed");
+    assert_eq!(st, scale_status::InvalidConfig, "{msg}");
+}
+
+fn try_new_with_rules(yaml: &[u8], rules: &[u8]) -> (scale_status, *mut scale_engine, String) {
+    let mut out = null_mut();
+    let mut msg = vec![0u8; 4096];
+    let mut len = usize::MAX;
+    // SAFETY: valid buffers.
+    let st = unsafe { scale_engine_new_with_rules(yaml.as_ptr(), yaml.len(), rules.as_ptr(), rules.len(), &mut out, msg.as_mut_ptr().cast(), msg.len(), &mut len) };
+    msg.truncate(len);
+    (st, out, String::from_utf8(msg).unwrap())
+}
+
+#[test]
+fn new_with_rules_file() {
+    let rules = "rules:\n  - name: slow\n    when: { duration_above: 10ms }\n    count: 2\n    window: 1s\n    action: { kind: horizontal, target: { kind: Deployment, name: x }, max: 3 }\n";
+    let (st, e, msg) = try_new_with_rules(SMALL.as_bytes(), rules.as_bytes());
+    assert_eq!(st, scale_status::Ok, "{msg}");
+    let e = H(e);
+    let mut n = 0;
+    // SAFETY: valid buffers.
+    assert_eq!(unsafe { scale_engine_rule_count(e.0, &mut n) }, scale_status::Ok);
+    assert_eq!(n, 1);
+    // Problems of both texts together; the rules file's cite its own lines.
+    let (st, e, msg) = try_new_with_rules(b"sampler:\n  n_trees: 0\n", rules.replace("count: 2", "count: 0").as_bytes());
+    assert_eq!(st, scale_status::InvalidConfig);
+    assert!(e.is_null());
+    assert!(msg.contains("line 2: sampler.n_trees") && msg.contains("rules file: line 4: rules[0].count"), "{msg}");
+    // Rules in both texts are refused.
+    let both = format!("{SMALL}\n{rules}");
+    let (st, _, msg) = try_new_with_rules(both.as_bytes(), rules.as_bytes());
+    assert_eq!(st, scale_status::InvalidConfig, "{msg}");
+    // NULLs and UTF-8 as `scale_engine_new`.
+    let mut out = null_mut();
+    // SAFETY: valid buffers, one NULL at a time.
+    unsafe {
+        assert_eq!(scale_engine_new_with_rules(null(), 0, null(), 3, &mut out, null_mut(), 0, null_mut()), scale_status::NullArgument);
+        assert_eq!(scale_engine_new_with_rules(null(), 0, null(), 0, null_mut(), null_mut(), 0, null_mut()), scale_status::NullArgument);
+        assert!(out.is_null());
+    }
+    let (st, _, _) = try_new_with_rules(b"", b"rules: \xff");
+    assert_eq!(st, scale_status::InvalidUtf8);
+}
+
+#[test]
+fn message_is_truncated_on_a_char_boundary() {
+    // "é" is 2 bytes; a 1-byte cap must not split it.
+    let yaml = "rules:\n- name: é\n  count: 0\n  window: 1s\n  when: { duration_above: 1ms }\n  action: { kind: horizontal, target: { kind: Deployment, name: x }, max: 1 }\n";
+    let (st, _, full) = try_new(yaml.as_bytes());
+    assert_eq!(st, scale_status::InvalidConfig, "{full}");
+    for cap in 0..full.len() {
+        let mut out = null_mut();
+        let mut msg = vec![0xAAu8; cap + 4];
+        let mut len = usize::MAX;
+        // SAFETY: valid buffers.
+        unsafe { scale_engine_new(yaml.as_ptr(), yaml.len(), &mut out, msg.as_mut_ptr().cast(), cap, &mut len) };
+        assert!(len <= cap);
+        let text = std::str::from_utf8(&msg[..len]).expect("valid UTF-8");
+        assert!(full.starts_with(text) && cap.min(full.len()) - len < 4, "cap {cap}: {text:?}");
+        assert!(msg[cap..].iter().all(|&b| b == 0xAA), "no write past the cap");
+    }
+}
+
+#[test]
+fn invalid_utf8() {
+    let (st, e, msg) = try_new(b"sampler: {}\n\xff\xfe");
+    assert_eq!((st, e.is_null()), (scale_status::InvalidUtf8, true));
+    assert!(msg.contains("UTF-8") && msg.contains("byte 12"), "{msg}");
+    let e = new(SMALL);
+    let mut k = 0;
+    // SAFETY: valid buffers.
+    let st = unsafe { scale_engine_intern(e.0, b"\xc3".as_ptr(), 1, b"op".as_ptr(), 2, &mut k) };
+    assert_eq!(st, scale_status::InvalidUtf8);
+    // In a names batch a bad name skips that span only.
+    let names: [&[u8]; 3] = [b"good", b"\xff", b"good"];
+    let ptrs: Vec<*const u8> = names.iter().map(|n| n.as_ptr()).collect();
+    let mut lens: Vec<usize> = names.iter().map(|n| n.len()).collect();
+    let mut ptrs2 = ptrs.clone();
+    ptrs2[2] = null();
+    lens[2] = 4;
+    let start = [T0; 3];
+    let end = [T0 + MS; 3];
+    let (mut sc, mut kp, mut sk, mut nd) = ([0.0; 3], [0u8; 3], [scale_skip::None; 3], 0);
+    // SAFETY: valid arrays of 3 (the NULL name is per-span, documented as skipped).
+    let st = unsafe {
+        scale_engine_process_names(e.0, T0, 3, ptrs.as_ptr(), lens.as_ptr(), ptrs2.as_ptr(), lens.as_ptr(), start.as_ptr(), end.as_ptr(), null(), null(), sc.as_mut_ptr(), kp.as_mut_ptr(), sk.as_mut_ptr(), null_mut(), 0, &mut nd)
+    };
+    assert_eq!(st, scale_status::Ok);
+    assert_eq!(sk, [scale_skip::None, scale_skip::InvalidKey, scale_skip::InvalidKey]);
+    assert_eq!(stats(&e).spans_skipped[5], 2);
+}
+
+#[test]
+fn zero_and_mismatched_lengths() {
+    let e = new(SMALL);
+    let mut nd = 5;
+    // SAFETY: an empty batch with every array NULL.
+    let st = unsafe { scale_engine_process(e.0, T0, 0, null(), null(), null(), null(), null(), null_mut(), null_mut(), null_mut(), null_mut(), 0, &mut nd) };
+    assert_eq!((st, nd), (scale_status::Ok, 0));
+    // Empty names are valid names.
+    assert_eq!(intern(&e, "", ""), 0);
+    // Lengths that cannot be real arrays are refused, not dereferenced.
+    let d = std::ptr::dangling::<u64>();
+    let dm = std::ptr::dangling_mut::<f64>();
+    for n in [usize::MAX, u32::MAX as usize + 1, usize::MAX / 8 + 1] {
+        // SAFETY: refused before any access.
+        let st = unsafe {
+            scale_engine_process(e.0, T0, n, std::ptr::dangling(), d, d, null(), null(), dm, std::ptr::dangling_mut(), std::ptr::dangling_mut(), null_mut(), 0, &mut nd)
+        };
+        assert_eq!(st, scale_status::InvalidLength, "n = {n}");
+    }
+    let mut k = 0;
+    // SAFETY: refused before any access.
+    let st = unsafe { scale_engine_intern(e.0, std::ptr::dangling(), usize::MAX, b"x".as_ptr(), 1, &mut k) };
+    assert_eq!(st, scale_status::InvalidLength);
+    // Misaligned arrays are refused.
+    let buf = [0u64; 4];
+    let odd = buf.as_ptr().cast::<u8>().wrapping_add(1).cast::<u64>();
+    let keys = [0u32; 2];
+    let (mut sc, mut kp, mut sk) = ([0.0; 2], [0u8; 2], [scale_skip::None; 2]);
+    // SAFETY: refused before any access.
+    let st = unsafe { scale_engine_process(e.0, T0, 2, keys.as_ptr(), odd, buf.as_ptr(), null(), null(), sc.as_mut_ptr(), kp.as_mut_ptr(), sk.as_mut_ptr(), null_mut(), 0, &mut nd) };
+    assert_eq!(st, scale_status::MisalignedPointer);
+    // Unknown key ids skip their span; they are not an error.
+    let out = process(&e, T0, &[(0, 5.0), (1234, 5.0), (SCALE_KEY_OVERFLOW, 5.0), (u32::MAX - 1, 5.0)]);
+    assert_eq!(out.status, scale_status::Ok);
+    assert_eq!(out.skip, [scale_skip::None, scale_skip::InvalidKey, scale_skip::None, scale_skip::InvalidKey]);
+    assert!(out.scores[1].is_nan() && out.keep[1] == 0);
+}
+
+#[test]
+fn bad_spans_are_skipped_with_reasons() {
+    let e = new(SMALL);
+    let k = intern(&e, "s", "o");
+    let keys = [k; 5];
+    let start = [0, T0 + 10, 5, T0, T0];
+    let end = [T0, T0, 10, T0 + 2 * 86_400_000 * MS, T0 + MS];
+    let (mut sc, mut kp, mut sk, mut nd) = ([0.0; 5], [0u8; 5], [scale_skip::None; 5], 0);
+    // SAFETY: arrays of 5.
+    let st = unsafe { scale_engine_process(e.0, T0, 5, keys.as_ptr(), start.as_ptr(), end.as_ptr(), null(), null(), sc.as_mut_ptr(), kp.as_mut_ptr(), sk.as_mut_ptr(), null_mut(), 0, &mut nd) };
+    assert_eq!(st, scale_status::Ok);
+    assert_eq!(sk, [scale_skip::ZeroTimestamp, scale_skip::EndBeforeStart, scale_skip::AbsurdTimestamp, scale_skip::AbsurdDuration, scale_skip::None]);
+    let s = stats(&e);
+    assert_eq!((s.spans_seen, s.spans_skipped[..4].to_vec(), s.keys), (5, vec![1, 1, 1, 1], 1));
+}
+
+#[test]
+fn scores_and_keep_after_warm_up() {
+    let e = new(SMALL);
+    let k = intern(&e, "svc", "op");
+    let warm: Vec<(u32, f64)> = (0..200).map(|i| (k, 20.0 + (i % 5) as f64)).collect();
+    let out = process(&e, T0, &warm);
+    assert!(out.scores[..20].iter().all(|s| s.is_nan()), "no score before the first window");
+    assert!(out.scores[20..].iter().all(|s| (0.0..=1.0).contains(s)));
+    assert!(out.keep.iter().all(|&k| k <= 1));
+    let out = process(&e, T0, &[(k, 20_000.0)]);
+    assert_eq!(out.keep, [1], "1000x slower is kept: {out:?}");
+    let s = stats(&e);
+    assert_eq!((s.spans_seen, s.spans_kept), (201, 1));
+}
+
+const RULES: &str = "sampler: { window_size: 20, train_size: 1000000 }
+rules:
+- name: a
+  match: { service: a }
+  when: { duration_above: 100ms }
+  count: 1
+  window: 1h
+  action: { kind: horizontal, target: { kind: Deployment, name: a }, max: 5 }
+- name: b
+  match: { service: b }
+  when: { duration_above: 100ms }
+  count: 1
+  window: 1h
+  action: { kind: vertical, target: { kind: Deployment, name: b }, max: 5 }
+- name: c
+  match: { service: c }
+  when: { duration_above: 100ms }
+  count: 2
+  window: 1h
+  action: { kind: horizontal, target: { kind: Deployment, name: c }, max: 5 }
+";
+
+#[test]
+fn decisions_and_truncation() {
+    let e = new(RULES);
+    let (a, b, c) = (intern(&e, "a", "x"), intern(&e, "b", "x"), intern(&e, "c", "x"));
+    let batch = [(a, 500.0), (b, 5.0), (b, 300.0), (c, 200.0), (c, 200.0)];
+    let full = process_cap(&e, T0 + 7, &batch, 8);
+    assert_eq!((full.status, full.n_decisions), (scale_status::Ok, 3));
+    let d = &full.decisions;
+    assert_eq!((d[0].rule_index, d[0].action, d[0].span_index, d[0].observed_ms, d[0].time_ns), (0, scale_action::Horizontal, 0, 500.0, T0 + 7));
+    assert_eq!((d[1].rule_index, d[1].action, d[1].span_index), (1, scale_action::Vertical, 2));
+    assert_eq!((d[2].rule_index, d[2].count, d[2].span_index, d[2].conflated), (2, 2, 4, 0));
+    assert_eq!(d[1].trace_id, [2; 16]);
+    assert_eq!(d[1].span_id, [2; 8]);
+    assert_eq!(d[0].threshold_ms, 100.0);
+    assert!(d[0].score.is_nan() || (0.0..=1.0).contains(&d[0].score));
+    assert!(d[0].load_ratio.is_nan(), "not an auto rule");
+    assert_eq!(d[0].window_ms, 3_600_000.0);
+    // Same batch again on a twin engine, with room for one decision.
+    let e2 = new(RULES);
+    for s in ["a", "b", "c"] {
+        intern(&e2, s, "x");
+    }
+    let cut = process_cap(&e2, T0 + 7, &batch, 1);
+    assert_eq!((cut.status, cut.n_decisions, cut.decisions.len()), (scale_status::DecisionsTruncated, 3, 1));
+    assert_eq!(dbits(&cut.decisions), dbits(&full.decisions[..1]));
+    assert_eq!((cut.score_bits(), &cut.keep, &cut.skip), (full.score_bits(), &full.keep, &full.skip), "per-span outputs still complete");
+    // Capacity 0 with a NULL buffer: just the count.
+    let e3 = new(RULES);
+    for s in ["a", "b", "c"] {
+        intern(&e3, s, "x");
+    }
+    let none = process_cap(&e3, T0 + 7, &batch, 0);
+    assert_eq!((none.status, none.n_decisions), (scale_status::DecisionsTruncated, 3));
+    assert_eq!(stats(&e3).decisions, 3);
+}
+
+#[test]
+fn rule_names() {
+    let e = new(RULES);
+    let mut count = 0;
+    let mut buf = [safer_ffi::c_char(0); 8];
+    let mut len = 0;
+    // SAFETY: valid buffers.
+    unsafe {
+        assert_eq!(scale_engine_rule_count(e.0, &mut count), scale_status::Ok);
+        assert_eq!(count, 3);
+        assert_eq!(scale_engine_rule_name(e.0, 2, buf.as_mut_ptr(), buf.len(), &mut len), scale_status::Ok);
+        assert_eq!((len, buf[0].0), (1, b'c'));
+        assert_eq!(scale_engine_rule_name(e.0, 3, buf.as_mut_ptr(), buf.len(), &mut len), scale_status::IndexOutOfRange);
+        assert_eq!(scale_engine_rule_name(e.0, 0, null_mut(), 0, &mut len), scale_status::BufferTooSmall);
+        assert_eq!(len, 1, "the size needed");
+    }
+}
+
+#[test]
+fn snapshot_restore_round_trip() {
+    let e = new(RULES);
+    let (a, c) = (intern(&e, "a", "x"), intern(&e, "c", "x"));
+    let batch: Vec<(u32, f64)> = (0..300).map(|i| (if i % 3 == 0 { a } else { c }, 5.0 + (i % 17) as f64 * 3.0)).collect();
+    process(&e, T0, &batch);
+    process(&e, T0, &[(c, 500.0)]); // one breach of rule c in its window
+    let snap = snapshot(&e);
+    let (st, r, msg) = restore(RULES, &snap);
+    assert_eq!(st, scale_status::Ok, "{msg}");
+    let r = H(r);
+    assert_eq!(stats(&r), stats(&e));
+    assert_eq!(intern(&r, "c", "x"), c, "ids survive");
+    let next = [(c, 700.0), (a, 5.0), (a, 6.0)];
+    let (x, y) = (process(&e, T0 + 1, &next), process(&r, T0 + 1, &next));
+    assert_eq!((x.score_bits(), &x.keep, dbits(&x.decisions), x.n_decisions), (y.score_bits(), &y.keep, dbits(&y.decisions), 1));
+    // Too small a buffer: the size needed, nothing written.
+    let mut buf = vec![7u8; 10];
+    let mut len = 0;
+    // SAFETY: valid buffers.
+    assert_eq!(unsafe { scale_engine_snapshot(e.0, buf.as_mut_ptr(), buf.len(), &mut len) }, scale_status::BufferTooSmall);
+    assert!(len > 10 && buf.iter().all(|&b| b == 7));
+    // Corrupt, truncated and mismatched snapshots.
+    let (st, out, msg) = restore(RULES, b"garbage!garbage!");
+    assert_eq!((st, out.is_null()), (scale_status::InvalidSnapshot, true), "{msg}");
+    assert!(msg.contains("snapshot"), "{msg}");
+    let (st, _, _) = restore(RULES, &snap[..snap.len() / 2]);
+    assert_eq!(st, scale_status::InvalidSnapshot);
+    let (st, _, msg) = restore("sampler: { window_size: 21 }", &snap);
+    assert_eq!(st, scale_status::SnapshotMismatch, "{msg}");
+    let (st, _, _) = restore("sampler: [", &snap);
+    assert_eq!(st, scale_status::InvalidConfig);
+}
+
+#[test]
+fn snapshot_file_round_trip() {
+    let dir = std::env::temp_dir().join(format!("scale-ffi-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("engine.snap");
+    let p = path.to_str().unwrap();
+    let e = new(SMALL);
+    let k = intern(&e, "s", "o");
+    process(&e, T0, &(0..100).map(|i| (k, 1.0 + i as f64)).collect::<Vec<_>>());
+    let mut msg = [0u8; 256];
+    let mut len = 99;
+    // SAFETY: valid buffers.
+    unsafe {
+        assert_eq!(scale_engine_snapshot_to_file(e.0, p.as_ptr(), p.len(), msg.as_mut_ptr().cast(), 256, &mut len), scale_status::Ok);
+        assert_eq!(len, 0);
+        let mut out = null_mut();
+        let y = SMALL.as_bytes();
+        assert_eq!(scale_engine_restore_from_file(y.as_ptr(), y.len(), p.as_ptr(), p.len(), &mut out, null_mut(), 0, null_mut()), scale_status::Ok);
+        let r = H(out);
+        assert_eq!(stats(&r), stats(&e));
+        assert_eq!(std::fs::read(&path).unwrap(), snapshot(&e));
+        // No temporary files are left behind.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        // Missing file and unwritable directory: I/O errors with the OS message.
+        let missing = dir.join("missing.snap");
+        let m = missing.to_str().unwrap();
+        let st = scale_engine_restore_from_file(y.as_ptr(), y.len(), m.as_ptr(), m.len(), &mut out, msg.as_mut_ptr().cast(), 256, &mut len);
+        let text = std::str::from_utf8(&msg[..len]).unwrap();
+        assert_eq!(st, scale_status::Io);
+        assert!(text.contains("missing.snap") && text.contains("No such file"), "{text}");
+        let bad = dir.join("no/such/dir/x.snap");
+        let b = bad.to_str().unwrap();
+        assert_eq!(scale_engine_snapshot_to_file(e.0, b.as_ptr(), b.len(), msg.as_mut_ptr().cast(), 256, &mut len), scale_status::Io);
+        assert_eq!(scale_engine_snapshot_to_file(e.0, b"".as_ptr(), 0, msg.as_mut_ptr().cast(), 256, &mut len), scale_status::Io);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn forced_panic_becomes_a_status_and_poisons() {
+    let e = new(SMALL);
+    let k = intern(&e, "s", "o");
+    e.shared().panic_next.store(true, Ordering::SeqCst);
+    let out = process(&e, T0, &[(k, 5.0)]);
+    assert_eq!(out.status, scale_status::Panic);
+    assert_eq!(out.scores, [-1.0], "outputs untouched");
+    for (f, st) in every_call(e.0) {
+        assert_eq!(st, scale_status::Poisoned, "{f}");
+    }
+    // Free still works on a poisoned handle (H's drop).
+}
+
+#[test]
+fn forced_panic_in_each_export() {
+    // Every export on a handle crosses the same boundary: each turns a panic into
+    // SCALE_STATUS_PANIC, poisons the handle, and never unwinds into the caller.
+    for i in 0..N_CALLS {
+        let e = new(RULES);
+        intern(&e, "k", "k");
+        e.shared().panic_next.store(true, Ordering::SeqCst);
+        let (f, st) = one_call(e.0, i);
+        assert_eq!(st, scale_status::Panic, "{f}");
+        assert!(e.shared().is_poisoned(), "{f}");
+    }
+}
+
+#[test]
+fn poisoned_handle_refuses_every_call() {
+    let e = new(SMALL);
+    e.shared().poison();
+    for (f, st) in every_call(e.0) {
+        assert_eq!(st, scale_status::Poisoned, "{f}");
+    }
+}
+
+#[test]
+fn status_text() {
+    for s in scale_status::ALL {
+        // SAFETY: static strings.
+        let t = unsafe { std::ffi::CStr::from_ptr(scale_status_str(s as i32).cast()) };
+        assert!(!t.to_bytes().is_empty());
+        assert_eq!(scale_status::from_code(s as i32), Some(s));
+    }
+    // SAFETY: static strings.
+    let t = unsafe { std::ffi::CStr::from_ptr(scale_status_str(0).cast()) };
+    assert_eq!(t.to_str().unwrap(), "unknown status code");
+    // Blocks of 100 by origin, never renumbered: pin every value.
+    let codes: Vec<i32> = scale_status::ALL.iter().map(|s| *s as i32).collect();
+    assert_eq!(codes, [1000, 1001, 1100, 1101, 1102, 1103, 1104, 1105, 1200, 1300, 1301, 1400, 1500, 1501]);
+}
+
+#[test]
+fn layout_is_stable() {
+    assert_eq!(std::mem::size_of::<scale_decision>(), 96);
+    assert_eq!(std::mem::size_of::<scale_stats>(), 96);
+    assert_eq!(std::mem::size_of::<scale_skip>(), 1);
+    assert_eq!(std::mem::size_of::<scale_status>(), 4);
+}
+
+/// Several threads hammer one handle. Each thread has its own service, rule and batches, so
+/// what the design promises is per-thread deterministic: skip reasons, keep flags while
+/// training, and every decision (rules only see their own service's spans, and each batch is
+/// processed atomically). Scores are *not* promised: the model is shared by all keys, so they
+/// depend on how the threads' batches interleave.
+#[test]
+fn threads_hammering_one_handle() {
+    const THREADS: usize = 4;
+    const BATCHES: usize = 60;
+    let mut yaml = String::from("sampler: { window_size: 50, train_size: 1000000 }\nrules:\n");
+    for t in 0..THREADS {
+        yaml += &format!(
+            "- name: r{t}\n  match: {{ service: s{t} }}\n  when: {{ duration_above: 100ms }}\n  count: {}\n  window: 1h\n  action: {{ kind: horizontal, target: {{ kind: Deployment, name: d{t} }}, max: 5 }}\n",
+            t + 2
+        );
+    }
+    let batch_of = |t: usize, b: usize, key: u32| -> Vec<(u32, f64)> {
+        (0..64).map(|i| (if (i + b).is_multiple_of(31) { 999 } else { key }, if (i * 7 + b + t).is_multiple_of(13) { 250.0 } else { 10.0 + (i % 9) as f64 })).collect()
+    };
+    type Run = Vec<(Vec<scale_skip>, Vec<u8>, Vec<scale_decision>)>;
+    let run_thread = |e: &H, t: usize, now_base: u64| -> Run {
+        let key = intern(e, &format!("s{t}"), "op");
+        (0..BATCHES)
+            .map(|b| {
+                let o = process(e, now_base + b as u64, &batch_of(t, b, key));
+                assert_eq!(o.status, scale_status::Ok);
+                (o.skip, o.keep, o.decisions)
+            })
+            .collect()
+    };
+    // Concurrent run on one handle.
+    let shared = new(&yaml);
+    let results: Vec<Run> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..THREADS).map(|t| s.spawn({ let h = &shared; move || run_thread(h, t, T0) })).collect();
+        // Readers at the same time.
+        s.spawn(|| {
+            for _ in 0..20 {
+                stats(&shared);
+                snapshot(&shared);
+            }
+        });
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let s = stats(&shared);
+    assert_eq!(s.spans_seen, (THREADS * BATCHES * 64) as u64);
+    assert_eq!(s.keys, THREADS as u64);
+    // Serial reference: each thread alone on its own engine.
+    for (t, got) in results.iter().enumerate() {
+        let solo = new(&yaml);
+        for u in 0..THREADS {
+            intern(&solo, &format!("s{u}"), "op");
+        }
+        let want = run_thread(&solo, t, T0);
+        for (b, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.0, w.0, "thread {t} batch {b}: skips");
+            assert_eq!(g.1, w.1, "thread {t} batch {b}: keep flags (training)");
+            let strip = |d: &[scale_decision]| d.iter().map(|d| (d.rule_index, d.span_index, d.observed_ms.to_bits(), d.time_ns, d.trace_id, d.conflated)).collect::<Vec<_>>();
+            assert_eq!(strip(&g.2), strip(&w.2), "thread {t} batch {b}: decisions");
+        }
+        assert!(want.iter().any(|w| !w.2.is_empty()), "the test exercises decisions");
+    }
+    assert!(!shared.shared().is_poisoned());
+}

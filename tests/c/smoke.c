@@ -1,0 +1,154 @@
+#define _GNU_SOURCE
+/* C smoke test of libscale: create an engine from YAML, intern keys, score 1,000 spans in
+ * one batch, read decisions, rule names and counters, snapshot and restore, free.
+ * Built and run by `make test-ffi` (under valgrind, or ASAN when valgrind is missing),
+ * linked statically with the line documented in rust/ffi/README.md ("Static linking"). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "scale.h"
+
+static int passed = 0, failed = 0;
+
+#define CHECK(cond)                                                                     \
+    do {                                                                                \
+        if (cond) {                                                                     \
+            passed++;                                                                   \
+        } else {                                                                        \
+            failed++;                                                                   \
+            fprintf(stderr, "smoke.c:%d: check failed: %s\n", __LINE__, #cond);         \
+        }                                                                               \
+    } while (0)
+
+#define CHECK_OK(call)                                                                  \
+    do {                                                                                \
+        scale_status_t st_ = (call);                                                    \
+        if (st_ == SCALE_STATUS_OK) {                                                   \
+            passed++;                                                                   \
+        } else {                                                                        \
+            failed++;                                                                   \
+            fprintf(stderr, "smoke.c:%d: %s: %d (%s)\n", __LINE__, #call, (int)st_,     \
+                    scale_status_str(st_));                                             \
+        }                                                                               \
+    } while (0)
+
+static const char CONFIG[] =
+    "sampler: { window_size: 100, train_size: 500 }\n"
+    "rules:\n"
+    "  - name: checkout-latency\n"
+    "    match: { service: checkout }\n"
+    "    when: { duration_above: 200ms }\n"
+    "    count: 3\n"
+    "    window: 30s\n"
+    "    action: { kind: horizontal, target: { kind: Deployment, name: checkout }, max: 5 }\n";
+
+#define N 1000
+#define T0 1700000000000000000ULL
+#define MS 1000000ULL
+
+int main(void) {
+    char msg[512];
+    size_t msg_len = 0;
+    scale_engine_t *engine = NULL;
+
+    /* Version: header and library agree. */
+    char want[32];
+    snprintf(want, sizeof want, "%d.%d.%d", SCALE_VERSION_MAJOR, SCALE_VERSION_MINOR, SCALE_VERSION_PATCH);
+    CHECK(strcmp(scale_version(), want) == 0);
+
+    /* A bad configuration comes back with its message in the same call. */
+    const char *bad = "sampler:\n  n_tress: 3\n";
+    CHECK(scale_engine_new((const uint8_t *)bad, strlen(bad), &engine, msg, sizeof msg, &msg_len) ==
+          SCALE_STATUS_INVALID_CONFIG);
+    CHECK(engine == NULL);
+    CHECK(msg_len > 0 && memmem(msg, msg_len, "n_tress", 7) != NULL);
+
+    CHECK_OK(scale_engine_new((const uint8_t *)CONFIG, strlen(CONFIG), &engine, msg, sizeof msg, &msg_len));
+    if (engine == NULL) {
+        fprintf(stderr, "%.*s\n", (int)msg_len, msg);
+        return 1;
+    }
+
+    uint32_t checkout = 0, cart = 0;
+    CHECK_OK(scale_engine_intern(engine, (const uint8_t *)"checkout", 8, (const uint8_t *)"PlaceOrder", 10, &checkout));
+    CHECK_OK(scale_engine_intern(engine, (const uint8_t *)"cart", 4, (const uint8_t *)"GetCart", 7, &cart));
+    CHECK(checkout == 0 && cart == 1);
+
+    /* One batch of 1,000 spans; the last 5 checkout spans are slow. */
+    uint32_t *keys = malloc(N * sizeof *keys);
+    uint64_t *start = malloc(N * sizeof *start), *end = malloc(N * sizeof *end);
+    uint8_t *trace_ids = calloc(N, 16), *span_ids = calloc(N, 8);
+    double *scores = malloc(N * sizeof *scores);
+    uint8_t *keep = malloc(N);
+    scale_skip_t *skip = malloc(N * sizeof *skip);
+    scale_decision_t decisions[4];
+    size_t n_decisions = 0;
+    for (size_t i = 0; i < N; i++) {
+        keys[i] = (i % 2) ? cart : checkout;
+        start[i] = T0 + i * MS;
+        uint64_t d = (i % 2) ? 5 + i % 3 : 40 + i % 7;
+        if (i >= N - 10 && i % 2 == 0) d = 900;
+        end[i] = start[i] + d * MS;
+        trace_ids[16 * i] = (uint8_t)i;
+        span_ids[8 * i] = (uint8_t)i;
+    }
+    keys[1] = 4242; /* unknown id: that span is skipped, not an error */
+    CHECK_OK(scale_engine_process(engine, T0 + N * MS, N, keys, start, end, trace_ids, span_ids, scores, keep, skip,
+                                  decisions, 4, &n_decisions));
+    CHECK(skip[1] == SCALE_SKIP_INVALID_KEY && isnan(scores[1]) && keep[1] == 0);
+    CHECK(skip[0] == SCALE_SKIP_NONE && isnan(scores[0])); /* warming up */
+    CHECK(skip[N - 1] == SCALE_SKIP_NONE && scores[N - 1] >= 0.0 && scores[N - 1] <= 1.0);
+    size_t kept = 0;
+    for (size_t i = 0; i < N; i++) kept += keep[i];
+    CHECK(keep[N - 2] == 1); /* a 900 ms checkout after 40 ms ones */
+    CHECK(n_decisions == 1);
+    if (n_decisions >= 1) {
+        CHECK(decisions[0].action == SCALE_ACTION_HORIZONTAL);
+        CHECK(decisions[0].observed_ms == 900.0 && decisions[0].count == 3);
+        CHECK(decisions[0].trace_id.idx[0] == (uint8_t)decisions[0].span_index);
+        char name[64];
+        size_t name_len = 0;
+        CHECK_OK(scale_engine_rule_name(engine, decisions[0].rule_index, name, sizeof name, &name_len));
+        CHECK(name_len == 16 && memcmp(name, "checkout-latency", 16) == 0);
+    }
+
+    scale_stats_t stats;
+    CHECK_OK(scale_engine_stats(engine, &stats));
+    CHECK(stats.spans_seen == N && stats.keys == 2 && stats.spans_skipped.idx[5] == 1);
+    CHECK(stats.spans_kept == kept && stats.decisions == 1);
+
+    /* Snapshot into a buffer and restore a twin. */
+    size_t size = 0, len = 0;
+    CHECK_OK(scale_engine_snapshot_size(engine, &size));
+    uint8_t *snap = malloc(size);
+    CHECK_OK(scale_engine_snapshot(engine, snap, size, &len));
+    CHECK(len == size);
+    scale_engine_t *twin = NULL;
+    CHECK_OK(scale_engine_restore((const uint8_t *)CONFIG, strlen(CONFIG), snap, len, &twin, msg, sizeof msg, &msg_len));
+    scale_stats_t twin_stats;
+    CHECK_OK(scale_engine_stats(twin, &twin_stats));
+    CHECK(memcmp(&stats, &twin_stats, sizeof stats) == 0);
+
+    /* Misuse returns a status, never crashes. */
+    CHECK(scale_engine_stats(NULL, &stats) == SCALE_STATUS_NULL_ARGUMENT);
+    CHECK(scale_engine_snapshot(engine, NULL, 0, &len) == SCALE_STATUS_BUFFER_TOO_SMALL && len == size);
+    CHECK(strcmp(scale_status_str(SCALE_STATUS_POISONED), "the handle is poisoned by an earlier panic") == 0);
+
+    scale_engine_free(twin);
+    scale_engine_free(engine);
+    scale_engine_free(NULL);
+    free(snap);
+    free(keys);
+    free(start);
+    free(end);
+    free(trace_ids);
+    free(span_ids);
+    free(scores);
+    free(keep);
+    free(skip);
+
+    printf("smoke: %d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}
