@@ -1,0 +1,195 @@
+// Copyright The SCALE Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package scaleprocessor // import "github.com/scale-autoscaler/scale/collector-go"
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"time"
+
+	"go.opentelemetry.io/collector/component"
+)
+
+// Defaults: the engine's own (configs/engine/default.yaml, rust/core/src/config.rs).
+const (
+	defaultMode             = ModeKeyed
+	defaultNTrees           = 10
+	defaultHeight           = 8
+	defaultWindowSize       = 250
+	defaultMinScore         = 0.925
+	defaultMaxDuration      = 50 * time.Second
+	defaultTrainSize        = 1000
+	defaultSeed             = 42
+	defaultMaxKeys          = 10_000
+	defaultBaselineRate     = 0.02
+	defaultMinKeyCount      = 8
+	defaultSnapshotInterval = 5 * time.Minute
+)
+
+// Limits the engine enforces (rust/core/src/config.rs); checked here first so that the
+// collector's own validation names the key.
+const (
+	maxNTrees      = 1_000
+	maxHeight      = 20
+	maxWindowSize  = 10_000_000
+	maxMaxKeys     = 10_000_000
+	maxMinKeyCount = 1_000_000
+)
+
+// Featurization modes (`mode`).
+const (
+	// ModeKeyed judges each span against its own service::operation latency baseline.
+	ModeKeyed = "keyed"
+	// ModePaper reproduces the source paper's features (one-hot key + scaled duration).
+	ModePaper = "paper"
+)
+
+// Config is the `scale` processor's configuration. Its engine settings mirror the engine's YAML
+// (`configs/engine/default.yaml`); the processor turns them back into that YAML for libscale.
+type Config struct {
+	// Mode is the featurization: `keyed` (default: a span against its own key's baseline) or
+	// `paper` (the source paper's features).
+	Mode string `mapstructure:"mode"`
+
+	// Sampler holds the Half-Space-Trees and keep-decision parameters.
+	Sampler SamplerConfig `mapstructure:"sampler"`
+
+	// Keys bounds the engine's service::operation key table.
+	Keys KeysConfig `mapstructure:"keys"`
+
+	// Keyed tunes the per-key latency baselines of `keyed` mode.
+	Keyed KeyedConfig `mapstructure:"keyed"`
+
+	// Rules are latency rules given inline, in the rules file's format (a list of rules; see the
+	// repository README). Passed to the engine as YAML. Default: none. Use either Rules or
+	// RulesFile.
+	Rules []map[string]any `mapstructure:"rules"`
+
+	// RulesFile is the path of a rules file (`rules:` only), the file shared with `scale serve`.
+	// Errors in it cite its own lines. Default: none.
+	RulesFile string `mapstructure:"rules_file"`
+
+	// SnapshotPath is where the engine's state (model, keys, baselines, rule windows) is saved
+	// and restored from at start, so a restart does not forget. Empty (default) disables
+	// snapshots.
+	SnapshotPath string `mapstructure:"snapshot_path"`
+
+	// SnapshotInterval is how often a snapshot is written while running (one is always written
+	// at shutdown). 0 writes only at shutdown. Default 5m. Needs SnapshotPath.
+	SnapshotInterval time.Duration `mapstructure:"snapshot_interval"`
+
+	// prevent unkeyed literal initialization
+	_ struct{}
+}
+
+// SamplerConfig holds the sampler parameters (the source paper's six, plus the seed).
+type SamplerConfig struct {
+	// NTrees is the number of Half-Space-Trees in the forest (1-1000). Default 10.
+	NTrees int `mapstructure:"n_trees"`
+	// Height is the tree height: height+1 levels, 2^(height+1)-1 nodes per tree (1-20).
+	// Default 8. Memory: 24 · n_trees · (2^(height+1) − 1) bytes.
+	Height int `mapstructure:"height"`
+	// WindowSize is the number of spans per tumbling mass window (1-10,000,000). Default 250.
+	WindowSize int `mapstructure:"window_size"`
+	// MinScore keeps a span iff its anomaly score is at least this (0-1). Default 0.925.
+	MinScore float64 `mapstructure:"min_score"`
+	// MaxDuration caps span durations (a duration, > 0). Default 50s.
+	MaxDuration time.Duration `mapstructure:"max_duration"`
+	// TrainSize is the number of spans only learned before any keep decision (>= 0). Default 1000.
+	TrainSize int64 `mapstructure:"train_size"`
+	// Seed seeds tree construction. Default 42.
+	Seed uint64 `mapstructure:"seed"`
+	// prevent unkeyed literal initialization
+	_ struct{}
+}
+
+// KeysConfig bounds the key table.
+type KeysConfig struct {
+	// MaxKeys is the number of distinct service::operation keys remembered (1-10,000,000); the
+	// rest share one overflow key. Default 10000. About 100 bytes per key.
+	MaxKeys int `mapstructure:"max_keys"`
+	// prevent unkeyed literal initialization
+	_ struct{}
+}
+
+// KeyedConfig tunes `keyed` mode.
+type KeyedConfig struct {
+	// BaselineRate is the weight of a new span in its key's latency baseline (0 < x <= 1).
+	// Default 0.02.
+	BaselineRate float64 `mapstructure:"baseline_rate"`
+	// MinKeyCount is the number of spans a key needs before its baseline is trusted
+	// (1-1,000,000). Default 8.
+	MinKeyCount int `mapstructure:"min_key_count"`
+	// prevent unkeyed literal initialization
+	_ struct{}
+}
+
+var _ component.Config = (*Config)(nil)
+
+// Validate checks every setting and reports every problem at once, each naming its YAML key.
+// With cgo it then builds the engine once from the settings (and the rules), so that rules
+// problems are found by `otelcol validate` too, and frees it.
+func (cfg *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	intIn := func(key string, v, lo, hi int64) {
+		if v < lo || v > hi {
+			bad(key, "must be between %d and %d, got %d", lo, hi, v)
+		}
+	}
+	switch cfg.Mode {
+	case ModeKeyed, ModePaper:
+	default:
+		bad("mode", "must be %q or %q, got %q", ModeKeyed, ModePaper, cfg.Mode)
+	}
+	s := cfg.Sampler
+	intIn("sampler.n_trees", int64(s.NTrees), 1, maxNTrees)
+	intIn("sampler.height", int64(s.Height), 1, maxHeight)
+	intIn("sampler.window_size", int64(s.WindowSize), 1, maxWindowSize)
+	if math.IsNaN(s.MinScore) || math.IsInf(s.MinScore, 0) || s.MinScore < 0 || s.MinScore > 1 {
+		bad("sampler.min_score", "must be between 0 and 1, got %v", s.MinScore)
+	}
+	if s.MaxDuration <= 0 {
+		bad("sampler.max_duration", "must be a positive duration, got %v", s.MaxDuration)
+	}
+	if s.TrainSize < 0 {
+		bad("sampler.train_size", "must not be negative, got %d", s.TrainSize)
+	}
+	intIn("keys.max_keys", int64(cfg.Keys.MaxKeys), 1, maxMaxKeys)
+	k := cfg.Keyed
+	if math.IsNaN(k.BaselineRate) || math.IsInf(k.BaselineRate, 0) || k.BaselineRate <= 0 || k.BaselineRate > 1 {
+		bad("keyed.baseline_rate", "must be greater than 0 and at most 1, got %v", k.BaselineRate)
+	}
+	intIn("keyed.min_key_count", int64(k.MinKeyCount), 1, maxMinKeyCount)
+	if len(cfg.Rules) > 0 && cfg.RulesFile != "" {
+		bad("rules_file", "rules are given both inline (rules) and in rules_file; use one")
+	}
+	if cfg.RulesFile != "" {
+		if _, err := os.Stat(cfg.RulesFile); err != nil {
+			bad("rules_file", "%v", err)
+		}
+	}
+	if cfg.SnapshotInterval < 0 {
+		bad("snapshot_interval", "must not be negative, got %v", cfg.SnapshotInterval)
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if cgoEnabled {
+		spec, err := cfg.engineSpec()
+		if err != nil {
+			return err
+		}
+		e, err := newNativeEngine(spec)
+		if err != nil {
+			return err
+		}
+		e.Close()
+	}
+	return nil
+}

@@ -1,0 +1,158 @@
+// Copyright The SCALE Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package scaleprocessor
+
+import (
+	"bufio"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/confmap"
+	"go.opentelemetry.io/collector/confmap/confmaptest"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/scale-autoscaler/scale/collector-go/internal/metadata"
+)
+
+func TestLoadConfig(t *testing.T) {
+	cm, err := confmaptest.LoadConf(filepath.Join("testdata", "config.yaml"))
+	require.NoError(t, err)
+
+	custom := createDefaultConfig().(*Config)
+	custom.Mode = ModePaper
+	custom.Sampler = SamplerConfig{NTrees: 16, Height: 8, WindowSize: 175, MinScore: 0.6, MaxDuration: 50 * time.Second, TrainSize: 5000, Seed: 7}
+	custom.Keys = KeysConfig{MaxKeys: 2000}
+	custom.Keyed = KeyedConfig{BaselineRate: 0.05, MinKeyCount: 4}
+	custom.RulesFile = "testdata/rules.yaml"
+	custom.SnapshotPath = "/var/lib/otelcol/scale/model.snapshot"
+	custom.SnapshotInterval = time.Minute
+
+	inline := createDefaultConfig().(*Config)
+	inline.Rules = []map[string]any{{
+		"name":   "checkout-latency",
+		"match":  map[string]any{"service": "checkout", "operation": "oteldemo.CheckoutService/PlaceOrder"},
+		"when":   map[string]any{"duration_above": "500ms"},
+		"count":  5,
+		"window": "30s",
+		"action": map[string]any{
+			"kind":   "auto",
+			"target": map[string]any{"kind": "Deployment", "namespace": "otel-demo", "name": "checkout"},
+			"max":    10,
+		},
+	}}
+
+	tests := []struct {
+		id       component.ID
+		expected *Config
+	}{
+		{id: component.NewID(metadata.Type), expected: createDefaultConfig().(*Config)},
+		{id: component.NewIDWithName(metadata.Type, "custom"), expected: custom},
+		{id: component.NewIDWithName(metadata.Type, "inline_rules"), expected: inline},
+	}
+	for _, tt := range tests {
+		t.Run(tt.id.String(), func(t *testing.T) {
+			cfg := createDefaultConfig()
+			sub, err := cm.Sub(tt.id.String())
+			require.NoError(t, err)
+			require.NoError(t, sub.Unmarshal(cfg))
+			require.NoError(t, confmap.Validate(cfg))
+			assert.Equal(t, tt.expected, cfg)
+		})
+	}
+}
+
+// expectations reads the "# expect: ..." lines at the top of a testdata file.
+func expectations(t *testing.T, path string) []string {
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if msg, ok := strings.CutPrefix(sc.Text(), "# expect: "); ok {
+			out = append(out, msg)
+		}
+	}
+	require.NotEmpty(t, out, "%s has no '# expect:' line", path)
+	return out
+}
+
+func TestInvalidConfigs(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "invalid_*.yaml"))
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, len(files), 15)
+	for _, file := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(file), ".yaml"), func(t *testing.T) {
+			cm, err := confmaptest.LoadConf(file)
+			require.NoError(t, err)
+			sub, err := cm.Sub(component.NewID(metadata.Type).String())
+			require.NoError(t, err)
+			cfg := createDefaultConfig()
+			err = sub.Unmarshal(cfg)
+			if err == nil {
+				err = confmap.Validate(cfg)
+			}
+			require.Error(t, err)
+			for _, want := range expectations(t, file) {
+				assert.Contains(t, err.Error(), want)
+			}
+		})
+	}
+}
+
+func TestEngineYAMLFromConfig(t *testing.T) {
+	cfg := createDefaultConfig().(*Config)
+	cfg.Sampler.MaxDuration = 1500 * time.Microsecond
+	spec, err := cfg.engineSpec()
+	require.NoError(t, err)
+	var doc map[string]any
+	require.NoError(t, yaml.Unmarshal(spec.settings, &doc))
+	assert.Equal(t, "keyed", doc["mode"])
+	sampler := doc["sampler"].(map[string]any)
+	assert.Equal(t, 1.5, sampler["max_duration"], "milliseconds")
+	assert.Equal(t, 0.925, sampler["min_score"])
+	assert.NotContains(t, doc, "rules")
+	assert.Nil(t, spec.rules)
+
+	// With a rules file: the file's text is passed as is, and a combined document exists for
+	// restoring snapshots.
+	cfg.RulesFile = filepath.Join("testdata", "rules.yaml")
+	spec, err = cfg.engineSpec()
+	require.NoError(t, err)
+	text, _ := os.ReadFile(cfg.RulesFile)
+	assert.Equal(t, text, spec.rules)
+	require.NoError(t, yaml.Unmarshal(spec.combined, &doc))
+	assert.Len(t, doc["rules"], 1)
+}
+
+func TestDefaultsMatchTheEngine(t *testing.T) {
+	// configs/engine/default.yaml is the engine's defaults, spelled out.
+	text, err := os.ReadFile(filepath.Join("..", "configs", "engine", "default.yaml"))
+	require.NoError(t, err)
+	var doc engineYAML
+	var raw map[string]any
+	require.NoError(t, yaml.Unmarshal(text, &raw))
+	delete(raw["sampler"].(map[string]any), "max_duration")
+	fixed, _ := yaml.Marshal(raw)
+	require.NoError(t, yaml.Unmarshal(fixed, &doc))
+	cfg := createDefaultConfig().(*Config)
+	assert.Equal(t, doc.Mode, cfg.Mode)
+	assert.Equal(t, doc.Sampler.NTrees, cfg.Sampler.NTrees)
+	assert.Equal(t, doc.Sampler.Height, cfg.Sampler.Height)
+	assert.Equal(t, doc.Sampler.WindowSize, cfg.Sampler.WindowSize)
+	assert.Equal(t, doc.Sampler.MinScore, cfg.Sampler.MinScore)
+	assert.Equal(t, doc.Sampler.TrainSize, cfg.Sampler.TrainSize)
+	assert.Equal(t, doc.Sampler.Seed, cfg.Sampler.Seed)
+	assert.Equal(t, doc.Keys.MaxKeys, cfg.Keys.MaxKeys)
+	assert.Equal(t, doc.Keyed.BaselineRate, cfg.Keyed.BaselineRate)
+	assert.Equal(t, doc.Keyed.MinKeyCount, cfg.Keyed.MinKeyCount)
+	assert.Contains(t, string(text), "max_duration: 50s")
+	assert.Equal(t, 50*time.Second, cfg.Sampler.MaxDuration)
+}

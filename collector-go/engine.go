@@ -1,0 +1,334 @@
+// Copyright The SCALE Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package scaleprocessor // import "github.com/scale-autoscaler/scale/collector-go"
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Status codes of libscale (`scale_status` in include/scale.h; engine_cgo.go checks at compile
+// time that these equal the header's).
+const (
+	StatusOK                 int32 = 1000
+	StatusDecisionsTruncated int32 = 1001
+	StatusNullArgument       int32 = 1100
+	StatusInvalidLength      int32 = 1101
+	StatusMisalignedPointer  int32 = 1102
+	StatusInvalidUTF8        int32 = 1103
+	StatusBufferTooSmall     int32 = 1104
+	StatusIndexOutOfRange    int32 = 1105
+	StatusInvalidConfig      int32 = 1200
+	StatusInvalidSnapshot    int32 = 1300
+	StatusSnapshotMismatch   int32 = 1301
+	StatusIO                 int32 = 1400
+	StatusPanic              int32 = 1500
+	StatusPoisoned           int32 = 1501
+
+	// Codes of the Go wrapper itself (negative, never returned by libscale).
+	statusClosed          int32 = -1 // the wrapper was closed
+	statusVersionMismatch int32 = -2 // header and library versions differ
+)
+
+// Names of the Go wrapper's own codes.
+const (
+	statusNameClosed          = "closed"
+	statusNameVersionMismatch = "version_mismatch"
+)
+
+// Error is a failed libscale call: its status code and message, copied into Go at once.
+type Error struct {
+	// Code is the `scale_status` code (1000 and up), or a negative code of the Go wrapper.
+	Code int32
+	// Status is the code's static text (`scale_status_str`).
+	Status string
+	// Msg is the call's detailed message, if it has one (constructors and file functions).
+	Msg string
+}
+
+func (e *Error) Error() string {
+	if e.Msg == "" || e.Msg == e.Status {
+		return fmt.Sprintf("scale engine: %s (%d)", e.Status, e.Code)
+	}
+	return fmt.Sprintf("scale engine: %s (%d): %s", e.Status, e.Code, e.Msg)
+}
+
+// errClosed is returned by calls on a closed engine wrapper.
+var errClosed = &Error{Code: statusClosed, Status: statusNameClosed, Msg: "the engine was closed"}
+
+// errNoCgo is the error of the factory and every engine constructor in a build without cgo.
+var errNoCgo = errors.New("the scale processor requires CGO_ENABLED=1: it calls libscale through cgo " +
+	"(build the collector with cgo; ocb: dist.cgo_enabled: true)")
+
+// statusName is a short, bounded label for a status code (metrics attribute `status`).
+func statusName(err error) string {
+	var e *Error
+	if !errors.As(err, &e) {
+		return "other"
+	}
+	switch e.Code {
+	case StatusNullArgument:
+		return "null_argument"
+	case StatusInvalidLength:
+		return "invalid_length"
+	case StatusMisalignedPointer:
+		return "misaligned_pointer"
+	case StatusInvalidUTF8:
+		return "invalid_utf8"
+	case StatusBufferTooSmall:
+		return "buffer_too_small"
+	case StatusIndexOutOfRange:
+		return "index_out_of_range"
+	case StatusInvalidConfig:
+		return "invalid_config"
+	case StatusInvalidSnapshot:
+		return "invalid_snapshot"
+	case StatusSnapshotMismatch:
+		return "snapshot_mismatch"
+	case StatusIO:
+		return "io"
+	case StatusPanic:
+		return "panic"
+	case StatusPoisoned:
+		return "poisoned"
+	case statusClosed:
+		return statusNameClosed
+	case statusVersionMismatch:
+		return statusNameVersionMismatch
+	default:
+		return "unknown"
+	}
+}
+
+// keyOverflow is SCALE_KEY_OVERFLOW: the id every key past keys.max_keys shares.
+const keyOverflow = ^uint32(0)
+
+// keyInvalid is an id no engine hands out (max_keys is at most 10,000,000): the engine skips a
+// span given it as `invalid_key` (used for names that are not UTF-8).
+const keyInvalid = ^uint32(0) - 1
+
+// Skip reasons (`scale_skip`), indexed by value; the names are the metrics' `reason` values.
+var skipReasons = [...]string{
+	"", // SCALE_SKIP_NONE
+	"zero_timestamp",
+	"end_before_start",
+	"absurd_timestamp",
+	"absurd_duration",
+	"invalid_duration",
+	"invalid_key",
+}
+
+// Actions (`scale_action`), indexed by value.
+const (
+	actionHorizontal uint8 = 1
+	actionVertical   uint8 = 2
+)
+
+func actionName(a uint8) string {
+	switch a {
+	case actionHorizontal:
+		return "horizontal"
+	case actionVertical:
+		return "vertical"
+	default:
+		return "unknown"
+	}
+}
+
+// decision is a Go copy of `scale_decision`.
+type decision struct {
+	ruleIndex   uint32
+	count       uint32
+	windowMs    float64
+	thresholdMs float64
+	observedMs  float64
+	score       float64
+	loadRatio   float64
+	timeNs      uint64
+	spanIndex   uint32
+	conflated   uint32
+	traceID     [16]byte
+	spanID      [8]byte
+	action      uint8
+}
+
+// batch holds the flat arrays of one engine call; reused across batches (see scaleProcessor's
+// pool), so nothing is allocated per span once the arrays have grown to the largest batch.
+type batch struct {
+	keyIDs   []uint32
+	startNs  []uint64
+	endNs    []uint64
+	traceIDs []byte // 16 bytes per span
+	spanIDs  []byte // 8 bytes per span
+
+	scores []float64
+	keep   []uint8
+	skip   []uint8
+
+	decisions []decision // the batch's decisions, copied out of raw
+	raw       rawDecisions
+	nOut      uintptr // `size_t` output of the engine call (kept here so it does not escape)
+
+	keyBuf []byte // scratch for cache keys
+	misses []keyMiss
+}
+
+// keyMiss is a span whose key was not in the key cache.
+type keyMiss struct {
+	index     int
+	service   string
+	operation string
+}
+
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
+}
+
+// reset sizes the arrays for n spans.
+func (b *batch) reset(n int) {
+	b.keyIDs = grow(b.keyIDs, n)
+	b.startNs = grow(b.startNs, n)
+	b.endNs = grow(b.endNs, n)
+	b.traceIDs = grow(b.traceIDs, 16*n)
+	b.spanIDs = grow(b.spanIDs, 8*n)
+	b.scores = grow(b.scores, n)
+	b.keep = grow(b.keep, n)
+	b.skip = grow(b.skip, n)
+	b.decisions = b.decisions[:0]
+	clear(b.misses[:cap(b.misses)]) // drop references to the previous batch's strings
+	b.misses = b.misses[:0]
+}
+
+// engine is what the processor needs from libscale; *nativeEngine implements it, tests may
+// substitute a fake (withEngineFactory).
+type engine interface {
+	// intern returns the key id of service::operation.
+	intern(service, operation string) (uint32, error)
+	// process scores b's spans (one engine call) into b.scores, b.keep, b.skip and
+	// b.decisions; lost counts decisions that fired but did not fit.
+	process(nowNs uint64, b *batch) (lost int, err error)
+	// ruleNames lists the configuration's rule names by index.
+	ruleNames() ([]string, error)
+	// snapshotToFile writes the engine's state to path atomically.
+	snapshotToFile(path string) error
+	// Close frees the engine; idempotent, waits for calls in flight.
+	Close()
+}
+
+// engineFactory creates engines: fresh ones and ones restored from a snapshot file.
+type engineFactory struct {
+	create  func(spec engineSpec) (engine, error)
+	restore func(spec engineSpec, path string) (engine, error)
+}
+
+var nativeFactory = engineFactory{
+	create: func(spec engineSpec) (engine, error) {
+		e, err := newNativeEngine(spec)
+		if err != nil {
+			return nil, err // not a typed nil inside the interface
+		}
+		return e, nil
+	},
+	restore: func(spec engineSpec, path string) (engine, error) {
+		e, err := restoreNativeEngine(spec, path)
+		if err != nil {
+			return nil, err
+		}
+		return e, nil
+	},
+}
+
+// engineSpec is the engine's configuration as libscale takes it.
+type engineSpec struct {
+	// settings is the engine YAML (with the rules when they are inline).
+	settings []byte
+	// rules is the rules file's text; nil without rules_file.
+	rules []byte
+	// rulesPath names the rules file in messages.
+	rulesPath string
+	// combined is settings and rules in one document (for scale_engine_restore*, which take
+	// one text).
+	combined []byte
+}
+
+// engineYAML is the engine's configuration document (rust/core/src/config.rs).
+type engineYAML struct {
+	Mode    string `yaml:"mode"`
+	Sampler struct {
+		NTrees      int     `yaml:"n_trees"`
+		Height      int     `yaml:"height"`
+		WindowSize  int     `yaml:"window_size"`
+		MinScore    float64 `yaml:"min_score"`
+		MaxDuration float64 `yaml:"max_duration"` // milliseconds
+		TrainSize   int64   `yaml:"train_size"`
+		Seed        uint64  `yaml:"seed"`
+	} `yaml:"sampler"`
+	Keys struct {
+		MaxKeys int `yaml:"max_keys"`
+	} `yaml:"keys"`
+	Keyed struct {
+		BaselineRate float64 `yaml:"baseline_rate"`
+		MinKeyCount  int     `yaml:"min_key_count"`
+	} `yaml:"keyed"`
+	Rules any `yaml:"rules,omitempty"`
+}
+
+// engineSpec builds the engine YAML from the configuration and reads the rules file.
+func (cfg *Config) engineSpec() (engineSpec, error) {
+	var doc engineYAML
+	doc.Mode = cfg.Mode
+	doc.Sampler.NTrees = cfg.Sampler.NTrees
+	doc.Sampler.Height = cfg.Sampler.Height
+	doc.Sampler.WindowSize = cfg.Sampler.WindowSize
+	doc.Sampler.MinScore = cfg.Sampler.MinScore
+	doc.Sampler.MaxDuration = float64(cfg.Sampler.MaxDuration.Nanoseconds()) / 1e6
+	doc.Sampler.TrainSize = cfg.Sampler.TrainSize
+	doc.Sampler.Seed = cfg.Sampler.Seed
+	doc.Keys.MaxKeys = cfg.Keys.MaxKeys
+	doc.Keyed.BaselineRate = cfg.Keyed.BaselineRate
+	doc.Keyed.MinKeyCount = cfg.Keyed.MinKeyCount
+	if len(cfg.Rules) > 0 {
+		doc.Rules = cfg.Rules
+	}
+	settings, err := yaml.Marshal(&doc)
+	if err != nil {
+		return engineSpec{}, fmt.Errorf("rules: cannot be written as YAML: %w", err)
+	}
+	spec := engineSpec{settings: settings, combined: settings}
+	if cfg.RulesFile == "" {
+		return spec, nil
+	}
+	text, err := os.ReadFile(cfg.RulesFile)
+	if err != nil {
+		return engineSpec{}, fmt.Errorf("rules_file: %w", err)
+	}
+	spec.rules, spec.rulesPath = text, cfg.RulesFile
+	// For restore: the rules file's `rules:` list inside the settings document. Its problems
+	// were already reported with its own lines by scale_engine_new_with_rules.
+	var rf struct {
+		Rules yaml.Node `yaml:"rules"`
+	}
+	if err := yaml.Unmarshal(text, &rf); err == nil && rf.Rules.Kind != 0 {
+		doc.Rules = &rf.Rules
+		if combined, err := yaml.Marshal(&doc); err == nil {
+			spec.combined = combined
+		}
+	}
+	return spec, nil
+}
+
+// rulesFileMessage makes libscale's "rules file:" prefix name the file.
+func (s engineSpec) rulesFileMessage(msg string) string {
+	if s.rulesPath == "" {
+		return msg
+	}
+	return strings.ReplaceAll(msg, "rules file: ", s.rulesPath+": ")
+}

@@ -1,0 +1,301 @@
+// Copyright The SCALE Authors
+// SPDX-License-Identifier: Apache-2.0
+
+//go:build cgo
+
+package scaleprocessor // import "github.com/scale-autoscaler/scale/collector-go"
+
+// libscale is linked statically: build it first with `cargo build --workspace --release` (or
+// `make libscale`) at the repository root. The libraries after libscale.a are the native
+// libraries rustc reports for the staticlib (rust/ffi/README.md, "Static linking").
+
+/*
+#cgo CFLAGS: -I${SRCDIR}/../include
+#cgo LDFLAGS: ${SRCDIR}/../target/release/libscale.a -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+#include <stdlib.h>
+#include "scale.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+	"unsafe"
+)
+
+// cgoEnabled reports whether this build can reach libscale.
+const cgoEnabled = true
+
+// Compile-time checks that the Go status constants equal the header's (an index out of range
+// of a one-element array does not compile).
+var (
+	_ = [1]struct{}{}[C.SCALE_STATUS_OK-StatusOK]
+	_ = [1]struct{}{}[C.SCALE_STATUS_DECISIONS_TRUNCATED-StatusDecisionsTruncated]
+	_ = [1]struct{}{}[C.SCALE_STATUS_INVALID_UTF8-StatusInvalidUTF8]
+	_ = [1]struct{}{}[C.SCALE_STATUS_BUFFER_TOO_SMALL-StatusBufferTooSmall]
+	_ = [1]struct{}{}[C.SCALE_STATUS_INVALID_CONFIG-StatusInvalidConfig]
+	_ = [1]struct{}{}[C.SCALE_STATUS_INVALID_SNAPSHOT-StatusInvalidSnapshot]
+	_ = [1]struct{}{}[C.SCALE_STATUS_SNAPSHOT_MISMATCH-StatusSnapshotMismatch]
+	_ = [1]struct{}{}[C.SCALE_STATUS_IO-StatusIO]
+	_ = [1]struct{}{}[C.SCALE_STATUS_POISONED-StatusPoisoned]
+	_ = [1]struct{}{}[C.SCALE_KEY_OVERFLOW-keyOverflow]
+	_ = [1]struct{}{}[C.SCALE_SKIP_INVALID_KEY-6]
+	_ = [1]struct{}{}[C.SCALE_ACTION_HORIZONTAL-actionHorizontal]
+	_ = [1]struct{}{}[C.SCALE_ACTION_VERTICAL-actionVertical]
+)
+
+// headerVersion is the version of include/scale.h this package was compiled against.
+var headerVersion = fmt.Sprintf("%d.%d.%d", C.SCALE_VERSION_MAJOR, C.SCALE_VERSION_MINOR, C.SCALE_VERSION_PATCH)
+
+// rawDecisions is the engine's decision output buffer (C structs, plain data).
+type rawDecisions = []C.scale_decision_t
+
+// msgCap is the size of the message buffer of constructors and file functions.
+const msgCap = 16 << 10
+
+// nativeEngine wraps one `scale_engine_t` handle.
+//
+// The C handle is safe for concurrent calls except scale_engine_free; mu enforces that: every
+// call holds the read lock, Close takes the write lock. Only Close touches _ptr after creation.
+type nativeEngine struct {
+	mu          sync.RWMutex
+	_ptr        *C.scale_engine_t
+	decisionCap int
+}
+
+// ptr returns the handle; panics after Close (the wrapper's callers check closed first, so a
+// panic here is a bug). Under the `debug` build tag it runs the GC first, to flush out missing
+// runtime.KeepAlive calls.
+func (e *nativeEngine) ptr() *C.scale_engine_t {
+	p := e._ptr
+	if p == nil {
+		panic("scale: engine used after Close")
+	}
+	maybeGC()
+	return p
+}
+
+// newError copies a failed call's status and message into a Go error.
+func newError(st C.scale_status_t, msg []byte) *Error {
+	return &Error{Code: int32(st), Status: C.GoString(C.scale_status_str(C.int32_t(st))), Msg: string(msg)}
+}
+
+func statusError(st C.scale_status_t) *Error {
+	return newError(st, nil)
+}
+
+// bytesPtr is the C view of b's bytes; (NULL, 0) for an empty slice.
+func bytesPtr(b []byte) *C.uint8_t {
+	if len(b) == 0 {
+		return nil
+	}
+	return (*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b)))
+}
+
+func stringPtr(s string) *C.uint8_t {
+	if len(s) == 0 {
+		return nil
+	}
+	return (*C.uint8_t)(unsafe.Pointer(unsafe.StringData(s)))
+}
+
+func checkVersion() error {
+	if v := C.GoString(C.scale_version()); v != headerVersion {
+		return &Error{Code: statusVersionMismatch, Status: statusNameVersionMismatch,
+			Msg: fmt.Sprintf("libscale is version %s but include/scale.h is %s: rebuild libscale (cargo build --workspace --release) and this package", v, headerVersion)}
+	}
+	return nil
+}
+
+// construct runs one constructor with a message buffer and wraps the handle.
+func construct(spec engineSpec, call func(out **C.scale_engine_t, msg *C.char, msgLen *C.size_t) C.scale_status_t) (*nativeEngine, error) {
+	if err := checkVersion(); err != nil {
+		return nil, err
+	}
+	msg := make([]byte, msgCap)
+	var out *C.scale_engine_t
+	var n C.size_t
+	st := call(&out, (*C.char)(unsafe.Pointer(&msg[0])), &n)
+	if st != C.SCALE_STATUS_OK {
+		return nil, newError(st, []byte(spec.rulesFileMessage(string(msg[:n]))))
+	}
+	e := &nativeEngine{_ptr: out}
+	runtime.SetFinalizer(e, (*nativeEngine).Close) // backstop only: owners call Close
+	var rules C.size_t
+	e.mu.RLock()
+	st = C.scale_engine_rule_count(e.ptr(), &rules)
+	e.mu.RUnlock()
+	runtime.KeepAlive(e)
+	if st != C.SCALE_STATUS_OK {
+		e.Close()
+		return nil, statusError(st)
+	}
+	// Decisions of one batch naming the same target are conflated, so a batch has at most one
+	// per rule; the margin is for safety (a truncation is counted, never fatal).
+	e.decisionCap = 2*int(rules) + 8
+	return e, nil
+}
+
+// newNativeEngine creates an engine: scale_engine_new, or scale_engine_new_with_rules with a
+// rules file (its problems then cite the file's own lines).
+func newNativeEngine(spec engineSpec) (*nativeEngine, error) {
+	return construct(spec, func(out **C.scale_engine_t, msg *C.char, msgLen *C.size_t) C.scale_status_t {
+		if spec.rules != nil {
+			st := C.scale_engine_new_with_rules(bytesPtr(spec.settings), C.size_t(len(spec.settings)),
+				bytesPtr(spec.rules), C.size_t(len(spec.rules)), out, msg, msgCap, msgLen)
+			runtime.KeepAlive(spec.settings)
+			runtime.KeepAlive(spec.rules)
+			return st
+		}
+		st := C.scale_engine_new(bytesPtr(spec.settings), C.size_t(len(spec.settings)), out, msg, msgCap, msgLen)
+		runtime.KeepAlive(spec.settings)
+		return st
+	})
+}
+
+// restoreNativeEngine rebuilds an engine from the snapshot file at path.
+func restoreNativeEngine(spec engineSpec, path string) (*nativeEngine, error) {
+	return construct(spec, func(out **C.scale_engine_t, msg *C.char, msgLen *C.size_t) C.scale_status_t {
+		st := C.scale_engine_restore_from_file(bytesPtr(spec.combined), C.size_t(len(spec.combined)),
+			stringPtr(path), C.size_t(len(path)), out, msg, msgCap, msgLen)
+		runtime.KeepAlive(spec.combined)
+		runtime.KeepAlive(path)
+		return st
+	})
+}
+
+// Close frees the handle: idempotent, waits for calls in flight.
+func (e *nativeEngine) Close() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e._ptr == nil {
+		return
+	}
+	C.scale_engine_free(e._ptr)
+	e._ptr = nil
+	runtime.SetFinalizer(e, nil)
+}
+
+func (e *nativeEngine) intern(service, operation string) (uint32, error) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e._ptr == nil {
+		return 0, errClosed
+	}
+	var id C.uint32_t
+	st := C.scale_engine_intern(e.ptr(), stringPtr(service), C.size_t(len(service)), stringPtr(operation), C.size_t(len(operation)), &id)
+	runtime.KeepAlive(e)
+	runtime.KeepAlive(service)
+	runtime.KeepAlive(operation)
+	if st != C.SCALE_STATUS_OK {
+		return 0, statusError(st)
+	}
+	return uint32(id), nil
+}
+
+// process is the hot path: one scale_engine_process call over b's flat arrays (plain values,
+// no Go pointers inside; read and written during the call only).
+func (e *nativeEngine) process(nowNs uint64, b *batch) (int, error) {
+	n := len(b.keyIDs)
+	b.decisions = b.decisions[:0]
+	if n == 0 {
+		return 0, nil
+	}
+	if cap(b.raw) < e.decisionCap {
+		b.raw = make(rawDecisions, e.decisionCap)
+	}
+	raw := b.raw[:cap(b.raw)]
+	e.mu.RLock()
+	if e._ptr == nil {
+		e.mu.RUnlock()
+		return 0, errClosed
+	}
+	st := C.scale_engine_process(e.ptr(), C.uint64_t(nowNs), C.size_t(n),
+		(*C.uint32_t)(unsafe.Pointer(unsafe.SliceData(b.keyIDs))),
+		(*C.uint64_t)(unsafe.Pointer(unsafe.SliceData(b.startNs))),
+		(*C.uint64_t)(unsafe.Pointer(unsafe.SliceData(b.endNs))),
+		(*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b.traceIDs))),
+		(*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b.spanIDs))),
+		(*C.double)(unsafe.Pointer(unsafe.SliceData(b.scores))),
+		(*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b.keep))),
+		(*C.scale_skip_t)(unsafe.Pointer(unsafe.SliceData(b.skip))),
+		unsafe.SliceData(raw), C.size_t(len(raw)),
+		(*C.size_t)(unsafe.Pointer(&b.nOut)))
+	e.mu.RUnlock()
+	runtime.KeepAlive(e)
+	runtime.KeepAlive(b)
+	lost := 0
+	switch st {
+	case C.SCALE_STATUS_OK:
+	case C.SCALE_STATUS_DECISIONS_TRUNCATED:
+		lost = int(b.nOut) - len(raw)
+		b.nOut = uintptr(len(raw))
+	default:
+		return 0, statusError(st)
+	}
+	for i := range int(b.nOut) {
+		d := &raw[i]
+		b.decisions = append(b.decisions, decision{
+			ruleIndex:   uint32(d.rule_index),
+			count:       uint32(d.count),
+			windowMs:    float64(d.window_ms),
+			thresholdMs: float64(d.threshold_ms),
+			observedMs:  float64(d.observed_ms),
+			score:       float64(d.score),
+			loadRatio:   float64(d.load_ratio),
+			timeNs:      uint64(d.time_ns),
+			spanIndex:   uint32(d.span_index),
+			conflated:   uint32(d.conflated),
+			traceID:     *(*[16]byte)(unsafe.Pointer(&d.trace_id.idx)),
+			spanID:      *(*[8]byte)(unsafe.Pointer(&d.span_id.idx)),
+			action:      uint8(d.action),
+		})
+	}
+	return lost, nil
+}
+
+func (e *nativeEngine) ruleNames() ([]string, error) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e._ptr == nil {
+		return nil, errClosed
+	}
+	var count C.size_t
+	if st := C.scale_engine_rule_count(e.ptr(), &count); st != C.SCALE_STATUS_OK {
+		return nil, statusError(st)
+	}
+	names := make([]string, 0, int(count))
+	buf := make([]byte, 256)
+	for i := range int(count) {
+		var n C.size_t
+		st := C.scale_engine_rule_name(e.ptr(), C.size_t(i), (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
+		if st == C.SCALE_STATUS_BUFFER_TOO_SMALL {
+			buf = make([]byte, int(n))
+			st = C.scale_engine_rule_name(e.ptr(), C.size_t(i), (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
+		}
+		if st != C.SCALE_STATUS_OK {
+			return nil, statusError(st)
+		}
+		names = append(names, string(buf[:n]))
+	}
+	runtime.KeepAlive(e)
+	return names, nil
+}
+
+func (e *nativeEngine) snapshotToFile(path string) error {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e._ptr == nil {
+		return errClosed
+	}
+	msg := make([]byte, 4096)
+	var n C.size_t
+	st := C.scale_engine_snapshot_to_file(e.ptr(), stringPtr(path), C.size_t(len(path)), (*C.char)(unsafe.Pointer(&msg[0])), C.size_t(len(msg)), &n)
+	runtime.KeepAlive(e)
+	runtime.KeepAlive(path)
+	if st != C.SCALE_STATUS_OK {
+		return newError(st, msg[:n])
+	}
+	return nil
+}
