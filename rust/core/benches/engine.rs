@@ -1,6 +1,7 @@
 //! Per-span cost of featurize + score + learn (+ rules), the engine's hot path.
 //!
-//! `cargo bench --workspace --bench engine`. Spans come from a synthetic stream of 800 keys with
+//! `cargo bench --workspace --bench engine`. Spans come from a synthetic stream of 800 keys (and,
+//! for the default forest, also 3 keys: few keys mean dense paths, so walks go deeper) with
 //! log-normal durations and 5 % slow spans, interned once (as the C ABI's callers do), fed in
 //! batches of 1,024 through `Engine::process_batch`.
 
@@ -10,12 +11,12 @@ use scale_core::{BatchOutput, Engine, EngineConfig, Mode, SpanKey, SpanRef, Timi
 
 const BATCH: usize = 1_024;
 
-fn stream(engine: &mut Engine, n: usize) -> Vec<SpanRef<'static>> {
+fn stream(engine: &mut Engine, n: usize, keys: usize) -> Vec<SpanRef<'static>> {
     let mut rng = SplitMix64::new(1);
-    let ids: Vec<u32> = (0..800).map(|k| engine.intern("svc", &format!("op-{k}"))).collect();
+    let ids: Vec<u32> = (0..keys).map(|k| engine.intern("svc", &format!("op-{k}"))).collect();
     (0..n)
         .map(|_| {
-            let k = (rng.next_u64() % 800) as usize;
+            let k = (rng.next_u64() % keys as u64) as usize;
             // Box-Muller normal for a log-normal duration around a per-key median.
             let (u1, u2) = (rng.next_f64().max(1e-12), rng.next_f64());
             let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
@@ -33,20 +34,20 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("engine_per_span");
     g.throughput(Throughput::Elements(BATCH as u64));
     for mode in [Mode::Keyed, Mode::Paper] {
-        for (n_trees, height, window) in [(10, 8, 250), (16, 8, 175), (25, 15, 250)] {
+        for (n_trees, height, window, keys) in [(10, 8, 250, 3), (10, 8, 250, 800), (16, 8, 175, 800), (25, 15, 250, 800)] {
             let yaml = format!(
                 "mode: {}\nsampler: {{ n_trees: {n_trees}, height: {height}, window_size: {window}, train_size: 1000 }}\n",
                 if mode == Mode::Paper { "paper" } else { "keyed" }
             );
             let mut engine = Engine::new(EngineConfig::from_yaml(&yaml).unwrap());
-            let spans = stream(&mut engine, 64 * BATCH);
+            let spans = stream(&mut engine, 64 * BATCH, keys);
             let mut out = BatchOutput::default();
             // Warm up: fill the first windows and the training prefix.
             for chunk in spans.chunks(BATCH).take(8) {
                 engine.process_batch(chunk, 0, &mut out);
             }
             let mut i = 0usize;
-            g.bench_function(format!("{mode:?}/{n_trees}x{height}x{window}").to_lowercase(), |b| {
+            g.bench_function(format!("{mode:?}/{n_trees}x{height}x{window}/{keys}keys").to_lowercase(), |b| {
                 b.iter_batched_ref(
                     || {
                         i = (i + 1) % 64;

@@ -263,12 +263,8 @@ impl Engine {
         } else {
             // Keyed: spans judged anomalous are not learned, so a latency fault never becomes
             // the normal it is judged against.
-            let score = self.hst.score(&x);
-            let anomalous = score.is_some_and(|s| s >= min_score);
-            if !anomalous {
-                self.hst.learn(&x);
-            }
-            (score, anomalous)
+            let score = self.hst.score_then_learn_if(&x, |s| !s.is_some_and(|s| s >= min_score));
+            (score, score.is_some_and(|s| s >= min_score))
         };
         if !anomalous {
             self.featurizer.learn(key, d, self.cfg.keys.max_keys);

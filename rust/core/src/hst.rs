@@ -108,6 +108,25 @@ pub struct Hst {
     window: u32,
     warm: bool,
     built: bool,
+    /// Scratch: the node indices of the last [`Hst::score_then_learn_if`] walk, per tree.
+    #[serde(skip)]
+    path: Scratch,
+}
+
+/// Scratch space: not state, so it takes no part in equality or debug output.
+#[derive(Clone, Default)]
+struct Scratch(Vec<u32>);
+
+impl PartialEq for Scratch {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scratch")
+    }
 }
 
 /// Per-feature value range `[lo, hi]` used to place splits.
@@ -127,6 +146,7 @@ impl Hst {
             window: 0,
             warm: false,
             built: false,
+            path: Scratch::default(),
         }
     }
 
@@ -250,6 +270,94 @@ impl Hst {
         if self.eager() { self.walk::<false, true, true>(x) } else { self.walk::<false, true, false>(x) };
     }
 
+    /// Score `x`, then learn it only if `learn(score)` says so. The score walk records its path
+    /// and stops where River's score stops; learning resumes each walk from there to the leaf
+    /// and increments the recorded nodes, so no level is walked twice. Used where the decision
+    /// to learn depends on the score (`keyed` mode does not learn spans it judged anomalous).
+    pub fn score_then_learn_if(&mut self, x: &[f64], learn: impl FnOnce(Option<f64>) -> bool) -> Option<f64> {
+        let levels = self.params.height as usize + 1;
+        let need = self.params.n_trees as usize * (levels + 1);
+        if self.path.0.len() != need {
+            self.path.0 = vec![0; need];
+        }
+        let eager = self.eager();
+        let score = if eager { self.record_walk::<true>(x) } else { self.record_walk::<false>(x) };
+        if learn(score) {
+            if eager { self.resume_learn::<true>(x) } else { self.resume_learn::<false>(x) }
+        }
+        score
+    }
+
+    /// Score without learning, recording each tree's path in `self.path`: per tree, `levels`
+    /// node indices followed by how many of them were visited.
+    fn record_walk<const EAGER: bool>(&mut self, x: &[f64]) -> Option<f64> {
+        let limit = (SIZE_LIMIT_FRACTION * self.params.window_size as f64).ceil() as u32;
+        let height = self.params.height as usize;
+        let warm = self.warm;
+        let now = self.window;
+        let mut total: u64 = 0;
+        let npt = self.nodes_per_tree;
+        for (tree, path) in self.nodes.chunks_exact(npt).zip(self.path.0.chunks_exact_mut(height + 2)) {
+            let mut i = 0usize;
+            let mut depth = 0usize;
+            if warm {
+                loop {
+                    path[depth] = i as u32;
+                    let node = &tree[i];
+                    let r = node.masses_as::<EAGER>(now).1;
+                    total += (r as u64) << depth;
+                    if r < limit || depth == height {
+                        break;
+                    }
+                    i = Self::child::<EAGER>(tree, i, x, now);
+                    depth += 1;
+                }
+                path[height + 1] = depth as u32 + 1;
+            } else {
+                path[0] = 0;
+                path[height + 1] = 1;
+            }
+        }
+        if warm { Some(1.0 - total as f64 / self.max_score()) } else { None }
+    }
+
+    /// Finish the walks `record_walk` stopped early, then learn every node on the paths.
+    fn resume_learn<const EAGER: bool>(&mut self, x: &[f64]) {
+        let height = self.params.height as usize;
+        let now = self.window;
+        let npt = self.nodes_per_tree;
+        for (tree, path) in self.nodes.chunks_exact_mut(npt).zip(self.path.0.chunks_exact_mut(height + 2)) {
+            let mut visited = path[height + 1] as usize;
+            let mut i = path[visited - 1] as usize;
+            while visited <= height {
+                i = Self::child::<EAGER>(tree, i, x, now);
+                path[visited] = i as u32;
+                visited += 1;
+            }
+            for &i in &path[..=height] {
+                let n = &mut tree[i as usize];
+                if !EAGER {
+                    n.refresh(now);
+                }
+                n.l_mass += 1;
+            }
+        }
+        self.end_learn::<EAGER>();
+    }
+
+    /// The child of internal node `i` that `x` goes to.
+    #[inline(always)]
+    fn child<const EAGER: bool>(tree: &[Node], i: usize, x: &[f64], now: u32) -> usize {
+        let node = &tree[i];
+        let v = x[node.feature as usize];
+        let l = 2 * i + 1;
+        if v.is_nan() {
+            l + (tree[l].masses_as::<EAGER>(now).0 < tree[l + 1].masses_as::<EAGER>(now).0) as usize
+        } else {
+            l + (v >= node.threshold) as usize
+        }
+    }
+
     /// Small forests pivot eagerly (a sweep over every node each window, at most
     /// [`EAGER_NODES_PER_SPAN`] node updates per span amortised); large ones lazily by epoch.
     #[inline(always)]
@@ -321,24 +429,30 @@ impl Hst {
         }
         let score = if warm { Some(1.0 - total as f64 / self.max_score()) } else { None };
         if LEARN {
-            self.counter += 1;
-            if self.counter == self.params.window_size {
-                self.counter = 0;
-                self.warm = true;
-                if EAGER {
-                    for n in &mut self.nodes {
-                        n.r_mass = n.l_mass;
-                        n.l_mass = 0;
-                    }
-                } else {
-                    self.window = self.window.wrapping_add(1);
-                    if self.window == u32::MAX / 2 {
-                        self.renormalize();
-                    }
+            self.end_learn::<EAGER>();
+        }
+        score
+    }
+
+    /// Count one learned point; pivot the windows on the last point of a window.
+    #[inline(always)]
+    fn end_learn<const EAGER: bool>(&mut self) {
+        self.counter += 1;
+        if self.counter == self.params.window_size {
+            self.counter = 0;
+            self.warm = true;
+            if EAGER {
+                for n in &mut self.nodes {
+                    n.r_mass = n.l_mass;
+                    n.l_mass = 0;
+                }
+            } else {
+                self.window = self.window.wrapping_add(1);
+                if self.window == u32::MAX / 2 {
+                    self.renormalize();
                 }
             }
         }
-        score
     }
 
     /// Bring every node's epoch to the current window and restart window numbering, so that
@@ -489,6 +603,27 @@ mod tests {
         assert!((0.0..=1.0).contains(&s));
         // A point far from all mass scores higher than one in the middle of it.
         assert!(h.score(&[0.99]).unwrap() > s);
+    }
+
+    #[test]
+    fn score_then_learn_if_equals_score_then_learn() {
+        for window in [20, 2] {
+            let mut a = Hst::new(params(5, 4, window), 2);
+            a.build(&[(0.0, 1.0), (0.0, 1.0)]);
+            let mut b = a.clone();
+            let mut rng = SplitMix64::new(9);
+            for step in 0..3_000 {
+                let x = [rng.next_f64(), if rng.next_f64() < 0.3 { f64::NAN } else { rng.next_f64() }];
+                let learn = |s: Option<f64>| s.is_none_or(|s| s < 0.6);
+                let sa = a.score(&x);
+                if learn(sa) {
+                    a.learn(&x);
+                }
+                let sb = b.score_then_learn_if(&x, learn);
+                assert_eq!(sa, sb, "window {window} step {step}");
+            }
+            assert_eq!(a, b);
+        }
     }
 
     #[test]
