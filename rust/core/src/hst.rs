@@ -39,6 +39,8 @@ pub const SIZE_LIMIT_FRACTION: f64 = 0.1;
 /// Split values are drawn from the feature's range narrowed by this fraction on each side
 /// (River's `make_padded_tree(padding=0.15)`).
 pub const SPLIT_PADDING: f64 = 0.15;
+/// Trees walked together by the fused score-and-learn walk (see `Hst::walk`).
+const LANES: usize = 4;
 /// Forests of at most this many nodes per `window_size` pivot eagerly; see [`Hst`].
 pub const EAGER_NODES_PER_SPAN: usize = 64;
 /// Largest supported height: 2^(20+1) − 1 nodes per tree (48 MB per tree).
@@ -379,50 +381,59 @@ impl Hst {
         let mut total: u64 = 0;
         let npt = self.nodes_per_tree;
         let first_leaf = npt / 2;
-        for tree in self.nodes.chunks_exact_mut(npt) {
-            let mut i = 0usize;
-            let mut scoring = warm;
+        // Trees are walked LANES at a time, level by level: one tree's walk is a chain of
+        // dependent loads, and interleaving independent chains lets their cache misses overlap.
+        for group in self.nodes.chunks_mut(npt * LANES) {
+            let lanes = group.len() / npt;
+            let mut idx = [0usize; LANES];
+            let mut scoring = [warm; LANES];
             let mut depth = 0u32;
             while depth < height {
-                let node = &mut tree[i];
-                let r = if LEARN {
-                    if !EAGER && node.epoch != now {
-                        node.refresh(now);
+                if !LEARN && !scoring[..lanes].iter().any(|&s| s) {
+                    break;
+                }
+                for lane in 0..lanes {
+                    if !LEARN && !scoring[lane] {
+                        continue;
                     }
-                    node.l_mass += 1;
-                    node.r_mass
-                } else {
-                    node.masses_as::<EAGER>(now).1
-                };
-                if scoring {
-                    total += (r as u64) << depth;
-                    if r < limit {
-                        scoring = false;
-                        if !LEARN {
-                            break;
+                    let tree = &mut group[lane * npt..(lane + 1) * npt];
+                    let i = idx[lane];
+                    let node = &mut tree[i];
+                    let r = if LEARN {
+                        if !EAGER && node.epoch != now {
+                            node.refresh(now);
+                        }
+                        node.l_mass += 1;
+                        node.r_mass
+                    } else {
+                        node.masses_as::<EAGER>(now).1
+                    };
+                    if scoring[lane] {
+                        total += (r as u64) << depth;
+                        if r < limit {
+                            scoring[lane] = false;
+                            if !LEARN {
+                                continue;
+                            }
                         }
                     }
+                    idx[lane] = Self::child::<EAGER>(tree, i, x, now);
                 }
-                let v = x[node.feature as usize];
-                let threshold = node.threshold;
-                let l = 2 * i + 1;
-                i = if v.is_nan() {
-                    l + (tree[l].masses_as::<EAGER>(now).0 < tree[l + 1].masses_as::<EAGER>(now).0) as usize
-                } else {
-                    l + (v >= threshold) as usize
-                };
                 depth += 1;
             }
-            if i >= first_leaf {
-                // Reached a leaf (the loop did not stop early).
-                let leaf = &mut tree[i];
+            for lane in 0..lanes {
+                let i = idx[lane];
+                if i < first_leaf {
+                    continue; // stopped early (scoring only)
+                }
+                let leaf = &mut group[lane * npt + i];
                 if LEARN {
                     if !EAGER {
                         leaf.refresh(now);
                     }
                     leaf.l_mass += 1;
                 }
-                if scoring {
+                if scoring[lane] {
                     total += (leaf.masses_as::<EAGER>(now).1 as u64) << height;
                 }
             }
