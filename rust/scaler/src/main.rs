@@ -11,7 +11,6 @@
 
 mod check;
 mod eval;
-#[allow(dead_code)] // The daemon is assembled in steps; `scale serve` wires the planner in.
 mod serve;
 
 use std::io::Write;
@@ -44,8 +43,58 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Validate engine configurations (or rules files with --rules).
     Check(check::CheckArgs),
+    /// Run the daemon: receive decisions over OTLP/gRPC and scale (dry run for now).
+    Serve(ServeArgs),
     /// Print the version.
     Version,
+}
+
+/// `scale serve` options (runtime knobs; pipeline settings live in the rules file).
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address of the OTLP/gRPC TraceService that receives decisions.
+    #[arg(long, env = "SCALE_LISTEN", default_value = "127.0.0.1:4327")]
+    listen: std::net::SocketAddr,
+    /// The rules file shared with the collector; targets and limits come from here.
+    #[arg(long, env = "SCALE_RULES")]
+    rules: std::path::PathBuf,
+    /// Dry run: append every action to this JSON-lines audit file.
+    #[arg(long, env = "SCALE_AUDIT")]
+    audit: Option<std::path::PathBuf>,
+    /// Dry run: replica count workloads are assumed to start at.
+    #[arg(long, default_value_t = 1)]
+    initial_replicas: u32,
+}
+
+fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.rules).with_context(|| format!("reading {}", args.rules.display()))?;
+    let rules = scale_core::RulesFile::from_yaml(&text).with_context(|| format!("{}", args.rules.display()))?.rules;
+    let orch = serve::orchestrator::DryRun::new(
+        args.audit.as_deref(),
+        serve::planner::Scale { replicas: args.initial_replicas, cpu_millis: 100, memory_mib: 128 },
+    )?;
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    rt.block_on(async {
+        let (listener, addr) = serve::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            s.cancel();
+        });
+        #[cfg(unix)]
+        {
+            let s = shutdown.clone();
+            if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                tokio::spawn(async move {
+                    term.recv().await;
+                    s.cancel();
+                });
+            }
+        }
+        tracing::info!(listen = %addr, rules = rules.len(), dry_run = true, "Serving.");
+        serve::serve(listener, rules, Box::new(orch), Default::default(), shutdown).await
+    })
 }
 
 fn init_logging(format: LogFormat) {
@@ -80,6 +129,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check(args) => ExitCode::from(check::run(&args, &mut std::io::stdout(), &mut std::io::stderr())),
+        Command::Serve(args) => match serve_cmd(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Eval(args) => match eval(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
