@@ -16,7 +16,7 @@ CARGO ?= cargo
 build:
 	$(CARGO) build --workspace --release
 
-test: test-rust test-ffi test-fuzz test-go
+test: test-rust test-ffi test-fuzz test-go test-e2e
 
 test-rust:
 	$(CARGO) test --workspace --release
@@ -135,3 +135,20 @@ $(COLLECTOR): $(COLLECTOR_INPUTS) | $(OCB)
 # Every collector config in the repository must pass `otelcol-scale validate` (also in test-go).
 validate-collector-configs: collector
 	cd collector-go && $(GO_ENV) SCALE_OTELCOL=$(CURDIR)/$(COLLECTOR) $(GO) test -count=1 -run TestCollectorConfigsValidate .
+
+# --- End-to-end: otelcol-scale against real OTLP clients -------------------------------------
+# tests/e2e (Go, standard library only) starts the collector built above, sends spans with
+# telemetrygen (installed once by scripts/telemetrygen.sh) and replays data/otel-demo over
+# OTLP/HTTP JSON, and checks the file exporters' output. Throughput: scripts/bench-collector.sh.
+.PHONY: test-e2e bench-collector
+
+# A private TMPDIR, removed even when the test binary is killed (the collector and telemetrygen
+# die with it: Pdeathsig).
+test-e2e: collector
+	tgen="$$(set -o pipefail; scripts/telemetrygen.sh | tail -n 1)" && tmp="$$(mktemp -d)" && \
+		trap 'rm -rf "$$tmp"' EXIT && cd tests/e2e && \
+		TMPDIR="$$tmp" SCALE_OTELCOL=$(CURDIR)/$(COLLECTOR) SCALE_TELEMETRYGEN="$$tgen" $(GO_ENV) GOTOOLCHAIN=local \
+		$(GO) test -count=1 -v -timeout 10m ./...
+
+bench-collector: collector
+	scripts/bench-collector.sh
