@@ -87,7 +87,10 @@ test-fuzz:
 # --- Go collector component (collector-go) and the custom collector (otelcol-scale) ---------
 # collector-go links target/release/libscale.a statically through cgo, so libscale comes first.
 GO ?= go
-GO_ENV := GOFLAGS=-mod=mod
+# Go's build cache does not hash libraries named in #cgo LDFLAGS, so a rebuilt libscale.a would
+# not be relinked: its hash goes into CGO_CFLAGS (part of every cgo action's cache key).
+LIBSCALE_HASH = $(shell sha256sum target/release/libscale.a 2>/dev/null | cut -c1-16)
+GO_ENV = GOFLAGS=-mod=mod CGO_CFLAGS="-O2 -g -DSCALE_LIBSCALE_SHA=$(LIBSCALE_HASH)"
 OCB_VERSION := v0.161.0
 OCB := $(SCALE_CACHE)/bin/builder
 MDATAGEN := $(SCALE_CACHE)/bin/mdatagen
@@ -129,7 +132,7 @@ collector: libscale $(OCB)
 
 $(COLLECTOR): $(COLLECTOR_INPUTS) | $(OCB)
 	mkdir -p _build
-	$(OCB) --config builder-config.yaml
+	$(GO_ENV) $(OCB) --config builder-config.yaml
 	@touch $@
 
 # Every collector config in the repository must pass `otelcol-scale validate` (also in test-go).

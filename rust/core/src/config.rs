@@ -48,7 +48,7 @@ pub enum Mode {
 /// Sampler parameters (the paper's six, plus the seed).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SamplerConfig {
-    /// Half-Space-Trees in the forest. Default [`SamplerConfig::DEFAULT.n_trees`].
+    /// Half-Space-Trees in the forest (default 10).
     pub n_trees: u32,
     /// Tree height (`height + 1` levels).
     pub height: u32,

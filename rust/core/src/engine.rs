@@ -120,11 +120,18 @@ pub struct Engine {
     stats: Stats,
     /// Feature names, once known.
     feature_names: Option<[String; 2]>,
+    /// Spans judged anomalous (keyed mode), for learning one in [`ANOMALY_LEARN_EVERY`].
+    anomalies_seen: u64,
 }
+
+/// In `keyed` mode, one span judged anomalous in this many is learned anyway (model and
+/// baseline), so that a lasting change of latency is absorbed about this many times slower than
+/// normal traffic. Latency rules (`duration_above`) keep counting it meanwhile.
+pub const ANOMALY_LEARN_EVERY: u64 = 8;
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SCALESNP";
 /// Snapshot format version. Bump on any change to the serialized state.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 impl Engine {
     /// A fresh engine. In `keyed` mode the trees are built now; in `paper` mode on the first
@@ -147,6 +154,7 @@ impl Engine {
             learned: 0,
             stats: Stats::default(),
             feature_names,
+            anomalies_seen: 0,
             cfg,
         }
     }
@@ -263,10 +271,26 @@ impl Engine {
         } else {
             // Keyed: spans judged anomalous are not learned, so a latency fault never becomes
             // the normal it is judged against.
-            let score = self.hst.score_then_learn_if(&x, |s| !s.is_some_and(|s| s >= min_score));
+            // Keyed: spans judged anomalous are mostly not learned, so a latency fault does not
+            // become the normal it is judged against; but a key still warming up learns every
+            // span (a new service must become known), and one anomalous span in
+            // ANOMALY_LEARN_EVERY is learned, so a lasting change is absorbed, slowly.
+            let established = self.featurizer.is_established(key, self.cfg.keys.max_keys);
+            let absorb = &mut self.anomalies_seen;
+            let score = self.hst.score_then_learn_if(&x, |s| {
+                let anomalous = s.is_some_and(|s| s >= min_score);
+                if anomalous {
+                    *absorb += 1;
+                }
+                !anomalous || !established || *absorb % ANOMALY_LEARN_EVERY == 0
+            });
             (score, score.is_some_and(|s| s >= min_score))
         };
-        if !anomalous {
+        let learn_baseline = !anomalous
+            || self.cfg.mode == Mode::Paper
+            || !self.featurizer.is_established(key, self.cfg.keys.max_keys)
+            || self.anomalies_seen % ANOMALY_LEARN_EVERY == 0;
+        if learn_baseline {
             self.featurizer.learn(key, d, self.cfg.keys.max_keys);
         }
         if score.is_some() {

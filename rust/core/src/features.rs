@@ -19,7 +19,9 @@
 //!
 //! Each key keeps a latency baseline: an exponentially weighted mean `m` and mean absolute
 //! deviation `s` of `ln(duration)`, learned from spans that were *not* judged anomalous (so a
-//! latency fault does not teach the baseline that slowness is normal). The forest sees two
+//! latency fault does not teach the baseline that slowness is normal), except that a key's first
+//! `min_key_count` spans are always learned and one anomalous span in
+//! [`crate::engine::ANOMALY_LEARN_EVERY`] is too (see [`crate::Engine`]). The forest sees two
 //! features in `[0, 1]`:
 //!
 //! 1. the span's deviation from its own key's baseline, `(ln d − m) / (s + s0)`, squashed to
@@ -200,7 +202,14 @@ impl Featurizer {
         self.baselines.get(i).copied().unwrap_or_default()
     }
 
-    /// `keyed` mode: add a span judged normal to its key's baseline.
+    /// `keyed` mode: whether `key`'s baseline has seen `min_key_count` spans (before that the
+    /// engine learns every span of the key, anomalous or not: a new service must become known).
+    pub fn is_established(&self, key: KeyId, max_keys: u32) -> bool {
+        let i = if key == OVERFLOW { max_keys as usize } else { key as usize };
+        self.baselines.get(i).is_some_and(|b| b.n >= self.keyed.min_key_count)
+    }
+
+    /// `keyed` mode: add a span to its key's baseline.
     #[inline]
     pub fn learn(&mut self, key: KeyId, d: f64, max_keys: u32) {
         if self.mode != Mode::Keyed {
