@@ -301,7 +301,6 @@ impl Engine {
         }
         if !self.rules.rules().is_empty() {
             let obs = Observation { duration_ms: d, score, anomalous, trace_id: span.trace_id, span_id: span.span_id, span_index: index };
-            let before = decisions.len();
             if key == OVERFLOW {
                 // Overflow spans have no cached rule list: match by name when we have names.
                 let matching = match names {
@@ -318,7 +317,6 @@ impl Engine {
                 }
                 self.key_rules[key as usize] = list;
             }
-            let _ = before;
         }
         Verdict { score, keep: anomalous, skipped: None }
     }
