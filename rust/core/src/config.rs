@@ -45,6 +45,16 @@ pub enum Mode {
     Keyed,
 }
 
+impl Mode {
+    /// The lowercase name used in YAML and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Paper => "paper",
+            Mode::Keyed => "keyed",
+        }
+    }
+}
+
 /// Sampler parameters (the paper's six, plus the seed).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SamplerConfig {

@@ -264,33 +264,30 @@ impl Engine {
         self.learned += 1;
         let trained = self.learned > self.cfg.sampler.train_size;
         let min_score = self.cfg.sampler.min_score;
-        let (score, anomalous) = if self.cfg.mode == Mode::Paper || !trained {
+        // `learn`: whether this span also goes into its key's baseline (a no-op in paper mode).
+        let (score, anomalous, learn) = if self.cfg.mode == Mode::Paper || !trained {
             // River: every span is learned.
             let score = self.hst.score_learn(&x, true);
-            (score, trained && score.is_some_and(|s| s >= min_score))
+            (score, trained && score.is_some_and(|s| s >= min_score), true)
         } else {
-            // Keyed: spans judged anomalous are not learned, so a latency fault never becomes
-            // the normal it is judged against.
             // Keyed: spans judged anomalous are mostly not learned, so a latency fault does not
             // become the normal it is judged against; but a key still warming up learns every
             // span (a new service must become known), and one anomalous span in
             // ANOMALY_LEARN_EVERY is learned, so a lasting change is absorbed, slowly.
             let established = self.featurizer.is_established(key, self.cfg.keys.max_keys);
             let absorb = &mut self.anomalies_seen;
+            let mut learn = true;
             let score = self.hst.score_then_learn_if(&x, |s| {
                 let anomalous = s.is_some_and(|s| s >= min_score);
                 if anomalous {
                     *absorb += 1;
                 }
-                !anomalous || !established || *absorb % ANOMALY_LEARN_EVERY == 0
+                learn = !anomalous || !established || *absorb % ANOMALY_LEARN_EVERY == 0;
+                learn
             });
-            (score, score.is_some_and(|s| s >= min_score))
+            (score, score.is_some_and(|s| s >= min_score), learn)
         };
-        let learn_baseline = !anomalous
-            || self.cfg.mode == Mode::Paper
-            || !self.featurizer.is_established(key, self.cfg.keys.max_keys)
-            || self.anomalies_seen % ANOMALY_LEARN_EVERY == 0;
-        if learn_baseline {
+        if learn {
             self.featurizer.learn(key, d, self.cfg.keys.max_keys);
         }
         if score.is_some() {

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 
 use scale_core::{EngineConfig, RulesFile};
 
-use crate::eval::mode_str;
 
 /// Arguments of `scale check`.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,7 +47,7 @@ pub fn run(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         let result = if args.rules {
             RulesFile::from_yaml(&text).map(|r| format!("{} rule{}", r.rules.len(), plural(r.rules.len())))
         } else {
-            EngineConfig::from_yaml(&text).map(|c| format!("{} rule{}, mode {}", c.rules.len(), plural(c.rules.len()), mode_str(c.mode)))
+            EngineConfig::from_yaml(&text).map(|c| format!("{} rule{}, mode {}", c.rules.len(), plural(c.rules.len()), c.mode.as_str()))
         };
         match result {
             Ok(summary) => {

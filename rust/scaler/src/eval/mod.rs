@@ -185,20 +185,9 @@ pub struct TestSpan {
 pub struct ConfigReport {
     /// `paper` or `keyed`.
     pub mode: &'static str,
-    /// Trees.
-    pub n_trees: u32,
-    /// Height.
-    pub height: u32,
-    /// Mass window.
-    pub window_size: u32,
-    /// Keep threshold.
-    pub min_score: f64,
-    /// Duration cap.
-    pub max_duration_ms: f64,
-    /// Training prefix.
-    pub train_size: u64,
-    /// Tree seed.
-    pub seed: u64,
+    /// The sampler parameters (flattened into this object in JSON).
+    #[serde(flatten)]
+    pub sampler: scale_core::SamplerConfig,
     /// Key table bound.
     pub max_keys: u32,
     /// Rules configured.
@@ -288,13 +277,6 @@ pub struct Report {
 }
 
 /// `paper` or `keyed`.
-pub fn mode_str(m: Mode) -> &'static str {
-    match m {
-        Mode::Paper => "paper",
-        Mode::Keyed => "keyed",
-    }
-}
-
 /// The configuration: `--config` (or defaults) with the overrides applied and checked.
 pub fn build_config(args: &EvalArgs) -> Result<EngineConfig, EvalError> {
     let mut cfg = match &args.config {
@@ -544,7 +526,7 @@ pub fn read_seed(path: &Path) -> Result<SeedReport, EvalError> {
 fn describe(c: &ConfigReport) -> String {
     format!(
         "{} mode, n_trees {}, height {}, window_size {}, min_score {}, train_size {}",
-        c.mode, c.n_trees, c.height, c.window_size, c.min_score, c.train_size
+        c.mode, c.sampler.n_trees, c.sampler.height, c.sampler.window_size, c.sampler.min_score, c.sampler.train_size
     )
 }
 
@@ -571,8 +553,8 @@ fn write_plots(dir: &Path, spans: &[TestSpan], metrics: Option<&Metrics>, cfg: &
     std::fs::create_dir_all(dir).map_err(|source| EvalError::Write { path: dir.display().to_string(), source })?;
     let d = describe(cfg);
     let svg = |name: &str, text: String| write_file(&dir.join(name), |w| w.write_all(text.as_bytes()));
-    svg("scores.svg", plot::scores_svg(spans, cfg.min_score, &format!("Anomaly scores of the test stream\n{d}")))?;
-    svg("durations.svg", plot::durations_svg(spans, cfg.min_score, &format!("Score vs duration\n{d}")))?;
+    svg("scores.svg", plot::scores_svg(spans, cfg.sampler.min_score, &format!("Anomaly scores of the test stream\n{d}")))?;
+    svg("durations.svg", plot::durations_svg(spans, cfg.sampler.min_score, &format!("Score vs duration\n{d}")))?;
     match metrics {
         Some(m) => svg("confusion.svg", plot::confusion_svg(&m.confusion, &format!("Confusion matrix\n{d}")))?,
         None => tracing::info!("no labels in the test stream: confusion.svg not written"),
@@ -583,16 +565,9 @@ fn write_plots(dir: &Path, spans: &[TestSpan], metrics: Option<&Metrics>, cfg: &
 /// Run the evaluation described by `args`; also writes the `--scores` and `--plots` outputs.
 pub fn run(args: &EvalArgs) -> Result<Report, EvalError> {
     let cfg = build_config(args)?;
-    let s = cfg.sampler;
     let config = ConfigReport {
-        mode: mode_str(cfg.mode),
-        n_trees: s.n_trees,
-        height: s.height,
-        window_size: s.window_size,
-        min_score: s.min_score,
-        max_duration_ms: s.max_duration_ms,
-        train_size: s.train_size,
-        seed: s.seed,
+        mode: cfg.mode.as_str(),
+        sampler: cfg.sampler,
         max_keys: cfg.keys.max_keys,
         rules: cfg.rules.len(),
     };
@@ -609,7 +584,7 @@ pub fn run(args: &EvalArgs) -> Result<Report, EvalError> {
         engine_time: Duration::ZERO,
         fed: 0,
         unskipped: 0,
-        train_size: s.train_size,
+        train_size: config.sampler.train_size,
         training: 0,
         test: Vec::new(),
         progress,
@@ -686,8 +661,8 @@ pub fn render_text(r: &Report) -> String {
         o,
         "config    {}, max_duration {} ms, seed {}, max_keys {}, {} rule{}",
         describe(c),
-        c.max_duration_ms,
-        c.seed,
+        c.sampler.max_duration_ms,
+        c.sampler.seed,
         c.max_keys,
         c.rules,
         if c.rules == 1 { "" } else { "s" }
