@@ -11,15 +11,20 @@ SHELL := /bin/bash
 export SCALE_CACHE ?= $(HOME)/.cache/scale
 CARGO ?= cargo
 
-.PHONY: build test test-rust bench bench-core bench-river eval check-fmt
+.PHONY: build test test-rust k8s-bins bench bench-core bench-river eval check-fmt
 
 build:
 	$(CARGO) build --workspace --release
 
 test: test-rust test-ffi test-fuzz test-go test-e2e
 
-test-rust:
+# The daemon's integration tests (rust/scaler/tests/k8s.rs) start a real kube-apiserver + etcd,
+# built once per machine from the Go module proxy into $(SCALE_CACHE)/k8s/bin (~14 min cold).
+test-rust: k8s-bins
 	$(CARGO) test --workspace --release
+
+k8s-bins:
+	scripts/k8s-bins.sh >/dev/null
 
 bench: bench-core bench-river
 

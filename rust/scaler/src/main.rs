@@ -9,9 +9,7 @@
 //! `EnvFilter` syntax, default `info`), as text or JSON (`--log-format`). Results go to stdout.
 //! Errors are typed inside the modules; `anyhow` is only used here, at the edge.
 
-mod check;
-mod eval;
-mod serve;
+use scale_scaler::{check, eval, serve};
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -43,63 +41,215 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Validate engine configurations (or rules files with --rules).
     Check(check::CheckArgs),
-    /// Run the daemon: receive decisions over OTLP/gRPC and scale (dry run for now).
+    /// Run the daemon: receive decisions (or spans) over OTLP/gRPC and scale workloads.
     Serve(ServeArgs),
     /// Print the version.
     Version,
 }
 
-/// `scale serve` options (runtime knobs; pipeline settings live in the rules file).
+/// Which orchestrator `scale serve` acts through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OrchestratorKind {
+    /// Log and audit every action; change nothing.
+    DryRun,
+    /// Scale workloads through the Kubernetes API.
+    Kubernetes,
+}
+
+/// `scale serve` options (runtime knobs; targets, bounds and cooldowns live in the rules file).
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Address of the OTLP/gRPC TraceService that receives decisions.
+    /// Address of the OTLP/gRPC TraceService that receives decisions (or spans, with --engine).
     #[arg(long, env = "SCALE_LISTEN", default_value = "127.0.0.1:4327")]
     listen: std::net::SocketAddr,
     /// The rules file shared with the collector; targets and limits come from here.
     #[arg(long, env = "SCALE_RULES")]
     rules: std::path::PathBuf,
+    /// Where actions go.
+    #[arg(long, value_enum, env = "SCALE_ORCHESTRATOR", default_value_t = OrchestratorKind::DryRun)]
+    orchestrator: OrchestratorKind,
+    /// Kubernetes: kubeconfig file (default: in-cluster service account, then $KUBECONFIG or
+    /// ~/.kube/config).
+    #[arg(long, env = "SCALE_KUBECONFIG")]
+    kubeconfig: Option<std::path::PathBuf>,
     /// Dry run: append every action to this JSON-lines audit file.
     #[arg(long, env = "SCALE_AUDIT")]
     audit: Option<std::path::PathBuf>,
     /// Dry run: replica count workloads are assumed to start at.
     #[arg(long, default_value_t = 1)]
     initial_replicas: u32,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz ("off" to disable).
+    #[arg(long, env = "SCALE_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    metrics_listen: String,
+    /// How often targets are reconsidered without news (scale-down after quiet, retries).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    tick: std::time::Duration,
+    /// Kubernetes: compete for this Lease (namespace/name) and act only while holding it.
+    #[arg(long, env = "SCALE_LEASE")]
+    lease: Option<String>,
+    /// Identity in the Lease (default: $POD_NAME, else the host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Lease duration.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    lease_duration: std::time::Duration,
+    /// Require `authorization: Bearer <token>` on OTLP requests; the token is read from this
+    /// file (or the SCALE_TOKEN environment variable).
+    #[arg(long, env = "SCALE_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
+    /// TLS certificate (PEM) of the OTLP endpoint.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM) of the OTLP endpoint.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// mTLS: only accept clients with a certificate signed by this CA (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
+    /// Local-engine mode: receive raw spans and score them in the daemon with this engine
+    /// configuration (the rules come from --rules).
+    #[arg(long, env = "SCALE_ENGINE")]
+    engine: Option<std::path::PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        return Err(format!("{s:?}: give a unit (ms, s or m)"));
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a duration"))?;
+    if !(v > 0.0 && v.is_finite()) {
+        return Err(format!("{s:?} must be positive"));
+    }
+    Ok(std::time::Duration::from_secs_f64(v * mult))
+}
+
+fn read(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.rules).with_context(|| format!("reading {}", args.rules.display()))?;
-    let rules = scale_core::RulesFile::from_yaml(&text).with_context(|| format!("{}", args.rules.display()))?.rules;
-    let orch = serve::orchestrator::DryRun::new(
-        args.audit.as_deref(),
-        serve::planner::Scale { replicas: args.initial_replicas, cpu_millis: 100, memory_mib: 128 },
-    )?;
+    let rules_text = read(&args.rules)?;
+    let rules = scale_core::RulesFile::from_yaml(&rules_text).with_context(|| format!("{}", args.rules.display()))?.rules;
+    let mut opts = serve::ServeOptions { tick: args.tick, ..Default::default() };
+    if let Some(engine) = &args.engine {
+        let cfg = scale_core::EngineConfig::from_parts(&read(engine)?, Some(&rules_text)).with_context(|| format!("{}", engine.display()))?;
+        opts.engine = Some(cfg);
+    }
+    let token = match (&args.token_file, std::env::var("SCALE_TOKEN").ok()) {
+        (Some(f), _) => Some(read(f)?.trim().to_string()),
+        (None, Some(t)) => Some(t.trim().to_string()),
+        (None, None) => None,
+    };
+    if let Some(t) = &token {
+        anyhow::ensure!(!t.is_empty(), "the bearer token is empty");
+        opts.token = Some(t.as_str().into());
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &args.tls_client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        opts.tls = Some(tls);
+    }
+    let metrics_addr: Option<std::net::SocketAddr> = match args.metrics_listen.as_str() {
+        "off" | "" => None,
+        a => Some(a.parse().with_context(|| format!("--metrics-listen {a:?} is not an address"))?),
+    };
+    // One TLS provider for kube and tonic (ring); a second install attempt is refused harmlessly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     rt.block_on(async {
-        let (listener, addr) = serve::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let s = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            s.cancel();
-        });
-        #[cfg(unix)]
-        {
-            let s = shutdown.clone();
-            if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                tokio::spawn(async move {
-                    term.recv().await;
-                    s.cancel();
+        spawn_signal_handlers(&shutdown);
+        let metrics = std::sync::Arc::new(serve::metrics::Metrics::new());
+        if let Some(addr) = metrics_addr {
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr} (--metrics-listen)"))?;
+            tracing::info!(listen = %l.local_addr()?, "Serving /metrics, /healthz and /readyz.");
+            tokio::spawn(serve::metrics::serve_http(l, metrics.clone(), shutdown.clone()));
+        }
+        let (listener, addr) = serve::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        match args.orchestrator {
+            OrchestratorKind::DryRun => {
+                anyhow::ensure!(args.lease.is_none(), "--lease needs --orchestrator kubernetes");
+                let orch = serve::orchestrator::DryRun::new(
+                    args.audit.as_deref(),
+                    serve::planner::Scale { replicas: args.initial_replicas, cpu_millis: 100, memory_mib: 128 },
+                )?;
+                tracing::info!(listen = %addr, rules = rules.len(), dry_run = true, local_engine = opts.engine.is_some(), "Serving.");
+                serve::serve(listener, rules, orch, metrics, opts, shutdown).await
+            }
+            OrchestratorKind::Kubernetes => {
+                let client = kube_client(args.kubeconfig.as_deref()).await?;
+                let identity = args.identity.clone().unwrap_or_else(|| {
+                    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "scale".into());
+                    format!("{host}-{}", std::process::id())
                 });
+                let leader = match &args.lease {
+                    Some(l) => {
+                        let (ns, name) = l.split_once('/').with_context(|| format!("--lease {l:?}: give namespace/name"))?;
+                        let secs = args.lease_duration.as_secs().max(2);
+                        let cfg = serve::leader::LeaseConfig {
+                            namespace: ns.into(),
+                            name: name.into(),
+                            identity: identity.clone(),
+                            duration_s: secs,
+                            grace_s: (secs / 3).max(1),
+                        };
+                        Some(serve::leader::Leader::start(client.clone(), cfg, metrics.clone(), shutdown.clone()).await.context("starting leader election")?)
+                    }
+                    None => None,
+                };
+                let reporter = serve::kube::Reporter { controller: "scale-autoscaler".into(), instance: identity.clone() };
+                let orch = serve::kube::Kube::new(client, reporter, leader, metrics.clone());
+                tracing::info!(listen = %addr, rules = rules.len(), identity = %identity, lease = ?args.lease, local_engine = opts.engine.is_some(), "Serving.");
+                serve::serve(listener, rules, orch, metrics, opts, shutdown).await
             }
         }
-        tracing::info!(listen = %addr, rules = rules.len(), dry_run = true, "Serving.");
-        serve::serve(listener, rules, Box::new(orch), Default::default(), shutdown).await
     })
+}
+
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer().await.context("no in-cluster service account and no kubeconfig (give --kubeconfig)")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+fn spawn_signal_handlers(shutdown: &tokio_util::sync::CancellationToken) {
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        s.cancel();
+    });
+    #[cfg(unix)]
+    {
+        let s = shutdown.clone();
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::spawn(async move {
+                term.recv().await;
+                s.cancel();
+            });
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("SCALE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     // A second initialisation (impossible here) would only be refused; ignore it.
     let _ = match format {
         LogFormat::Text => builder.try_init(),

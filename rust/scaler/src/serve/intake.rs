@@ -12,7 +12,6 @@
 //! largest decoded message is [`MAX_MESSAGE_BYTES`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
@@ -22,6 +21,8 @@ use scale_core::{ActionKind, Rule};
 use tokio::sync::mpsc;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
+
+use super::metrics::Metrics;
 
 /// Largest accepted (decoded) OTLP message.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -48,34 +49,24 @@ pub struct Received {
     pub received: Instant,
 }
 
-/// Intake counters (exported as metrics by the daemon).
-#[derive(Debug, Default)]
-pub struct IntakeStats {
-    /// Export requests answered OK.
-    pub requests: AtomicU64,
-    /// Spans seen in those requests.
-    pub spans: AtomicU64,
-    /// Decisions accepted into the queue.
-    pub decisions: AtomicU64,
-    /// Decisions naming a rule the daemon does not have.
-    pub unknown_rule: AtomicU64,
-    /// Decisions whose attributes were missing or malformed.
-    pub malformed: AtomicU64,
-    /// Requests refused with UNAVAILABLE because the queue was full.
-    pub refused_full: AtomicU64,
-}
-
 /// The TraceService implementation.
 pub struct Intake {
     rules: Arc<Vec<Rule>>,
     tx: mpsc::Sender<Received>,
-    stats: Arc<IntakeStats>,
+    metrics: Arc<Metrics>,
+    token: Option<Arc<str>>,
 }
 
 impl Intake {
     /// An intake that resolves rule names against `rules` and queues decisions on `tx`.
-    pub fn new(rules: Arc<Vec<Rule>>, tx: mpsc::Sender<Received>, stats: Arc<IntakeStats>) -> Self {
-        Self { rules, tx, stats }
+    pub fn new(rules: Arc<Vec<Rule>>, tx: mpsc::Sender<Received>, metrics: Arc<Metrics>) -> Self {
+        Self { rules, tx, metrics, token: None }
+    }
+
+    /// Require `authorization: Bearer <token>` on every request (UNAUTHENTICATED otherwise).
+    pub fn with_token(mut self, token: Option<Arc<str>>) -> Self {
+        self.token = token;
+        self
     }
 
     /// The tonic service, gzip accepted, message size bounded.
@@ -99,11 +90,11 @@ impl Intake {
                         match self.resolve(&ev.attributes, &span.trace_id, now) {
                             Ok(d) => out.push(d),
                             Err(Refusal::UnknownRule(name)) => {
-                                self.stats.unknown_rule.fetch_add(1, Ordering::Relaxed);
+                                self.metrics.refuse_decision("unknown_rule");
                                 tracing::warn!(rule = %name, "Refused a decision naming a rule this daemon does not have.");
                             }
                             Err(Refusal::Malformed(why)) => {
-                                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                                self.metrics.refuse_decision("malformed");
                                 tracing::warn!(reason = %why, "Refused a malformed decision event.");
                             }
                         }
@@ -131,6 +122,24 @@ impl Intake {
             trace_id: trace_id.iter().map(|b| format!("{b:02x}")).collect(),
             received: now,
         })
+    }
+}
+
+/// Check `authorization: Bearer <token>` when a token is configured; the comparison takes the
+/// same time wherever the first difference is.
+pub fn check_token(token: Option<&str>, md: &tonic::metadata::MetadataMap, metrics: &Metrics) -> Result<(), Status> {
+    let Some(want) = token else { return Ok(()) };
+    let got = md.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let (a, b) = (want.as_bytes(), got.as_bytes());
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for i in 0..a.len() {
+        diff |= a[i] ^ b.get(i).copied().unwrap_or(0);
+    }
+    if diff == 0 {
+        Ok(())
+    } else {
+        metrics.refuse_decision("unauthenticated");
+        Err(Status::unauthenticated("missing or wrong bearer token"))
     }
 }
 
@@ -169,6 +178,11 @@ fn f64_attr(attrs: &[KeyValue], key: &str) -> Option<f64> {
 #[tonic::async_trait]
 impl TraceService for Intake {
     async fn export(&self, request: Request<ExportTraceServiceRequest>) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        check_token(self.token.as_deref(), request.metadata(), &self.metrics)?;
+        if !self.metrics.is_ready() {
+            self.metrics.refuse_decision("not_leader");
+            return Err(Status::unavailable("this replica is not the leader; retry (the Service routes to the leader)"));
+        }
         let (decisions, spans) = self.decisions(request.get_ref(), Instant::now());
         // Reserve room for every decision first, so a request is taken whole or refused whole.
         let mut permits = Vec::with_capacity(decisions.len());
@@ -176,7 +190,7 @@ impl TraceService for Intake {
             match self.tx.try_reserve() {
                 Ok(p) => permits.push(p),
                 Err(_) => {
-                    self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.refuse_decisions("queue_full", decisions.len() as u64);
                     return Err(Status::unavailable("decision queue is full; retry later"));
                 }
             }
@@ -185,9 +199,9 @@ impl TraceService for Intake {
         for (p, d) in permits.into_iter().zip(decisions) {
             p.send(d);
         }
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        self.stats.spans.fetch_add(spans, Ordering::Relaxed);
-        self.stats.decisions.fetch_add(n, Ordering::Relaxed);
+        self.metrics.requests.inc();
+        self.metrics.spans.inc_by(spans);
+        self.metrics.decisions.inc_by(n);
         Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }

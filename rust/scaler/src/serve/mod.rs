@@ -11,6 +11,10 @@
 //! trait.
 
 pub mod intake;
+pub mod kube;
+pub mod leader;
+pub mod local;
+pub mod metrics;
 pub mod orchestrator;
 pub mod planner;
 
@@ -19,35 +23,64 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use scale_core::{Rule, Target};
+use scale_core::{Action, Rule, Target};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::intake::{Intake, IntakeStats, Received};
-use self::orchestrator::Orchestrator;
-use self::planner::{History, Intent, Plan};
+use self::intake::{Intake, Received};
+use self::metrics::Metrics;
+use self::orchestrator::{Observed, Orchestrator, OrchestratorError, Why};
+use self::planner::{Hold, History, Intent, Plan};
 
 /// Decisions the queue holds before the intake answers UNAVAILABLE.
 pub const QUEUE_CAPACITY: usize = 4_096;
 
+/// Decisions remembered per target while an action is pending (the oldest are dropped beyond
+/// this; they would all conflate into one step anyway).
+pub const PENDING_CAP: usize = 256;
+
+/// Runtime options of [`serve`].
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// How often targets without decisions are reconsidered (scale-down, retries).
+    pub tick: Duration,
+    /// Bearer token required on the OTLP endpoint.
+    pub token: Option<Arc<str>>,
+    /// TLS (and client-certificate verification, for mTLS) on the OTLP endpoint.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Local-engine mode: score raw spans in the daemon with this engine configuration.
+    pub engine: Option<scale_core::EngineConfig>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self { tick: Duration::from_secs(1), token: None, tls: None, engine: None }
+    }
+}
+
 /// Serve on `listener` until `shutdown` is cancelled: the OTLP intake and the planning actor.
-pub async fn serve(
+pub async fn serve<O: Orchestrator>(
     listener: TcpListener,
     rules: Vec<Rule>,
-    orchestrator: Box<dyn Orchestrator>,
-    stats: Arc<IntakeStats>,
+    orchestrator: O,
+    metrics: Arc<Metrics>,
+    opts: ServeOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let rules = Arc::new(rules);
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-    let intake = Intake::new(rules.clone(), tx, stats).into_service();
-    let actor = tokio::spawn(run_actor(rules, orchestrator, rx, shutdown.clone()));
+    let actor = tokio::spawn(run_actor(rules.clone(), orchestrator, rx, metrics.clone(), opts.tick, shutdown.clone()));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
-        .add_service(intake)
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await?;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = opts.tls.clone() {
+        builder = builder.tls_config(tls)?;
+    }
+    let router = match &opts.engine {
+        Some(cfg) => builder.add_service(local::LocalEngine::new(cfg.clone(), rules.clone(), tx, metrics.clone())?.with_token(opts.token.clone()).into_service()),
+        None => builder.add_service(Intake::new(rules.clone(), tx, metrics.clone()).with_token(opts.token.clone()).into_service()),
+    };
+    router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await?;
     actor.await?;
     Ok(())
 }
@@ -63,77 +96,232 @@ fn now_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-async fn run_actor(rules: Arc<Vec<Rule>>, mut orch: Box<dyn Orchestrator>, mut rx: mpsc::Receiver<Received>, shutdown: CancellationToken) {
-    let mut history: HashMap<Target, History> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+/// A write whose outcome is unknown (the API failed while it was in flight).
+#[derive(Debug, Clone)]
+struct InFlight {
+    to: u32,
+    next: History,
+}
+
+/// What the actor keeps per target.
+#[derive(Debug, Default)]
+struct TargetState {
+    history: History,
+    pending: Vec<Received>,
+    in_flight: Option<InFlight>,
+    /// Kind of the last read error, so a lasting problem is logged once, not every tick.
+    last_error: Option<&'static str>,
+    /// Consecutive reads refused (403, 404, …) while decisions were pending.
+    refused_reads: u32,
+}
+
+/// Decisions survive this many consecutive refused reads (ticks) before they are dropped: an
+/// API server that has just restarted answers 403 until its RBAC caches are warm.
+pub const REFUSED_READS_BEFORE_DROP: u32 = 10;
+
+async fn run_actor<O: Orchestrator>(
+    rules: Arc<Vec<Rule>>,
+    mut orch: O,
+    mut rx: mpsc::Receiver<Received>,
+    metrics: Arc<Metrics>,
+    tick: Duration,
+    shutdown: CancellationToken,
+) {
+    // One action (the first rule's) per target: rules naming the same workload share its bounds.
+    let mut targets: Vec<(Target, usize)> = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        if !targets.iter().any(|(t, _)| *t == r.action.target) {
+            targets.push((r.action.target.clone(), i));
+        }
+    }
+    // The daemon does not know what happened before it started: its start counts as the last
+    // decision, so nothing is scaled down until a full quiet period has passed.
+    let started = now_ns();
+    let mut state: HashMap<Target, TargetState> = targets
+        .iter()
+        .map(|(t, _)| (t.clone(), TargetState { history: History { last_decision: Some(started), ..Default::default() }, ..Default::default() }))
+        .collect();
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut batch = Vec::new();
-        tokio::select! {
+        let ticked = tokio::select! {
             _ = shutdown.cancelled() => break,
-            n = rx.recv_many(&mut batch, QUEUE_CAPACITY) => if n == 0 { break },
-            _ = tick.tick() => {}
-        }
-        // Group by target (several rules may name one workload).
-        let mut by_target: HashMap<Target, (usize, Vec<Intent>, Vec<Received>)> = HashMap::new();
+            n = rx.recv_many(&mut batch, QUEUE_CAPACITY) => { if n == 0 { break } false }
+            _ = ticker.tick() => true,
+        };
         for d in batch {
             let target = rules[d.rule_index].action.target.clone();
-            let e = by_target.entry(target).or_insert_with(|| (d.rule_index, Vec::new(), Vec::new()));
-            e.1.push(Intent { rule: d.rule.clone(), action: d.action, at: now_ns() });
-            e.2.push(d);
+            let st = state.entry(target).or_default();
+            if st.pending.len() >= PENDING_CAP {
+                st.pending.remove(0);
+            }
+            st.pending.push(d);
         }
-        // Targets without decisions are considered for scale-down on every wake-up.
-        for (i, r) in rules.iter().enumerate() {
-            by_target.entry(r.action.target.clone()).or_insert_with(|| (i, Vec::new(), Vec::new()));
+        if !metrics.is_ready() {
+            // A standby never acts; whatever reached it is dropped (the leader got its own).
+            for st in state.values_mut() {
+                if !st.pending.is_empty() {
+                    metrics.refuse_decisions("not_leader", st.pending.len() as u64);
+                    st.pending.clear();
+                }
+            }
+            continue;
         }
-        for (target, (rule_index, intents, received)) in by_target {
-            let action = &rules[rule_index].action;
-            let (current, controlled_by) = match orch.get(&target) {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(target = %target, error = %e, "Could not read the workload's scale.");
-                    continue;
+        for (target, rule_index) in &targets {
+            let st = state.entry(target.clone()).or_default();
+            // Between ticks only targets with news are planned.
+            if !ticked && st.pending.is_empty() {
+                continue;
+            }
+            let action = &rules[*rule_index].action;
+            step_target(&mut orch, target, action, st, &metrics).await;
+            if ticked {
+                if let Err(e) = orch.reconcile(target, action).await {
+                    tracing::debug!(target = %target, error = %e, "Reconcile failed; next tick retries.");
                 }
-            };
-            let h = history.entry(target.clone()).or_default();
-            let (plan, next) = planner::plan(&intents, current, action, controlled_by.as_deref(), h, now_ns());
-            let why = serde_json::json!({
-                "rules": received.iter().map(|d| d.rule.as_str()).collect::<Vec<_>>(),
-                "observed_ms": received.iter().map(|d| d.observed_ms).fold(f64::NAN, f64::max),
-                "count": received.first().map(|d| d.count),
-                "evidence_trace_id": received.first().map(|d| d.trace_id.as_str()),
-            });
-            let applied = match &plan {
-                Plan::Replicas { from, to, reason } => {
-                    tracing::info!(target = %target, from, to, reason = %reason, "Scaling workload.");
-                    orch.set_replicas(&target, *from, *to, &why)
-                }
-                Plan::Resize { cpu_millis, memory_mib, reason } => {
-                    tracing::info!(target = %target, cpu_millis, memory_mib, reason = %reason, "Resizing workload.");
-                    orch.resize(&target, *cpu_millis, *memory_mib, &why)
-                }
-                Plan::Refuse { reason } => {
-                    tracing::warn!(target = %target, reason = %reason, "Refused to scale a workload another controller owns.");
-                    Ok(())
-                }
-                Plan::Hold(hold) => {
-                    if !intents.is_empty() {
-                        tracing::debug!(target = %target, ?hold, "Holding.");
-                    }
-                    Ok(())
-                }
-            };
-            match applied {
-                Ok(()) => *h = next,
-                Err(e) => tracing::error!(target = %target, error = %e, "Scaling action failed; will retry on the next decision."),
             }
         }
     }
 }
 
+fn why_of(reason: &str, pending: &[Received]) -> Why {
+    let mut rules: Vec<String> = pending.iter().map(|d| d.rule.clone()).collect();
+    rules.sort_unstable();
+    rules.dedup();
+    let last = pending.iter().max_by_key(|d| d.received);
+    Why {
+        reason: reason.to_string(),
+        rules,
+        observed_ms: pending.iter().map(|d| d.observed_ms).filter(|o| o.is_finite()).reduce(f64::max),
+        count: last.map(|d| d.count),
+        evidence_trace_id: last.map(|d| d.trace_id.clone()).filter(|t| !t.is_empty()),
+    }
+}
+
+/// Read, plan and act for one target; on 409 re-read and re-plan (bounded), on an unreachable
+/// API keep everything pending for the next tick.
+async fn step_target<O: Orchestrator>(orch: &mut O, target: &Target, action: &Action, st: &mut TargetState, metrics: &Metrics) {
+    let tname = target.to_string();
+    for _attempt in 0..5 {
+        let observed: Observed = match orch.get(target, action).await {
+            Ok(o) => {
+                st.refused_reads = 0;
+                if st.last_error.take().is_some() {
+                    tracing::info!(target = %target, "The workload can be read again.");
+                }
+                o
+            }
+            Err(e) => {
+                let first = st.last_error != Some(e.kind());
+                st.last_error = Some(e.kind());
+                match &e {
+                    // Keep everything pending: the next tick retries.
+                    OrchestratorError::Unavailable(_) if first => tracing::warn!(target = %target, error = %e, pending = st.pending.len(), "Cannot reach the API; retrying every tick."),
+                    OrchestratorError::Unavailable(_) => {}
+                    _ => {
+                        if first {
+                            tracing::warn!(target = %target, error = %e, "Cannot read the workload.");
+                        }
+                        if !st.pending.is_empty() {
+                            st.refused_reads += 1;
+                            if st.refused_reads >= REFUSED_READS_BEFORE_DROP {
+                                tracing::error!(target = %target, error = %e, decisions = st.pending.len(), "Cannot read the workload; its decisions are dropped.");
+                                metrics.action_refused(e.kind(), &tname);
+                                st.pending.clear();
+                                st.refused_reads = 0;
+                            }
+                        }
+                    }
+                }
+                return;
+            }
+        };
+        // A write whose answer was lost: if the object now has the value we wrote, it was applied.
+        if let Some(f) = st.in_flight.take() {
+            if observed.scale.replicas == f.to {
+                tracing::info!(target = %target, replicas = f.to, "The write that was in flight when the API failed had been applied.");
+                st.history = f.next;
+                st.pending.clear();
+                return;
+            }
+        }
+        let now = now_ns();
+        let intents: Vec<Intent> = st.pending.iter().map(|d| Intent { rule: d.rule.clone(), action: d.action, at: now }).collect();
+        let (plan, next) = planner::plan(&intents, observed.scale, action, observed.controlled_by.as_deref(), &st.history, now);
+        let started = st.pending.iter().map(|d| d.received).min();
+        let result = match &plan {
+            Plan::Replicas { from, to, reason } => {
+                let why = why_of(reason, &st.pending);
+                tracing::info!(target = %target, from, to, reason = %reason, rules = ?why.rules, "Scaling workload.");
+                if let Some(t) = started {
+                    metrics.decision_to_request.observe(t.elapsed().as_secs_f64());
+                }
+                orch.set_replicas(target, &observed, *to, &why).await.map(|()| if to > from { "scale_up" } else { "scale_down" })
+            }
+            Plan::Resize { cpu_millis, memory_mib, reason } => {
+                let why = why_of(reason, &st.pending);
+                tracing::info!(target = %target, cpu_millis, memory_mib, reason = %reason, "Resizing workload.");
+                if let Some(t) = started {
+                    metrics.decision_to_request.observe(t.elapsed().as_secs_f64());
+                }
+                orch.resize(target, action, *cpu_millis, *memory_mib, &why).await.map(|()| "resize")
+            }
+            Plan::Refuse { reason } => {
+                let why = why_of(reason, &st.pending);
+                tracing::warn!(target = %target, reason = %reason, "Refused to scale a workload another controller owns.");
+                orch.report_refusal(target, observed.controlled_by.as_deref().unwrap_or("another controller"), &why).await;
+                metrics.action_refused("controlled", &tname);
+                st.history = next;
+                st.pending.clear();
+                return;
+            }
+            Plan::Hold(hold) => {
+                if !st.pending.is_empty() {
+                    let reason = match hold {
+                        Hold::AtMax => "at_max",
+                        Hold::Cooldown { .. } => "cooldown",
+                        Hold::AtMin | Hold::Idle => "idle",
+                    };
+                    tracing::debug!(target = %target, ?hold, decisions = st.pending.len(), "Holding.");
+                    metrics.action_refused(reason, &tname);
+                }
+                st.history = next;
+                st.pending.clear();
+                return;
+            }
+        };
+        match result {
+            Ok(what) => {
+                metrics.action(what, &tname);
+                st.history = next;
+                st.pending.clear();
+                return;
+            }
+            Err(OrchestratorError::Conflict(m)) => {
+                tracing::info!(target = %target, conflict = %m, "The workload changed under us; re-reading and re-planning.");
+                continue;
+            }
+            Err(e @ OrchestratorError::Unavailable(_)) => {
+                tracing::warn!(target = %target, error = %e, "The API failed during the write; the action stays pending.");
+                if let Plan::Replicas { to, .. } = plan {
+                    st.in_flight = Some(InFlight { to, next });
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::error!(target = %target, error = %e, "Scaling action refused; its decisions are dropped.");
+                metrics.action_refused(e.kind(), &tname);
+                st.pending.clear();
+                return;
+            }
+        }
+    }
+    tracing::warn!(target = %target, "Five conflicts in a row; trying again on the next tick.");
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
-
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
     use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -180,9 +368,9 @@ mod tests {
         let _ = std::fs::remove_file(&audit);
         let orch = DryRun::new(Some(&audit), Scale { replicas: 1, cpu_millis: 100, memory_mib: 128 }).unwrap();
         let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let stats = Arc::new(IntakeStats::default());
+        let stats = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, rules, Box::new(orch), stats.clone(), shutdown.clone()));
+        let server = tokio::spawn(serve(listener, rules, orch, stats.clone(), ServeOptions::default(), shutdown.clone()));
 
         let mut client = TraceServiceClient::connect(format!("http://{addr}")).await.unwrap().send_compressed(CompressionEncoding::Gzip);
         let req = ExportTraceServiceRequest {
@@ -213,8 +401,8 @@ mod tests {
         assert_eq!((a["action"].as_str(), a["target"].as_str(), a["from"].as_u64(), a["to"].as_u64()), (Some("set_replicas"), Some("Deployment/shop/checkout"), Some(1), Some(2)));
         assert_eq!(a["why"]["evidence_trace_id"].as_str(), Some("abababababababababababababababab"));
         assert_eq!(a["why"]["observed_ms"].as_f64(), Some(812.5));
-        assert_eq!(stats.decisions.load(Ordering::Relaxed), 2);
-        assert_eq!(stats.unknown_rule.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.decisions.get(), 2);
+        assert_eq!(stats.decisions_refused_count("unknown_rule"), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -228,7 +416,7 @@ mod tests {
             .rules,
         );
         let (tx, _rx) = mpsc::channel(1);
-        let stats = Arc::new(IntakeStats::default());
+        let stats = Arc::new(Metrics::new());
         let intake = Intake::new(rules, tx, stats.clone());
         use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
         let req = || {
@@ -242,6 +430,6 @@ mod tests {
         assert!(intake.export(req()).await.is_ok());
         let err = intake.export(req()).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable);
-        assert_eq!(stats.refused_full.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.decisions_refused_count("queue_full"), 1);
     }
 }

@@ -1,18 +1,23 @@
 //! Orchestrators: where plans are carried out. [`Orchestrator`] is the seam; [`DryRun`] is the
 //! embedded default (log and append every action to a JSON-lines audit file, keep the scale it
-//! would have set in memory). The Kubernetes implementation lives beside it.
+//! would have set in memory). The Kubernetes implementation is [`super::kube::Kube`].
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use scale_core::Target;
+use scale_core::{Action, Target};
 use serde_json::json;
 
 use super::planner::Scale;
 
-/// Errors of an orchestrator.
+/// Errors of an orchestrator. The actor treats them differently: a [`Conflict`] is re-read and
+/// re-planned at once; [`Unavailable`] keeps the action pending and retries on the next tick;
+/// the rest are reported and the decisions dropped.
+///
+/// [`Conflict`]: OrchestratorError::Conflict
+/// [`Unavailable`]: OrchestratorError::Unavailable
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
     /// The audit file could not be written.
@@ -24,17 +29,108 @@ pub enum OrchestratorError {
         #[source]
         source: std::io::Error,
     },
+    /// Someone else changed the object since it was read (HTTP 409).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The API could not be reached or answered 5xx/429: retry later.
+    #[error("API unavailable: {0}")]
+    Unavailable(String),
+    /// RBAC refused the request (HTTP 403).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The workload does not exist (HTTP 404).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// This replica does not hold the Lease: it must not write.
+    #[error("not the leader")]
+    NotLeader,
+    /// Anything else the API refused (HTTP 4xx), or an unsupported workload.
+    #[error("{0}")]
+    Other(String),
 }
 
-/// Reads and changes the scale of workloads.
-pub trait Orchestrator: Send {
-    /// Current scale of `target`, and the name of a controller (HPA, KEDA) that owns its
-    /// replicas, if any.
-    fn get(&mut self, target: &Target) -> Result<(Scale, Option<String>), OrchestratorError>;
-    /// Set the replica count; `why` explains it (rule, evidence).
-    fn set_replicas(&mut self, target: &Target, from: u32, to: u32, why: &serde_json::Value) -> Result<(), OrchestratorError>;
-    /// Resize cpu/memory requests.
-    fn resize(&mut self, target: &Target, cpu_millis: u64, memory_mib: u64, why: &serde_json::Value) -> Result<(), OrchestratorError>;
+impl OrchestratorError {
+    /// Short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Audit { .. } => "audit",
+            Self::Conflict(_) => "conflict",
+            Self::Unavailable(_) => "unavailable",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::NotLeader => "not_leader",
+            Self::Other(_) => "other",
+        }
+    }
+}
+
+/// What an orchestrator read about a workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// Its scale.
+    pub scale: Scale,
+    /// The HPA or KEDA ScaledObject that controls its replicas, if any.
+    pub controlled_by: Option<String>,
+    /// Opaque version for optimistic concurrency (Kubernetes `resourceVersion` of the scale).
+    pub version: Option<String>,
+}
+
+/// Why an action is taken: what the Kubernetes Event, the audit and the logs say.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Why {
+    /// The planner's reason ("latency rule checkout-latency", "quiet for 300 s").
+    pub reason: String,
+    /// Rules whose decisions are behind it.
+    pub rules: Vec<String>,
+    /// Largest observed latency among those decisions, ms.
+    pub observed_ms: Option<f64>,
+    /// Breaches in the window, as the decision reported.
+    pub count: Option<i64>,
+    /// A trace id to look at.
+    pub evidence_trace_id: Option<String>,
+}
+
+impl Why {
+    /// One line for humans.
+    pub fn message(&self, what: &str) -> String {
+        let mut m = format!("{what}: {}", self.reason);
+        if let Some(c) = self.count {
+            m.push_str(&format!("; {c} breaches in the window"));
+        }
+        if let Some(o) = self.observed_ms.filter(|o| o.is_finite()) {
+            m.push_str(&format!("; observed {o:.1} ms"));
+        }
+        if let Some(t) = &self.evidence_trace_id {
+            m.push_str(&format!("; evidence trace {t}"));
+        }
+        m
+    }
+}
+
+/// Reads and changes the scale of workloads. `async` so the Kubernetes implementation does not
+/// block the runtime; the actor is generic over it (no boxing).
+pub trait Orchestrator: Send + 'static {
+    /// Current scale of `target` (replicas; cpu/memory of `action`'s container when the action
+    /// can be vertical) and who else controls it.
+    fn get(&mut self, target: &Target, action: &Action) -> impl Future<Output = Result<Observed, OrchestratorError>> + Send;
+    /// Set the replica count, provided the object is still at `observed.version`.
+    fn set_replicas(&mut self, target: &Target, observed: &Observed, to: u32, why: &Why) -> impl Future<Output = Result<(), OrchestratorError>> + Send;
+    /// Resize cpu/memory requests of `action.vertical.container`.
+    fn resize(
+        &mut self,
+        target: &Target,
+        action: &Action,
+        cpu_millis: u64,
+        memory_mib: u64,
+        why: &Why,
+    ) -> impl Future<Output = Result<(), OrchestratorError>> + Send;
+    /// Report that an action was refused because another controller owns the workload.
+    fn report_refusal(&mut self, target: &Target, controller: &str, why: &Why) -> impl Future<Output = ()> + Send;
+    /// Periodic upkeep for a target (the Kubernetes one applies recorded vertical sizes to pods
+    /// created since). Default: nothing.
+    fn reconcile(&mut self, _target: &Target, _action: &Action) -> impl Future<Output = Result<(), OrchestratorError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Dry run: nothing is changed anywhere; every action is logged and appended to the audit file,
@@ -71,32 +167,40 @@ impl DryRun {
     }
 }
 
-fn now_rfc3339ish() -> u64 {
+fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Orchestrator for DryRun {
-    fn get(&mut self, target: &Target) -> Result<(Scale, Option<String>), OrchestratorError> {
-        Ok((*self.scales.entry(target.clone()).or_insert(self.initial), None))
+    async fn get(&mut self, target: &Target, _action: &Action) -> Result<Observed, OrchestratorError> {
+        let scale = *self.scales.entry(target.clone()).or_insert(self.initial);
+        Ok(Observed { scale, controlled_by: None, version: None })
     }
 
-    fn set_replicas(&mut self, target: &Target, from: u32, to: u32, why: &serde_json::Value) -> Result<(), OrchestratorError> {
+    async fn set_replicas(&mut self, target: &Target, observed: &Observed, to: u32, why: &Why) -> Result<(), OrchestratorError> {
         self.record(json!({
-            "time_ms": now_rfc3339ish(), "dry_run": true, "action": "set_replicas",
-            "target": target.to_string(), "from": from, "to": to, "why": why,
+            "time_ms": now_ms(), "dry_run": true, "action": "set_replicas",
+            "target": target.to_string(), "from": observed.scale.replicas, "to": to, "why": why,
         }))?;
         self.scales.entry(target.clone()).or_insert(self.initial).replicas = to;
         Ok(())
     }
 
-    fn resize(&mut self, target: &Target, cpu_millis: u64, memory_mib: u64, why: &serde_json::Value) -> Result<(), OrchestratorError> {
+    async fn resize(&mut self, target: &Target, _action: &Action, cpu_millis: u64, memory_mib: u64, why: &Why) -> Result<(), OrchestratorError> {
         self.record(json!({
-            "time_ms": now_rfc3339ish(), "dry_run": true, "action": "resize",
+            "time_ms": now_ms(), "dry_run": true, "action": "resize",
             "target": target.to_string(), "cpu_millis": cpu_millis, "memory_mib": memory_mib, "why": why,
         }))?;
         let s = self.scales.entry(target.clone()).or_insert(self.initial);
         s.cpu_millis = cpu_millis;
         s.memory_mib = memory_mib;
         Ok(())
+    }
+
+    async fn report_refusal(&mut self, target: &Target, controller: &str, why: &Why) {
+        let _ = self.record(json!({
+            "time_ms": now_ms(), "dry_run": true, "action": "refused",
+            "target": target.to_string(), "controller": controller, "why": why,
+        }));
     }
 }

@@ -1,0 +1,10 @@
+//! The `scale` binary's library: everything behind the command line, public so integration
+//! tests and benchmarks drive the same code.
+//!
+//! * [`eval`]: run the engine over recorded spans and report detection metrics;
+//! * [`check`]: validate engine and rules configurations;
+//! * [`serve`]: the daemon (OTLP intake, planner, orchestrators, leader election, metrics).
+
+pub mod check;
+pub mod eval;
+pub mod serve;

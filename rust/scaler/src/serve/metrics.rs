@@ -1,0 +1,216 @@
+//! The daemon's operator surface over HTTP: Prometheus `/metrics`, `/healthz` (the process is
+//! up) and `/readyz` (this replica is the leader, or leader election is off — point the
+//! Service's readiness probe here so decisions reach the replica that acts).
+//!
+//! Metric names (all prefixed `scale_`):
+//!
+//! | metric | labels | meaning |
+//! | --- | --- | --- |
+//! | `scale_otlp_requests_total` | | export requests answered OK |
+//! | `scale_otlp_spans_total` | | spans in those requests |
+//! | `scale_decisions_received_total` | | decisions accepted into the queue |
+//! | `scale_decisions_refused_total` | `reason` | `unknown_rule`, `malformed`, `queue_full`, `not_leader`, `unauthenticated` |
+//! | `scale_actions_total` | `action`, `target` | `scale_up`, `scale_down`, `resize` applied |
+//! | `scale_actions_refused_total` | `reason`, `target` | `controlled` (HPA/KEDA), `at_max`, `cooldown`, `forbidden`, `not_found`, `not_leader` |
+//! | `scale_api_errors_total` | `op`, `kind` | Kubernetes API errors (`conflict`, `unavailable`, `forbidden`, …) |
+//! | `scale_decision_to_request_seconds` | | decision received → scaling request sent |
+//! | `scale_engine_spans_total` | `outcome` | local-engine mode: spans `scored`, `kept`, `skipped` |
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Label: a reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: String,
+}
+
+/// Labels of an action.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// `scale_up`, `scale_down`, `resize`.
+    pub action: String,
+    /// `Kind/namespace/name`.
+    pub target: String,
+}
+
+/// Labels of a refused action.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// Why.
+    pub reason: String,
+    /// `Kind/namespace/name`.
+    pub target: String,
+}
+
+/// Labels of an API error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiErrorLabels {
+    /// `get_scale`, `set_replicas`, `resize`, `event`, `lease`, …
+    pub op: String,
+    /// `conflict`, `unavailable`, `forbidden`, `not_found`, `other`.
+    pub kind: String,
+}
+
+/// Labels of local-engine span counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `scored`, `kept`, `skipped`.
+    pub outcome: String,
+}
+
+/// Every metric of the daemon, registered once.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Export requests answered OK.
+    pub requests: Counter,
+    /// Spans seen in those requests.
+    pub spans: Counter,
+    /// Decisions accepted into the queue.
+    pub decisions: Counter,
+    /// Decisions refused, by reason.
+    pub decisions_refused: Family<ReasonLabel, Counter>,
+    /// Actions applied.
+    pub actions: Family<ActionLabels, Counter>,
+    /// Actions not taken.
+    pub actions_refused: Family<RefusedLabels, Counter>,
+    /// Kubernetes API errors.
+    pub api_errors: Family<ApiErrorLabels, Counter>,
+    /// Decision received → request sent, seconds.
+    pub decision_to_request: Histogram,
+    /// Local-engine span outcomes.
+    pub engine_spans: Family<OutcomeLabel, Counter>,
+    /// Whether this replica may act (leader, or no election).
+    pub ready: AtomicBool,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// All metrics, registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("scale");
+        let m = Metrics {
+            requests: Counter::default(),
+            spans: Counter::default(),
+            decisions: Counter::default(),
+            decisions_refused: Family::default(),
+            actions: Family::default(),
+            actions_refused: Family::default(),
+            api_errors: Family::default(),
+            // 0.5 ms … ~16 s.
+            decision_to_request: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16)),
+            engine_spans: Family::default(),
+            ready: AtomicBool::new(true),
+            registry: Registry::default(),
+        };
+        registry.register("otlp_requests", "OTLP export requests answered OK", m.requests.clone());
+        registry.register("otlp_spans", "Spans in OTLP export requests answered OK", m.spans.clone());
+        registry.register("decisions_received", "Decisions accepted into the queue", m.decisions.clone());
+        registry.register("decisions_refused", "Decisions refused, by reason", m.decisions_refused.clone());
+        registry.register("actions", "Scaling actions applied", m.actions.clone());
+        registry.register("actions_refused", "Scaling actions not taken, by reason", m.actions_refused.clone());
+        registry.register("api_errors", "Kubernetes API errors, by operation and kind", m.api_errors.clone());
+        registry.register(
+            "decision_to_request_seconds",
+            "Time from a decision's arrival to the scaling request being sent",
+            m.decision_to_request.clone(),
+        );
+        registry.register("engine_spans", "Local-engine mode: spans by outcome", m.engine_spans.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Count a refused decision.
+    pub fn refuse_decision(&self, reason: &str) {
+        self.decisions_refused.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
+    }
+
+    /// Count a refused decision `n` times.
+    pub fn refuse_decisions(&self, reason: &str, n: u64) {
+        self.decisions_refused.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc_by(n);
+    }
+
+    /// Value of a refused-decision counter (tests, logs).
+    pub fn decisions_refused_count(&self, reason: &str) -> u64 {
+        self.decisions_refused.get_or_create(&ReasonLabel { reason: reason.to_string() }).get()
+    }
+
+    /// Count an applied action.
+    pub fn action(&self, action: &str, target: &str) {
+        self.actions.get_or_create(&ActionLabels { action: action.into(), target: target.into() }).inc();
+    }
+
+    /// Count an action not taken.
+    pub fn action_refused(&self, reason: &str, target: &str) {
+        self.actions_refused.get_or_create(&RefusedLabels { reason: reason.into(), target: target.into() }).inc();
+    }
+
+    /// Value of an action-not-taken counter.
+    pub fn actions_refused_count(&self, reason: &str, target: &str) -> u64 {
+        self.actions_refused.get_or_create(&RefusedLabels { reason: reason.into(), target: target.into() }).get()
+    }
+
+    /// Count an API error.
+    pub fn api_error(&self, op: &str, kind: &str) {
+        self.api_errors.get_or_create(&ApiErrorLabels { op: op.into(), kind: kind.into() }).inc();
+    }
+
+    /// Value of an API error counter.
+    pub fn api_errors_count(&self, op: &str, kind: &str) -> u64 {
+        self.api_errors.get_or_create(&ApiErrorLabels { op: op.into(), kind: kind.into() }).get()
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+
+    /// Whether this replica may act.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
+pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) -> std::io::Result<()> {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    let m = metrics.clone();
+    let r = metrics;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move { ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode()) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let r = r.clone();
+                async move {
+                    if r.is_ready() { (StatusCode::OK, "ok\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not the leader\n") }
+                }
+            }),
+        );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}

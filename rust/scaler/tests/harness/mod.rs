@@ -1,0 +1,260 @@
+//! Test harness for `scale serve` against a real kube-apiserver + etcd (scale-testcluster):
+//! the cluster with `configs/k8s/` applied, workloads, the daemon as a real process, an OTLP
+//! client that sends `scale.decision` events, and readers for replicas, Events and metrics.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::discovery::pinned_kind;
+use kube::{Client, ResourceExt};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span::Event as SpanEvent};
+pub use scale_testcluster::Cluster;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// Namespace of the workloads in `configs/k8s/rbac-otel-demo.yaml`.
+pub const NS: &str = "otel-demo";
+
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A kube client from a kubeconfig file.
+pub async fn client(kubeconfig: &Path) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    Client::try_from(cfg).unwrap()
+}
+
+/// Start a cluster, create the workloads' namespace and apply every manifest of `configs/k8s/`
+/// as the admin. Returns the cluster and an admin client.
+pub async fn cluster() -> (Cluster, Client) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let c = tokio::task::spawn_blocking(|| Cluster::start(Default::default())).await.unwrap().expect("start kube-apiserver + etcd");
+    let admin = client(&c.admin_kubeconfig()).await;
+    let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
+    ns.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).unwrap()).await.unwrap();
+    for f in ["scale-daemon.yaml", "rbac-otel-demo.yaml"] {
+        apply_file(&admin, &root().join("configs/k8s").join(f)).await;
+    }
+    (c, admin)
+}
+
+/// Server-side apply every document of a YAML file.
+pub async fn apply_file(admin: &Client, path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    for doc in docs.into_iter().filter(|d| !d.is_null()) {
+        let obj: DynamicObject = serde_json::from_value(doc).unwrap();
+        let tm = obj.types.clone().unwrap();
+        let gvk = kube::api::GroupVersionKind::try_from(&tm).unwrap();
+        let (ar, caps) = pinned_kind(admin, &gvk).await.unwrap();
+        let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
+            Api::namespaced_with(admin.clone(), obj.namespace().as_deref().unwrap_or("default"), &ar)
+        } else {
+            Api::all_with(admin.clone(), &ar)
+        };
+        api.patch(&obj.name_any(), &PatchParams::apply("scale-tests").force(), &Patch::Apply(&obj))
+            .await
+            .unwrap_or_else(|e| panic!("applying {} {}: {e}", tm.kind, obj.name_any()));
+    }
+}
+
+/// Create a Deployment with `replicas` and one container `app` requesting 100m / 128Mi.
+pub async fn deployment(admin: &Client, name: &str, replicas: i32) {
+    let d: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "example/app:1", "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]}
+            }
+        }
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(admin.clone(), NS).create(&PostParams::default(), &d).await.unwrap();
+}
+
+/// Current `spec.replicas` of a Deployment, through its scale subresource.
+pub async fn replicas(admin: &Client, name: &str) -> i32 {
+    Api::<Deployment>::namespaced(admin.clone(), NS).get_scale(name).await.unwrap().spec.unwrap().replicas.unwrap_or(0)
+}
+
+/// Events (events.k8s.io/v1) regarding a workload, oldest first.
+pub async fn events(admin: &Client, name: &str) -> Vec<Event> {
+    let mut v: Vec<Event> = Api::<Event>::namespaced(admin.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect();
+    v.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    v
+}
+
+/// Poll `f` every 50 ms until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Rules for the tests: `checkout` and `cart` (horizontal) and `product-catalog`, in
+/// [`NS`]; `extra` is appended to each action's flow mapping.
+pub fn rules(extra: &str) -> String {
+    let mut s = String::from("rules:\n");
+    for (rule, target) in [("checkout-latency", "checkout"), ("cart-latency", "cart"), ("catalog-latency", "product-catalog")] {
+        s.push_str(&format!(
+            "- name: {rule}\n  when: {{ duration_above: 500ms }}\n  count: 5\n  window: 30s\n  action: {{ kind: horizontal, target: {{ kind: Deployment, namespace: {NS}, name: {target} }}{extra} }}\n"
+        ));
+    }
+    s
+}
+
+/// A running `scale serve` process.
+pub struct Daemon {
+    child: Child,
+    pub otlp: SocketAddr,
+    pub http: SocketAddr,
+    pub log: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Daemon {
+    /// Start `scale serve --orchestrator kubernetes` with the daemon's own kubeconfig and `rules`.
+    pub fn start(cluster: &Cluster, rules: &str, extra: &[&str]) -> Daemon {
+        let otlp = free_addr();
+        let http = free_addr();
+        let dir = cluster.dir().join(format!("daemon-{}", otlp.port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("rules.yaml"), rules).unwrap();
+        let log = dir.join("scale.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_scale"))
+            .args(["serve", "--orchestrator", "kubernetes", "--tick", "200ms"])
+            .arg("--kubeconfig")
+            .arg(cluster.daemon_kubeconfig())
+            .arg("--rules")
+            .arg(dir.join("rules.yaml"))
+            .arg("--listen")
+            .arg(otlp.to_string())
+            .arg("--metrics-listen")
+            .arg(http.to_string())
+            .args(extra)
+            .env("SCALE_LOG", "info,kube=warn,tower=warn,hyper=warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start scale serve");
+        let d = Daemon { child, otlp, http, log, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while d.http_get("/healthz").is_none() {
+            assert!(Instant::now() < deadline, "scale serve did not come up:\n{}", d.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// (status, body) of GET `path` on the metrics listener.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(self.http).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut t = String::new();
+        s.read_to_string(&mut t).ok()?;
+        let code = t.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, t.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+    }
+
+    /// A metric's value (sum over series whose line starts with `prefix`).
+    pub fn metric(&self, prefix: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics").unwrap_or_default();
+        body.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    }
+
+    /// SIGKILL (no Lease release).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+}
+
+fn kv(k: &str, v: any_value::Value) -> KeyValue {
+    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
+}
+
+/// An export request with one span carrying a `scale.decision` event for `rule`.
+pub fn decision(rule: &str, trace_byte: u8) -> ExportTraceServiceRequest {
+    let span = Span {
+        trace_id: vec![trace_byte; 16],
+        span_id: vec![1; 8],
+        name: "PlaceOrder".into(),
+        events: vec![SpanEvent {
+            name: "scale.decision".into(),
+            attributes: vec![
+                kv("scale.rule", any_value::Value::StringValue(rule.into())),
+                kv("scale.action", any_value::Value::StringValue("horizontal".into())),
+                kv("scale.count", any_value::Value::IntValue(5)),
+                kv("scale.observed_ms", any_value::Value::DoubleValue(812.5)),
+            ],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }], ..Default::default() }],
+    }
+}
+
+/// Send one decision for `rule` to the daemon at `addr`.
+pub async fn send(addr: SocketAddr, rule: &str, trace_byte: u8) -> Result<(), tonic::Status> {
+    let mut c = TraceServiceClient::connect(format!("http://{addr}")).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    c.export(decision(rule, trace_byte)).await.map(|_| ())
+}

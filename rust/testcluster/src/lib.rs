@@ -1,0 +1,337 @@
+//! A real Kubernetes control plane on loopback for SCALE's integration tests and demo: `etcd`
+//! v3.7.3 and `kube-apiserver` v1.37.2, the binaries `scripts/k8s-bins.sh` builds from the Go
+//! module proxy into `$SCALE_CACHE/k8s/bin` (default `~/.cache/scale/k8s/bin`; override with
+//! `SCALE_K8S_BIN`).
+//!
+//! There are no controllers, no scheduler and no kubelet: objects are stored and validated,
+//! admission and RBAC run, subresources (scale, resize) work, but nothing reconciles. Tests
+//! create Deployments and read their scale directly.
+//!
+//! [`Cluster::start`] generates, in a fresh directory:
+//! - a CA and a serving certificate for `127.0.0.1` (`ca.crt`, `apiserver.crt/.key`);
+//! - the service-account signing key (`sa.key`, `sa.pub`);
+//! - a static token file with two identities: [`ADMIN_USER`] (group `system:masters`) and the
+//!   daemon's own service account [`DAEMON_USER`] (`scale-system/scale`), which has no rights
+//!   until the RBAC from `configs/k8s/` is applied;
+//! - `admin.kubeconfig` and `daemon.kubeconfig` for those identities.
+//!
+//! Everything listens on 127.0.0.1 on free ports; [`Drop`] stops both processes and removes the
+//! directory (unless [`Options::keep_dir`]).
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use rustls::pki_types::pem::PemObject;
+
+/// User name of the all-powerful test identity.
+pub const ADMIN_USER: &str = "scale-admin";
+/// User name the daemon authenticates as: its service account `scale` in `scale-system`.
+pub const DAEMON_USER: &str = "system:serviceaccount:scale-system:scale";
+
+/// Where the binaries are looked for.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SCALE_K8S_BIN") {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var_os("SCALE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/scale"));
+    cache.join("k8s/bin")
+}
+
+/// Options for [`Cluster::start`].
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Working directory; a fresh temporary one when `None`.
+    pub dir: Option<PathBuf>,
+    /// Keep the directory (logs, kubeconfigs) after the cluster stops.
+    pub keep_dir: bool,
+}
+
+/// A running etcd + kube-apiserver.
+pub struct Cluster {
+    dir: PathBuf,
+    keep_dir: bool,
+    etcd: Option<Child>,
+    apiserver: Option<Child>,
+    apiserver_args: Vec<String>,
+    /// `https://127.0.0.1:<port>`.
+    pub server: String,
+    /// Bearer token of [`ADMIN_USER`].
+    pub admin_token: String,
+    /// Bearer token of [`DAEMON_USER`].
+    pub daemon_token: String,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn token() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut s = String::new();
+    for _ in 0..2 {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        s.push_str(&format!("{:016x}", h.finish()));
+    }
+    s
+}
+
+fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child> {
+    let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+fn stop(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        // SIGTERM first so etcd and the apiserver shut down cleanly; SIGKILL after 10 s.
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let t = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = t.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// GET `path` over plain HTTP on loopback (etcd's /health); body on 200.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    (body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200")).then_some(body)
+}
+
+impl Cluster {
+    /// Start etcd and the API server and wait until `/readyz` answers (about 3 s).
+    pub fn start(opts: Options) -> Result<Self> {
+        let bins = bin_dir();
+        let etcd_bin = bins.join("etcd");
+        let api_bin = bins.join("kube-apiserver");
+        if !etcd_bin.exists() || !api_bin.exists() {
+            bail!(
+                "kube-apiserver/etcd not found in {}: build them once with scripts/k8s-bins.sh (about 14 minutes), or set SCALE_K8S_BIN",
+                bins.display()
+            );
+        }
+        let dir = match opts.dir {
+            Some(d) => d,
+            None => std::env::temp_dir().join(format!("scale-testcluster-{}-{}", std::process::id(), token())),
+        };
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+        // Certificates: a CA, the serving certificate for 127.0.0.1, and the service-account key.
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "scale-testcluster-ca");
+        let ca = ca_params.self_signed(&ca_key)?;
+        let ca_issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let srv_key = rcgen::KeyPair::generate()?;
+        let mut srv_params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        srv_params.distinguished_name.push(rcgen::DnType::CommonName, "kube-apiserver");
+        let srv = srv_params.signed_by(&srv_key, &ca_issuer)?;
+        let sa_key = rcgen::KeyPair::generate()?;
+        fs::write(dir.join("ca.crt"), ca.pem())?;
+        fs::write(dir.join("apiserver.crt"), srv.pem())?;
+        fs::write(dir.join("apiserver.key"), srv_key.serialize_pem())?;
+        fs::write(dir.join("sa.key"), sa_key.serialize_pem())?;
+        fs::write(dir.join("sa.pub"), sa_key.public_key_pem())?;
+
+        let admin_token = token();
+        let daemon_token = token();
+        fs::write(
+            dir.join("tokens.csv"),
+            format!(
+                "{admin_token},{ADMIN_USER},uid-admin,\"system:masters\"\n{daemon_token},{DAEMON_USER},uid-scale,\"system:serviceaccounts,system:serviceaccounts:scale-system,system:authenticated\"\n"
+            ),
+        )?;
+
+        let (client, peer, secure) = (free_port()?, free_port()?, free_port()?);
+        let d = |p: &str| dir.join(p).display().to_string();
+        let etcd_args: Vec<String> = [
+            "--name=default".to_string(),
+            format!("--data-dir={}", d("etcd")),
+            format!("--listen-client-urls=http://127.0.0.1:{client}"),
+            format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-cluster=default=http://127.0.0.1:{peer}"),
+            "--unsafe-no-fsync".to_string(),
+            "--log-level=warn".to_string(),
+        ]
+        .into();
+        let apiserver_args: Vec<String> = [
+            format!("--etcd-servers=http://127.0.0.1:{client}"),
+            "--bind-address=127.0.0.1".to_string(),
+            "--advertise-address=127.0.0.1".to_string(),
+            format!("--secure-port={secure}"),
+            format!("--tls-cert-file={}", d("apiserver.crt")),
+            format!("--tls-private-key-file={}", d("apiserver.key")),
+            format!("--cert-dir={}", d("certs")),
+            "--service-account-issuer=https://kubernetes.default.svc".to_string(),
+            format!("--service-account-key-file={}", d("sa.pub")),
+            format!("--service-account-signing-key-file={}", d("sa.key")),
+            format!("--token-auth-file={}", d("tokens.csv")),
+            "--authorization-mode=RBAC".to_string(),
+            "--service-cluster-ip-range=10.0.0.0/24".to_string(),
+            "--endpoint-reconciler-type=none".to_string(),
+            "--anonymous-auth=false".to_string(),
+            "--v=1".to_string(),
+        ]
+        .into();
+
+        let mut cluster = Cluster {
+            server: format!("https://127.0.0.1:{secure}"),
+            dir: dir.clone(),
+            keep_dir: opts.keep_dir,
+            etcd: None,
+            apiserver: None,
+            apiserver_args,
+            admin_token,
+            daemon_token,
+        };
+        cluster.etcd = Some(spawn(&etcd_bin, &etcd_args, &dir.join("etcd.log"))?);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(client, "/health").is_none() {
+            if Instant::now() > deadline {
+                bail!("etcd did not become healthy in 30 s:\n{}", tail(&dir.join("etcd.log")));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster.write_kubeconfig("admin.kubeconfig", ADMIN_USER, &cluster.admin_token.clone())?;
+        cluster.write_kubeconfig("daemon.kubeconfig", "scale", &cluster.daemon_token.clone())?;
+        cluster.start_apiserver()?;
+        Ok(cluster)
+    }
+
+    /// The working directory (logs, certificates, kubeconfigs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// PEM of the CA that signed the API server's certificate.
+    pub fn ca_pem(&self) -> Result<String> {
+        Ok(fs::read_to_string(self.dir.join("ca.crt"))?)
+    }
+
+    /// Path of the kubeconfig for [`ADMIN_USER`].
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+
+    /// Path of the kubeconfig for [`DAEMON_USER`].
+    pub fn daemon_kubeconfig(&self) -> PathBuf {
+        self.dir.join("daemon.kubeconfig")
+    }
+
+    fn write_kubeconfig(&self, file: &str, user: &str, token: &str) -> Result<()> {
+        let cfg = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "scale-test", "cluster": {"server": self.server, "certificate-authority": self.dir.join("ca.crt")}}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": user, "context": {"cluster": "scale-test", "user": user, "namespace": "default"}}],
+            "current-context": user,
+        });
+        fs::write(self.dir.join(file), serde_json::to_string_pretty(&cfg)?)?;
+        Ok(())
+    }
+
+    /// Start (or restart) the API server on the same port and wait for `/readyz`.
+    pub fn start_apiserver(&mut self) -> Result<()> {
+        if self.apiserver.is_some() {
+            return Ok(());
+        }
+        let log = self.dir.join("kube-apiserver.log");
+        self.apiserver = Some(spawn(&bin_dir().join("kube-apiserver"), &self.apiserver_args, &log)?);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(Some(status)) = self.apiserver.as_mut().map(|c| c.try_wait().ok().flatten()) {
+                self.apiserver = None;
+                bail!("kube-apiserver exited ({status}):\n{}", tail(&log));
+            }
+            if self.ready() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("kube-apiserver not ready in 60 s:\n{}", tail(&log));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stop the API server (etcd keeps running): for tests of an API outage.
+    pub fn stop_apiserver(&mut self) {
+        stop(&mut self.apiserver);
+    }
+
+    /// Whether `GET /readyz` (as the admin, over TLS verified against `ca.crt`) answers 200.
+    pub fn ready(&self) -> bool {
+        self.get_as_admin("/readyz").map(|(code, _)| code == 200).unwrap_or(false)
+    }
+
+    /// A blocking `GET path` as [`ADMIN_USER`]: (status code, body). For readiness checks and
+    /// the demo's progress display; tests use a kube client.
+    pub fn get_as_admin(&self, path: &str) -> Result<(u16, String)> {
+        let port: u16 = self.server.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or_else(|| anyhow!("bad server {}", self.server))?;
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = fs::read(self.dir.join("ca.crt"))?;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+            roots.add(cert?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
+        let sock = TcpStream::connect(("127.0.0.1", port))?;
+        sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        write!(tls, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", self.admin_token)?;
+        let mut resp = Vec::new();
+        // The API server closes without close_notify at times; what was read is enough.
+        let _ = tls.read_to_end(&mut resp);
+        let text = String::from_utf8_lossy(&resp).into_owned();
+        let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow!("no HTTP status in {text:?}"))?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((code, body))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        stop(&mut self.apiserver);
+        stop(&mut self.etcd);
+        if !self.keep_dir {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
