@@ -82,13 +82,32 @@ impl Intake {
     pub fn decisions(&self, req: &ExportTraceServiceRequest, now: Instant) -> (Vec<Received>, u64) {
         let mut out = Vec::new();
         let mut spans = 0u64;
+        let log_spans = tracing::enabled!(target: "scale_scaler::serve::intake::spans", tracing::Level::DEBUG);
         for rs in &req.resource_spans {
             for ss in &rs.scope_spans {
                 for span in &ss.spans {
                     spans += 1;
+                    if log_spans {
+                        // The spans the collector kept, for operators (and the demo) to watch:
+                        // SCALE_LOG=info,scale_scaler::serve::intake::spans=debug
+                        let service = rs.resource.as_ref().and_then(|r| str_attr(&r.attributes, "service.name")).unwrap_or("");
+                        tracing::debug!(
+                            target: "scale_scaler::serve::intake::spans",
+                            service,
+                            operation = %span.name,
+                            duration_ms = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) as f64 / 1e6,
+                            score = f64_attr(&span.attributes, "scale.anomaly.score").unwrap_or(f64::NAN),
+                            end_unix_ns = span.end_time_unix_nano,
+                            trace_id = %span.trace_id.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                            "Kept span."
+                        );
+                    }
                     for ev in span.events.iter().filter(|e| e.name == DECISION_EVENT) {
                         match self.resolve(&ev.attributes, &span.trace_id, now) {
-                            Ok(d) => out.push(d),
+                            Ok(d) => {
+                                tracing::info!(rule = %d.rule, action = ?d.action, count = d.count, observed_ms = d.observed_ms, trace_id = %d.trace_id, "Decision received.");
+                                out.push(d)
+                            }
                             Err(Refusal::UnknownRule(name)) => {
                                 self.metrics.refuse_decision("unknown_rule");
                                 tracing::warn!(rule = %name, "Refused a decision naming a rule this daemon does not have.");
