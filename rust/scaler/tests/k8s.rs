@@ -283,3 +283,67 @@ async fn a_workload_with_an_hpa_is_left_alone() {
     assert_eq!(replicas(&admin, "product-catalog").await, 2);
     assert_eq!(d.metric("scale_actions_total"), 0.0);
 }
+
+/// Create a pod of `deployment` (as its ReplicaSet would; there are no controllers here).
+async fn pod(admin: &kube::Client, deployment: &str, name: &str) {
+    let p: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": deployment}},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1",
+            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "150m", "memory": "512Mi"}}}]}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(admin.clone(), NS).create(&PostParams::default(), &p).await.unwrap();
+}
+
+async fn pod_requests(admin: &kube::Client, name: &str) -> (String, String) {
+    let p = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(admin.clone(), NS).get(name).await.unwrap();
+    let r = p.spec.unwrap().containers[0].resources.clone().unwrap().requests.unwrap();
+    (r["cpu"].0.clone(), r["memory"].0.clone())
+}
+
+/// Vertical: a decision resizes the workload's pods in place through the `resize` subresource
+/// (limits below the new requests are raised), the chosen size is recorded on the Deployment,
+/// a pod created afterwards gets it too, and an Event explains it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vertical_decision_resizes_pods_in_place_and_new_pods_follow() {
+    let (c, admin) = cluster().await;
+    deployment(&admin, "checkout", 2).await;
+    pod(&admin, "checkout", "checkout-1").await;
+    pod(&admin, "checkout", "checkout-2").await;
+    let rules = format!(
+        "rules:\n- name: checkout-latency\n  when: {{ duration_above: 500ms }}\n  count: 5\n  window: 30s\n  action: {{ kind: vertical, target: {{ kind: Deployment, namespace: {NS}, name: checkout }}, max: 4, cooldown: 1s, scale_down_after: 10m, vertical: {{ container: app, factor: 2.0, max_cpu_millis: 1000, max_memory_mib: 1024 }} }}\n"
+    );
+    let d = Daemon::start(&c, &rules, &[]);
+    let mut req = decision("checkout-latency", 9);
+    for ev in &mut req.resource_spans[0].scope_spans[0].spans[0].events {
+        for kv in &mut ev.attributes {
+            if kv.key == "scale.action" {
+                kv.value = Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                    value: Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue("vertical".into())),
+                });
+            }
+        }
+    }
+    opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::connect(format!("http://{}", d.otlp))
+        .await
+        .unwrap()
+        .export(req)
+        .await
+        .unwrap();
+    let want = ("200m".to_string(), "256Mi".to_string());
+    assert!(eventually(LONG, || async { pod_requests(&admin, "checkout-1").await == want }).await, "{}", d.logs());
+    assert_eq!(pod_requests(&admin, "checkout-2").await, want);
+    let p = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(admin.clone(), NS).get("checkout-1").await.unwrap();
+    let limits = p.spec.unwrap().containers[0].resources.clone().unwrap().limits.unwrap();
+    assert_eq!(limits["cpu"].0, "200m", "a limit below the new request is raised");
+    assert_eq!(limits["memory"].0, "512Mi", "a limit above it is kept");
+    let dep = Api::<Deployment>::namespaced(admin.clone(), NS).get("checkout").await.unwrap();
+    let recorded = dep.metadata.annotations.unwrap()[scale_scaler::serve::kube::RESOURCES_ANNOTATION].clone();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&recorded).unwrap(), serde_json::json!({"container": "app", "cpu_millis": 200, "memory_mib": 256}));
+    assert_eq!(replicas(&admin, "checkout").await, 2, "vertical leaves replicas alone");
+    let ev = events(&admin, "checkout").await;
+    assert!(ev.iter().any(|e| reason(e) == "Resized" && note(e).contains("cpu 200m, memory 256Mi") && note(e).contains("resized 2 pod(s) in place")), "{ev:?}");
+    // A pod created later (a rollout, a restart) gets the recorded size on the next tick.
+    pod(&admin, "checkout", "checkout-3").await;
+    assert!(eventually(LONG, || async { pod_requests(&admin, "checkout-3").await == want }).await, "{}", d.logs());
+}

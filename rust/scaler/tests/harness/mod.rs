@@ -47,6 +47,9 @@ pub async fn cluster() -> (Cluster, Client) {
     let admin = client(&c.admin_kubeconfig()).await;
     let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
     ns.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).unwrap()).await.unwrap();
+    // No controller manager: create the namespace's default ServiceAccount that pods need.
+    let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(admin.clone(), NS);
+    sa.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}})).unwrap()).await.unwrap();
     for f in ["scale-daemon.yaml", "rbac-otel-demo.yaml"] {
         apply_file(&admin, &root().join("configs/k8s").join(f)).await;
     }
