@@ -202,9 +202,13 @@ impl Kube {
         Ok(Workload { meta, template, selector })
     }
 
+    /// The HPA or KEDA ScaledObject targeting the workload. Lists are served from the API
+    /// server's watch cache (`resourceVersion=0`): a consistent list waits for the cache to
+    /// catch up with etcd (~100 ms on every call here), and an HPA created milliseconds ago
+    /// is caught on the next decision anyway.
     async fn controller_of(&mut self, target: &Target) -> Result<Option<String>, OrchestratorError> {
         let hpas = Api::<HorizontalPodAutoscaler>::namespaced(self.client.clone(), &target.namespace)
-            .list(&ListParams::default())
+            .list(&ListParams::default().match_any())
             .await
             .map_err(|e| classify("list_hpa", e, &self.metrics))?;
         for h in hpas.items {
@@ -218,7 +222,7 @@ impl Kube {
         }
         let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"));
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &target.namespace, &ar);
-        match api.list(&ListParams::default()).await {
+        match api.list(&ListParams::default().match_any()).await {
             Ok(list) => {
                 for so in list.items {
                     let r = &so.data["spec"]["scaleTargetRef"];
@@ -282,7 +286,7 @@ impl Kube {
     async fn pods(&self, target: &Target, w: &Workload) -> Result<Vec<Pod>, OrchestratorError> {
         let Some(sel) = selector_string(&w.selector) else { return Ok(Vec::new()) };
         let pods = Api::<Pod>::namespaced(self.client.clone(), &target.namespace)
-            .list(&ListParams::default().labels(&sel))
+            .list(&ListParams::default().match_any().labels(&sel))
             .await
             .map_err(|e| classify("list_pods", e, &self.metrics))?;
         Ok(pods.items)

@@ -112,8 +112,8 @@ impl Metrics {
             actions: Family::default(),
             actions_refused: Family::default(),
             api_errors: Family::default(),
-            // 0.5 ms … ~16 s.
-            decision_to_request: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16)),
+            // 0.25 ms … ~14 s, 25 % apart.
+            decision_to_request: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00025, 1.25, 50)),
             engine_spans: Family::default(),
             ready: AtomicBool::new(true),
             registry: Registry::default(),

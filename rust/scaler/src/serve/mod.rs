@@ -253,17 +253,19 @@ async fn step_target<O: Orchestrator>(orch: &mut O, target: &Target, action: &Ac
         let result = match &plan {
             Plan::Replicas { from, to, reason } => {
                 let why = why_of(reason, &st.pending);
-                tracing::info!(target = %target, from, to, reason = %reason, rules = ?why.rules, "Scaling workload.");
-                if let Some(t) = started {
-                    metrics.decision_to_request.observe(t.elapsed().as_secs_f64());
+                let latency = started.map(|t| t.elapsed().as_secs_f64());
+                tracing::info!(target = %target, from, to, reason = %reason, rules = ?why.rules, decision_to_request_ms = latency.map(|l| l * 1e3), "Scaling workload.");
+                if let Some(l) = latency {
+                    metrics.decision_to_request.observe(l);
                 }
                 orch.set_replicas(target, &observed, *to, &why).await.map(|()| if to > from { "scale_up" } else { "scale_down" })
             }
             Plan::Resize { cpu_millis, memory_mib, reason } => {
                 let why = why_of(reason, &st.pending);
-                tracing::info!(target = %target, cpu_millis, memory_mib, reason = %reason, "Resizing workload.");
-                if let Some(t) = started {
-                    metrics.decision_to_request.observe(t.elapsed().as_secs_f64());
+                let latency = started.map(|t| t.elapsed().as_secs_f64());
+                tracing::info!(target = %target, cpu_millis, memory_mib, reason = %reason, decision_to_request_ms = latency.map(|l| l * 1e3), "Resizing workload.");
+                if let Some(l) = latency {
+                    metrics.decision_to_request.observe(l);
                 }
                 orch.resize(target, action, *cpu_millis, *memory_mib, &why).await.map(|()| "resize")
             }
