@@ -252,3 +252,14 @@ fn version() {
         assert_eq!(text(&out.stdout).trim(), v);
     }
 }
+
+/// The README's daemon reference is `scale serve -h` verbatim; regenerate it when flags change.
+#[test]
+fn readme_shows_the_current_serve_help() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let start = readme.find("$ scale serve -h\n").expect("README has the `scale serve -h` block") + "$ scale serve -h\n".len();
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    let out = scale(&["serve", "-h"]);
+    assert!(out.status.success());
+    assert_eq!(block, text(&out.stdout), "README.md's `scale serve -h` block is stale: paste the current output");
+}
