@@ -34,6 +34,9 @@ func TestReadmeDefaults(t *testing.T) {
 			require.NoError(t, err)
 			got := createDefaultConfig().(*Config)
 			require.NoError(t, sub.Unmarshal(got), "%s", path)
+			if len(got.Rules) == 0 {
+				got.Rules = nil // `rules: []` and no rules are the same configuration
+			}
 			require.Equal(t, createDefaultConfig(), got, "%s: the README's defaults differ from createDefaultConfig", path)
 		}
 		require.Equal(t, 1, blocks, "%s: one processor reference block", path)
