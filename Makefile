@@ -4,6 +4,7 @@
 #   make test      every test (the README's test command; .ci/run calls it)
 #   make bench     benchmarks (criterion + River comparison); results go to BENCHMARKS.md by hand
 #   make eval      the paper's Table 2 with `scale eval`
+#   make demo      trace-driven scaling on a real kube-apiserver, a few minutes (docs/demo/)
 #
 # Caches live outside the repository, under $(SCALE_CACHE).
 
@@ -11,7 +12,7 @@ SHELL := /bin/bash
 export SCALE_CACHE ?= $(HOME)/.cache/scale
 CARGO ?= cargo
 
-.PHONY: build test test-rust k8s-bins bench bench-core bench-river eval check-fmt
+.PHONY: build test test-rust k8s-bins bench bench-core bench-river eval check-fmt demo
 
 build:
 	$(CARGO) build --workspace --release
@@ -36,6 +37,15 @@ bench-river:
 
 eval: build
 	scripts/table2.sh
+
+# The demo: builds what it needs (cached), then scripts/demo.py (Python standard library) starts
+# scale-testcluster (etcd + kube-apiserver), `scale serve` and otelcol-scale on 127.0.0.1,
+# replays data/otel-demo with a latency fault in checkout, shows the decision, the Kubernetes
+# Events and the replicas, and writes $(DEMO_OUT)/demo.svg and output.txt. docs/demo/ holds an
+# example run (`make demo DEMO_OUT=docs/demo`); `DEMO_ARGS=--help` lists the knobs.
+DEMO_OUT ?= _build/demo
+demo: build collector k8s-bins
+	python3 scripts/demo.py --out $(DEMO_OUT) $(DEMO_ARGS)
 
 # --- C ABI (rust/ffi): header, C smoke test ------------------------------------------------
 # The native libraries to link after -lscale come from rust/ffi/README.md ("Static linking"),

@@ -7,6 +7,11 @@
 //! admission and RBAC run, subresources (scale, resize) work, but nothing reconciles. Tests
 //! create Deployments and read their scale directly.
 //!
+//! Objects can be set up without kubectl, as the admin over raw HTTPS: [`Cluster::apply_yaml`]
+//! (server-side apply of a multi-document YAML file, for the [`KINDS`] the manifests in
+//! `configs/k8s/` use), [`Cluster::create_namespace`] and [`Cluster::create_deployment`]; the
+//! `scale-testcluster` binary exposes them as `--namespace`, `--apply` and `--deployment`.
+//!
 //! [`Cluster::start`] generates, in a fresh directory:
 //! - a CA and a serving certificate for `127.0.0.1` (`ca.crt`, `apiserver.crt/.key`);
 //! - the service-account signing key (`sa.key`, `sa.pub`);
@@ -300,6 +305,12 @@ impl Cluster {
     /// A blocking `GET path` as [`ADMIN_USER`]: (status code, body). For readiness checks and
     /// the demo's progress display; tests use a kube client.
     pub fn get_as_admin(&self, path: &str) -> Result<(u16, String)> {
+        self.request_as_admin("GET", path, None, b"")
+    }
+
+    /// A blocking request as [`ADMIN_USER`] over TLS verified against `ca.crt`, one connection
+    /// per call: (status code, body, chunked transfer decoded).
+    pub fn request_as_admin(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Result<(u16, String)> {
         let port: u16 = self.server.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or_else(|| anyhow!("bad server {}", self.server))?;
         let mut roots = rustls::RootCertStore::empty();
         let ca = fs::read(self.dir.join("ca.crt"))?;
@@ -313,16 +324,195 @@ impl Cluster {
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
         let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
         let sock = TcpStream::connect(("127.0.0.1", port))?;
-        sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut tls = rustls::StreamOwned::new(conn, sock);
-        write!(tls, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", self.admin_token)?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nAccept: application/json\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.admin_token,
+            body.len()
+        );
+        if let Some(ct) = content_type {
+            head.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        head.push_str("\r\n");
+        tls.write_all(head.as_bytes())?;
+        tls.write_all(body)?;
+        tls.flush()?;
         let mut resp = Vec::new();
         // The API server closes without close_notify at times; what was read is enough.
         let _ = tls.read_to_end(&mut resp);
         let text = String::from_utf8_lossy(&resp).into_owned();
         let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow!("no HTTP status in {text:?}"))?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Ok((code, body))
+        let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+        let chunked = headers.lines().any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("transfer-encoding:") && l.contains("chunked")
+        });
+        Ok((code, if chunked { dechunk(body) } else { body.to_string() }))
+    }
+
+    /// Server-side apply every document of a (multi-document) YAML text as [`ADMIN_USER`], field
+    /// manager [`FIELD_MANAGER`], conflicts forced. Only the kinds of [`KINDS`] are known.
+    /// Returns `Kind namespace/name` for each object applied.
+    pub fn apply_yaml(&self, text: &str) -> Result<Vec<String>> {
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text).context("parsing YAML")?;
+        let mut applied = Vec::new();
+        for doc in docs.into_iter().filter(|d| !d.is_null()) {
+            applied.push(self.apply(&doc)?);
+        }
+        Ok(applied)
+    }
+
+    /// Server-side apply one object (see [`Cluster::apply_yaml`]).
+    pub fn apply(&self, obj: &serde_json::Value) -> Result<String> {
+        let (path, what) = object_path(obj)?;
+        let body = serde_json::to_vec(obj)?;
+        let (code, resp) = self.request_as_admin(
+            "PATCH",
+            &format!("{path}?fieldManager={FIELD_MANAGER}&force=true"),
+            Some("application/apply-patch+yaml"),
+            &body,
+        )?;
+        if !(200..300).contains(&code) {
+            bail!("applying {what}: HTTP {code}: {}", api_message(&resp));
+        }
+        Ok(what)
+    }
+
+    /// Create a namespace and its `default` ServiceAccount (there is no controller manager to
+    /// create it).
+    pub fn create_namespace(&self, name: &str) -> Result<()> {
+        self.apply(&serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))?;
+        self.apply(&serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": name}}))?;
+        Ok(())
+    }
+
+    /// Create a Deployment with `replicas` and one container `app` requesting 100m / 128Mi (the
+    /// shape of the daemon's integration tests). Nothing runs it: there are no controllers.
+    pub fn create_deployment(&self, namespace: &str, name: &str, replicas: u32) -> Result<()> {
+        let d = deployment(namespace, name, replicas);
+        let (code, resp) = self.request_as_admin(
+            "POST",
+            &format!("/apis/apps/v1/namespaces/{namespace}/deployments?fieldManager={FIELD_MANAGER}"),
+            Some("application/json"),
+            &serde_json::to_vec(&d)?,
+        )?;
+        if code != 201 {
+            bail!("creating Deployment {namespace}/{name}: HTTP {code}: {}", api_message(&resp));
+        }
+        Ok(())
+    }
+
+    /// `spec.replicas` of a Deployment, read through its scale subresource.
+    pub fn deployment_replicas(&self, namespace: &str, name: &str) -> Result<u32> {
+        let (code, body) = self.get_as_admin(&format!("/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale"))?;
+        if code != 200 {
+            bail!("reading the scale of Deployment {namespace}/{name}: HTTP {code}: {}", api_message(&body));
+        }
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(v["spec"]["replicas"].as_u64().unwrap_or(0) as u32)
+    }
+}
+
+/// Field manager of the objects [`Cluster::apply`] writes.
+pub const FIELD_MANAGER: &str = "scale-testcluster";
+
+/// The kinds [`Cluster::apply`] knows: (kind, resource, namespaced). The API group and version
+/// come from the object's `apiVersion`.
+pub const KINDS: &[(&str, &str, bool)] = &[
+    ("Namespace", "namespaces", false),
+    ("ServiceAccount", "serviceaccounts", true),
+    ("ConfigMap", "configmaps", true),
+    ("Secret", "secrets", true),
+    ("Service", "services", true),
+    ("Role", "roles", true),
+    ("RoleBinding", "rolebindings", true),
+    ("ClusterRole", "clusterroles", false),
+    ("ClusterRoleBinding", "clusterrolebindings", false),
+    ("Deployment", "deployments", true),
+    ("StatefulSet", "statefulsets", true),
+    ("Lease", "leases", true),
+];
+
+/// The REST path of an object and a `Kind namespace/name` label for it.
+pub fn object_path(obj: &serde_json::Value) -> Result<(String, String)> {
+    let api_version = obj["apiVersion"].as_str().ok_or_else(|| anyhow!("object without apiVersion: {obj}"))?;
+    let kind = obj["kind"].as_str().ok_or_else(|| anyhow!("object without kind: {obj}"))?;
+    let name = obj["metadata"]["name"].as_str().ok_or_else(|| anyhow!("{kind} without metadata.name"))?;
+    let &(_, resource, namespaced) = KINDS
+        .iter()
+        .find(|(k, _, _)| *k == kind)
+        .ok_or_else(|| anyhow!("{kind} {name}: kind not supported (known: {})", KINDS.iter().map(|k| k.0).collect::<Vec<_>>().join(", ")))?;
+    let prefix = if api_version.contains('/') { format!("/apis/{api_version}") } else { format!("/api/{api_version}") };
+    if namespaced {
+        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
+        Ok((format!("{prefix}/namespaces/{ns}/{resource}/{name}"), format!("{kind} {ns}/{name}")))
+    } else {
+        Ok((format!("{prefix}/{resource}/{name}"), format!("{kind} {name}")))
+    }
+}
+
+/// The Deployment [`Cluster::create_deployment`] creates.
+pub fn deployment(namespace: &str, name: &str, replicas: u32) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "example/app:1", "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]}
+            }
+        }
+    })
+}
+
+/// The `message` of a Kubernetes `Status` body, else the body itself (shortened).
+fn api_message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.chars().take(300).collect())
+}
+
+/// Decode an HTTP/1.1 chunked body (what was read of it).
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else { break };
+        if n == 0 || after.len() < n {
+            out.push_str(&after[..n.min(after.len())]);
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].strip_prefix("\r\n").unwrap_or(&after[n..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_of_objects() {
+        let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}});
+        assert_eq!(object_path(&ns).unwrap(), ("/api/v1/namespaces/a".into(), "Namespace a".into()));
+        let role = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "r", "namespace": "n"}});
+        assert_eq!(object_path(&role).unwrap().0, "/apis/rbac.authorization.k8s.io/v1/namespaces/n/roles/r");
+        let d = deployment("n", "d", 2);
+        assert_eq!(object_path(&d).unwrap().0, "/apis/apps/v1/namespaces/n/deployments/d");
+        let odd = serde_json::json!({"apiVersion": "x/v1", "kind": "Widget", "metadata": {"name": "w"}});
+        assert!(object_path(&odd).unwrap_err().to_string().contains("not supported"));
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        assert_eq!(dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "hello world");
+        assert_eq!(dechunk("a;ext=1\r\n0123456789\r\n0\r\n\r\n"), "0123456789");
     }
 }
 
