@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::discovery::pinned_kind;
-use kube::{Client, ResourceExt};
+use kube::Client;
+use kube::api::{Api, ListParams, PostParams};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -39,57 +38,30 @@ pub async fn client(kubeconfig: &Path) -> Client {
     Client::try_from(cfg).unwrap()
 }
 
-/// Start a cluster, create the workloads' namespace and apply every manifest of `configs/k8s/`
-/// as the admin. Returns the cluster and an admin client.
+/// Start a cluster, create the workloads' namespace (and its default ServiceAccount) and apply
+/// every manifest of `configs/k8s/` as the admin (scale-testcluster's server-side apply).
+/// Returns the cluster and an admin client.
 pub async fn cluster() -> (Cluster, Client) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let c = tokio::task::spawn_blocking(|| Cluster::start(Default::default())).await.unwrap().expect("start kube-apiserver + etcd");
+    let c = tokio::task::spawn_blocking(|| -> anyhow::Result<Cluster> {
+        let c = Cluster::start(Default::default())?;
+        c.create_namespace(NS)?;
+        for f in ["scale-daemon.yaml", "rbac-otel-demo.yaml"] {
+            c.apply_yaml(&std::fs::read_to_string(root().join("configs/k8s").join(f))?)?;
+        }
+        Ok(c)
+    })
+    .await
+    .unwrap()
+    .expect("start kube-apiserver + etcd and apply configs/k8s");
     let admin = client(&c.admin_kubeconfig()).await;
-    let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
-    ns.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).unwrap()).await.unwrap();
-    // No controller manager: create the namespace's default ServiceAccount that pods need.
-    let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(admin.clone(), NS);
-    sa.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}})).unwrap()).await.unwrap();
-    for f in ["scale-daemon.yaml", "rbac-otel-demo.yaml"] {
-        apply_file(&admin, &root().join("configs/k8s").join(f)).await;
-    }
     (c, admin)
 }
 
-/// Server-side apply every document of a YAML file.
-pub async fn apply_file(admin: &Client, path: &Path) {
-    let text = std::fs::read_to_string(path).unwrap();
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
-    for doc in docs.into_iter().filter(|d| !d.is_null()) {
-        let obj: DynamicObject = serde_json::from_value(doc).unwrap();
-        let tm = obj.types.clone().unwrap();
-        let gvk = kube::api::GroupVersionKind::try_from(&tm).unwrap();
-        let (ar, caps) = pinned_kind(admin, &gvk).await.unwrap();
-        let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
-            Api::namespaced_with(admin.clone(), obj.namespace().as_deref().unwrap_or("default"), &ar)
-        } else {
-            Api::all_with(admin.clone(), &ar)
-        };
-        api.patch(&obj.name_any(), &PatchParams::apply("scale-tests").force(), &Patch::Apply(&obj))
-            .await
-            .unwrap_or_else(|e| panic!("applying {} {}: {e}", tm.kind, obj.name_any()));
-    }
-}
-
-/// Create a Deployment with `replicas` and one container `app` requesting 100m / 128Mi.
+/// Create a Deployment with `replicas` and one container `app` requesting 100m / 128Mi
+/// (scale-testcluster's shape).
 pub async fn deployment(admin: &Client, name: &str, replicas: i32) {
-    let d: Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": "example/app:1", "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]}
-            }
-        }
-    }))
-    .unwrap();
+    let d: Deployment = serde_json::from_value(scale_testcluster::deployment(NS, name, replicas as u32)).unwrap();
     Api::<Deployment>::namespaced(admin.clone(), NS).create(&PostParams::default(), &d).await.unwrap();
 }
 
