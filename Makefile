@@ -113,19 +113,27 @@ COLLECTOR := _build/otelcol-scale/otelcol-scale
 COLLECTOR_INPUTS := builder-config.yaml target/release/libscale.a include/scale.h \
 	collector-go/go.mod collector-go/go.sum $(filter-out %_test.go,$(shell find collector-go -name '*.go' 2>/dev/null))
 
-.PHONY: libscale test-go collector mdatagen go-generate validate-collector-configs
+.PHONY: libscale test-go bench-go collector mdatagen go-generate validate-collector-configs
 
 libscale:
 	$(CARGO) build --workspace --release
 
 # Go tests with the real static library: -race (including `otelcol-scale validate` on every
 # file in configs/collector), then the `debug` tag (GC before every C call), then the build
-# without cgo (which must compile and refuse to create the processor).
+# without cgo (which must compile and refuse to create the processor); then the benchmark's load
+# generator (tests/otlpreplay).
 test-go: libscale collector
 	cd collector-go && $(GO_ENV) SCALE_OTELCOL=$(CURDIR)/$(COLLECTOR) $(GO) test -race -count=1 ./...
 	cd collector-go && $(GO_ENV) $(GO) test -tags debug -count=1 .
 	cd collector-go && CGO_ENABLED=0 $(GO_ENV) $(GO) build ./... && CGO_ENABLED=0 $(GO_ENV) $(GO) vet ./...
 	cd collector-go && CGO_ENABLED=0 $(GO_ENV) $(GO) test -count=1 -run TestNoCgo .
+	cd tests/otlpreplay && $(GO_ENV) GOTOOLCHAIN=local $(GO) vet ./... && $(GO_ENV) GOTOOLCHAIN=local $(GO) test -count=1 ./...
+
+# The processor's Go benchmark (whole processor with libscale, and its Go side alone with a fake
+# engine), BENCH_COUNT runs each: compare two trees with scripts/benchstat.sh.
+BENCH_COUNT ?= 5
+bench-go: libscale
+	cd collector-go && $(GO_ENV) $(GO) test -run '^$$' -bench ConsumeTraces -benchtime 2000x -count $(BENCH_COUNT) .
 
 $(OCB):
 	mkdir -p $(SCALE_CACHE)/bin
@@ -157,7 +165,8 @@ validate-collector-configs: collector
 # --- End-to-end: otelcol-scale against real OTLP clients -------------------------------------
 # tests/e2e (Go, standard library only) starts the collector built above, sends spans with
 # telemetrygen (installed once by scripts/telemetrygen.sh) and replays data/otel-demo over
-# OTLP/HTTP JSON, and checks the file exporters' output. Throughput: scripts/bench-collector.sh.
+# OTLP/HTTP JSON, and checks the file exporters' output. Throughput: scripts/bench-collector.sh
+# (telemetrygen, and tests/otlpreplay against a collector pinned to one CPU; docs/bench/collector.md).
 .PHONY: test-e2e bench-collector
 
 # A private TMPDIR, removed even when the test binary is killed (the collector and telemetrygen

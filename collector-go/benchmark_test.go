@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"compress/gzip"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"go.opentelemetry.io/collector/component/componenttest"
 	"go.opentelemetry.io/collector/consumer"
 	"go.opentelemetry.io/collector/consumer/consumertest"
+	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/ptrace"
 	"go.opentelemetry.io/collector/processor"
 	"go.opentelemetry.io/collector/processor/processorhelper"
@@ -30,8 +32,11 @@ import (
 //
 //	go test -run '^$' -bench ConsumeTraces -benchtime 2000x .
 //
-// synthetic: three keys whose latencies differ 100x. otel-demo: the recorded OpenTelemetry demo
-// traces (../data/otel-demo, 17 services, 1,044 keys), cut into batches.
+// synthetic: three keys whose latencies differ 100x (a resource per run of one service's spans).
+// telemetrygen: requests as telemetrygen sends them (one resource of 512 spans, 21 span names,
+// fixed durations: what scripts/bench-collector.sh sends). otel-demo: the recorded OpenTelemetry
+// demo traces (../data/otel-demo, 17 services, 1,044 keys), cut into batches. go-side/...: the
+// same inputs with libscale replaced by a fake engine (the processor's own Go work).
 func BenchmarkConsumeTraces(b *testing.B) {
 	for _, size := range []int{64, 1024, 8192} {
 		b.Run(fmt.Sprintf("synthetic/batch=%d", size), func(b *testing.B) {
@@ -57,12 +62,119 @@ func BenchmarkConsumeTraces(b *testing.B) {
 				processorhelper.WithCapabilities(consumer.Capabilities{MutatesData: true}))
 		})
 	})
+	// telemetrygen's shape (what scripts/bench-collector.sh sends): one resource and scope per
+	// request, 21 span names per service, fixed durations.
+	tgen := func() (train, inputs []ptrace.Traces) {
+		for i := range 40 {
+			train = append(train, telemetrygenTraces(i%2, 512))
+		}
+		for i := range 16 {
+			inputs = append(inputs, telemetrygenTraces(i%2, 512))
+		}
+		return train, inputs
+	}
+	b.Run("telemetrygen/batch=512", func(b *testing.B) {
+		train, inputs := tgen()
+		benchConsume(b, train, inputs, 512)
+	})
+	// The processor's Go side alone: the engine is a fake that keeps one span in 50 (about
+	// what the real one keeps here), so this is key look-up, copying into the flat arrays,
+	// removing and annotating spans, and telemetry.
+	b.Run("go-side/telemetrygen/batch=512", func(b *testing.B) {
+		_, inputs := tgen()
+		benchGoSide(b, inputs)
+	})
+	b.Run("go-side/synthetic/batch=1024", func(b *testing.B) {
+		w := newWorkload(1)
+		inputs := make([]ptrace.Traces, 16)
+		for i := range inputs {
+			inputs[i] = makeTraces(w.batch(1024)...)
+		}
+		benchGoSide(b, inputs)
+	})
 	demo := otelDemoBatches(b, 1024)
 	if len(demo) > 8 {
 		b.Run("otel-demo/batch=1024", func(b *testing.B) {
 			benchConsume(b, demo[:len(demo)/2], demo[len(demo)/2:], 1024)
 		})
+		b.Run("go-side/otel-demo/batch=1024", func(b *testing.B) {
+			benchGoSide(b, demo[len(demo)/2:])
+		})
 	}
+}
+
+// keepEveryEngine is a fake engine that scores every span 0.99 and keeps one in every, with
+// no decisions: the processor's own cost without libscale's.
+type keepEveryEngine struct{ every int }
+
+func (keepEveryEngine) intern(string, string) (uint32, error) { return 1, nil }
+func (e keepEveryEngine) process(_ uint64, b *batch) (int, error) {
+	for i := range b.keyIDs {
+		b.scores[i] = 0.99
+		b.keep[i] = 0
+		if i%e.every == 0 {
+			b.keep[i] = 1
+		}
+		b.skip[i] = 0
+	}
+	return 0, nil
+}
+func (keepEveryEngine) ruleNames() ([]string, error) { return []string{"rule"}, nil }
+func (keepEveryEngine) snapshotToFile(string) error  { return nil }
+func (keepEveryEngine) Close()                       {}
+
+func benchGoSide(b *testing.B, inputs []ptrace.Traces) {
+	fake := engineFactory{
+		create:  func(engineSpec) (engine, error) { return keepEveryEngine{every: 50}, nil },
+		restore: func(engineSpec, string) (engine, error) { return keepEveryEngine{every: 50}, nil },
+	}
+	benchWith(b, nil, inputs, func() (processor.Traces, error) {
+		return newTracesProcessor(context.Background(), processortest.NewNopSettings(metadata.Type), createDefaultConfig().(*Config), consumertest.NewNop(), withEngineFactory(fake))
+	})
+}
+
+// telemetrygenTraces builds one request as `telemetrygen traces --child-spans 20
+// --span-duration (service+1)ms` sends it: one resource (service bench-<service>) and scope,
+// n spans of traces made of a `lets-go` client span and 20 `okey-dokey-<j>` server spans.
+func telemetrygenTraces(service, n int) ptrace.Traces {
+	const children = 20
+	d := time.Duration(service+1) * time.Millisecond
+	td := ptrace.NewTraces()
+	rs := td.ResourceSpans().AppendEmpty()
+	rs.Resource().Attributes().PutStr("service.name", fmt.Sprintf("bench-%d", service))
+	rs.Resource().Attributes().PutStr("telemetry.sdk.language", "go")
+	ss := rs.ScopeSpans().AppendEmpty()
+	ss.Scope().SetName("telemetrygen")
+	spans := ss.Spans()
+	var tid pcommon.TraceID
+	var parent pcommon.SpanID
+	for i := 0; spans.Len() < n; i = (i + 1) % (children + 1) {
+		sp := spans.AppendEmpty()
+		id := idCounter.Add(1)
+		var sid pcommon.SpanID
+		binary.BigEndian.PutUint64(sid[:], id)
+		sp.SetSpanID(sid)
+		sp.Attributes().PutStr("network.peer.address", "1.2.3.4")
+		start := t0.Add(time.Duration(id) * time.Microsecond)
+		if i == 0 {
+			binary.BigEndian.PutUint64(tid[8:], id)
+			parent = sid
+			sp.SetName("lets-go")
+			sp.SetKind(ptrace.SpanKindClient)
+			sp.Attributes().PutStr("peer.service", "telemetrygen-server")
+			sp.SetStartTimestamp(pcommon.NewTimestampFromTime(start))
+			sp.SetEndTimestamp(pcommon.NewTimestampFromTime(start.Add(children * d)))
+		} else {
+			sp.SetParentSpanID(parent)
+			sp.SetName(fmt.Sprintf("okey-dokey-%d", i-1))
+			sp.SetKind(ptrace.SpanKindServer)
+			sp.Attributes().PutStr("peer.service", "telemetrygen-client")
+			sp.SetStartTimestamp(pcommon.NewTimestampFromTime(start))
+			sp.SetEndTimestamp(pcommon.NewTimestampFromTime(start.Add(d)))
+		}
+		sp.SetTraceID(tid)
+	}
+	return td
 }
 
 func benchConsume(b *testing.B, train, inputs []ptrace.Traces, _ int) {

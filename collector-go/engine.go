@@ -174,7 +174,6 @@ type batch struct {
 	raw       rawDecisions
 	nOut      uintptr // `size_t` output of the engine call (kept here so it does not escape)
 
-	keyBuf []byte // scratch for cache keys
 	misses []keyMiss
 }
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,20 +76,40 @@ type running struct {
 	keys  *keyCache
 }
 
-// keyCache maps service+"\x00"+operation to the engine's key id, so that the hot path makes
-// one engine call per batch. Bounded: at most keys.max_keys real ids plus overflowCacheMax
-// overflow/invalid entries. Once it holds keys.max_keys real ids, the engine's key table is
-// full and every name it does not hold is the overflow key, so no call is needed.
+// keyCache maps (service, operation) to the engine's key id, so that the hot path makes one
+// engine call per batch: a map of operations per service, so that a span costs one look-up by
+// its name, the resource's service having been looked up once. Bounded: at most keys.max_keys
+// real ids plus overflowCacheMax overflow/invalid entries. Once it holds keys.max_keys real ids,
+// the engine's key table is full and every name it does not hold is the overflow key, so no
+// call is needed. Names are copied in, so the cache never holds on to a request's memory.
 type keyCache struct {
 	mu       sync.RWMutex
-	ids      map[string]uint32
+	services map[string]map[string]uint32
 	known    int // entries with a real id
 	overflow int // entries with keyOverflow or keyInvalid
 	maxKeys  int
 }
 
 func newKeyCache(maxKeys int) *keyCache {
-	return &keyCache{ids: make(map[string]uint32, min(maxKeys, 1024)), maxKeys: maxKeys}
+	return &keyCache{services: map[string]map[string]uint32{}, maxKeys: maxKeys}
+}
+
+// put caches id for (service, operation) within the bounds; the caller holds mu for writing.
+func (k *keyCache) put(service, operation string, id uint32) {
+	switch {
+	case id != keyOverflow && id != keyInvalid:
+		k.known++
+	case k.overflow < overflowCacheMax:
+		k.overflow++
+	default:
+		return
+	}
+	ops := k.services[service]
+	if ops == nil {
+		ops = map[string]uint32{}
+		k.services[strings.Clone(service)] = ops
+	}
+	ops[strings.Clone(operation)] = id
 }
 
 type scaleProcessor struct {
@@ -319,16 +340,17 @@ func (p *scaleProcessor) fill(td ptrace.Traces, b *batch, keys *keyCache) {
 	for r := 0; r < rss.Len(); r++ {
 		rs := rss.At(r)
 		service := serviceName(rs.Resource())
+		ops := keys.services[service] // nil (every look-up misses) for a service not cached yet
+		overflows := full && utf8.ValidString(service)
 		sss := rs.ScopeSpans()
 		for s := 0; s < sss.Len(); s++ {
 			spans := sss.At(s).Spans()
 			for k := 0; k < spans.Len(); k++ {
 				span := spans.At(k)
 				op := span.Name()
-				b.keyBuf = append(append(append(b.keyBuf[:0], service...), 0), op...)
-				if id, ok := keys.ids[string(b.keyBuf)]; ok {
+				if id, ok := ops[op]; ok {
 					b.keyIDs[i] = id
-				} else if full && utf8.ValidString(service) && utf8.ValidString(op) {
+				} else if overflows && utf8.ValidString(op) {
 					b.keyIDs[i] = keyOverflow
 				} else {
 					b.misses = append(b.misses, keyMiss{index: i, service: service, operation: op})
@@ -363,8 +385,7 @@ func (p *scaleProcessor) resolveMisses(b *batch, run *running) error {
 	keys.mu.Lock()
 	defer keys.mu.Unlock()
 	for _, m := range b.misses {
-		b.keyBuf = append(append(append(b.keyBuf[:0], m.service...), 0), m.operation...)
-		if id, ok := keys.ids[string(b.keyBuf)]; ok {
+		if id, ok := keys.services[m.service][m.operation]; ok {
 			b.keyIDs[m.index] = id
 			continue
 		}
@@ -386,14 +407,7 @@ func (p *scaleProcessor) resolveMisses(b *batch, run *running) error {
 			}
 		}
 		b.keyIDs[m.index] = id
-		switch {
-		case id != keyOverflow && id != keyInvalid:
-			keys.ids[string(b.keyBuf)] = id
-			keys.known++
-		case keys.overflow < overflowCacheMax:
-			keys.ids[string(b.keyBuf)] = id
-			keys.overflow++
-		}
+		keys.put(m.service, m.operation, id)
 	}
 	return nil
 }

@@ -296,6 +296,34 @@ func TestKeyCacheBoundedByMaxKeys(t *testing.T) {
 	assert.Equal(t, int64(5), counting.interns.Load(), "past max_keys every new name is the overflow key, without a call")
 }
 
+// The key cache is keyed by (service, operation), not by a joined string: names that only a
+// separator would tell apart stay two keys, and each is interned once.
+func TestKeyCacheKeepsServiceAndOperationApart(t *testing.T) {
+	var counting *countingEngine
+	f := engineFactory{
+		create: func(spec engineSpec) (engine, error) {
+			e, err := nativeFactory.create(spec)
+			if err != nil {
+				return nil, err
+			}
+			counting = &countingEngine{engine: e}
+			return counting, nil
+		},
+	}
+	h := newHarness(t, smallConfig(), withEngineFactory(f))
+	for range 3 {
+		h.consume(makeTraces(
+			spanSpec{service: "a\x00b", op: "c", start: t0, dur: time.Millisecond},
+			spanSpec{service: "a", op: "b\x00c", start: t0, dur: time.Millisecond},
+		))
+	}
+	run := h.procState()
+	assert.Equal(t, 2, run.keys.known)
+	assert.Equal(t, int64(2), counting.interns.Load(), "two keys, each interned once")
+	a, b := run.keys.services["a\x00b"]["c"], run.keys.services["a"]["b\x00c"]
+	assert.NotEqual(t, a, b)
+}
+
 // procState is the running state of the harness's processor.
 func (h *harness) procState() *running {
 	h.t.Helper()

@@ -1,42 +1,77 @@
 #!/usr/bin/env bash
 # Throughput of otelcol-scale with and without the `scale` processor (issue 4), on this machine,
-# in one run: telemetrygen at full rate against the same collector binary configured as
+# in one run: the same collector binary configured as
 #
 #   pass-through   otlp → batch → debug
 #   scale          otlp → scale (engine defaults, one latency rule) → batch → debug
 #   tail_sampling  otlp → tail_sampling (latency policy, threshold_ms) → batch → debug
 #
+# under one or more loads (LOADS):
+#
+#   telemetrygen  SERVICES telemetrygen processes at full rate (--rate 0), collector unpinned.
+#                 telemetrygen needs far more CPU per span than the collector, so on a small
+#                 machine it is the bottleneck: this shows whether a processor slows a real
+#                 client down, not the collector's ceiling.
+#   replay        tests/otlpreplay: pre-encoded OTLP/gRPC requests of telemetrygen's shape (same
+#                 services, span names, durations, attributes; fresh trace ids per request) sent
+#                 by REPLAY_WORKERS concurrent calls. The collector is pinned to one CPU
+#                 (taskset -c COLLECTOR_CPU, GOMAXPROCS=1) and the load to another (LOAD_CPU),
+#                 so the collector's one core saturates: its ceiling.
+#   replay-demo   the same with the recorded OpenTelemetry demo traces (data/otel-demo: 17
+#                 services, 1,044 span names, the demo's real attributes).
+#
 # The debug exporter (verbosity basic: one log line per sampled batch) is the cheapest exporter
-# that still runs the export path; it is the same in all three. The variants run interleaved,
-# ROUNDS times (pass, scale, tail, pass, scale, tail, ...), and the table reports the median of
-# each. For each run: accepted spans/s from the collector's own metrics
+# that still runs the export path; it is the same for all three variants. The variants run
+# interleaved (for each round, for each load: pass, scale, tail), ROUNDS times, and the tables
+# report the median of each. For each run: accepted spans/s from the collector's own metrics
 # (otelcol_receiver_accepted_spans over the measured window, scraped from its Prometheus
-# endpoint), the collector's CPU seconds in that window (/proc/<pid>/stat), spans per CPU second,
-# and its peak RSS (VmHWM, /proc/<pid>/status). Prints a Markdown report on stdout; progress on
-# stderr.
+# endpoint), the collector's CPU seconds in that window (/proc/<pid>/stat), spans per collector
+# CPU second, and its peak RSS (VmHWM, /proc/<pid>/status). Prints a Markdown report on stdout;
+# progress on stderr.
 #
 #   make collector && scripts/bench-collector.sh > report.md
 #
-# Environment (defaults): ROUNDS (3), WARMUP seconds before measuring (5), MEASURE seconds (15),
-# SERVICES telemetrygen processes, one service each (2), WORKERS per process (2), CHILD_SPANS
-# per trace (20: 21 span names per service), BATCH_SIZE spans per OTLP request (512),
-# SCALE_OTELCOL (the collector binary; default _build/otelcol-scale/otelcol-scale).
-# Everything listens on 127.0.0.1; every process started here is stopped on exit.
+# Environment (defaults): LOADS ("telemetrygen replay replay-demo"), ROUNDS (5), WARMUP seconds
+# before measuring (3), MEASURE seconds (10), BATCH_SIZE spans per OTLP request (512);
+# telemetrygen: SERVICES processes, one service each (2), WORKERS per process (2), CHILD_SPANS
+# per trace (20: 21 span names per service); replay: REPLAY_WORKERS concurrent calls (8),
+# REPLAY_CONNS connections (2), COLLECTOR_CPU (0), LOAD_CPU (1), DEMO_TRACES
+# (data/otel-demo/traces.jsonl.gz); SCALE_OTELCOL (the collector binary; default
+# _build/otelcol-scale/otelcol-scale). Everything listens on 127.0.0.1; every load stops by
+# itself after WARMUP + MEASURE + 2 s (and is stopped if it does not); every process started here
+# is stopped on exit.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-ROUNDS="${ROUNDS:-3}"
-WARMUP="${WARMUP:-5}"
-MEASURE="${MEASURE:-15}"
+LOADS="${LOADS:-telemetrygen replay replay-demo}"
+ROUNDS="${ROUNDS:-5}"
+WARMUP="${WARMUP:-3}"
+MEASURE="${MEASURE:-10}"
 SERVICES="${SERVICES:-2}"
 WORKERS="${WORKERS:-2}"
 CHILD_SPANS="${CHILD_SPANS:-20}"
 BATCH_SIZE="${BATCH_SIZE:-512}"
+REPLAY_WORKERS="${REPLAY_WORKERS:-8}"
+REPLAY_CONNS="${REPLAY_CONNS:-2}"
+COLLECTOR_CPU="${COLLECTOR_CPU:-0}"
+LOAD_CPU="${LOAD_CPU:-1}"
+DEMO_TRACES="${DEMO_TRACES:-$ROOT/data/otel-demo/traces.jsonl.gz}"
 SRC_OTELCOL="${SCALE_OTELCOL:-$ROOT/_build/otelcol-scale/otelcol-scale}"
 LOAD_SECONDS=$((WARMUP + MEASURE + 2))
 TICKS="$(getconf CLK_TCK)"
 
 [ -x "$SRC_OTELCOL" ] || { echo "bench-collector: $SRC_OTELCOL not found: run \`make collector\`" >&2; exit 1; }
-TGEN="$(set -o pipefail; "$ROOT/scripts/telemetrygen.sh" | tail -n 1)"
+for l in $LOADS; do
+    case "$l" in
+        telemetrygen | replay | replay-demo) ;;
+        *) echo "bench-collector: unknown load $l (LOADS: telemetrygen replay replay-demo)" >&2; exit 1 ;;
+    esac
+done
+case " $LOADS " in
+    *" replay"*)
+        [ "$(nproc)" -ge 2 ] || { echo "bench-collector: the replay loads pin the collector and the load to two CPUs; this machine has $(nproc)" >&2; exit 1; }
+        [ "$COLLECTOR_CPU" != "$LOAD_CPU" ] || { echo "bench-collector: COLLECTOR_CPU and LOAD_CPU must differ" >&2; exit 1; }
+        ;;
+esac
 
 WORK="$(mktemp -d)"
 PIDS=()
@@ -55,6 +90,14 @@ trap 'exit 130' INT TERM
 # A stable copy: the build directory may be rebuilt by `make collector` while this runs.
 cp "$SRC_OTELCOL" "$WORK/otelcol-scale"
 OTELCOL="$WORK/otelcol-scale"
+TGEN=""
+case " $LOADS " in *" telemetrygen "*) TGEN="$(set -o pipefail; "$ROOT/scripts/telemetrygen.sh" | tail -n 1)" ;; esac
+case " $LOADS " in
+    *" replay"*)
+        echo "bench-collector: building tests/otlpreplay" >&2
+        (cd "$ROOT/tests/otlpreplay" && GOTOOLCHAIN=local GOFLAGS=-mod=mod go build -o "$WORK/otlpreplay" .)
+        ;;
+esac
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -83,7 +126,7 @@ processors:
     # engine defaults; one rule that every span is checked against
     rules:
       - name: bench-latency
-        match: { service: "bench-*", operation: "*" }
+        match: { service: "*", operation: "*" }
         when: { duration_above: 100ms }
         count: 100
         window: 30s
@@ -127,6 +170,9 @@ metric() {
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
+# busy_ticks CPU: ticks CPU has spent busy since boot (/proc/stat: all but idle and iowait).
+busy_ticks() { awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+
 stop_pid() {
     local p=$1
     kill -TERM "$p" 2>/dev/null || true
@@ -134,46 +180,70 @@ stop_pid() {
     kill -KILL "$p" 2>/dev/null || true
 }
 
-# run VARIANT ROUND: appends "variant round spans_per_s cpu_s rss_mib tgen_cpu_s sent_spans" to results.
+# run LOAD VARIANT ROUND: appends "load variant round spans_per_s cpu_s rss_mib load_cpu_s
+# sent_spans proc_ns others_cpu_s" to results.
 run() {
-    local variant=$1 round=$2 grpc health mport url pid i
+    local load=$1 variant=$2 round=$3 grpc health mport url pid i tag="$1-$2-$3"
     grpc=$(free_port); health=$(free_port); mport=$(free_port)
     url="http://127.0.0.1:$mport/metrics"
     config "$variant" "$grpc" "$health" "$mport" > "$WORK/$variant.yaml"
-    "$OTELCOL" --config "$WORK/$variant.yaml" > "$WORK/$variant-$round.log" 2>&1 &
+    if [ "$load" = telemetrygen ]; then
+        "$OTELCOL" --config "$WORK/$variant.yaml" > "$WORK/$tag.log" 2>&1 &
+    else
+        GOMAXPROCS=1 taskset -c "$COLLECTOR_CPU" "$OTELCOL" --config "$WORK/$variant.yaml" > "$WORK/$tag.log" 2>&1 &
+    fi
     pid=$!
     PIDS+=("$pid")
     for i in $(seq 300); do
         curl -fsS --max-time 1 "http://127.0.0.1:$health/" >/dev/null 2>&1 && break
-        kill -0 "$pid" 2>/dev/null || { echo "otelcol-scale ($variant) exited:" >&2; tail -20 "$WORK/$variant-$round.log" >&2; exit 1; }
+        kill -0 "$pid" 2>/dev/null || { echo "otelcol-scale ($variant) exited:" >&2; tail -20 "$WORK/$tag.log" >&2; exit 1; }
         [ "$i" -lt 300 ] || { echo "otelcol-scale ($variant) not healthy in 30 s" >&2; exit 1; }
         sleep 0.1
     done
 
-    local tpids=()
-    for i in $(seq 0 $((SERVICES - 1))); do
-        "$TGEN" traces \
-            --otlp-endpoint "127.0.0.1:$grpc" --otlp-insecure \
-            --service "bench-$i" --child-spans "$CHILD_SPANS" --span-duration "$((i + 1))ms" \
-            --workers "$WORKERS" --rate 0 --duration "${LOAD_SECONDS}s" \
-            --batch-size "$BATCH_SIZE" --allow-export-failures \
-            > "$WORK/tgen-$variant-$round-$i.log" 2>&1 &
-        tpids+=("$!")
-        PIDS+=("$!")
-    done
+    local lpids=()
+    case "$load" in
+        telemetrygen)
+            for i in $(seq 0 $((SERVICES - 1))); do
+                "$TGEN" traces \
+                    --otlp-endpoint "127.0.0.1:$grpc" --otlp-insecure \
+                    --service "bench-$i" --child-spans "$CHILD_SPANS" --span-duration "$((i + 1))ms" \
+                    --workers "$WORKERS" --rate 0 --duration "${LOAD_SECONDS}s" \
+                    --batch-size "$BATCH_SIZE" --allow-export-failures \
+                    > "$WORK/load-$tag-$i.log" 2>&1 &
+                lpids+=("$!")
+                PIDS+=("$!")
+            done
+            ;;
+        replay | replay-demo)
+            local input=()
+            [ "$load" = replay ] || input=(-input "$DEMO_TRACES")
+            taskset -c "$LOAD_CPU" "$WORK/otlpreplay" -endpoint "127.0.0.1:$grpc" -duration "${LOAD_SECONDS}s" \
+                -workers "$REPLAY_WORKERS" -conns "$REPLAY_CONNS" -batch "$BATCH_SIZE" \
+                -services "$SERVICES" -child-spans "$CHILD_SPANS" "${input[@]}" \
+                > "$WORK/load-$tag.log" 2>&1 &
+            lpids+=("$!")
+            PIDS+=("$!")
+            ;;
+    esac
 
     sleep "$WARMUP"
-    local a0 c0 t0 a1 c1 t1
+    local a0 c0 t0 a1 c1 t1 l0=0 l1=0 b0 b1 p
     a0=$(metric "$url" otelcol_receiver_accepted_spans); c0=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
+    b0=$(busy_ticks "$COLLECTOR_CPU")
+    for p in "${lpids[@]}"; do l0=$((l0 + $(cpu_ticks "$p" 2>/dev/null || echo 0))); done
     sleep "$MEASURE"
     a1=$(metric "$url" otelcol_receiver_accepted_spans); c1=$(cpu_ticks "$pid"); t1=$(date +%s.%N)
+    b1=$(busy_ticks "$COLLECTOR_CPU")
+    for p in "${lpids[@]}"; do l1=$((l1 + $(cpu_ticks "$p" 2>/dev/null || echo 0))); done
+    # Pinned: the time other processes took on the collector's CPU (a machine shared with other
+    # jobs); the collector then gets less than a whole core, and spans per CPU second is the
+    # figure to compare. Unpinned: not measured (-1).
+    local others=-1
+    [ "$load" = telemetrygen ] || others=$(( (b1 - b0) - (c1 - c0) ))
 
-    local tgen_ticks=0 p
-    for p in "${tpids[@]}"; do
-        tgen_ticks=$((tgen_ticks + $(cpu_ticks "$p" 2>/dev/null || echo 0)))
-    done
-    # telemetrygen stops by itself after --duration; bounded wait, then stopped.
-    for p in "${tpids[@]}"; do
+    # The loads stop by themselves after LOAD_SECONDS; bounded wait, then stopped.
+    for p in "${lpids[@]}"; do
         for _ in $(seq $((10 * 30))); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
         stop_pid "$p"
         wait "$p" 2>/dev/null || true
@@ -181,55 +251,74 @@ run() {
     local rss sent
     rss=$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")
     sent=$(metric "$url" otelcol_exporter_sent_spans)
-    curl -fsS --max-time 5 "$url" > "$WORK/metrics-$variant-$round.txt" 2>/dev/null || true
+    curl -fsS --max-time 5 "$url" > "$WORK/metrics-$tag.txt" 2>/dev/null || true
     # The scale processor's own time per span (its batch_duration histogram, wall time).
     local proc_ns
     proc_ns=$(awk '/^otelcol_processor_scale_batch_duration_sum/ { d += $NF }
                    /^otelcol_processor_scale_spans_scored/ { n += $NF }
-                   END { printf "%.0f\n", (n > 0 ? 1e9 * d / n : 0) }' "$WORK/metrics-$variant-$round.txt")
+                   END { printf "%.0f\n", (n > 0 ? 1e9 * d / n : 0) }' "$WORK/metrics-$tag.txt")
     stop_pid "$pid"
     wait "$pid" 2>/dev/null || true
 
-    awk -v v="$variant" -v r="$round" -v a0="$a0" -v a1="$a1" -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" \
-        -v hz="$TICKS" -v rss="$rss" -v tg="$tgen_ticks" -v sent="$sent" -v pns="$proc_ns" \
-        'BEGIN { printf "%s %d %.0f %.2f %.1f %.2f %d %d\n", v, r, (a1 - a0) / (t1 - t0), (c1 - c0) / hz, rss / 1024, tg / hz, sent, pns }' \
+    awk -v l="$load" -v v="$variant" -v r="$round" -v a0="$a0" -v a1="$a1" -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" \
+        -v hz="$TICKS" -v rss="$rss" -v lc="$((l1 - l0))" -v sent="$sent" -v pns="$proc_ns" -v oth="$others" \
+        'BEGIN { printf "%s %s %d %.0f %.2f %.1f %.2f %d %d %.2f\n", l, v, r, (a1 - a0) / (t1 - t0), (c1 - c0) / hz, rss / 1024, lc / hz, sent, pns, (oth < 0 ? -1 : oth / hz) }' \
         >> "$WORK/results"
-    tail -n 1 "$WORK/results" | awk '{ printf "bench-collector: %-5s round %d: %.0f spans/s, collector %.2f CPU s in %s s, peak RSS %.0f MiB, telemetrygen %.1f CPU s\n", $1, $2, $3, $4, "'"$MEASURE"'", $5, $6 }' >&2
-    if [ "$variant" = scale ]; then
-        grep -E '^otelcol_processor_scale_(spans_scored|spans_kept|spans_dropped|spans_skipped|batch_duration_(sum|count))' "$WORK/metrics-$variant-$round.txt" | sed 's/^/bench-collector:   /' >&2 || true
-    fi
+    tail -n 1 "$WORK/results" | awk '{ printf "bench-collector: %-12s %-5s round %d: %.0f spans/s, collector %.2f CPU s in %s s, peak RSS %.0f MiB, load %.2f CPU s\n", $1, $2, $3, $4, $5, "'"$MEASURE"'", $6, $7 }' >&2
 }
 
-echo "bench-collector: $ROUNDS rounds × (pass-through, scale, tail_sampling), ${LOAD_SECONDS}s of load each" >&2
+echo "bench-collector: $ROUNDS rounds × ($LOADS) × (pass-through, scale, tail_sampling), ${LOAD_SECONDS}s of load each" >&2
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$ROUNDS"); do
-    for v in pass scale tail; do run "$v" "$r"; done
+    for l in $LOADS; do
+        for v in pass scale tail; do run "$l" "$v" "$r"; done
+    done
 done
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- report -------------------------------------------------------------------------------
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-col() { awk -v v="$1" -v c="$2" '$1 == v { print $c }' "$WORK/results" | median; }
+# col LOAD VARIANT EXPR: the median over rounds of an awk expression of a result line's fields
+# ($4 spans/s, $5 collector CPU s, $6 RSS, $7 load CPU s, $8 exported, $9 processor ns/span,
+# $10 other processes' CPU s on the collector's CPU).
+col() { awk -v l="$1" -v v="$2" '$1 == l && $2 == v { print '"$3"' }' "$WORK/results" | median; }
+# ratio LOAD VARIANT EXPR: the median over rounds of EXPR(variant) / EXPR(pass-through) of the
+# same round (the pair ran back to back, so a ratio cancels most of the machine's drift).
+ratio() {
+    awk -v l="$1" -v v="$2" '$1 == l && $2 == "pass" { p[$3] = '"$3"' } $1 == l && $2 == v { x[$3] = '"$3"' }
+        END { for (r in x) if (p[r] > 0) print 100 * x[r] / p[r] }' "$WORK/results" | median
+}
 
-pass_rate="$(col pass 3)"
-pass_eff="$(awk '$1 == "pass" { print $3 * '"$MEASURE"' / $4 }' "$WORK/results" | median)"
-echo "| collector | accepted spans/s | vs pass-through | collector CPU (cores) | spans per collector CPU s | vs pass-through | peak RSS MiB | exported spans |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-for v in pass scale tail; do
-    rate="$(col "$v" 3)"; cpu="$(col "$v" 4)"; rss="$(col "$v" 5)"; sent="$(col "$v" 7)"
-    eff="$(awk -v v="$v" '$1 == v { print $3 * '"$MEASURE"' / $4 }' "$WORK/results" | median)"
-    case "$v" in
-        pass) name="pass-through (batch)" ;;
-        scale) name="\`scale\` (defaults + 1 rule)" ;;
-        tail) name="\`tail_sampling\` (latency 100 ms)" ;;
+for l in $LOADS; do
+    case "$l" in
+        telemetrygen) echo "### Load: telemetrygen ($SERVICES processes × $WORKERS workers, unthrottled; collector unpinned)" ;;
+        replay) echo "### Load: otlpreplay, telemetrygen's shape ($REPLAY_WORKERS concurrent calls; collector pinned to CPU $COLLECTOR_CPU, GOMAXPROCS=1)" ;;
+        replay-demo) echo "### Load: otlpreplay, OpenTelemetry demo traces ($REPLAY_WORKERS concurrent calls; collector pinned to CPU $COLLECTOR_CPU, GOMAXPROCS=1)" ;;
     esac
-    awk -v n="$name" -v r="$rate" -v p="$pass_rate" -v c="$cpu" -v e="$eff" -v pe="$pass_eff" -v m="$rss" -v x="$sent" \
-        'BEGIN { printf "| %s | %.0f | %.1f %% | %.2f | %.0f | %.1f %% | %.0f | %.0f |\n", n, r, 100 * r / p, c / '"$MEASURE"', e, 100 * e / pe, m, x }'
+    echo
+    echo "| collector | accepted spans/s | vs pass-through | collector CPU (cores) | spans per collector CPU s | vs pass-through | peak RSS MiB | exported spans | load CPU (cores) |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for v in pass scale tail; do
+        case "$v" in
+            pass) name="pass-through (batch)" ;;
+            scale) name="\`scale\` (defaults + 1 rule)" ;;
+            tail) name="\`tail_sampling\` (latency 100 ms)" ;;
+        esac
+        printf '| %s | %.0f | %.1f %% | %.2f | %.0f | %.1f %% | %.0f | %.0f | %.2f |\n' "$name" \
+            "$(col "$l" "$v" '$4')" "$(ratio "$l" "$v" '$4')" "$(col "$l" "$v" '$5 / '"$MEASURE")" \
+            "$(col "$l" "$v" '$4 * '"$MEASURE"' / $5')" "$(ratio "$l" "$v" '$4 * '"$MEASURE"' / $5')" \
+            "$(col "$l" "$v" '$6')" "$(col "$l" "$v" '$8')" "$(col "$l" "$v" '$7 / '"$MEASURE")"
+    done
+    echo
+    echo "The scale processor's own time per span (wall, from its batch_duration histogram; median): $(col "$l" scale '$9') ns."
+    if [ "$l" != telemetrygen ]; then
+        echo "Other processes on the collector's CPU $COLLECTOR_CPU (median over all runs of this load): $(awk -v l="$l" '$1 == l { print $10 / '"$MEASURE"' }' "$WORK/results" | median) cores."
+    fi
+    echo
 done
+echo "Medians of $ROUNDS interleaved rounds; \"vs pass-through\" is the median of the per-round ratios. $((CHILD_SPANS + 1)) span names per synthetic service, $BATCH_SIZE spans per request; ${WARMUP} s warm-up, ${MEASURE} s measured. $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)); load average before/after: $load_before / $load_after."
 echo
-echo "Medians of $ROUNDS interleaved rounds; $SERVICES telemetrygen processes × $WORKERS workers, unthrottled, $((CHILD_SPANS + 1)) span names per service ($((SERVICES * (CHILD_SPANS + 1))) keys), $BATCH_SIZE spans per request; ${WARMUP} s warm-up, ${MEASURE} s measured. $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)); load average before/after: $load_before / $load_after. telemetrygen CPU s per run (median, all processes, whole run): pass $(col pass 6), scale $(col scale 6), tail $(col tail 6). The scale processor's own time per span (wall, from its batch_duration histogram; median): $(col scale 8) ns."
-echo
-echo "Raw, one line per run (variant, round, accepted spans/s, collector CPU s in the ${MEASURE} s window, peak RSS MiB, telemetrygen CPU s, spans exported in the whole run, scale processor ns per span):"
+echo "Raw, one line per run (load, variant, round, accepted spans/s, collector CPU s in the ${MEASURE} s window, peak RSS MiB, load generator CPU s in the window, spans exported in the whole run, scale processor ns per span, other processes' CPU s on the collector's CPU in the window or -1 when unpinned):"
 echo
 echo '```'
 cat "$WORK/results"
