@@ -29,6 +29,7 @@ import ctypes
 import gzip
 import http.client
 import json
+import secrets
 import math
 import os
 import random
@@ -770,16 +771,18 @@ def run(procs: Procs, work: Path, rec: Record, stop: threading.Event) -> tuple[f
     OUT.say(f"k8s       {len(applied)} objects: Namespace otel-demo, configs/k8s/scale-daemon.yaml, configs/k8s/rbac-otel-demo.yaml, "
             f"Deployment {NAMESPACE}/{DEPLOYMENT} (replicas {kube.replicas()})")
 
-    # 2. The daemon, as its own service account.
+    # 2. The daemon, as its own service account; the collector must present a bearer token.
     otlp, metrics = free_port(), free_port()
+    token = secrets.token_hex(32)
+    (work / "otlp-token").write_text(token + "\n")
     daemon = procs.start("scale serve", [SCALE, "serve", "--orchestrator", "kubernetes", "--kubeconfig", info["daemon_kubeconfig"],
                                          "--rules", RULES, "--listen", f"127.0.0.1:{otlp}", "--metrics-listen", f"127.0.0.1:{metrics}",
-                                         "--tick", "500ms", "--log-format", "json"],
+                                         "--token-file", work / "otlp-token", "--tick", "500ms", "--log-format", "json"],
                          work / "scale-serve.log", env={"SCALE_LOG": "info,scale_scaler::serve::intake::spans=debug"}, stderr_pipe=True)
     DaemonLog(daemon.popen.stderr, work / "scale-serve.log", rec).start()
     wait_until("scale serve /readyz", lambda: http_ok(f"http://127.0.0.1:{metrics}/readyz"), 30, procs)
     OUT.say(f"daemon    scale serve --orchestrator kubernetes: OTLP/gRPC 127.0.0.1:{otlp}, /metrics 127.0.0.1:{metrics}, "
-            f"as system:serviceaccount:scale-system:scale")
+            f"as system:serviceaccount:scale-system:scale; OTLP requires a bearer token")
 
     # 3. The trace store stand-in and the sidecar collector.
     sg, sh, sm = free_port(), free_port(), free_port()
@@ -791,6 +794,7 @@ def run(procs: Procs, work: Path, rec: Record, stop: threading.Event) -> tuple[f
         "SCALE_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{http_port}",
         "SCALE_TRACE_STORE_ENDPOINT": f"127.0.0.1:{sg}",
         "SCALE_DAEMON_ENDPOINT": f"127.0.0.1:{otlp}",
+        "SCALE_DAEMON_AUTHORIZATION": f"Bearer {token}",
         "SCALE_RULES_FILE": str(RULES),
         "SCALE_SNAPSHOT_PATH": str(work / "scale.snapshot"),
         "SCALE_HEALTH_ENDPOINT": f"127.0.0.1:{health}",

@@ -68,7 +68,7 @@ impl Server {
     async fn audit_lines(&self) -> Vec<serde_json::Value> {
         for _ in 0..200 {
             let t = std::fs::read_to_string(&self.audit).unwrap_or_default();
-            if !t.is_empty() {
+            if t.ends_with('\n') {
                 return t.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
             }
             tokio::time::sleep(Duration::from_millis(25)).await;

@@ -389,7 +389,7 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let text = loop {
             let t = std::fs::read_to_string(&audit).unwrap_or_default();
-            if !t.is_empty() || std::time::Instant::now() > deadline {
+            if t.ends_with('\n') || std::time::Instant::now() > deadline {
                 break t;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

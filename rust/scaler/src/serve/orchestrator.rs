@@ -161,7 +161,9 @@ impl DryRun {
     fn record(&mut self, entry: serde_json::Value) -> Result<(), OrchestratorError> {
         tracing::info!(action = %entry, "Dry run: would act.");
         if let Some((path, f)) = &mut self.audit {
-            writeln!(f, "{entry}").and_then(|_| f.flush()).map_err(|source| OrchestratorError::Audit { path: path.clone(), source })?;
+            // One write per line, so a reader never sees half an entry.
+            let line = format!("{entry}\n");
+            f.write_all(line.as_bytes()).and_then(|_| f.flush()).map_err(|source| OrchestratorError::Audit { path: path.clone(), source })?;
         }
         Ok(())
     }
