@@ -10,14 +10,24 @@
 //! 2. **Local-engine ingest**: `scale serve --engine configs/engine/default.yaml` (dry run)
 //!    pinned to CPU 0 with `taskset`; this process, on the other CPU, replays the recorded
 //!    OpenTelemetry demo traces (`data/otel-demo/traces.jsonl.gz`, 24,023 spans, re-batched into
-//!    requests of ~`BATCH` spans) over OTLP/gRPC from `STREAMS` concurrent streams for
-//!    `SECONDS`. Spans/s from the daemon's `scale_otlp_spans_total`, and spans per daemon
-//!    CPU-second from `/proc/<pid>/stat` — protobuf decode, gRPC and scoring all included.
+//!    requests of ~`BATCH` spans) over OTLP/gRPC, `STREAMS` concurrent requests multiplexed over
+//!    `CONNS` HTTP/2 connections (as a collector's exporter does), for `SECONDS`. Each request is
+//!    encoded to protobuf once, before the run, and sent as those bytes (a pass-through codec),
+//!    so the load costs little more than the copy into the HTTP/2 stream (its CPU is reported
+//!    too). Spans/s from the daemon's `scale_otlp_spans_total`, and spans per daemon CPU-second
+//!    from `/proc/<pid>/stat` — protobuf decode, gRPC and scoring all included. (One request at
+//!    a time per connection stalls about 40 ms per request on Nagle + delayed ACK: the daemon's
+//!    accepted sockets do not set `TCP_NODELAY`.)
+//! 3. **Decode alone**: in this process, ns per span for the daemon's lean decode
+//!    (`serve::local`, up to the span list handed to the engine) and for the full
+//!    `ExportTraceServiceRequest`, on the same requests.
 //!
 //! ```text
 //! cargo bench --workspace --bench daemon          # or: make bench-daemon
+//! PARTS=ingest,decode SECONDS=5 cargo bench --workspace --bench daemon   # skip part 1
 //! ```
-//! Environment: DECISIONS (300), GAP_MS (20), SECONDS (10), STREAMS (4), BATCH (512).
+//! Environment: PARTS (decision,ingest,decode), DECISIONS (300), GAP_MS (20), SECONDS (10),
+//! STREAMS (8), CONNS (1), BATCH (512).
 
 #[path = "../tests/harness/mod.rs"]
 mod harness;
@@ -28,7 +38,10 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use prost::Message;
+use prost::bytes::{Buf, BufMut, Bytes};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -111,13 +124,80 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// A client codec that sends already encoded protobuf bytes as they are and ignores the
+/// (empty) response.
+#[derive(Clone, Copy, Default)]
+struct PreEncoded;
+
+impl Codec for PreEncoded {
+    type Encode = Bytes;
+    type Decode = ();
+    type Encoder = PreEncoded;
+    type Decoder = PreEncoded;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl Encoder for PreEncoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for PreEncoded {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+        src.advance(src.remaining());
+        Ok(Some(()))
+    }
+}
+
+const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+async fn export(c: &mut tonic::client::Grpc<Channel>, body: Bytes) {
+    c.ready().await.unwrap();
+    c.unary(tonic::Request::new(body), tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT), PreEncoded).await.unwrap();
+}
+
+async fn client(addr: std::net::SocketAddr) -> tonic::client::Grpc<Channel> {
+    tonic::client::Grpc::new(Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap())
+}
+
+/// ns per span of `f` over every request, best of 20 passes.
+fn ns_per_span(reqs: &[Bytes], spans: usize, mut f: impl FnMut(&Bytes) -> usize) -> f64 {
+    (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            let n: usize = reqs.iter().map(&mut f).sum();
+            assert_eq!(n, spans);
+            t.elapsed().as_nanos() as f64 / n as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
 async fn ingest() -> String {
     // This process (the load) on CPU 1, the daemon on CPU 0.
     let _ = Command::new("taskset").args(["-a", "-p", "-c", "1", &std::process::id().to_string()]).stdout(Stdio::null()).status();
     let seconds = env("SECONDS", 10);
-    let streams = env("STREAMS", 4) as usize;
+    let streams = env("STREAMS", 8) as usize;
+    let conns_n = (env("CONNS", 1) as usize).clamp(1, streams.max(1));
     let batch = env("BATCH", 512) as usize;
     let (reqs, total_spans) = demo_requests(batch);
+    let bodies: Vec<Bytes> = reqs.iter().map(|r| Bytes::from(r.encode_to_vec())).collect();
+    let wire_bytes: usize = bodies.iter().map(Bytes::len).sum();
+    drop(reqs);
     let dir = std::env::temp_dir().join(format!("scale-bench-ingest-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("rules.yaml"), std::fs::read_to_string(root().join("configs/rules/otel-demo.yaml")).unwrap()).unwrap();
@@ -147,22 +227,27 @@ async fn ingest() -> String {
         assert!(Instant::now() < deadline, "scale serve --engine did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let reqs = std::sync::Arc::new(reqs);
+    let bodies = std::sync::Arc::new(bodies);
     // Warm-up: one pass over the traces (trains the model, interns the keys).
-    let mut c = TraceServiceClient::connect(format!("http://{otlp}")).await.unwrap().max_encoding_message_size(64 << 20);
-    for r in reqs.iter() {
-        c.export(r.clone()).await.unwrap();
+    let mut c = client(otlp).await;
+    for b in bodies.iter() {
+        export(&mut c, b.clone()).await;
     }
-    let (spans0, cpu0, t0) = (metric("scale_otlp_spans_total"), cpu_seconds(pid), Instant::now());
+    let me = std::process::id();
+    let (spans0, cpu0, load0, t0) = (metric("scale_otlp_spans_total"), cpu_seconds(pid), cpu_seconds(me), Instant::now());
     let stop = t0 + Duration::from_secs(seconds);
+    let mut conns = Vec::new();
+    for _ in 0..conns_n {
+        conns.push(client(otlp).await);
+    }
     let mut tasks = Vec::new();
     for s in 0..streams {
-        let reqs = reqs.clone();
-        let mut c = TraceServiceClient::connect(format!("http://{otlp}")).await.unwrap();
+        let bodies = bodies.clone();
+        let mut c = conns[s % conns_n].clone();
         tasks.push(tokio::spawn(async move {
             let mut i = s;
             while Instant::now() < stop {
-                c.export(reqs[i % reqs.len()].clone()).await.unwrap();
+                export(&mut c, bodies[i % bodies.len()].clone()).await;
                 i += streams;
             }
         }));
@@ -170,19 +255,42 @@ async fn ingest() -> String {
     for t in tasks {
         t.await.unwrap();
     }
-    let (spans1, cpu1, el) = (metric("scale_otlp_spans_total"), cpu_seconds(pid), t0.elapsed().as_secs_f64());
+    let (spans1, cpu1, load1, el) = (metric("scale_otlp_spans_total"), cpu_seconds(pid), cpu_seconds(me), t0.elapsed().as_secs_f64());
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     let spans = spans1 - spans0;
     let cpu = cpu1 - cpu0;
     format!(
-        "| spans | seconds | spans/s | daemon CPU (cores, pinned to 1) | spans per daemon CPU-second |\n| ---: | ---: | ---: | ---: | ---: |\n| {spans:.0} | {el:.1} | {:.0} | {:.2} | {:.0} |\n\n({} recorded demo spans re-batched into {} requests of ~{batch} spans; {streams} streams.)\n",
+        "| spans | seconds | spans/s | daemon CPU (cores, pinned to 1) | spans per daemon CPU-second | load CPU (cores) |\n| ---: | ---: | ---: | ---: | ---: | ---: |\n| {spans:.0} | {el:.1} | {:.0} | {:.2} | {:.0} | {:.2} |\n\n({} recorded demo spans re-batched into {} requests of ~{batch} spans, {:.0} KiB each, sent pre-encoded; {streams} concurrent streams over {conns_n} connection(s).)\n",
         spans / el,
         cpu / el,
         spans / cpu,
+        (load1 - load0) / el,
         total_spans,
-        reqs.len(),
+        bodies.len(),
+        wire_bytes as f64 / bodies.len() as f64 / 1024.0,
+    )
+}
+
+/// The decode alone, in this process (on CPU 1 when run after `ingest`).
+fn decode_alone() -> String {
+    let batch = env("BATCH", 512) as usize;
+    let (reqs, total_spans) = demo_requests(batch);
+    let bodies: Vec<Bytes> = reqs.iter().map(|r| Bytes::from(r.encode_to_vec())).collect();
+    drop(reqs);
+    let lean = ns_per_span(&bodies, total_spans, |b| {
+        let req = scale_scaler::serve::local::decode_request(b.clone()).unwrap();
+        let mut refs = Vec::new();
+        scale_scaler::serve::local::span_refs(&req, &mut refs).unwrap();
+        refs.len()
+    });
+    let full = ns_per_span(&bodies, total_spans, |b| {
+        let req = ExportTraceServiceRequest::decode(b.clone()).unwrap();
+        req.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum()
+    });
+    format!(
+        "| decode | ns per span |\n| --- | ---: |\n| lean (`serve::local`: decode + span list for the engine) | {lean:.0} |\n| full `ExportTraceServiceRequest` (prost) | {full:.0} |\n\n(Requests of ~{batch} spans; best of 20 passes over the {total_spans} spans.)\n"
     )
 }
 
@@ -194,9 +302,18 @@ fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        println!("## Decision → API request (real kube-apiserver v1.37.2 + etcd v3.7.3 on loopback)\n");
-        println!("{}", decision_latency().await);
-        println!("## Local-engine ingest over OTLP/gRPC (decode included)\n");
-        println!("{}", ingest().await);
+        let parts = std::env::var("PARTS").unwrap_or_else(|_| "decision,ingest,decode".into());
+        if parts.split(',').any(|p| p == "decision") {
+            println!("## Decision → API request (real kube-apiserver v1.37.2 + etcd v3.7.3 on loopback)\n");
+            println!("{}", decision_latency().await);
+        }
+        if parts.split(',').any(|p| p == "ingest") {
+            println!("## Local-engine ingest over OTLP/gRPC (decode included)\n");
+            println!("{}", ingest().await);
+        }
+        if parts.split(',').any(|p| p == "decode") {
+            println!("## Protobuf decode alone (one thread)\n");
+            println!("{}", decode_alone());
+        }
     });
 }
