@@ -323,7 +323,7 @@ impl Hst {
     ///
     /// One walk per tree records the whole root-to-leaf path while it scores (the score stops
     /// adding where River's score stops; the rest of the path is what learning needs, so no level
-    /// is walked twice), [`LANES`] trees interleaved level by level so that their dependent loads
+    /// is walked twice), `LANES` trees interleaved level by level so that their dependent loads
     /// overlap. With eager pivots the walk learns as it goes and the increments are taken back
     /// if `learn` says no; with lazy pivots learning increments the recorded nodes afterwards. A
     /// span that is not learned costs the levels below its score's stopping points and the

@@ -1,8 +1,10 @@
 //! `scale`: the SCALE command line.
 //!
 //! * `scale eval FILE...` runs the engine over recorded spans and reports detection metrics,
-//!   engine cost and, optionally, plots ([`eval`]);
+//!   engine cost and, optionally, plots ([`mod@eval`]);
 //! * `scale check CONFIG...` validates engine or rules configurations ([`check`]);
+//! * `scale serve` runs the daemon ([`serve`]): decisions (or raw spans) in over OTLP/gRPC,
+//!   scaling out through Kubernetes or the dry run;
 //! * `scale version` (or `--version`) prints the version.
 //!
 //! Logs go to stderr, filtered by the `SCALE_LOG` environment variable (tracing-subscriber

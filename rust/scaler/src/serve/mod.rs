@@ -1,14 +1,27 @@
 //! `scale serve`, the daemon that turns decisions into scaling.
 //!
 //! ```text
-//! OTLP/gRPC (collector's otlp_grpc exporter) ─► intake: scale.decision events ─► bounded queue
+//! OTLP/gRPC (collector's otlp_grpc exporter) ─► intake: scale.decision events ─┐
+//! OTLP/gRPC raw spans (--engine) ─► local: scale-core in the daemon ───────────┴► bounded queue
 //!     ─► actor: per-target planner (conflation, bounds, cooldown, scale-down) ─► orchestrator
+//!        (kube: scale subresource, pods/resize, Events; or the dry run)
 //! ```
 //!
-//! One actor task owns all planning state and the orchestrator, so plans for one target never
-//! race. It wakes for each batch of decisions and once a second to consider scale-downs. Today the
-//! orchestrator is the dry run ([`orchestrator::DryRun`]); the Kubernetes one plugs into the same
-//! trait.
+//! - [`intake`] / [`local`]: the two TraceServices (bearer token checked in both; TLS/mTLS by
+//!   the transport).
+//! - [`planner`]: a pure function; all the policy lives there and is unit-tested with made-up
+//!   times.
+//! - The actor (this module): one task owns all planning state and the orchestrator, so plans for
+//!   one target never race. It wakes for each batch of decisions and every `tick` to consider
+//!   scale-downs, retry pending actions and reconcile vertical sizes. Error handling: 409 →
+//!   re-read and re-plan at once; unreachable API → keep everything pending, and recognise a
+//!   write whose answer was lost; 403/404 on read → keep decisions for
+//!   [`REFUSED_READS_BEFORE_DROP`] ticks (a restarted API server refuses until its RBAC cache is
+//!   warm), then drop and count them.
+//! - [`orchestrator`]: the trait and the dry run; [`kube`]: Kubernetes; [`leader`]: the Lease
+//!   (re-checked before every write); [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Tested against a real kube-apiserver + etcd in `tests/k8s.rs` (scale-testcluster).
 
 pub mod intake;
 pub mod kube;
