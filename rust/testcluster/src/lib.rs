@@ -104,7 +104,7 @@ fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child> {
 fn stop(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         // SIGTERM first so etcd and the apiserver shut down cleanly; SIGKILL after 10 s.
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).stderr(Stdio::null()).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = c.try_wait() {
