@@ -12,7 +12,7 @@ SHELL := /bin/bash
 export SCALE_CACHE ?= $(HOME)/.cache/scale
 CARGO ?= cargo
 
-.PHONY: build test test-rust k8s-bins bench bench-core bench-river eval check-fmt demo
+.PHONY: build test test-rust k8s-bins bench bench-core bench-river bench-daemon eval check-fmt demo
 
 build:
 	$(CARGO) build --workspace --release
@@ -34,6 +34,10 @@ bench-core:
 
 bench-river:
 	scripts/bench-river.sh
+
+# The daemon: decision → API request against a real kube-apiserver, local-engine ingest, decode.
+bench-daemon: k8s-bins
+	$(CARGO) bench --workspace --bench daemon
 
 eval: build
 	scripts/table2.sh
