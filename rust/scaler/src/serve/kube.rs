@@ -22,7 +22,7 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v1::{Scale as K8sScale, ScaleSpec};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use k8s_openapi::api::events::v1::Event;
@@ -138,12 +138,16 @@ fn container_name(action: &Action, template: &PodTemplateSpec) -> String {
         .unwrap_or_default()
 }
 
-fn requests_of(template: &PodTemplateSpec, container: &str) -> (u64, u64) {
-    let c = template.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == container));
+/// cpu (millicores) and memory (MiB) requests of `container` in a pod spec, where set.
+fn container_requests(spec: Option<&PodSpec>, container: &str) -> (Option<u64>, Option<u64>) {
+    let c = spec.and_then(|s| s.containers.iter().find(|c| c.name == container));
     let req = c.and_then(|c| c.resources.as_ref()).and_then(|r| r.requests.as_ref());
-    let cpu = req.and_then(|r| r.get("cpu")).and_then(|q| cpu_millis(&q.0)).unwrap_or(0);
-    let mem = req.and_then(|r| r.get("memory")).and_then(|q| memory_mib(&q.0)).unwrap_or(0);
-    (cpu, mem)
+    (req.and_then(|r| r.get("cpu")).and_then(|q| cpu_millis(&q.0)), req.and_then(|r| r.get("memory")).and_then(|q| memory_mib(&q.0)))
+}
+
+fn requests_of(template: &PodTemplateSpec, container: &str) -> (u64, u64) {
+    let (cpu, mem) = container_requests(template.spec.as_ref(), container);
+    (cpu.unwrap_or(0), mem.unwrap_or(0))
 }
 
 /// What a workload looks like to the vertical path.
@@ -301,10 +305,7 @@ impl Kube {
             let Some(name) = p.metadata.name.as_deref() else { continue };
             let current = p.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == container));
             let Some(c) = current else { continue };
-            let req = c.resources.as_ref().and_then(|r| r.requests.as_ref());
-            let have_cpu = req.and_then(|r| r.get("cpu")).and_then(|q| cpu_millis(&q.0));
-            let have_mem = req.and_then(|r| r.get("memory")).and_then(|q| memory_mib(&q.0));
-            if have_cpu == Some(cpu) && have_mem == Some(mem) {
+            if container_requests(p.spec.as_ref(), container) == (Some(cpu), Some(mem)) {
                 continue;
             }
             let mut resources = json!({"requests": {"cpu": format!("{cpu}m"), "memory": format!("{mem}Mi")}});
@@ -441,19 +442,12 @@ impl Orchestrator for Kube {
         let w = self.workload(target).await?;
         let Some((container, cpu, mem)) = recorded(&w.meta) else { return Ok(()) };
         let pods = self.pods(target, &w).await?;
-        let stale: Vec<Pod> = pods
-            .into_iter()
-            .filter(|p| {
-                let c = p.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == container));
-                let req = c.and_then(|c| c.resources.as_ref()).and_then(|r| r.requests.as_ref());
-                req.and_then(|r| r.get("cpu")).and_then(|q| cpu_millis(&q.0)) != Some(cpu) || req.and_then(|r| r.get("memory")).and_then(|q| memory_mib(&q.0)) != Some(mem)
-            })
-            .collect();
-        if stale.is_empty() {
+        if pods.iter().all(|p| container_requests(p.spec.as_ref(), &container) == (Some(cpu), Some(mem))) {
             return Ok(());
         }
         self.ensure_leader("resize").await?;
-        if let Some(n) = self.resize_pods(target, &stale, &container, cpu, mem).await? {
+        // resize_pods skips the pods that already have the size.
+        if let Some(n) = self.resize_pods(target, &pods, &container, cpu, mem).await? {
             tracing::info!(target = %target, pods = n, cpu_millis = cpu, memory_mib = mem, "Applied the recorded size to new pods.");
         }
         Ok(())
