@@ -13,7 +13,9 @@ const BATCH: usize = 1_024;
 
 fn stream(engine: &mut Engine, n: usize, keys: usize) -> Vec<SpanRef<'static>> {
     let mut rng = SplitMix64::new(1);
-    let ids: Vec<u32> = (0..keys).map(|k| engine.intern("svc", &format!("op-{k}"))).collect();
+    let ids: Vec<u32> = (0..keys)
+        .map(|k| engine.intern("svc", &format!("op-{k}")))
+        .collect();
     (0..n)
         .map(|_| {
             let k = (rng.next_u64() % keys as u64) as usize;
@@ -25,7 +27,12 @@ fn stream(engine: &mut Engine, n: usize, keys: usize) -> Vec<SpanRef<'static>> {
             if rng.next_f64() < 0.05 {
                 d *= 9.0;
             }
-            SpanRef { key: SpanKey::Id(ids[k]), timing: Timing::DurationMs(d), trace_id: [1; 16], span_id: [2; 8] }
+            SpanRef {
+                key: SpanKey::Id(ids[k]),
+                timing: Timing::DurationMs(d),
+                trace_id: [1; 16],
+                span_id: [2; 8],
+            }
         })
         .collect()
 }
@@ -34,10 +41,19 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("engine_per_span");
     g.throughput(Throughput::Elements(BATCH as u64));
     for mode in [Mode::Keyed, Mode::Paper] {
-        for (n_trees, height, window, keys) in [(10, 8, 250, 3), (10, 8, 250, 800), (16, 8, 175, 800), (25, 15, 250, 800)] {
+        for (n_trees, height, window, keys) in [
+            (10, 8, 250, 3),
+            (10, 8, 250, 800),
+            (16, 8, 175, 800),
+            (25, 15, 250, 800),
+        ] {
             let yaml = format!(
                 "mode: {}\nsampler: {{ n_trees: {n_trees}, height: {height}, window_size: {window}, train_size: 1000 }}\n",
-                if mode == Mode::Paper { "paper" } else { "keyed" }
+                if mode == Mode::Paper {
+                    "paper"
+                } else {
+                    "keyed"
+                }
             );
             let mut engine = Engine::new(EngineConfig::from_yaml(&yaml).unwrap());
             let spans = stream(&mut engine, 64 * BATCH, keys);
@@ -47,16 +63,19 @@ fn bench(c: &mut Criterion) {
                 engine.process_batch(chunk, 0, &mut out);
             }
             let mut i = 0usize;
-            g.bench_function(format!("{mode:?}/{n_trees}x{height}x{window}/{keys}keys").to_lowercase(), |b| {
-                b.iter_batched_ref(
-                    || {
-                        i = (i + 1) % 64;
-                        &spans[i * BATCH..(i + 1) * BATCH]
-                    },
-                    |chunk| engine.process_batch(chunk, 0, &mut out),
-                    BatchSize::SmallInput,
-                )
-            });
+            g.bench_function(
+                format!("{mode:?}/{n_trees}x{height}x{window}/{keys}keys").to_lowercase(),
+                |b| {
+                    b.iter_batched_ref(
+                        || {
+                            i = (i + 1) % 64;
+                            &spans[i * BATCH..(i + 1) * BATCH]
+                        },
+                        |chunk| engine.process_batch(chunk, 0, &mut out),
+                        BatchSize::SmallInput,
+                    )
+                },
+            );
         }
     }
     g.finish();

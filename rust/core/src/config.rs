@@ -233,7 +233,10 @@ pub struct KeyedConfig {
 
 impl KeyedConfig {
     /// Defaults.
-    pub const DEFAULT: KeyedConfig = KeyedConfig { baseline_rate: 0.02, min_key_count: 8 };
+    pub const DEFAULT: KeyedConfig = KeyedConfig {
+        baseline_rate: 0.02,
+        min_key_count: 8,
+    };
 }
 
 impl Default for KeyedConfig {
@@ -284,7 +287,9 @@ impl<'de> Deserialize<'de> for DurationMs {
         }
         match Either::deserialize(d)? {
             Either::N(n) => Ok(DurationMs(n)),
-            Either::S(s) => parse_duration_ms(&s).map(DurationMs).map_err(serde::de::Error::custom),
+            Either::S(s) => parse_duration_ms(&s)
+                .map(DurationMs)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -292,13 +297,18 @@ impl<'de> Deserialize<'de> for DurationMs {
 /// Parse `"500ms"`, `"1.5s"`, `"2m"`, `"1h"`, `"250us"`, `"10ns"` or a bare number (ms).
 pub fn parse_duration_ms(s: &str) -> Result<f64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+' || c == 'e' || c == 'E'))
+    let split = t
+        .find(|c: char| {
+            !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+' || c == 'e' || c == 'E')
+        })
         .unwrap_or(t.len());
     // "1e3ms" is fine; but "5m" must not be read as exponent-less number "5" + "m": find already
     // stops at the first letter other than e/E, so handle a trailing unit starting with 'e' never
     // (no such unit exists).
     let (num, unit) = t.split_at(split);
-    let v: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected a number with a unit such as 500ms, 30s, 5m"))?;
+    let v: f64 = num.parse().map_err(|_| {
+        format!("invalid duration {s:?}: expected a number with a unit such as 500ms, 30s, 5m")
+    })?;
     let mult = match unit.trim() {
         "" | "ms" => 1.0,
         "ns" => 1e-6,
@@ -306,7 +316,11 @@ pub fn parse_duration_ms(s: &str) -> Result<f64, String> {
         "s" => 1e3,
         "m" => 60e3,
         "h" => 3_600e3,
-        u => return Err(format!("invalid duration {s:?}: unknown unit {u:?} (use ns, us, ms, s, m or h)")),
+        u => {
+            return Err(format!(
+                "invalid duration {s:?}: unknown unit {u:?} (use ns, us, ms, s, m or h)"
+            ));
+        }
     };
     Ok(v * mult)
 }
@@ -413,10 +427,20 @@ struct Problems(Vec<ConfigProblem>);
 
 impl Problems {
     fn push<T>(&mut self, path: &str, v: &S<T>, msg: impl Into<String>) {
-        self.0.push(ConfigProblem { path: path.to_string(), line: v.referenced.line(), message: msg.into(), source: None });
+        self.0.push(ConfigProblem {
+            path: path.to_string(),
+            line: v.referenced.line(),
+            message: msg.into(),
+            source: None,
+        });
     }
     fn push_at(&mut self, path: &str, line: u64, msg: impl Into<String>) {
-        self.0.push(ConfigProblem { path: path.to_string(), line, message: msg.into(), source: None });
+        self.0.push(ConfigProblem {
+            path: path.to_string(),
+            line,
+            message: msg.into(),
+            source: None,
+        });
     }
 
     /// An integer in `[lo, hi]`.
@@ -424,7 +448,11 @@ impl Problems {
         match v {
             None => default,
             Some(s) if s.value < lo || s.value > hi => {
-                self.push(path, s, format!("must be between {lo} and {hi}, got {}", s.value));
+                self.push(
+                    path,
+                    s,
+                    format!("must be between {lo} and {hi}, got {}", s.value),
+                );
                 default
             }
             Some(s) => s.value,
@@ -432,7 +460,14 @@ impl Problems {
     }
 
     /// A finite float with `ok` true.
-    fn float(&mut self, path: &str, v: &Option<S<f64>>, ok: impl Fn(f64) -> bool, what: &str, default: f64) -> f64 {
+    fn float(
+        &mut self,
+        path: &str,
+        v: &Option<S<f64>>,
+        ok: impl Fn(f64) -> bool,
+        what: &str,
+        default: f64,
+    ) -> f64 {
         match v {
             None => default,
             Some(s) if !s.value.is_finite() || !ok(s.value) => {
@@ -447,7 +482,11 @@ impl Problems {
         match v {
             None => default,
             Some(s) if !s.value.0.is_finite() || s.value.0 <= 0.0 => {
-                self.push(path, s, format!("must be a positive duration, got {}", s.value.0));
+                self.push(
+                    path,
+                    s,
+                    format!("must be a positive duration, got {}", s.value.0),
+                );
                 default
             }
             Some(s) => s.value.0,
@@ -457,7 +496,12 @@ impl Problems {
 
 fn parse_err(e: serde_saphyr::Error) -> ConfigError {
     let line = e.location().map(|l| l.line()).unwrap_or(0);
-    ConfigError::new(vec![ConfigProblem { path: String::new(), line, message: e.to_string(), source: None }])
+    ConfigError::new(vec![ConfigProblem {
+        path: String::new(),
+        line,
+        message: e.to_string(),
+        source: None,
+    }])
 }
 
 fn validate_rules(p: &mut Problems, raw: &[S<RawRule>], prefix: &str) -> Vec<Rule> {
@@ -470,7 +514,11 @@ fn validate_rules(p: &mut Problems, raw: &[S<RawRule>], prefix: &str) -> Vec<Rul
         if name.is_empty() {
             p.push(&at("name"), &r.name, "must not be empty");
         } else if let Some(prev) = names.insert(name.clone(), i) {
-            p.push(&at("name"), &r.name, format!("duplicate rule name {name:?} (also {prefix}[{prev}])"));
+            p.push(
+                &at("name"),
+                &r.name,
+                format!("duplicate rule name {name:?} (also {prefix}[{prev}])"),
+            );
         }
         let pat = |p: &mut Problems, k: &str, v: &Option<S<String>>| -> String {
             match v {
@@ -487,17 +535,29 @@ fn validate_rules(p: &mut Problems, raw: &[S<RawRule>], prefix: &str) -> Vec<Rul
         let duration_above_ms = match &r.when.duration_above {
             None => None,
             Some(s) if !s.value.0.is_finite() || s.value.0 < 0.0 => {
-                p.push(&at("when.duration_above"), s, format!("must be a non-negative duration, got {}", s.value.0));
+                p.push(
+                    &at("when.duration_above"),
+                    s,
+                    format!("must be a non-negative duration, got {}", s.value.0),
+                );
                 None
             }
             Some(s) => Some(s.value.0),
         };
         let anomalous = r.when.anomalous.as_ref().map(|s| s.value).unwrap_or(false);
         if duration_above_ms.is_none() && !anomalous {
-            p.push_at(&at("when"), sr.referenced.line(), "needs duration_above, anomalous: true, or both");
+            p.push_at(
+                &at("when"),
+                sr.referenced.line(),
+                "needs duration_above, anomalous: true, or both",
+            );
         }
         let count = if r.count.value < 1 || r.count.value > 1_000_000 {
-            p.push(&at("count"), &r.count, format!("must be between 1 and 1000000, got {}", r.count.value));
+            p.push(
+                &at("count"),
+                &r.count,
+                format!("must be between 1 and 1000000, got {}", r.count.value),
+            );
             1
         } else {
             r.count.value as u32
@@ -505,16 +565,34 @@ fn validate_rules(p: &mut Problems, raw: &[S<RawRule>], prefix: &str) -> Vec<Rul
         let window_ms = p.duration(&at("window"), &Some(r.window.clone()), 1.0);
         let a = &r.action;
         let min = p.int(&at("action.min"), &a.min, 0, 100_000, 1) as u32;
-        let max = p.int(&at("action.max"), &Some(a.max.clone()), 0, 100_000, min as i64) as u32;
+        let max = p.int(
+            &at("action.max"),
+            &Some(a.max.clone()),
+            0,
+            100_000,
+            min as i64,
+        ) as u32;
         if max < min {
-            p.push(&at("action.max"), &a.max, format!("must be at least action.min ({min}), got {max}"));
+            p.push(
+                &at("action.max"),
+                &a.max,
+                format!("must be at least action.min ({min}), got {max}"),
+            );
         }
         let step = p.int(&at("action.step"), &a.step, 1, 100_000, 1) as u32;
         let cooldown_ms = p.duration(&at("action.cooldown"), &a.cooldown, 60_000.0);
-        let scale_down_after_ms = p.duration(&at("action.scale_down_after"), &a.scale_down_after, 300_000.0);
+        let scale_down_after_ms = p.duration(
+            &at("action.scale_down_after"),
+            &a.scale_down_after,
+            300_000.0,
+        );
         let t = &a.target.value;
         if t.kind != "Deployment" && t.kind != "StatefulSet" {
-            p.push(&at("action.target.kind"), &a.target, format!("must be Deployment or StatefulSet, got {:?}", t.kind));
+            p.push(
+                &at("action.target.kind"),
+                &a.target,
+                format!("must be Deployment or StatefulSet, got {:?}", t.kind),
+            );
         }
         if t.name.is_empty() {
             p.push(&at("action.target.name"), &a.target, "must not be empty");
@@ -524,9 +602,27 @@ fn validate_rules(p: &mut Problems, raw: &[S<RawRule>], prefix: &str) -> Vec<Rul
         let rv = rv.unwrap_or(&dv);
         let vertical = VerticalConfig {
             container: rv.container.as_ref().map(|s| s.value.clone()),
-            factor: p.float(&at("action.vertical.factor"), &rv.factor, |x| x > 1.0 && x <= 10.0, "greater than 1 and at most 10", 1.5),
-            max_cpu_millis: p.int(&at("action.vertical.max_cpu_millis"), &rv.max_cpu_millis, 1, 1_000_000, 4_000) as u64,
-            max_memory_mib: p.int(&at("action.vertical.max_memory_mib"), &rv.max_memory_mib, 1, 16_777_216, 8_192) as u64,
+            factor: p.float(
+                &at("action.vertical.factor"),
+                &rv.factor,
+                |x| x > 1.0 && x <= 10.0,
+                "greater than 1 and at most 10",
+                1.5,
+            ),
+            max_cpu_millis: p.int(
+                &at("action.vertical.max_cpu_millis"),
+                &rv.max_cpu_millis,
+                1,
+                1_000_000,
+                4_000,
+            ) as u64,
+            max_memory_mib: p.int(
+                &at("action.vertical.max_memory_mib"),
+                &rv.max_memory_mib,
+                1,
+                16_777_216,
+                8_192,
+            ) as u64,
         };
         out.push(Rule {
             name,
@@ -564,33 +660,91 @@ impl EngineConfig {
         let d = SamplerConfig::DEFAULT;
         let sampler = SamplerConfig {
             n_trees: p.int("sampler.n_trees", &s.n_trees, 1, 1_000, d.n_trees as i64) as u32,
-            height: p.int("sampler.height", &s.height, 1, crate::hst::MAX_HEIGHT as i64, d.height as i64) as u32,
-            window_size: p.int("sampler.window_size", &s.window_size, 1, 10_000_000, d.window_size as i64) as u32,
-            min_score: p.float("sampler.min_score", &s.min_score, |x| (0.0..=1.0).contains(&x), "between 0 and 1", d.min_score),
+            height: p.int(
+                "sampler.height",
+                &s.height,
+                1,
+                crate::hst::MAX_HEIGHT as i64,
+                d.height as i64,
+            ) as u32,
+            window_size: p.int(
+                "sampler.window_size",
+                &s.window_size,
+                1,
+                10_000_000,
+                d.window_size as i64,
+            ) as u32,
+            min_score: p.float(
+                "sampler.min_score",
+                &s.min_score,
+                |x| (0.0..=1.0).contains(&x),
+                "between 0 and 1",
+                d.min_score,
+            ),
             max_duration_ms: p.duration("sampler.max_duration", &s.max_duration, d.max_duration_ms),
-            train_size: p.int("sampler.train_size", &s.train_size, 0, i64::MAX, d.train_size as i64) as u64,
+            train_size: p.int(
+                "sampler.train_size",
+                &s.train_size,
+                0,
+                i64::MAX,
+                d.train_size as i64,
+            ) as u64,
             seed: s.seed.as_ref().map(|v| v.value).unwrap_or(d.seed),
         };
         if let (Some(h), Some(n)) = (&s.height, &s.n_trees) {
             // 24 bytes per node; refuse forests over 4 GiB.
-            let bytes = 24u128 * ((1u128 << (h.value.clamp(1, 20) + 1)) - 1) * n.value.clamp(1, 1000) as u128;
+            let bytes = 24u128
+                * ((1u128 << (h.value.clamp(1, 20) + 1)) - 1)
+                * n.value.clamp(1, 1000) as u128;
             if bytes > 4 << 30 {
-                p.push("sampler.height", h, format!("with n_trees {} needs {} MiB of trees; lower height or n_trees", n.value, bytes >> 20));
+                p.push(
+                    "sampler.height",
+                    h,
+                    format!(
+                        "with n_trees {} needs {} MiB of trees; lower height or n_trees",
+                        n.value,
+                        bytes >> 20
+                    ),
+                );
             }
         }
         let keys = KeysConfig {
-            max_keys: p.int("keys.max_keys", &raw.keys.max_keys, 1, 10_000_000, KeysConfig::DEFAULT.max_keys as i64) as u32,
+            max_keys: p.int(
+                "keys.max_keys",
+                &raw.keys.max_keys,
+                1,
+                10_000_000,
+                KeysConfig::DEFAULT.max_keys as i64,
+            ) as u32,
         };
         let k = &raw.keyed;
         let keyed = KeyedConfig {
-            baseline_rate: p.float("keyed.baseline_rate", &k.baseline_rate, |x| x > 0.0 && x <= 1.0, "greater than 0 and at most 1", KeyedConfig::DEFAULT.baseline_rate),
-            min_key_count: p.int("keyed.min_key_count", &k.min_key_count, 1, 1_000_000, KeyedConfig::DEFAULT.min_key_count as i64) as u32,
+            baseline_rate: p.float(
+                "keyed.baseline_rate",
+                &k.baseline_rate,
+                |x| x > 0.0 && x <= 1.0,
+                "greater than 0 and at most 1",
+                KeyedConfig::DEFAULT.baseline_rate,
+            ),
+            min_key_count: p.int(
+                "keyed.min_key_count",
+                &k.min_key_count,
+                1,
+                1_000_000,
+                KeyedConfig::DEFAULT.min_key_count as i64,
+            ) as u32,
         };
         let rules = validate_rules(&mut p, &raw.rules, "rules");
         if !p.0.is_empty() {
             return Err(ConfigError::new(p.0));
         }
-        Ok(EngineConfig { mode: raw.mode.map(|m| m.value).unwrap_or_default(), sampler, keys, keyed, rules })
+        Ok(EngineConfig {
+            mode: raw.mode.map(|m| m.value).unwrap_or_default(),
+            sampler,
+            keys,
+            keyed,
+            rules,
+        })
     }
 }
 
@@ -670,7 +824,10 @@ mod tests {
 
     #[test]
     fn empty_is_default() {
-        assert_eq!(EngineConfig::from_yaml("").unwrap(), EngineConfig::default());
+        assert_eq!(
+            EngineConfig::from_yaml("").unwrap(),
+            EngineConfig::default()
+        );
     }
 
     #[test]
@@ -685,7 +842,11 @@ mod tests {
     fn every_problem_at_once() {
         let yaml = "sampler:\n  n_trees: 0\n  min_score: .nan\n  window_size: -3\n  max_duration: 0s\nkeys:\n  max_keys: 0\n";
         let e = EngineConfig::from_yaml(yaml).unwrap_err();
-        let paths: Vec<_> = e.problems().iter().map(|p| (p.path.as_str(), p.line)).collect();
+        let paths: Vec<_> = e
+            .problems()
+            .iter()
+            .map(|p| (p.path.as_str(), p.line))
+            .collect();
         assert_eq!(
             paths,
             vec![
@@ -735,9 +896,16 @@ rules:
         let rules = "rules:\n- name: r\n  when: { duration_above: 1s }\n  count: 2\n  window: 1s\n  action: { kind: horizontal, target: { kind: Deployment, name: x }, max: 3 }\n";
         let cfg = EngineConfig::from_parts("sampler: { n_trees: 3 }", Some(rules)).unwrap();
         assert_eq!((cfg.sampler.n_trees, cfg.rules.len()), (3, 1));
-        let e = EngineConfig::from_parts("sampler: { n_trees: 0 }", Some(&rules.replace("count: 2", "count: 0"))).unwrap_err();
+        let e = EngineConfig::from_parts(
+            "sampler: { n_trees: 0 }",
+            Some(&rules.replace("count: 2", "count: 0")),
+        )
+        .unwrap_err();
         let s = e.to_string();
-        assert!(s.contains("line 2: sampler.n_trees") || s.contains("line 1: sampler.n_trees"), "{s}");
+        assert!(
+            s.contains("line 2: sampler.n_trees") || s.contains("line 1: sampler.n_trees"),
+            "{s}"
+        );
         assert!(s.contains("rules file: line 4: rules[0].count"), "{s}");
         let both = format!("{rules}");
         assert!(EngineConfig::from_parts(&both, Some(rules)).is_err());

@@ -101,7 +101,10 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ns(&self) -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
     }
 }
 
@@ -138,7 +141,12 @@ impl Engine {
     /// span, as River does.
     pub fn new(cfg: EngineConfig) -> Self {
         let s = cfg.sampler;
-        let params = HstParams { n_trees: s.n_trees, height: s.height, window_size: s.window_size, seed: s.seed };
+        let params = HstParams {
+            n_trees: s.n_trees,
+            height: s.height,
+            window_size: s.window_size,
+            seed: s.seed,
+        };
         let mut hst = Hst::new(params, N_FEATURES);
         let mut feature_names = None;
         if cfg.mode == Mode::Keyed {
@@ -167,20 +175,40 @@ impl Engine {
     /// A `paper`-mode engine over trees built elsewhere (River), for parity checks. `features`
     /// names the forest's features in order (`"duration"` and one key `service::operation`);
     /// `trees` gives, per tree, its internal nodes in heap order as (feature index, threshold).
-    pub fn with_paper_trees(cfg: EngineConfig, features: &[String], trees: &[Vec<(u32, f64)>]) -> Result<Self> {
+    pub fn with_paper_trees(
+        cfg: EngineConfig,
+        features: &[String],
+        trees: &[Vec<(u32, f64)>],
+    ) -> Result<Self> {
         if cfg.mode != Mode::Paper || features.len() != 2 {
-            return Err(Error::Trees("paper mode with two features (duration and one key) required".into()));
+            return Err(Error::Trees(
+                "paper mode with two features (duration and one key) required".into(),
+            ));
         }
         let mut e = Self::new(cfg);
         let s = e.cfg.sampler;
-        let params = HstParams { n_trees: s.n_trees, height: s.height, window_size: s.window_size, seed: s.seed };
+        let params = HstParams {
+            n_trees: s.n_trees,
+            height: s.height,
+            window_size: s.window_size,
+            seed: s.seed,
+        };
         e.hst = Hst::from_trees(params, N_FEATURES, trees).map_err(Error::Trees)?;
-        let key_name = features.iter().find(|f| *f != "duration").ok_or_else(|| Error::Trees("no key feature".into()))?;
-        let (service, operation) = key_name.split_once("::").ok_or_else(|| Error::Trees(format!("key feature {key_name:?} is not service::operation")))?;
+        let key_name = features
+            .iter()
+            .find(|f| *f != "duration")
+            .ok_or_else(|| Error::Trees("no key feature".into()))?;
+        let (service, operation) = key_name.split_once("::").ok_or_else(|| {
+            Error::Trees(format!(
+                "key feature {key_name:?} is not service::operation"
+            ))
+        })?;
         let id = e.intern(service, operation);
         let names = e.featurizer.init_paper(id, &e.keys);
         if names.as_slice() != features {
-            return Err(Error::Trees(format!("feature order {features:?} is not River's sorted order {names:?}")));
+            return Err(Error::Trees(format!(
+                "feature order {features:?} is not River's sorted order {names:?}"
+            )));
         }
         e.feature_names = Some(names);
         Ok(e)
@@ -225,7 +253,11 @@ impl Engine {
             + self.keys.memory_bytes()
             + self.featurizer.memory_bytes()
             + self.rules.memory_bytes()
-            + self.key_rules.iter().map(|v| v.capacity() * 2 + 24).sum::<usize>()
+            + self
+                .key_rules
+                .iter()
+                .map(|v| v.capacity() * 2 + 24)
+                .sum::<usize>()
     }
 
     /// The id of `service::operation` (added if there is room, else [`OVERFLOW`]). Ids are stable
@@ -240,7 +272,13 @@ impl Engine {
     }
 
     /// Process one span at time `now_ns`; decisions are appended to `decisions`.
-    pub fn process_span(&mut self, span: &SpanRef<'_>, index: u32, now_ns: u64, decisions: &mut Vec<Decision>) -> Verdict {
+    pub fn process_span(
+        &mut self,
+        span: &SpanRef<'_>,
+        index: u32,
+        now_ns: u64,
+        decisions: &mut Vec<Decision>,
+    ) -> Verdict {
         self.stats.spans_seen += 1;
         let d = match span.timing {
             Timing::StartEnd { start_ns, end_ns } => features::duration_ms(start_ns, end_ns),
@@ -249,7 +287,9 @@ impl Engine {
         let (key, names) = match span.key {
             SpanKey::Id(id) if id == OVERFLOW || (id as usize) < self.keys.len() => (id, None),
             SpanKey::Id(_) => return self.skip(SkipReason::InvalidKey),
-            SpanKey::Names { service, operation } => (self.intern(service, operation), Some((service, operation))),
+            SpanKey::Names { service, operation } => {
+                (self.intern(service, operation), Some((service, operation)))
+            }
         };
         let d = match d {
             Ok(d) => d,
@@ -268,7 +308,11 @@ impl Engine {
         let (score, anomalous, learn) = if self.cfg.mode == Mode::Paper || !trained {
             // River: every span is learned.
             let score = self.hst.score_learn(&x, true);
-            (score, trained && score.is_some_and(|s| s >= min_score), true)
+            (
+                score,
+                trained && score.is_some_and(|s| s >= min_score),
+                true,
+            )
         } else {
             // Keyed: spans judged anomalous are mostly not learned, so a latency fault does not
             // become the normal it is judged against; but a key still warming up learns every
@@ -297,7 +341,14 @@ impl Engine {
             self.stats.spans_kept += 1;
         }
         if !self.rules.rules().is_empty() {
-            let obs = Observation { duration_ms: d, score, anomalous, trace_id: span.trace_id, span_id: span.span_id, span_index: index };
+            let obs = Observation {
+                duration_ms: d,
+                score,
+                anomalous,
+                trace_id: span.trace_id,
+                span_id: span.span_id,
+                span_index: index,
+            };
             if key == OVERFLOW {
                 // Overflow spans have no cached rule list: match by name when we have names.
                 let matching = match names {
@@ -315,12 +366,20 @@ impl Engine {
                 self.key_rules[key as usize] = list;
             }
         }
-        Verdict { score, keep: anomalous, skipped: None }
+        Verdict {
+            score,
+            keep: anomalous,
+            skipped: None,
+        }
     }
 
     fn skip(&mut self, r: SkipReason) -> Verdict {
         self.stats.spans_skipped[r as usize] += 1;
-        Verdict { score: None, keep: false, skipped: Some(r) }
+        Verdict {
+            score: None,
+            keep: false,
+            skipped: Some(r),
+        }
     }
 
     /// Process a batch at time `now_ns` (from the caller's [`Clock`]). `out` is cleared first;
@@ -355,9 +414,12 @@ impl Engine {
         }
         let v = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
         if v != SNAPSHOT_VERSION {
-            return Err(Error::Snapshot(format!("version {v} is not supported (this build reads {SNAPSHOT_VERSION})")));
+            return Err(Error::Snapshot(format!(
+                "version {v} is not supported (this build reads {SNAPSHOT_VERSION})"
+            )));
         }
-        let mut e: Engine = postcard::from_bytes(&bytes[12..]).map_err(|err| Error::Snapshot(err.to_string()))?;
+        let mut e: Engine =
+            postcard::from_bytes(&bytes[12..]).map_err(|err| Error::Snapshot(err.to_string()))?;
         let (a, b) = (&e.cfg, &cfg);
         if a.mode != b.mode
             || a.sampler.n_trees != b.sampler.n_trees
@@ -367,11 +429,18 @@ impl Engine {
         {
             return Err(Error::SnapshotMismatch(format!(
                 "snapshot has mode {:?}, n_trees {}, height {}, window_size {}, max_duration {} ms",
-                a.mode, a.sampler.n_trees, a.sampler.height, a.sampler.window_size, a.sampler.max_duration_ms
+                a.mode,
+                a.sampler.n_trees,
+                a.sampler.height,
+                a.sampler.window_size,
+                a.sampler.max_duration_ms
             )));
         }
         if e.keys.max_keys() != cfg.keys.max_keys {
-            return Err(Error::SnapshotMismatch(format!("snapshot has keys.max_keys {}", e.keys.max_keys())));
+            return Err(Error::SnapshotMismatch(format!(
+                "snapshot has keys.max_keys {}",
+                e.keys.max_keys()
+            )));
         }
         if a.rules != b.rules {
             // Rules changed: start their windows afresh and recompute key → rule matches.
@@ -393,7 +462,15 @@ mod tests {
     use super::*;
 
     fn span(service: &'static str, op: &'static str, d: f64) -> SpanRef<'static> {
-        SpanRef { key: SpanKey::Names { service, operation: op }, timing: Timing::DurationMs(d), trace_id: [7; 16], span_id: [9; 8] }
+        SpanRef {
+            key: SpanKey::Names {
+                service,
+                operation: op,
+            },
+            timing: Timing::DurationMs(d),
+            trace_id: [7; 16],
+            span_id: [9; 8],
+        }
     }
 
     #[test]
@@ -401,14 +478,33 @@ mod tests {
         let mut e = Engine::new(EngineConfig::default());
         let mut out = BatchOutput::default();
         let bad = [
-            SpanRef { timing: Timing::StartEnd { start_ns: 0, end_ns: 5 }, ..span("a", "b", 0.0) },
-            SpanRef { timing: Timing::StartEnd { start_ns: 2_000_000_000_000_000_000, end_ns: 1_999_999_999_999_999_999 }, ..span("a", "b", 0.0) },
+            SpanRef {
+                timing: Timing::StartEnd {
+                    start_ns: 0,
+                    end_ns: 5,
+                },
+                ..span("a", "b", 0.0)
+            },
+            SpanRef {
+                timing: Timing::StartEnd {
+                    start_ns: 2_000_000_000_000_000_000,
+                    end_ns: 1_999_999_999_999_999_999,
+                },
+                ..span("a", "b", 0.0)
+            },
             span("a", "b", f64::NAN),
             span("a", "b", -3.0),
-            SpanRef { key: SpanKey::Id(12345), ..span("a", "b", 1.0) },
+            SpanRef {
+                key: SpanKey::Id(12345),
+                ..span("a", "b", 1.0)
+            },
         ];
         e.process_batch(&bad, 0, &mut out);
-        assert!(out.verdicts.iter().all(|v| v.skipped.is_some() && !v.keep && v.score.is_none()));
+        assert!(
+            out.verdicts
+                .iter()
+                .all(|v| v.skipped.is_some() && !v.keep && v.score.is_none())
+        );
         let s = e.stats();
         assert_eq!(s.spans_seen, 5);
         assert_eq!(s.spans_skipped[SkipReason::ZeroTimestamp as usize], 1);
@@ -419,21 +515,41 @@ mod tests {
 
     #[test]
     fn keeps_slow_spans_after_training() {
-        let cfg = EngineConfig::from_yaml("sampler: { train_size: 2000, window_size: 250 }").unwrap();
+        let cfg =
+            EngineConfig::from_yaml("sampler: { train_size: 2000, window_size: 250 }").unwrap();
         let mut e = Engine::new(cfg);
         let mut out = BatchOutput::default();
         let mut spans = Vec::new();
         for i in 0..3000 {
-            let d = if i % 2 == 0 { 5.0 + (i % 7) as f64 * 0.1 } else { 500.0 + (i % 5) as f64 };
+            let d = if i % 2 == 0 {
+                5.0 + (i % 7) as f64 * 0.1
+            } else {
+                500.0 + (i % 5) as f64
+            };
             spans.push(span("svc", if i % 2 == 0 { "fast" } else { "slow" }, d));
         }
         e.process_batch(&spans, 0, &mut out);
-        assert!(out.verdicts[..2000].iter().all(|v| !v.keep), "training keeps nothing");
+        assert!(
+            out.verdicts[..2000].iter().all(|v| !v.keep),
+            "training keeps nothing"
+        );
         let kept = out.verdicts[2000..].iter().filter(|v| v.keep).count();
         assert!(kept < 30, "normal traffic mostly dropped: kept {kept}");
-        e.process_batch(&[span("svc", "fast", 80.0), span("svc", "slow", 500.0)], 0, &mut out);
-        assert!(out.verdicts[0].keep, "16x slower than its key: {:?}", out.verdicts[0]);
-        assert!(!out.verdicts[1].keep, "normal for its key: {:?}", out.verdicts[1]);
+        e.process_batch(
+            &[span("svc", "fast", 80.0), span("svc", "slow", 500.0)],
+            0,
+            &mut out,
+        );
+        assert!(
+            out.verdicts[0].keep,
+            "16x slower than its key: {:?}",
+            out.verdicts[0]
+        );
+        assert!(
+            !out.verdicts[1].keep,
+            "normal for its key: {:?}",
+            out.verdicts[1]
+        );
     }
 
     #[test]
@@ -441,7 +557,15 @@ mod tests {
         let cfg = EngineConfig::from_yaml("sampler: { train_size: 10, window_size: 50 }").unwrap();
         let mut a = Engine::new(cfg.clone());
         let mut out = BatchOutput::default();
-        let spans: Vec<_> = (0..500).map(|i| span("s", if i % 3 == 0 { "x" } else { "y" }, 1.0 + (i % 11) as f64)).collect();
+        let spans: Vec<_> = (0..500)
+            .map(|i| {
+                span(
+                    "s",
+                    if i % 3 == 0 { "x" } else { "y" },
+                    1.0 + (i % 11) as f64,
+                )
+            })
+            .collect();
         a.process_batch(&spans, 0, &mut out);
         let snap = a.snapshot();
         let mut b = Engine::restore(cfg.clone(), &snap).unwrap();
@@ -453,8 +577,12 @@ mod tests {
         // Corrupt or mismatched snapshots are refused with an error.
         assert!(Engine::restore(cfg.clone(), b"garbage").is_err());
         assert!(Engine::restore(cfg.clone(), &snap[..snap.len() / 2]).is_err());
-        let other = EngineConfig::from_yaml("sampler: { train_size: 10, window_size: 60 }").unwrap();
-        assert!(matches!(Engine::restore(other, &snap), Err(Error::SnapshotMismatch(_))));
+        let other =
+            EngineConfig::from_yaml("sampler: { train_size: 10, window_size: 60 }").unwrap();
+        assert!(matches!(
+            Engine::restore(other, &snap),
+            Err(Error::SnapshotMismatch(_))
+        ));
         let mut bad = snap.clone();
         bad[8] = 99;
         assert!(Engine::restore(cfg, &bad).is_err());
@@ -468,11 +596,23 @@ mod tests {
         .unwrap();
         let mut e = Engine::new(cfg);
         let mut out = BatchOutput::default();
-        e.process_batch(&[span("s", "op", 200.0), span("s", "op", 200.0), span("t", "op", 200.0), span("s", "op", 300.0)], 1, &mut out);
+        e.process_batch(
+            &[
+                span("s", "op", 200.0),
+                span("s", "op", 200.0),
+                span("t", "op", 200.0),
+                span("s", "op", 300.0),
+            ],
+            1,
+            &mut out,
+        );
         assert!(out.verdicts.iter().all(|v| !v.keep), "still training");
         assert_eq!(out.decisions.len(), 1);
         let d = &out.decisions[0];
-        assert_eq!((d.rule.as_str(), d.span_index, d.observed_ms, d.trace_id), ("slow", 3, 300.0, [7; 16]));
+        assert_eq!(
+            (d.rule.as_str(), d.span_index, d.observed_ms, d.trace_id),
+            ("slow", 3, 300.0, [7; 16])
+        );
         assert_eq!(e.stats().decisions, 1);
     }
 }

@@ -166,7 +166,11 @@ impl Featurizer {
         let name = keys.display(key);
         let first = name.as_str() < "duration";
         self.paper_key = Some((key, first));
-        if first { [name, "duration".into()] } else { ["duration".into(), name] }
+        if first {
+            [name, "duration".into()]
+        } else {
+            ["duration".into(), name]
+        }
     }
 
     /// Fill `x` for a span of `key` lasting `d` ms.
@@ -177,7 +181,11 @@ impl Featurizer {
                 let (pk, key_first) = self.paper_key.expect("paper features initialised");
                 let dur = d.min(self.max_duration_ms) / self.max_duration_ms;
                 let onehot = if key == pk { 1.0 } else { f64::NAN };
-                *x = if key_first { [onehot, dur] } else { [dur, onehot] };
+                *x = if key_first {
+                    [onehot, dur]
+                } else {
+                    [dur, onehot]
+                };
             }
             Mode::Keyed => {
                 let b = self.baseline(key);
@@ -188,13 +196,19 @@ impl Featurizer {
                 } else {
                     f64::NAN
                 };
-                x[1] = ((1.0 + d.min(self.max_duration_ms)).ln() / (1.0 + self.max_duration_ms).ln()).clamp(0.0, 1.0);
+                x[1] = ((1.0 + d.min(self.max_duration_ms)).ln()
+                    / (1.0 + self.max_duration_ms).ln())
+                .clamp(0.0, 1.0);
             }
         }
     }
 
     fn slot(&self, key: KeyId) -> usize {
-        if key == OVERFLOW { usize::MAX } else { key as usize }
+        if key == OVERFLOW {
+            usize::MAX
+        } else {
+            key as usize
+        }
     }
 
     fn baseline(&mut self, key: KeyId) -> Baseline {
@@ -205,8 +219,14 @@ impl Featurizer {
     /// `keyed` mode: whether `key`'s baseline has seen `min_key_count` spans (before that the
     /// engine learns every span of the key, anomalous or not: a new service must become known).
     pub fn is_established(&self, key: KeyId, max_keys: u32) -> bool {
-        let i = if key == OVERFLOW { max_keys as usize } else { key as usize };
-        self.baselines.get(i).is_some_and(|b| b.n >= self.keyed.min_key_count)
+        let i = if key == OVERFLOW {
+            max_keys as usize
+        } else {
+            key as usize
+        };
+        self.baselines
+            .get(i)
+            .is_some_and(|b| b.n >= self.keyed.min_key_count)
     }
 
     /// `keyed` mode: add a span to its key's baseline.
@@ -215,7 +235,11 @@ impl Featurizer {
         if self.mode != Mode::Keyed {
             return;
         }
-        let i = if key == OVERFLOW { max_keys as usize } else { key as usize };
+        let i = if key == OVERFLOW {
+            max_keys as usize
+        } else {
+            key as usize
+        };
         if i >= self.baselines.len() {
             self.baselines.resize(i + 1, Baseline::default());
         }
@@ -254,20 +278,35 @@ mod tests {
         assert_eq!(duration_ms(t + 1, t), Err(SkipReason::EndBeforeStart));
         assert_eq!(duration_ms(5, 10), Err(SkipReason::AbsurdTimestamp));
         assert_eq!(duration_ms(t, u64::MAX), Err(SkipReason::AbsurdTimestamp));
-        assert_eq!(duration_ms(t, t + 2 * 86_400_000_000_000), Err(SkipReason::AbsurdDuration));
-        assert_eq!(check_duration_ms(f64::NAN), Err(SkipReason::InvalidDuration));
+        assert_eq!(
+            duration_ms(t, t + 2 * 86_400_000_000_000),
+            Err(SkipReason::AbsurdDuration)
+        );
+        assert_eq!(
+            check_duration_ms(f64::NAN),
+            Err(SkipReason::InvalidDuration)
+        );
         assert_eq!(check_duration_ms(-1.0), Err(SkipReason::InvalidDuration));
-        assert_eq!(check_duration_ms(f64::INFINITY), Err(SkipReason::InvalidDuration));
+        assert_eq!(
+            check_duration_ms(f64::INFINITY),
+            Err(SkipReason::InvalidDuration)
+        );
     }
 
     #[test]
     fn paper_features_follow_river() {
-        let cfg = EngineConfig { mode: Mode::Paper, ..Default::default() };
+        let cfg = EngineConfig {
+            mode: Mode::Paper,
+            ..Default::default()
+        };
         let mut keys = KeyTable::new(10);
         let (a, _) = keys.intern("otel-demo", "ingress");
         let (b, _) = keys.intern("otel-demo", "GET");
         let mut f = Featurizer::new(&cfg);
-        assert_eq!(f.init_paper(a, &keys), ["duration".to_string(), "otel-demo::ingress".to_string()]);
+        assert_eq!(
+            f.init_paper(a, &keys),
+            ["duration".to_string(), "otel-demo::ingress".to_string()]
+        );
         let mut x = [0.0; 2];
         f.features(a, 100_000.0, &mut x);
         assert_eq!(x, [1.0, 1.0]);

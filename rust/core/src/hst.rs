@@ -83,7 +83,11 @@ impl Node {
     /// (latest, reference) masses; with `EAGER` pivots the stored values are always current.
     #[inline(always)]
     fn masses_as<const EAGER: bool>(&self, now: u32) -> (u32, u32) {
-        if EAGER { (self.l_mass, self.r_mass) } else { self.masses(now) }
+        if EAGER {
+            (self.l_mass, self.r_mass)
+        } else {
+            self.masses(now)
+        }
     }
 
     #[inline(always)]
@@ -148,10 +152,15 @@ impl Walk<'_> {
     /// [`Hst::unlearn_path`] if the span is not to be learned). `L` is a constant so that the
     /// lanes' state stays in registers.
     #[inline(always)]
-    fn record<const EAGER: bool, const L: usize>(&self, group: &mut [Node], paths: &mut [u32]) -> u64 {
+    fn record<const EAGER: bool, const L: usize>(
+        &self,
+        group: &mut [Node],
+        paths: &mut [u32],
+    ) -> u64 {
         let (npt, levels, now) = (self.npt, self.levels, self.now);
         let mut chunks = group.chunks_exact_mut(npt);
-        let trees: [&mut [Node]; L] = std::array::from_fn(|_| chunks.next().expect("L trees in the group"));
+        let trees: [&mut [Node]; L] =
+            std::array::from_fn(|_| chunks.next().expect("L trees in the group"));
         let mut idx = [0usize; L];
         // All ones while the lane's score is still adding: the node where the reference mass
         // falls below the limit still counts, the ones after it do not.
@@ -208,7 +217,12 @@ impl Hst {
         let mut lim = limits.to_vec();
         for t in 0..self.params.n_trees as usize {
             let base = t * self.nodes_per_tree;
-            Self::build_node(&mut self.nodes[base..base + self.nodes_per_tree], 0, &mut lim, &mut rng);
+            Self::build_node(
+                &mut self.nodes[base..base + self.nodes_per_tree],
+                0,
+                &mut lim,
+                &mut rng,
+            );
         }
         self.built = true;
     }
@@ -241,16 +255,27 @@ impl Hst {
 
     /// Import trees built elsewhere (River): per tree, the internal nodes in heap order
     /// (`2^height − 1` of them) as `(feature index, threshold)`.
-    pub fn from_trees(params: HstParams, n_features: usize, trees: &[Vec<(u32, f64)>]) -> Result<Self, String> {
+    pub fn from_trees(
+        params: HstParams,
+        n_features: usize,
+        trees: &[Vec<(u32, f64)>],
+    ) -> Result<Self, String> {
         let mut h = Self::new(params, n_features);
         if trees.len() != params.n_trees as usize {
-            return Err(format!("expected {} trees, got {}", params.n_trees, trees.len()));
+            return Err(format!(
+                "expected {} trees, got {}",
+                params.n_trees,
+                trees.len()
+            ));
         }
         let internal = (1usize << params.height) - 1;
         h.nodes = vec![Node::default(); h.nodes_per_tree * trees.len()];
         for (t, tree) in trees.iter().enumerate() {
             if tree.len() != internal {
-                return Err(format!("tree {t}: expected {internal} internal nodes, got {}", tree.len()));
+                return Err(format!(
+                    "tree {t}: expected {internal} internal nodes, got {}",
+                    tree.len()
+                ));
             }
             for (i, &(f, thr)) in tree.iter().enumerate() {
                 if f as usize >= n_features {
@@ -315,7 +340,11 @@ impl Hst {
 
     /// Learn without scoring.
     pub fn learn(&mut self, x: &[f64]) {
-        if self.eager() { self.walk::<false, true, true>(x) } else { self.walk::<false, true, false>(x) };
+        if self.eager() {
+            self.walk::<false, true, true>(x)
+        } else {
+            self.walk::<false, true, false>(x)
+        };
     }
 
     /// Score `x`, then learn it only if `learn(score)` says so. Used where the decision to learn
@@ -329,7 +358,11 @@ impl Hst {
     /// span that is not learned costs the levels below its score's stopping points and the
     /// take-back for nothing: cheap next to the common, learned case (about 35 % less time per
     /// span than scoring one tree at a time and resuming it to learn, `benches/engine.rs`).
-    pub fn score_then_learn_if(&mut self, x: &[f64], learn: impl FnOnce(Option<f64>) -> bool) -> Option<f64> {
+    pub fn score_then_learn_if(
+        &mut self,
+        x: &[f64],
+        learn: impl FnOnce(Option<f64>) -> bool,
+    ) -> Option<f64> {
         let levels = self.params.height as usize + 1;
         let need = self.params.n_trees as usize * levels;
         if self.path.0.len() != need {
@@ -338,7 +371,11 @@ impl Hst {
         if self.eager() {
             // The walk has learned already: keep it (and count it) or take it back.
             let score = self.record_walk::<true>(x);
-            if learn(score) { self.end_learn::<true>() } else { self.unlearn_path() }
+            if learn(score) {
+                self.end_learn::<true>()
+            } else {
+                self.unlearn_path()
+            }
             score
         } else {
             let score = self.record_walk::<false>(x);
@@ -357,24 +394,47 @@ impl Hst {
         let warm = self.warm;
         let now = self.window;
         let npt = self.nodes_per_tree;
-        let w = Walk { npt, levels, x, now, limit, warm };
+        let w = Walk {
+            npt,
+            levels,
+            x,
+            now,
+            limit,
+            warm,
+        };
         let mut total: u64 = 0;
-        for (group, paths) in self.nodes.chunks_mut(npt * LANES).zip(self.path.0.chunks_mut(levels * LANES)) {
+        for (group, paths) in self
+            .nodes
+            .chunks_mut(npt * LANES)
+            .zip(self.path.0.chunks_mut(levels * LANES))
+        {
             total += match group.len() / npt {
                 LANES => w.record::<EAGER, LANES>(group, paths),
                 // The last group when n_trees is not a multiple of LANES.
                 3 => w.record::<EAGER, 3>(group, paths),
                 2 => w.record::<EAGER, 2>(group, paths),
-                _ => group.chunks_mut(npt).zip(paths.chunks_mut(levels)).map(|(t, p)| w.record::<EAGER, 1>(t, p)).sum(),
+                _ => group
+                    .chunks_mut(npt)
+                    .zip(paths.chunks_mut(levels))
+                    .map(|(t, p)| w.record::<EAGER, 1>(t, p))
+                    .sum(),
             };
         }
-        if warm { Some(1.0 - total as f64 / self.max_score()) } else { None }
+        if warm {
+            Some(1.0 - total as f64 / self.max_score())
+        } else {
+            None
+        }
     }
 
     /// Take back what an `EAGER` [`Hst::record_walk`] learned.
     fn unlearn_path(&mut self) {
         let levels = self.params.height as usize + 1;
-        for (tree, path) in self.nodes.chunks_exact_mut(self.nodes_per_tree).zip(self.path.0.chunks_exact(levels)) {
+        for (tree, path) in self
+            .nodes
+            .chunks_exact_mut(self.nodes_per_tree)
+            .zip(self.path.0.chunks_exact(levels))
+        {
             for &i in path {
                 tree[i as usize].l_mass -= 1;
             }
@@ -385,7 +445,11 @@ impl Hst {
     fn learn_path(&mut self) {
         let levels = self.params.height as usize + 1;
         let now = self.window;
-        for (tree, path) in self.nodes.chunks_exact_mut(self.nodes_per_tree).zip(self.path.0.chunks_exact(levels)) {
+        for (tree, path) in self
+            .nodes
+            .chunks_exact_mut(self.nodes_per_tree)
+            .zip(self.path.0.chunks_exact(levels))
+        {
             for &i in path {
                 let n = &mut tree[i as usize];
                 n.refresh(now);
@@ -416,7 +480,10 @@ impl Hst {
     }
 
     #[inline(always)]
-    fn walk<const SCORE: bool, const LEARN: bool, const EAGER: bool>(&mut self, x: &[f64]) -> Option<f64> {
+    fn walk<const SCORE: bool, const LEARN: bool, const EAGER: bool>(
+        &mut self,
+        x: &[f64],
+    ) -> Option<f64> {
         debug_assert!(self.built);
         debug_assert_eq!(x.len(), self.n_features);
         // Masses are integers, so `r < 0.1 · window_size` ⇔ `r < ceil(0.1 · window_size)`, and
@@ -486,7 +553,11 @@ impl Hst {
                 }
             }
         }
-        let score = if warm { Some(1.0 - total as f64 / self.max_score()) } else { None };
+        let score = if warm {
+            Some(1.0 - total as f64 / self.max_score())
+        } else {
+            None
+        };
         if LEARN {
             self.end_learn::<EAGER>();
         }
@@ -531,7 +602,12 @@ mod tests {
     use super::*;
 
     fn params(n_trees: u32, height: u32, window_size: u32) -> HstParams {
-        HstParams { n_trees, height, window_size, seed: 42 }
+        HstParams {
+            n_trees,
+            height,
+            window_size,
+            seed: 42,
+        }
     }
 
     /// A straightforward River transliteration (score then learn, eager pivot) to check the
@@ -554,7 +630,11 @@ mod tests {
                 let (f, thr) = self.feat[t][i];
                 let v = x[f as usize];
                 i = if v.is_nan() {
-                    if self.l[t][2 * i + 1] < self.l[t][2 * i + 2] { 2 * i + 2 } else { 2 * i + 1 }
+                    if self.l[t][2 * i + 1] < self.l[t][2 * i + 2] {
+                        2 * i + 2
+                    } else {
+                        2 * i + 1
+                    }
                 } else if v < thr {
                     2 * i + 1
                 } else {
@@ -579,7 +659,9 @@ mod tests {
                     dp *= 2.0;
                 }
             }
-            let max = self.feat.len() as f64 * self.window as f64 * ((1u64 << (self.height + 1)) - 1) as f64;
+            let max = self.feat.len() as f64
+                * self.window as f64
+                * ((1u64 << (self.height + 1)) - 1) as f64;
             Some(1.0 - s / max)
         }
         fn learn(&mut self, x: &[f64]) {
@@ -604,7 +686,12 @@ mod tests {
         let internal = h.nodes_per_tree / 2;
         h.nodes
             .chunks(h.nodes_per_tree)
-            .map(|t| t[..internal].iter().map(|n| (n.feature, n.threshold)).collect())
+            .map(|t| {
+                t[..internal]
+                    .iter()
+                    .map(|n| (n.feature, n.threshold))
+                    .collect()
+            })
             .collect()
     }
 
@@ -624,11 +711,14 @@ mod tests {
         let trees = trees_of(&h);
         let n = h.nodes_per_tree;
         let mut r = Reference {
-            feat: trees.iter().map(|t| {
-                let mut v = t.clone();
-                v.resize(n, (0, 0.0));
-                v
-            }).collect(),
+            feat: trees
+                .iter()
+                .map(|t| {
+                    let mut v = t.clone();
+                    v.resize(n, (0, 0.0));
+                    v
+                })
+                .collect(),
             l: vec![vec![0; n]; 5],
             r: vec![vec![0; n]; 5],
             height: 4,
@@ -639,7 +729,11 @@ mod tests {
         let mut rng = SplitMix64::new(3);
         for step in 0..2_000 {
             let a = rng.next_f64();
-            let b = if rng.next_f64() < 0.3 { f64::NAN } else { rng.next_f64() };
+            let b = if rng.next_f64() < 0.3 {
+                f64::NAN
+            } else {
+                rng.next_f64()
+            };
             let x = [a, b];
             let expect = r.score(&x);
             r.learn(&x);
@@ -672,7 +766,14 @@ mod tests {
             let mut b = a.clone();
             let mut rng = SplitMix64::new(9);
             for step in 0..3_000 {
-                let x = [rng.next_f64(), if rng.next_f64() < 0.3 { f64::NAN } else { rng.next_f64() }];
+                let x = [
+                    rng.next_f64(),
+                    if rng.next_f64() < 0.3 {
+                        f64::NAN
+                    } else {
+                        rng.next_f64()
+                    },
+                ];
                 let learn = |s: Option<f64>| s.is_none_or(|s| s < 0.6);
                 let sa = a.score(&x);
                 if learn(sa) {

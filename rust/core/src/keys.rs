@@ -23,7 +23,12 @@ pub const OVERFLOW_NAME: &str = "<overflow>";
 /// FNV-1a over the two names with a separator byte that cannot occur in UTF-8.
 fn hash(service: &str, operation: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in service.as_bytes().iter().chain([0xffu8].iter()).chain(operation.as_bytes()) {
+    for &b in service
+        .as_bytes()
+        .iter()
+        .chain([0xffu8].iter())
+        .chain(operation.as_bytes())
+    {
         h ^= b as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -64,7 +69,10 @@ pub struct KeyTable {
 impl KeyTable {
     /// An empty table that will hold at most `max_keys` keys.
     pub fn new(max_keys: u32) -> Self {
-        Self { max_keys, ..Default::default() }
+        Self {
+            max_keys,
+            ..Default::default()
+        }
     }
 
     /// The id of `service::operation`, adding it if there is room, else [`OVERFLOW`] (counted).
@@ -93,7 +101,11 @@ impl KeyTable {
 
     /// The id of a known key, without adding it.
     pub fn get(&self, service: &str, operation: &str) -> Option<KeyId> {
-        let mut id = self.heads.get(&hash(service, operation)).copied().unwrap_or(NONE);
+        let mut id = self
+            .heads
+            .get(&hash(service, operation))
+            .copied()
+            .unwrap_or(NONE);
         while id != NONE {
             let (s, o) = &self.names[id as usize];
             if &**s == service && &**o == operation {
@@ -203,7 +215,10 @@ mod tests {
     fn globs() {
         assert!(glob_match("*", ""));
         assert!(glob_match("*", "anything"));
-        assert!(glob_match("oteldemo.*/Place*", "oteldemo.CheckoutService/PlaceOrder"));
+        assert!(glob_match(
+            "oteldemo.*/Place*",
+            "oteldemo.CheckoutService/PlaceOrder"
+        ));
         assert!(glob_match("a?c", "abc"));
         assert!(!glob_match("a?c", "ac"));
         assert!(!glob_match("abc", "abcd"));

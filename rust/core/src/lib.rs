@@ -59,8 +59,14 @@ pub mod keys;
 pub mod rng;
 pub mod rules;
 
-pub use config::{Action, ActionKind, EngineConfig, KeyedConfig, KeysConfig, Match, Mode, Rule, RulesFile, SamplerConfig, Target};
-pub use engine::{BatchOutput, Clock, Engine, SNAPSHOT_VERSION, SpanKey, SpanRef, Stats, SystemClock, Timing, Verdict};
+pub use config::{
+    Action, ActionKind, EngineConfig, KeyedConfig, KeysConfig, Match, Mode, Rule, RulesFile,
+    SamplerConfig, Target,
+};
+pub use engine::{
+    BatchOutput, Clock, Engine, SNAPSHOT_VERSION, SpanKey, SpanRef, Stats, SystemClock, Timing,
+    Verdict,
+};
 pub use error::{ConfigError, ConfigProblem, Error, Result};
 pub use features::SkipReason;
 pub use keys::{KeyId, OVERFLOW};

@@ -204,7 +204,10 @@ impl RuleSet {
         self.rules
             .iter()
             .enumerate()
-            .filter(|(_, r)| glob_match(&r.matcher.service, service) && glob_match(&r.matcher.operation, operation))
+            .filter(|(_, r)| {
+                glob_match(&r.matcher.service, service)
+                    && glob_match(&r.matcher.operation, operation)
+            })
             .map(|(i, _)| i as u16)
             .collect()
     }
@@ -245,7 +248,11 @@ impl RuleSet {
             threshold_ms: rule.duration_above_ms,
             observed_ms: obs.duration_ms,
             score: obs.score,
-            load_ratio: if rule.action.kind == ActionKind::Auto { load_ratio } else { None },
+            load_ratio: if rule.action.kind == ActionKind::Auto {
+                load_ratio
+            } else {
+                None
+            },
             trace_id: obs.trace_id,
             span_id: obs.span_id,
             span_index: obs.span_index,
@@ -278,7 +285,10 @@ impl RuleSet {
 
     /// Approximate heap bytes of the windows.
     pub fn memory_bytes(&self) -> usize {
-        self.state.iter().map(|s| s.ring.capacity() * 8 + std::mem::size_of::<RuleState>()).sum()
+        self.state
+            .iter()
+            .map(|s| s.ring.capacity() * 8 + std::mem::size_of::<RuleState>())
+            .sum()
     }
 }
 
@@ -292,7 +302,14 @@ mod tests {
     }
 
     fn obs(d: f64) -> Observation {
-        Observation { duration_ms: d, score: Some(0.5), anomalous: false, trace_id: [1; 16], span_id: [2; 8], span_index: 0 }
+        Observation {
+            duration_ms: d,
+            score: Some(0.5),
+            anomalous: false,
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            span_index: 0,
+        }
     }
 
     const MS: u64 = 1_000_000;
@@ -305,7 +322,9 @@ mod tests {
         assert!(rs.observe(0, &obs(200.0), 0).is_none());
         assert!(rs.observe(0, &obs(50.0), 10 * MS).is_none(), "not a breach");
         assert!(rs.observe(0, &obs(200.0), 20 * MS).is_none());
-        let d = rs.observe(0, &obs(300.0), 30 * MS).expect("third breach fires");
+        let d = rs
+            .observe(0, &obs(300.0), 30 * MS)
+            .expect("third breach fires");
         assert_eq!(d.count, 3);
         assert_eq!(d.observed_ms, 300.0);
         assert_eq!(d.action, ActionKind::Horizontal);
@@ -318,10 +337,16 @@ mod tests {
         let y = "rules:\n- name: r\n  when: { duration_above: 0ms }\n  count: 2\n  window: 1s\n  action: { kind: horizontal, target: { kind: Deployment, name: a }, max: 5 }\n";
         let mut rs = rules(y);
         rs.observe(0, &obs(1.0), 1_000 * MS);
-        assert!(rs.observe(0, &obs(1.0), 2_000 * MS - 1).is_some(), "W − 1 ns apart: both inside");
+        assert!(
+            rs.observe(0, &obs(1.0), 2_000 * MS - 1).is_some(),
+            "W − 1 ns apart: both inside"
+        );
         let mut rs = rules(y);
         rs.observe(0, &obs(1.0), 1_000 * MS);
-        assert!(rs.observe(0, &obs(1.0), 2_000 * MS).is_none(), "exactly W apart: the first left");
+        assert!(
+            rs.observe(0, &obs(1.0), 2_000 * MS).is_none(),
+            "exactly W apart: the first left"
+        );
     }
 
     #[test]

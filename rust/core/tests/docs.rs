@@ -26,13 +26,20 @@ fn readme_yaml_examples_validate() {
         // Blocks starting `# invalid` show an error on purpose: their leading comment lines after
         // the first are the exact message.
         if block.starts_with("# invalid") {
-            let expected: Vec<&str> =
-                block.lines().skip(1).take_while(|l| l.starts_with('#')).map(|l| l.trim_start_matches('#').trim()).collect();
-            let err = EngineConfig::from_yaml(block).expect_err("an invalid example").to_string();
+            let expected: Vec<&str> = block
+                .lines()
+                .skip(1)
+                .take_while(|l| l.starts_with('#'))
+                .map(|l| l.trim_start_matches('#').trim())
+                .collect();
+            let err = EngineConfig::from_yaml(block)
+                .expect_err("an invalid example")
+                .to_string();
             let got: Vec<&str> = err.lines().map(str::trim).collect();
             assert_eq!(got, expected, "README block {n}");
         } else {
-            EngineConfig::from_yaml(block).unwrap_or_else(|e| panic!("README block {n} is invalid: {e}\n{block}"));
+            EngineConfig::from_yaml(block)
+                .unwrap_or_else(|e| panic!("README block {n} is invalid: {e}\n{block}"));
         }
         n += 1;
         rest = &body[end..];
@@ -59,5 +66,8 @@ fn config_files_validate() {
 #[test]
 fn default_config_file_is_the_default() {
     let text = std::fs::read_to_string(root().join("configs/engine/default.yaml")).unwrap();
-    assert_eq!(EngineConfig::from_yaml(&text).unwrap(), EngineConfig::default());
+    assert_eq!(
+        EngineConfig::from_yaml(&text).unwrap(),
+        EngineConfig::default()
+    );
 }

@@ -5,7 +5,11 @@ use proptest::prelude::*;
 use scale_core::{BatchOutput, Engine, EngineConfig, Mode, SkipReason, SpanKey, SpanRef, Timing};
 
 fn cfg(mode: Mode, window: u32, seed: u64, rules: &str) -> EngineConfig {
-    let m = if mode == Mode::Paper { "paper" } else { "keyed" };
+    let m = if mode == Mode::Paper {
+        "paper"
+    } else {
+        "keyed"
+    };
     EngineConfig::from_yaml(&format!(
         "mode: {m}\nsampler: {{ n_trees: 4, height: 5, window_size: {window}, train_size: 20, seed: {seed} }}\n{rules}"
     ))
@@ -17,7 +21,10 @@ fn spans(input: &[(u8, f64)]) -> Vec<SpanRef<'static>> {
     input
         .iter()
         .map(|&(k, d)| SpanRef {
-            key: SpanKey::Names { service: "svc", operation: OPS[k as usize % 4] },
+            key: SpanKey::Names {
+                service: "svc",
+                operation: OPS[k as usize % 4],
+            },
             timing: Timing::DurationMs(d),
             trace_id: [k; 16],
             span_id: [k; 8],
@@ -26,7 +33,13 @@ fn spans(input: &[(u8, f64)]) -> Vec<SpanRef<'static>> {
 }
 
 fn durations() -> impl Strategy<Value = Vec<(u8, f64)>> {
-    prop::collection::vec((0u8..4, prop_oneof![0.0f64..10.0, 0.0f64..100_000.0, Just(0.0)]), 1..400)
+    prop::collection::vec(
+        (
+            0u8..4,
+            prop_oneof![0.0f64..10.0, 0.0f64..100_000.0, Just(0.0)],
+        ),
+        1..400,
+    )
 }
 
 fn mode() -> impl Strategy<Value = Mode> {
@@ -100,7 +113,8 @@ proptest! {
 
 #[test]
 fn a_million_distinct_keys_stay_within_the_bound() {
-    let c = EngineConfig::from_yaml("keys: { max_keys: 5000 }\nsampler: { n_trees: 4, height: 6 }").unwrap();
+    let c = EngineConfig::from_yaml("keys: { max_keys: 5000 }\nsampler: { n_trees: 4, height: 6 }")
+        .unwrap();
     let mut e = Engine::new(c);
     let mut out = BatchOutput::default();
     let names: Vec<String> = (0..10_000).map(|i| format!("operation-{i}")).collect();
@@ -110,7 +124,10 @@ fn a_million_distinct_keys_stay_within_the_bound() {
             .map(|i| {
                 let k = chunk * 10_000 + i;
                 SpanRef {
-                    key: SpanKey::Names { service: &names[(k / 10_000) as usize % 100], operation: &names[(k % 10_000) as usize] },
+                    key: SpanKey::Names {
+                        service: &names[(k / 10_000) as usize % 100],
+                        operation: &names[(k % 10_000) as usize],
+                    },
                     timing: Timing::DurationMs((k % 97) as f64),
                     trace_id: [0; 16],
                     span_id: [0; 8],
@@ -127,7 +144,11 @@ fn a_million_distinct_keys_stay_within_the_bound() {
     assert_eq!(s.keys, 5_000);
     assert_eq!(s.keys_overflow, 1_000_000 - 5_000);
     // Memory stops growing once the bound is reached.
-    assert_eq!(e.memory_bytes(), after_bound, "memory grew past the key bound");
+    assert_eq!(
+        e.memory_bytes(),
+        after_bound,
+        "memory grew past the key bound"
+    );
     assert!(e.memory_bytes() < 8 << 20, "{} bytes", e.memory_bytes());
 }
 
@@ -149,8 +170,14 @@ fn absurd_and_broken_timestamps_are_counted_never_panic() {
     let batch: Vec<SpanRef> = cases
         .iter()
         .map(|&(s, t)| SpanRef {
-            key: SpanKey::Names { service: "", operation: "" },
-            timing: Timing::StartEnd { start_ns: s, end_ns: t },
+            key: SpanKey::Names {
+                service: "",
+                operation: "",
+            },
+            timing: Timing::StartEnd {
+                start_ns: s,
+                end_ns: t,
+            },
             trace_id: [0; 16],
             span_id: [0; 8],
         })

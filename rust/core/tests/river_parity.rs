@@ -11,15 +11,23 @@ use std::io::Read;
 use scale_core::{Engine, EngineConfig, Mode, SamplerConfig, SpanKey, SpanRef, Timing};
 use serde_json::Value;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/river_parity.json.gz");
-const SPANS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/seed-tracemesh/spans.csv.gz");
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/river_parity.json.gz"
+);
+const SPANS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../data/seed-tracemesh/spans.csv.gz"
+);
 const TOLERANCE: f64 = 1e-9;
 const MIN_COMPARED: usize = 10_000;
 
 fn gunzip(path: &str) -> String {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
     let mut text = String::new();
-    flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut text).unwrap_or_else(|e| panic!("gunzip {path}: {e}"));
+    flate2::read::GzDecoder::new(&bytes[..])
+        .read_to_string(&mut text)
+        .unwrap_or_else(|e| panic!("gunzip {path}: {e}"));
     text
 }
 
@@ -38,11 +46,18 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let v: Value = serde_json::from_str(&gunzip(FIXTURE)).expect("fixture is JSON");
-    assert_eq!(v["river_version"], "0.26.1", "fixture made with another River");
+    assert_eq!(
+        v["river_version"], "0.26.1",
+        "fixture made with another River"
+    );
     let p = &v["params"];
     let u = |k: &str| p[k].as_u64().unwrap_or_else(|| panic!("params.{k}"));
-    let features: Vec<String> =
-        v["features"].as_array().expect("features").iter().map(|f| f.as_str().expect("feature name").to_string()).collect();
+    let features: Vec<String> = v["features"]
+        .as_array()
+        .expect("features")
+        .iter()
+        .map(|f| f.as_str().expect("feature name").to_string())
+        .collect();
     let trees = v["trees"]
         .as_array()
         .expect("trees")
@@ -63,7 +78,13 @@ fn fixture() -> Fixture {
         .as_array()
         .expect("scores")
         .iter()
-        .map(|s| if s.is_null() { None } else { Some(f64::from_bits(s.as_u64().expect("score bits"))) })
+        .map(|s| {
+            if s.is_null() {
+                None
+            } else {
+                Some(f64::from_bits(s.as_u64().expect("score bits")))
+            }
+        })
         .collect::<Vec<_>>();
     let rows = u("rows") as usize;
     assert_eq!(scores.len(), rows, "one score per row");
@@ -72,7 +93,9 @@ fn fixture() -> Fixture {
         height: u("height") as u32,
         window_size: u("window_size") as u32,
         seed: u("seed"),
-        max_duration_ms: p["max_duration_ms"].as_f64().expect("params.max_duration_ms"),
+        max_duration_ms: p["max_duration_ms"]
+            .as_f64()
+            .expect("params.max_duration_ms"),
         rows,
         features,
         trees,
@@ -89,11 +112,20 @@ fn spans(n: usize) -> Vec<(String, String, f64)> {
     lines
         .take(n)
         .map(|line| {
-            assert!(!line.contains('"'), "quoted CSV field not supported: {line}");
+            assert!(
+                !line.contains('"'),
+                "quoted CSV field not supported: {line}"
+            );
             let mut back = line.rsplitn(3, ',');
-            let (_label, duration, front) = (back.next(), back.next().expect("duration"), back.next().expect("key"));
+            let (_label, duration, front) = (
+                back.next(),
+                back.next().expect("duration"),
+                back.next().expect("key"),
+            );
             let (service, operation) = front.split_once(',').expect("service,operation");
-            let d = duration.parse::<f64>().unwrap_or_else(|e| panic!("duration {duration:?}: {e}"));
+            let d = duration
+                .parse::<f64>()
+                .unwrap_or_else(|e| panic!("duration {duration:?}: {e}"));
             (service.to_string(), operation.to_string(), d)
         })
         .collect()
@@ -149,7 +181,9 @@ fn paper_mode_scores_match_river() {
                     worst = i;
                 }
                 if !(diff <= TOLERANCE) && mismatches.len() < 10 {
-                    mismatches.push(format!("row {i} ({service}::{operation}, {d} ms): River {r}, ours {s}"));
+                    mismatches.push(format!(
+                        "row {i} ({service}::{operation}, {d} ms): River {r}, ours {s}"
+                    ));
                 }
             }
         }
@@ -157,17 +191,27 @@ fn paper_mode_scores_match_river() {
     let summary = format!(
         "River parity: {compared} rows compared, {identical} bit-identical, max |ours - River| = {max_diff:e} (row {worst}); \
          River {} ns/span",
-        fx.river_ns_per_span.map_or("?".to_string(), |n| format!("{n:.0}")),
+        fx.river_ns_per_span
+            .map_or("?".to_string(), |n| format!("{n:.0}")),
     );
     eprintln!("{summary}");
-    assert!(compared >= MIN_COMPARED, "{summary}: fewer than {MIN_COMPARED} rows compared");
-    assert!(max_diff <= TOLERANCE, "{summary}; first mismatches:\n{}", mismatches.join("\n"));
+    assert!(
+        compared >= MIN_COMPARED,
+        "{summary}: fewer than {MIN_COMPARED} rows compared"
+    );
+    assert!(
+        max_diff <= TOLERANCE,
+        "{summary}; first mismatches:\n{}",
+        mismatches.join("\n")
+    );
 }
 
 #[test]
 fn feature_names_match_river() {
     let fx = fixture();
     let e = engine(&fx);
-    let names = e.feature_names().expect("paper features known once trees are loaded");
+    let names = e
+        .feature_names()
+        .expect("paper features known once trees are loaded");
     assert_eq!(names.as_slice(), fx.features.as_slice());
 }

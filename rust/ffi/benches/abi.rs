@@ -61,7 +61,13 @@ struct Flat {
 /// A synthetic stream: `KEYS` operations of `service` with log-normal durations, 5 % slow.
 fn flat(ids: &[u32], seed: u64) -> Flat {
     let mut rng = SplitMix64::new(seed);
-    let mut f = Flat { keys: Vec::new(), start: Vec::new(), end: Vec::new(), trace: vec![3; 16 * STREAM], span: vec![4; 8 * STREAM] };
+    let mut f = Flat {
+        keys: Vec::new(),
+        start: Vec::new(),
+        end: Vec::new(),
+        trace: vec![3; 16 * STREAM],
+        span: vec![4; 8 * STREAM],
+    };
     for i in 0..STREAM {
         let k = (rng.next_u64() % ids.len() as u64) as usize;
         let (u1, u2) = (rng.next_f64().max(1e-12), rng.next_f64());
@@ -80,7 +86,9 @@ fn flat(ids: &[u32], seed: u64) -> Flat {
 fn new_handle() -> *mut scale_engine {
     let mut e = null_mut();
     // SAFETY: valid buffers.
-    let st = unsafe { scale::scale_engine_new(YAML.as_ptr(), YAML.len(), &mut e, null_mut(), 0, null_mut()) };
+    let st = unsafe {
+        scale::scale_engine_new(YAML.as_ptr(), YAML.len(), &mut e, null_mut(), 0, null_mut())
+    };
     assert_eq!(st, scale_status::Ok);
     e
 }
@@ -91,7 +99,16 @@ fn intern(e: *mut scale_engine, service: &str) -> Vec<u32> {
             let op = format!("op-{k}");
             let mut id = 0;
             // SAFETY: valid buffers.
-            unsafe { scale::scale_engine_intern(e, service.as_ptr(), service.len(), op.as_ptr(), op.len(), &mut id) };
+            unsafe {
+                scale::scale_engine_intern(
+                    e,
+                    service.as_ptr(),
+                    service.len(),
+                    op.as_ptr(),
+                    op.len(),
+                    &mut id,
+                )
+            };
             id
         })
         .collect()
@@ -108,7 +125,13 @@ struct Outs {
 
 impl Outs {
     fn new() -> Self {
-        Outs { scores: vec![0.0; 1024], keep: vec![0; 1024], skip: vec![scale_skip::None; 1024], decisions: Vec::with_capacity(64), n_decisions: 0 }
+        Outs {
+            scores: vec![0.0; 1024],
+            keep: vec![0; 1024],
+            skip: vec![scale_skip::None; 1024],
+            decisions: Vec::with_capacity(64),
+            n_decisions: 0,
+        }
     }
 }
 
@@ -133,23 +156,32 @@ fn c_batch(e: *mut scale_engine, f: &Flat, off: usize, n: usize, o: &mut Outs) {
             &mut o.n_decisions,
         )
     };
-    debug_assert!(matches!(st, scale_status::Ok | scale_status::DecisionsTruncated));
+    debug_assert!(matches!(
+        st,
+        scale_status::Ok | scale_status::DecisionsTruncated
+    ));
     std::hint::black_box(st);
 }
 
 fn abi(c: &mut Criterion) {
     let mut g = c.benchmark_group("abi_per_span");
-    g.measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
     for n in [1usize, 64, 1024] {
         g.throughput(Throughput::Elements(n as u64));
         // Direct: scale-core on pre-built SpanRefs.
         let mut engine = Engine::from_yaml(YAML).unwrap();
-        let ids: Vec<u32> = (0..KEYS).map(|k| engine.intern("svc0", &format!("op-{k}"))).collect();
+        let ids: Vec<u32> = (0..KEYS)
+            .map(|k| engine.intern("svc0", &format!("op-{k}")))
+            .collect();
         let f = flat(&ids, 1);
         let spans: Vec<SpanRef<'static>> = (0..STREAM)
             .map(|i| SpanRef {
                 key: SpanKey::Id(f.keys[i]),
-                timing: Timing::StartEnd { start_ns: f.start[i], end_ns: f.end[i] },
+                timing: Timing::StartEnd {
+                    start_ns: f.start[i],
+                    end_ns: f.end[i],
+                },
                 trace_id: [3; 16],
                 span_id: [4; 8],
             })
@@ -236,7 +268,9 @@ fn run(handles: &[(Shared, &Flat)], threads: usize, work: Duration) -> Duration 
 
 fn locking(c: &mut Criterion) {
     let mut g = c.benchmark_group("locking_2_threads");
-    g.sample_size(20).measurement_time(Duration::from_secs(6)).warm_up_time(Duration::from_secs(1));
+    g.sample_size(20)
+        .measurement_time(Duration::from_secs(6))
+        .warm_up_time(Duration::from_secs(1));
     g.throughput(Throughput::Elements((2 * ROUNDS * 1024) as u64));
     // One handle, two services.
     let one = new_handle();
@@ -253,10 +287,19 @@ fn locking(c: &mut Criterion) {
     }
     let shared = [(Shared(one), &fa), (Shared(one), &fb)];
     let sharded = [(Shared(ha), &ga), (Shared(hb), &gb)];
-    for (label, work) in [("", Duration::ZERO), ("_caller_work", Duration::from_micros(180))] {
-        g.bench_function(format!("one_handle_one_thread{label}"), |b| b.iter_custom(|iters| (0..iters).map(|_| run(&shared, 1, work)).sum()));
-        g.bench_function(format!("one_handle_two_threads{label}"), |b| b.iter_custom(|iters| (0..iters).map(|_| run(&shared, 2, work)).sum()));
-        g.bench_function(format!("two_handles_two_threads{label}"), |b| b.iter_custom(|iters| (0..iters).map(|_| run(&sharded, 2, work)).sum()));
+    for (label, work) in [
+        ("", Duration::ZERO),
+        ("_caller_work", Duration::from_micros(180)),
+    ] {
+        g.bench_function(format!("one_handle_one_thread{label}"), |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| run(&shared, 1, work)).sum())
+        });
+        g.bench_function(format!("one_handle_two_threads{label}"), |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| run(&shared, 2, work)).sum())
+        });
+        g.bench_function(format!("two_handles_two_threads{label}"), |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| run(&sharded, 2, work)).sum())
+        });
     }
     g.finish();
     // SAFETY: made above; the threads are done.

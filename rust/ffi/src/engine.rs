@@ -86,7 +86,11 @@ impl Drop for PoisonOnPanic<'_> {
 impl Shared {
     fn new(engine: Engine) -> Self {
         Shared {
-            state: Mutex::new(State { engine, out: BatchOutput::default(), spans: Vec::new() }),
+            state: Mutex::new(State {
+                engine,
+                out: BatchOutput::default(),
+                spans: Vec::new(),
+            }),
             poisoned: AtomicBool::new(false),
             #[cfg(test)]
             panic_next: AtomicBool::new(false),
@@ -108,7 +112,10 @@ impl Shared {
         if self.is_poisoned() {
             return Err(scale_status::Poisoned);
         }
-        let locked = Locked { poison_on_panic: PoisonOnPanic(&self.poisoned), guard };
+        let locked = Locked {
+            poison_on_panic: PoisonOnPanic(&self.poisoned),
+            guard,
+        };
         #[cfg(test)]
         if self.panic_next.swap(false, Ordering::SeqCst) {
             panic!("scale-ffi test hook: forced panic");
@@ -129,7 +136,10 @@ impl Locked<'_> {
 ///
 /// # Safety
 /// `engine` must be NULL or a live handle from this library.
-unsafe fn on_engine(engine: *const scale_engine, f: impl FnOnce(&Shared) -> FfiResult<scale_status>) -> scale_status {
+unsafe fn on_engine(
+    engine: *const scale_engine,
+    f: impl FnOnce(&Shared) -> FfiResult<scale_status>,
+) -> scale_status {
     panic::catch(|| {
         if engine.is_null() {
             return scale_status::NullArgument;
@@ -178,14 +188,20 @@ impl From<Error> for Failure {
 ///
 /// # Safety
 /// As `ffi::MsgOut::new`.
-unsafe fn with_msg(msg: *mut c_char, msg_cap: usize, msg_len: *mut usize, f: impl FnOnce() -> Result<(), Failure>) -> scale_status {
+unsafe fn with_msg(
+    msg: *mut c_char,
+    msg_cap: usize,
+    msg_len: *mut usize,
+    f: impl FnOnce() -> Result<(), Failure>,
+) -> scale_status {
     panic::catch(|| {
         // SAFETY: forwarded.
         let mut m = match unsafe { MsgOut::new(msg, msg_cap, msg_len) } {
             Ok(m) => m,
             Err(s) => return s,
         };
-        let r = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(Failure::from(scale_status::Panic)));
+        let r = catch_unwind(AssertUnwindSafe(f))
+            .unwrap_or_else(|_| Err(Failure::from(scale_status::Panic)));
         match r {
             Ok(()) => {
                 m.write("");
@@ -205,9 +221,14 @@ unsafe fn with_msg(msg: *mut c_char, msg_cap: usize, msg_len: *mut usize, f: imp
 /// As `ffi::slice`.
 unsafe fn text<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a str, Failure> {
     // SAFETY: forwarded.
-    let bytes = unsafe { ffi::slice(ptr, len) }.map_err(|s| Failure(s, format!("{what}: {}", s.as_cstr().to_string_lossy())))?;
-    std::str::from_utf8(bytes)
-        .map_err(|e| Failure(scale_status::InvalidUtf8, format!("{what} is not valid UTF-8 (byte {})", e.valid_up_to())))
+    let bytes = unsafe { ffi::slice(ptr, len) }
+        .map_err(|s| Failure(s, format!("{what}: {}", s.as_cstr().to_string_lossy())))?;
+    std::str::from_utf8(bytes).map_err(|e| {
+        Failure(
+            scale_status::InvalidUtf8,
+            format!("{what} is not valid UTF-8 (byte {})", e.valid_up_to()),
+        )
+    })
 }
 
 /// A filesystem path from `(ptr, len)` bytes: any bytes but NUL on Unix, UTF-8 elsewhere.
@@ -218,7 +239,10 @@ unsafe fn path<'a>(ptr: *const u8, len: usize) -> Result<&'a std::path::Path, Fa
     // SAFETY: forwarded.
     let bytes = unsafe { ffi::slice(ptr, len) }.map_err(Failure::from)?;
     if bytes.is_empty() || bytes.contains(&0) {
-        return Err(Failure(scale_status::Io, "path is empty or contains a NUL byte".into()));
+        return Err(Failure(
+            scale_status::Io,
+            "path is empty or contains a NUL byte".into(),
+        ));
     }
     #[cfg(unix)]
     {
@@ -227,7 +251,9 @@ unsafe fn path<'a>(ptr: *const u8, len: usize) -> Result<&'a std::path::Path, Fa
     }
     #[cfg(not(unix))]
     {
-        std::str::from_utf8(bytes).map(std::path::Path::new).map_err(|_| Failure(scale_status::InvalidUtf8, "path is not valid UTF-8".into()))
+        std::str::from_utf8(bytes)
+            .map(std::path::Path::new)
+            .map_err(|_| Failure(scale_status::InvalidUtf8, "path is not valid UTF-8".into()))
     }
 }
 
@@ -235,9 +261,14 @@ unsafe fn path<'a>(ptr: *const u8, len: usize) -> Result<&'a std::path::Path, Fa
 ///
 /// # Safety
 /// As `ffi::slice` and `ffi::out_ref`.
-unsafe fn config_and_out<'a>(yaml: *const u8, yaml_len: usize, out: *mut *mut scale_engine) -> Result<(EngineConfig, &'a mut MaybeUninit<*mut scale_engine>), Failure> {
+unsafe fn config_and_out<'a>(
+    yaml: *const u8,
+    yaml_len: usize,
+    out: *mut *mut scale_engine,
+) -> Result<(EngineConfig, &'a mut MaybeUninit<*mut scale_engine>), Failure> {
     // SAFETY: forwarded.
-    let out = unsafe { ffi::out_ref(out) }.map_err(|s| Failure(s, "out is NULL or misaligned".into()))?;
+    let out =
+        unsafe { ffi::out_ref(out) }.map_err(|s| Failure(s, "out is NULL or misaligned".into()))?;
     // SAFETY: forwarded.
     let text = unsafe { text(yaml, yaml_len, "configuration") }?;
     let cfg = EngineConfig::from_yaml(text).map_err(|e| Failure::from(Error::Config(e)))?;
@@ -245,7 +276,9 @@ unsafe fn config_and_out<'a>(yaml: *const u8, yaml_len: usize, out: *mut *mut sc
 }
 
 fn publish(out: &mut MaybeUninit<*mut scale_engine>, engine: Engine) {
-    out.write(Box::into_raw(Box::new(scale_engine { shared: Shared::new(engine) })));
+    out.write(Box::into_raw(Box::new(scale_engine {
+        shared: Shared::new(engine),
+    })));
 }
 
 /// Create an engine from configuration YAML.
@@ -303,10 +336,12 @@ pub unsafe fn scale_engine_new_with_rules(
     // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
     unsafe {
         with_msg(msg, msg_cap, msg_len, || {
-            let out = ffi::out_ref(out).map_err(|s| Failure(s, "out is NULL or misaligned".into()))?;
+            let out =
+                ffi::out_ref(out).map_err(|s| Failure(s, "out is NULL or misaligned".into()))?;
             let engine_text = text(yaml, yaml_len, "configuration")?;
             let rules_text = text(rules_yaml, rules_len, "rules")?;
-            let cfg = EngineConfig::from_parts(engine_text, Some(rules_text)).map_err(|e| Failure::from(Error::Config(e)))?;
+            let cfg = EngineConfig::from_parts(engine_text, Some(rules_text))
+                .map_err(|e| Failure::from(Error::Config(e)))?;
             publish(out, Engine::new(cfg));
             Ok(())
         })
@@ -336,7 +371,8 @@ pub unsafe fn scale_engine_restore(
     unsafe {
         with_msg(msg, msg_cap, msg_len, || {
             let (cfg, out) = config_and_out(yaml, yaml_len, out)?;
-            let snap = ffi::slice(snapshot, snapshot_len).map_err(|s| Failure(s, "snapshot is NULL or too long".into()))?;
+            let snap = ffi::slice(snapshot, snapshot_len)
+                .map_err(|s| Failure(s, "snapshot is NULL or too long".into()))?;
             publish(out, Engine::restore(cfg, snap)?);
             Ok(())
         })
@@ -364,7 +400,8 @@ pub unsafe fn scale_engine_restore_from_file(
         with_msg(msg, msg_cap, msg_len, || {
             let (cfg, out) = config_and_out(yaml, yaml_len, out)?;
             let p = self::path(path, path_len)?;
-            let bytes = std::fs::read(p).map_err(|e| Failure(scale_status::Io, format!("reading {}: {e}", p.display())))?;
+            let bytes = std::fs::read(p)
+                .map_err(|e| Failure(scale_status::Io, format!("reading {}: {e}", p.display())))?;
             publish(out, Engine::restore(cfg, &bytes)?);
             Ok(())
         })
@@ -418,7 +455,12 @@ pub unsafe fn scale_engine_intern(
 /// How a batch names its spans' keys.
 enum Keys<'a> {
     Ids(&'a [u32]),
-    Names { services: &'a [*const u8], service_lens: &'a [usize], operations: &'a [*const u8], operation_lens: &'a [usize] },
+    Names {
+        services: &'a [*const u8],
+        service_lens: &'a [usize],
+        operations: &'a [*const u8],
+        operation_lens: &'a [usize],
+    },
 }
 
 /// A validated batch: inputs and the caller's outputs.
@@ -440,7 +482,9 @@ struct Batch<'a> {
 /// vector of a same-layout type keeps the buffer).
 fn recycle<'b>(mut v: Vec<SpanRef<'_>>) -> Vec<SpanRef<'b>> {
     v.clear();
-    v.into_iter().map(|_| -> SpanRef<'b> { unreachable!("the vector is empty") }).collect()
+    v.into_iter()
+        .map(|_| -> SpanRef<'b> { unreachable!("the vector is empty") })
+        .collect()
 }
 
 /// A name pair at index `i` of a names batch; `None` if a pointer is NULL or a name is not
@@ -449,7 +493,15 @@ fn recycle<'b>(mut v: Vec<SpanRef<'_>>) -> Vec<SpanRef<'b>> {
 /// # Safety
 /// The arrays' pointers must be valid as documented on `scale_engine_process_names`.
 unsafe fn name_pair<'a>(k: &Keys<'a>, i: usize) -> Option<(&'a str, &'a str)> {
-    let Keys::Names { services, service_lens, operations, operation_lens } = k else { return None };
+    let Keys::Names {
+        services,
+        service_lens,
+        operations,
+        operation_lens,
+    } = k
+    else {
+        return None;
+    };
     // SAFETY: forwarded.
     let s = unsafe { ffi::str(services[i], service_lens[i]) }.ok()?;
     // SAFETY: forwarded.
@@ -473,7 +525,10 @@ impl Batch<'_> {
             };
             spans.push(SpanRef {
                 key,
-                timing: Timing::StartEnd { start_ns: self.start_ns[i], end_ns: self.end_ns[i] },
+                timing: Timing::StartEnd {
+                    start_ns: self.start_ns[i],
+                    end_ns: self.end_ns[i],
+                },
                 trace_id: self.trace_ids.map_or([0; 16], |t| t[i]),
                 span_id: self.span_ids.map_or([0; 8], |t| t[i]),
             });
@@ -490,13 +545,19 @@ impl Batch<'_> {
             dst.write(scale_decision::from(d));
         }
         self.decisions_len.write(total);
-        if total > self.decisions.len() { scale_status::DecisionsTruncated } else { scale_status::Ok }
+        if total > self.decisions.len() {
+            scale_status::DecisionsTruncated
+        } else {
+            scale_status::Ok
+        }
     }
 }
 
 /// A batch has at most `u32::MAX` spans (decisions carry a `u32` span index).
 fn check_n(n: usize) -> FfiResult<()> {
-    u32::try_from(n).map(|_| ()).map_err(|_| scale_status::InvalidLength)
+    u32::try_from(n)
+        .map(|_| ())
+        .map_err(|_| scale_status::InvalidLength)
 }
 
 /// Validate the arguments shared by both process calls.
@@ -590,7 +651,21 @@ pub unsafe fn scale_engine_process(
         on_engine(engine, |e| {
             check_n(n)?;
             let keys = Keys::Ids(ffi::slice(key_ids, n)?);
-            let b = batch(now_ns, n, keys, start_ns, end_ns, trace_ids, span_ids, scores_out, keep_out, skip_out, decisions_out, decisions_cap, decisions_len)?;
+            let b = batch(
+                now_ns,
+                n,
+                keys,
+                start_ns,
+                end_ns,
+                trace_ids,
+                span_ids,
+                scores_out,
+                keep_out,
+                skip_out,
+                decisions_out,
+                decisions_cap,
+                decisions_len,
+            )?;
             Ok(b.run(e.lock()?.state()))
         })
     }
@@ -634,7 +709,21 @@ pub unsafe fn scale_engine_process_names(
                 operations: ffi::slice(operations, n)?,
                 operation_lens: ffi::slice(operation_lens, n)?,
             };
-            let b = batch(now_ns, n, keys, start_ns, end_ns, trace_ids, span_ids, scores_out, keep_out, skip_out, decisions_out, decisions_cap, decisions_len)?;
+            let b = batch(
+                now_ns,
+                n,
+                keys,
+                start_ns,
+                end_ns,
+                trace_ids,
+                span_ids,
+                scores_out,
+                keep_out,
+                skip_out,
+                decisions_out,
+                decisions_cap,
+                decisions_len,
+            )?;
             Ok(b.run(e.lock()?.state()))
         })
     }
@@ -644,7 +733,10 @@ pub unsafe fn scale_engine_process_names(
 ///
 /// Thread safety: safe to call concurrently with any call but `scale_engine_free`.
 #[ffi_export]
-pub unsafe fn scale_engine_rule_count(engine: *const scale_engine, count_out: *mut usize) -> scale_status {
+pub unsafe fn scale_engine_rule_count(
+    engine: *const scale_engine,
+    count_out: *mut usize,
+) -> scale_status {
     // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
     unsafe {
         on_engine(engine, |e| {
@@ -663,7 +755,13 @@ pub unsafe fn scale_engine_rule_count(engine: *const scale_engine, count_out: *m
 /// `SCALE_STATUS_INDEX_OUT_OF_RANGE`. `buf` may be NULL if `cap` is 0.
 /// Thread safety: safe to call concurrently with any call but `scale_engine_free`.
 #[ffi_export]
-pub unsafe fn scale_engine_rule_name(engine: *const scale_engine, index: usize, buf: *mut c_char, cap: usize, len: *mut usize) -> scale_status {
+pub unsafe fn scale_engine_rule_name(
+    engine: *const scale_engine,
+    index: usize,
+    buf: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+) -> scale_status {
     // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
     unsafe {
         on_engine(engine, |e| {
@@ -671,7 +769,11 @@ pub unsafe fn scale_engine_rule_name(engine: *const scale_engine, index: usize, 
             let len = ffi::out_ref(len)?;
             let mut l = e.lock()?;
             let rules = l.state().engine.rules().rules();
-            let name = rules.get(index).ok_or(scale_status::IndexOutOfRange)?.name.as_bytes();
+            let name = rules
+                .get(index)
+                .ok_or(scale_status::IndexOutOfRange)?
+                .name
+                .as_bytes();
             len.write(name.len());
             if name.len() > buf.len() {
                 return Ok(scale_status::BufferTooSmall);
@@ -689,7 +791,10 @@ pub unsafe fn scale_engine_rule_name(engine: *const scale_engine, index: usize, 
 /// Thread safety: safe to call concurrently with any call but `scale_engine_free`; the counters
 /// are a consistent view between two batches.
 #[ffi_export]
-pub unsafe fn scale_engine_stats(engine: *const scale_engine, out: *mut scale_stats) -> scale_status {
+pub unsafe fn scale_engine_stats(
+    engine: *const scale_engine,
+    out: *mut scale_stats,
+) -> scale_status {
     // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
     unsafe {
         on_engine(engine, |e| {
@@ -708,7 +813,10 @@ pub unsafe fn scale_engine_stats(engine: *const scale_engine, out: *mut scale_st
 /// or retry on `SCALE_STATUS_BUFFER_TOO_SMALL`.
 /// Thread safety: safe to call concurrently with any call but `scale_engine_free`.
 #[ffi_export]
-pub unsafe fn scale_engine_snapshot_size(engine: *const scale_engine, size_out: *mut usize) -> scale_status {
+pub unsafe fn scale_engine_snapshot_size(
+    engine: *const scale_engine,
+    size_out: *mut usize,
+) -> scale_status {
     // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
     unsafe {
         on_engine(engine, |e| {
@@ -729,7 +837,12 @@ pub unsafe fn scale_engine_snapshot_size(engine: *const scale_engine, size_out: 
 /// meanwhile (concurrent batches wait). Thread safety: safe to call concurrently with any call
 /// but `scale_engine_free`.
 #[ffi_export]
-pub unsafe fn scale_engine_snapshot(engine: *const scale_engine, buf: *mut u8, cap: usize, len: *mut usize) -> scale_status {
+pub unsafe fn scale_engine_snapshot(
+    engine: *const scale_engine,
+    buf: *mut u8,
+    cap: usize,
+    len: *mut usize,
+) -> scale_status {
     // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
     unsafe {
         on_engine(engine, |e| {
@@ -771,7 +884,9 @@ pub unsafe fn scale_engine_snapshot_to_file(
             let mut m = MsgOut::new(msg, msg_cap, msg_len)?;
             let r = self::path(path, path_len).and_then(|p| {
                 let bytes = e.lock().map_err(Failure::from)?.state().engine.snapshot();
-                write_atomically(p, &bytes).map_err(|err| Failure(scale_status::Io, format!("writing {}: {err}", p.display())))
+                write_atomically(p, &bytes).map_err(|err| {
+                    Failure(scale_status::Io, format!("writing {}: {err}", p.display()))
+                })
             });
             match r {
                 Ok(()) => {
@@ -791,8 +906,17 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     use std::io::Write;
     use std::sync::atomic::AtomicU64;
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let mut name = path.file_name().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"))?.to_os_string();
-    name.push(format!(".tmp.{}.{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+    let mut name = path
+        .file_name()
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name")
+        })?
+        .to_os_string();
+    name.push(format!(
+        ".tmp.{}.{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     let tmp = path.with_file_name(name);
     let r = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -811,7 +935,12 @@ mod tests {
     use super::*;
 
     fn span(key: SpanKey<'_>) -> SpanRef<'_> {
-        SpanRef { key, timing: Timing::DurationMs(1.0), trace_id: [0; 16], span_id: [0; 8] }
+        SpanRef {
+            key,
+            timing: Timing::DurationMs(1.0),
+            trace_id: [0; 16],
+            span_id: [0; 8],
+        }
     }
 
     #[test]
@@ -822,7 +951,10 @@ mod tests {
         let name = String::from("borrowed");
         let mut w = recycle(v);
         assert!(w.is_empty() && w.capacity() >= 1024);
-        w.push(span(SpanKey::Names { service: &name, operation: &name }));
+        w.push(span(SpanKey::Names {
+            service: &name,
+            operation: &name,
+        }));
         assert_eq!(w.as_ptr(), p, "same buffer: no allocation per batch");
         let back: Vec<SpanRef<'static>> = recycle(w);
         assert_eq!((back.as_ptr(), back.len()), (p, 0));

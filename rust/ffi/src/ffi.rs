@@ -20,7 +20,8 @@ pub(crate) type FfiResult<T> = Result<T, scale_status>;
 
 /// Whether `len` elements of `T` fit in one Rust allocation (at most `isize::MAX` bytes).
 fn fits<T>(len: usize) -> bool {
-    len.checked_mul(std::mem::size_of::<T>().max(1)).is_some_and(|b| b <= isize::MAX as usize)
+    len.checked_mul(std::mem::size_of::<T>().max(1))
+        .is_some_and(|b| b <= isize::MAX as usize)
 }
 
 fn check_ptr<T>(ptr: *const T, len: usize) -> FfiResult<()> {
@@ -67,7 +68,10 @@ pub(crate) unsafe fn opt_slice<'a, T>(ptr: *const T, len: usize) -> FfiResult<Op
 /// # Safety
 /// If `len > 0` and `ptr` is non-NULL, `ptr` must point to `len` writable `T`s, not aliased
 /// by any other argument, valid for `'a`.
-pub(crate) unsafe fn out_slice<'a, T>(ptr: *mut T, len: usize) -> FfiResult<&'a mut [MaybeUninit<T>]> {
+pub(crate) unsafe fn out_slice<'a, T>(
+    ptr: *mut T,
+    len: usize,
+) -> FfiResult<&'a mut [MaybeUninit<T>]> {
     if len == 0 {
         return Ok(&mut []);
     }
@@ -134,7 +138,11 @@ impl<'a> MsgOut<'a> {
     ///
     /// # Safety
     /// As [`out_slice`] and [`opt_out_ref`].
-    pub(crate) unsafe fn new(msg: *mut c_char, msg_cap: usize, msg_len: *mut usize) -> FfiResult<Self> {
+    pub(crate) unsafe fn new(
+        msg: *mut c_char,
+        msg_cap: usize,
+        msg_len: *mut usize,
+    ) -> FfiResult<Self> {
         // SAFETY: forwarded.
         let buf = unsafe { out_slice(msg, msg_cap) }?;
         // SAFETY: forwarded.
@@ -172,11 +180,20 @@ mod tests {
         // SAFETY: only the length-0 and NULL paths, which never dereference.
         unsafe {
             assert_eq!(slice::<u8>(std::ptr::null(), 0).unwrap(), &[] as &[u8]);
-            assert_eq!(slice::<u8>(std::ptr::null(), 1), Err(scale_status::NullArgument));
-            assert_eq!(slice::<u64>(std::ptr::dangling(), usize::MAX / 4).unwrap_err(), scale_status::InvalidLength);
+            assert_eq!(
+                slice::<u8>(std::ptr::null(), 1),
+                Err(scale_status::NullArgument)
+            );
+            assert_eq!(
+                slice::<u64>(std::ptr::dangling(), usize::MAX / 4).unwrap_err(),
+                scale_status::InvalidLength
+            );
             let x = [0u64; 2];
             let p = x.as_ptr().cast::<u8>().wrapping_add(1).cast::<u64>();
-            assert_eq!(slice::<u64>(p, 1).unwrap_err(), scale_status::MisalignedPointer);
+            assert_eq!(
+                slice::<u64>(p, 1).unwrap_err(),
+                scale_status::MisalignedPointer
+            );
             assert!(opt_slice::<u8>(std::ptr::null(), 5).unwrap().is_none());
         }
     }

@@ -85,7 +85,9 @@ impl scale_status {
     pub fn as_cstr(self) -> &'static std::ffi::CStr {
         match self {
             scale_status::Ok => c"ok",
-            scale_status::DecisionsTruncated => c"decisions truncated: the buffer was smaller than the number of decisions",
+            scale_status::DecisionsTruncated => {
+                c"decisions truncated: the buffer was smaller than the number of decisions"
+            }
             scale_status::NullArgument => c"a required pointer argument was NULL",
             scale_status::InvalidLength => c"a length is too large",
             scale_status::MisalignedPointer => c"a pointer is not aligned for its element type",
@@ -122,5 +124,7 @@ impl scale_status {
 /// Thread safety: safe to call from any thread at any time.
 #[ffi_export]
 pub fn scale_status_str(code: i32) -> *const safer_ffi::c_char {
-    crate::panic::catch_or(std::ptr::null(), || scale_status::text_of(code).as_ptr().cast())
+    crate::panic::catch_or(std::ptr::null(), || {
+        scale_status::text_of(code).as_ptr().cast()
+    })
 }

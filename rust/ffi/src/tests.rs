@@ -40,7 +40,16 @@ fn try_new(yaml: &[u8]) -> (scale_status, *mut scale_engine, String) {
     let mut msg = vec![0u8; 4096];
     let mut len = usize::MAX;
     // SAFETY: valid buffers.
-    let st = unsafe { scale_engine_new(yaml.as_ptr(), yaml.len(), &mut out, msg.as_mut_ptr().cast(), msg.len(), &mut len) };
+    let st = unsafe {
+        scale_engine_new(
+            yaml.as_ptr(),
+            yaml.len(),
+            &mut out,
+            msg.as_mut_ptr().cast(),
+            msg.len(),
+            &mut len,
+        )
+    };
     msg.truncate(len);
     (st, out, String::from_utf8(msg).unwrap())
 }
@@ -82,7 +91,11 @@ impl Out {
 fn spans(v: &[(u32, f64)]) -> (Vec<u32>, Vec<u64>, Vec<u64>) {
     let keys = v.iter().map(|s| s.0).collect();
     let start: Vec<u64> = (0..v.len() as u64).map(|i| T0 + i * MS).collect();
-    let end = start.iter().zip(v).map(|(s, x)| s + (x.1 * 1e6) as u64).collect();
+    let end = start
+        .iter()
+        .zip(v)
+        .map(|(s, x)| s + (x.1 * 1e6) as u64)
+        .collect();
     (keys, start, end)
 }
 
@@ -91,7 +104,14 @@ fn process_cap(e: &H, now: u64, v: &[(u32, f64)], cap: usize) -> Out {
     let n = v.len();
     let trace: Vec<u8> = (0..n * 16).map(|i| (i / 16) as u8).collect();
     let span: Vec<u8> = (0..n * 8).map(|i| (i / 8) as u8).collect();
-    let mut o = Out { status: scale_status::Ok, scores: vec![-1.0; n], keep: vec![9; n], skip: vec![scale_skip::None; n], decisions: Vec::with_capacity(cap), n_decisions: usize::MAX };
+    let mut o = Out {
+        status: scale_status::Ok,
+        scores: vec![-1.0; n],
+        keep: vec![9; n],
+        skip: vec![scale_skip::None; n],
+        decisions: Vec::with_capacity(cap),
+        n_decisions: usize::MAX,
+    };
     // SAFETY: every array has `n` (or `cap`) elements.
     o.status = unsafe {
         scale_engine_process(
@@ -111,7 +131,10 @@ fn process_cap(e: &H, now: u64, v: &[(u32, f64)], cap: usize) -> Out {
             &mut o.n_decisions,
         )
     };
-    if matches!(o.status, scale_status::Ok | scale_status::DecisionsTruncated) {
+    if matches!(
+        o.status,
+        scale_status::Ok | scale_status::DecisionsTruncated
+    ) {
         // SAFETY: the call wrote min(cap, total) decisions.
         unsafe { o.decisions.set_len(cap.min(o.n_decisions)) };
     }
@@ -133,7 +156,10 @@ fn stats(e: &H) -> scale_stats {
 fn snapshot(e: &H) -> Vec<u8> {
     let mut size = 0;
     // SAFETY: valid pointers.
-    assert_eq!(unsafe { scale_engine_snapshot_size(e.0, &mut size) }, scale_status::Ok);
+    assert_eq!(
+        unsafe { scale_engine_snapshot_size(e.0, &mut size) },
+        scale_status::Ok
+    );
     loop {
         let mut buf = vec![0u8; size];
         let mut len = 0;
@@ -159,7 +185,18 @@ fn restore(yaml: &str, snap: &[u8]) -> (scale_status, *mut scale_engine, String)
     let mut msg = vec![0u8; 1024];
     let mut len = 0;
     // SAFETY: valid buffers.
-    let st = unsafe { scale_engine_restore(yaml.as_ptr(), yaml.len(), snap.as_ptr(), snap.len(), &mut out, msg.as_mut_ptr().cast(), msg.len(), &mut len) };
+    let st = unsafe {
+        scale_engine_restore(
+            yaml.as_ptr(),
+            yaml.len(),
+            snap.as_ptr(),
+            snap.len(),
+            &mut out,
+            msg.as_mut_ptr().cast(),
+            msg.len(),
+            &mut len,
+        )
+    };
     msg.truncate(len);
     (st, out, String::from_utf8(msg).unwrap())
 }
@@ -188,10 +225,28 @@ fn one_call(e: *mut scale_engine, i: usize) -> (&'static str, scale_status) {
     // SAFETY: valid buffers throughout; `e` may be NULL or poisoned on purpose.
     unsafe {
         match i {
-            0 => ("intern", scale_engine_intern(e, k.as_ptr(), 1, k.as_ptr(), 1, &mut key)),
+            0 => (
+                "intern",
+                scale_engine_intern(e, k.as_ptr(), 1, k.as_ptr(), 1, &mut key),
+            ),
             1 => (
                 "process",
-                scale_engine_process(e, T0, 1, keys.as_ptr(), start.as_ptr(), end.as_ptr(), null(), null(), sc.as_mut_ptr(), kp.as_mut_ptr(), sk.as_mut_ptr(), null_mut(), 0, &mut nd),
+                scale_engine_process(
+                    e,
+                    T0,
+                    1,
+                    keys.as_ptr(),
+                    start.as_ptr(),
+                    end.as_ptr(),
+                    null(),
+                    null(),
+                    sc.as_mut_ptr(),
+                    kp.as_mut_ptr(),
+                    sk.as_mut_ptr(),
+                    null_mut(),
+                    0,
+                    &mut nd,
+                ),
             ),
             2 => (
                 "process_names",
@@ -216,11 +271,27 @@ fn one_call(e: *mut scale_engine, i: usize) -> (&'static str, scale_status) {
                 ),
             ),
             3 => ("rule_count", scale_engine_rule_count(e, &mut count)),
-            4 => ("rule_name", scale_engine_rule_name(e, 0, name.as_mut_ptr(), name.len(), &mut len)),
+            4 => (
+                "rule_name",
+                scale_engine_rule_name(e, 0, name.as_mut_ptr(), name.len(), &mut len),
+            ),
             5 => ("stats", scale_engine_stats(e, &mut s)),
             6 => ("snapshot_size", scale_engine_snapshot_size(e, &mut size)),
-            7 => ("snapshot", scale_engine_snapshot(e, buf.as_mut_ptr(), buf.len(), &mut len)),
-            8 => ("snapshot_to_file", scale_engine_snapshot_to_file(e, path.as_ptr(), path.len(), null_mut(), 0, null_mut())),
+            7 => (
+                "snapshot",
+                scale_engine_snapshot(e, buf.as_mut_ptr(), buf.len(), &mut len),
+            ),
+            8 => (
+                "snapshot_to_file",
+                scale_engine_snapshot_to_file(
+                    e,
+                    path.as_ptr(),
+                    path.len(),
+                    null_mut(),
+                    0,
+                    null_mut(),
+                ),
+            ),
             _ => unreachable!(),
         }
     }
@@ -245,36 +316,212 @@ fn null_arguments_are_refused_before_any_work() {
     let k = intern(&e, "s", "o");
     let n = 4;
     let (keys, start, end) = spans(&[(k, 5.0); 4]);
-    let (mut sc, mut kp, mut sk, mut nd) = (vec![-1.0; n], vec![9u8; n], vec![scale_skip::None; n], 77usize);
+    let (mut sc, mut kp, mut sk, mut nd) = (
+        vec![-1.0; n],
+        vec![9u8; n],
+        vec![scale_skip::None; n],
+        77usize,
+    );
     // SAFETY: valid buffers, one NULL at a time.
     unsafe {
         let (kp_, sp_, ep_) = (keys.as_ptr(), start.as_ptr(), end.as_ptr());
         let (so, ko, ki) = (sc.as_mut_ptr(), kp.as_mut_ptr(), sk.as_mut_ptr());
         let nd_ = &mut nd as *mut usize;
         let cases: [(&str, scale_status); 7] = [
-            ("key_ids", scale_engine_process(e.0, T0, n, null(), sp_, ep_, null(), null(), so, ko, ki, null_mut(), 0, nd_)),
-            ("start_ns", scale_engine_process(e.0, T0, n, kp_, null(), ep_, null(), null(), so, ko, ki, null_mut(), 0, nd_)),
-            ("end_ns", scale_engine_process(e.0, T0, n, kp_, sp_, null(), null(), null(), so, ko, ki, null_mut(), 0, nd_)),
-            ("scores_out", scale_engine_process(e.0, T0, n, kp_, sp_, ep_, null(), null(), null_mut(), ko, ki, null_mut(), 0, nd_)),
-            ("keep_out", scale_engine_process(e.0, T0, n, kp_, sp_, ep_, null(), null(), so, null_mut(), ki, null_mut(), 0, nd_)),
-            ("skip_out", scale_engine_process(e.0, T0, n, kp_, sp_, ep_, null(), null(), so, ko, null_mut(), null_mut(), 0, nd_)),
-            ("decisions_len", scale_engine_process(e.0, T0, n, kp_, sp_, ep_, null(), null(), so, ko, ki, null_mut(), 0, null_mut())),
+            (
+                "key_ids",
+                scale_engine_process(
+                    e.0,
+                    T0,
+                    n,
+                    null(),
+                    sp_,
+                    ep_,
+                    null(),
+                    null(),
+                    so,
+                    ko,
+                    ki,
+                    null_mut(),
+                    0,
+                    nd_,
+                ),
+            ),
+            (
+                "start_ns",
+                scale_engine_process(
+                    e.0,
+                    T0,
+                    n,
+                    kp_,
+                    null(),
+                    ep_,
+                    null(),
+                    null(),
+                    so,
+                    ko,
+                    ki,
+                    null_mut(),
+                    0,
+                    nd_,
+                ),
+            ),
+            (
+                "end_ns",
+                scale_engine_process(
+                    e.0,
+                    T0,
+                    n,
+                    kp_,
+                    sp_,
+                    null(),
+                    null(),
+                    null(),
+                    so,
+                    ko,
+                    ki,
+                    null_mut(),
+                    0,
+                    nd_,
+                ),
+            ),
+            (
+                "scores_out",
+                scale_engine_process(
+                    e.0,
+                    T0,
+                    n,
+                    kp_,
+                    sp_,
+                    ep_,
+                    null(),
+                    null(),
+                    null_mut(),
+                    ko,
+                    ki,
+                    null_mut(),
+                    0,
+                    nd_,
+                ),
+            ),
+            (
+                "keep_out",
+                scale_engine_process(
+                    e.0,
+                    T0,
+                    n,
+                    kp_,
+                    sp_,
+                    ep_,
+                    null(),
+                    null(),
+                    so,
+                    null_mut(),
+                    ki,
+                    null_mut(),
+                    0,
+                    nd_,
+                ),
+            ),
+            (
+                "skip_out",
+                scale_engine_process(
+                    e.0,
+                    T0,
+                    n,
+                    kp_,
+                    sp_,
+                    ep_,
+                    null(),
+                    null(),
+                    so,
+                    ko,
+                    null_mut(),
+                    null_mut(),
+                    0,
+                    nd_,
+                ),
+            ),
+            (
+                "decisions_len",
+                scale_engine_process(
+                    e.0,
+                    T0,
+                    n,
+                    kp_,
+                    sp_,
+                    ep_,
+                    null(),
+                    null(),
+                    so,
+                    ko,
+                    ki,
+                    null_mut(),
+                    0,
+                    null_mut(),
+                ),
+            ),
         ];
         for (what, st) in cases {
             assert_eq!(st, scale_status::NullArgument, "{what}");
         }
         // decisions_out NULL with a non-zero capacity.
-        assert_eq!(scale_engine_process(e.0, T0, n, kp_, sp_, ep_, null(), null(), so, ko, ki, null_mut(), 3, nd_), scale_status::NullArgument);
+        assert_eq!(
+            scale_engine_process(
+                e.0,
+                T0,
+                n,
+                kp_,
+                sp_,
+                ep_,
+                null(),
+                null(),
+                so,
+                ko,
+                ki,
+                null_mut(),
+                3,
+                nd_
+            ),
+            scale_status::NullArgument
+        );
         // Other exports' outputs.
-        assert_eq!(scale_engine_intern(e.0, b"a".as_ptr(), 1, b"b".as_ptr(), 1, null_mut()), scale_status::NullArgument);
-        assert_eq!(scale_engine_intern(e.0, null(), 1, b"b".as_ptr(), 1, &mut 0), scale_status::NullArgument);
-        assert_eq!(scale_engine_stats(e.0, null_mut()), scale_status::NullArgument);
-        assert_eq!(scale_engine_rule_count(e.0, null_mut()), scale_status::NullArgument);
-        assert_eq!(scale_engine_snapshot_size(e.0, null_mut()), scale_status::NullArgument);
-        assert_eq!(scale_engine_snapshot(e.0, null_mut(), 10, &mut 0), scale_status::NullArgument);
-        assert_eq!(scale_engine_snapshot(e.0, null_mut(), 0, null_mut()), scale_status::NullArgument);
-        assert_eq!(scale_engine_rule_name(e.0, 0, null_mut(), 0, null_mut()), scale_status::NullArgument);
-        assert_eq!(scale_engine_snapshot_to_file(e.0, null(), 3, null_mut(), 0, null_mut()), scale_status::NullArgument);
+        assert_eq!(
+            scale_engine_intern(e.0, b"a".as_ptr(), 1, b"b".as_ptr(), 1, null_mut()),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            scale_engine_intern(e.0, null(), 1, b"b".as_ptr(), 1, &mut 0),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            scale_engine_stats(e.0, null_mut()),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            scale_engine_rule_count(e.0, null_mut()),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            scale_engine_snapshot_size(e.0, null_mut()),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            scale_engine_snapshot(e.0, null_mut(), 10, &mut 0),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            scale_engine_snapshot(e.0, null_mut(), 0, null_mut()),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            scale_engine_rule_name(e.0, 0, null_mut(), 0, null_mut()),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            scale_engine_snapshot_to_file(e.0, null(), 3, null_mut(), 0, null_mut()),
+            scale_status::NullArgument
+        );
     }
     // Nothing was touched or counted.
     assert!(sc.iter().all(|&s| s == -1.0) && kp.iter().all(|&k| k == 9) && nd == 77);
@@ -289,23 +536,81 @@ fn constructor_nulls_and_messages() {
     let mut len = 0;
     // SAFETY: valid buffers, one NULL at a time.
     unsafe {
-        assert_eq!(scale_engine_new(yaml.as_ptr(), 2, null_mut(), msg.as_mut_ptr().cast(), 64, &mut len), scale_status::NullArgument);
+        assert_eq!(
+            scale_engine_new(
+                yaml.as_ptr(),
+                2,
+                null_mut(),
+                msg.as_mut_ptr().cast(),
+                64,
+                &mut len
+            ),
+            scale_status::NullArgument
+        );
         assert!(len > 0, "a message says which argument");
-        assert_eq!(scale_engine_new(null(), 2, &mut out, msg.as_mut_ptr().cast(), 64, &mut len), scale_status::NullArgument);
+        assert_eq!(
+            scale_engine_new(null(), 2, &mut out, msg.as_mut_ptr().cast(), 64, &mut len),
+            scale_status::NullArgument
+        );
         assert!(out.is_null(), "*out written only on success");
         // A NULL message buffer with a capacity is itself refused.
-        assert_eq!(scale_engine_new(yaml.as_ptr(), 2, &mut out, null_mut(), 64, &mut len), scale_status::NullArgument);
+        assert_eq!(
+            scale_engine_new(yaml.as_ptr(), 2, &mut out, null_mut(), 64, &mut len),
+            scale_status::NullArgument
+        );
         // The message outputs are optional.
-        assert_eq!(scale_engine_new(yaml.as_ptr(), 2, &mut out, null_mut(), 0, null_mut()), scale_status::Ok);
+        assert_eq!(
+            scale_engine_new(yaml.as_ptr(), 2, &mut out, null_mut(), 0, null_mut()),
+            scale_status::Ok
+        );
         drop(H(out));
         // (NULL, 0) is the empty configuration: every default.
         let mut out = null_mut();
-        assert_eq!(scale_engine_new(null(), 0, &mut out, null_mut(), 0, null_mut()), scale_status::Ok);
+        assert_eq!(
+            scale_engine_new(null(), 0, &mut out, null_mut(), 0, null_mut()),
+            scale_status::Ok
+        );
         drop(H(out));
         let snap = b"x";
-        assert_eq!(scale_engine_restore(yaml.as_ptr(), 2, null(), 5, &mut out, null_mut(), 0, null_mut()), scale_status::NullArgument);
-        assert_eq!(scale_engine_restore(yaml.as_ptr(), 2, snap.as_ptr(), 1, null_mut(), null_mut(), 0, null_mut()), scale_status::NullArgument);
-        assert_eq!(scale_engine_restore_from_file(yaml.as_ptr(), 2, null(), 5, &mut out, null_mut(), 0, null_mut()), scale_status::NullArgument);
+        assert_eq!(
+            scale_engine_restore(
+                yaml.as_ptr(),
+                2,
+                null(),
+                5,
+                &mut out,
+                null_mut(),
+                0,
+                null_mut()
+            ),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            scale_engine_restore(
+                yaml.as_ptr(),
+                2,
+                snap.as_ptr(),
+                1,
+                null_mut(),
+                null_mut(),
+                0,
+                null_mut()
+            ),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            scale_engine_restore_from_file(
+                yaml.as_ptr(),
+                2,
+                null(),
+                5,
+                &mut out,
+                null_mut(),
+                0,
+                null_mut()
+            ),
+            scale_status::NullArgument
+        );
     }
 }
 
@@ -317,7 +622,10 @@ fn bad_yaml_names_key_and_line() {
     assert!(msg.contains("n_tress") && msg.contains("line 3"), "{msg}");
     let (st, _, msg) = try_new(b"sampler:\n  n_trees: 0\nkeys:\n  max_keys: -1\n");
     assert_eq!(st, scale_status::InvalidConfig);
-    assert!(msg.contains("line 2: sampler.n_trees") && msg.contains("line 4: keys.max_keys"), "every problem: {msg}");
+    assert!(
+        msg.contains("line 2: sampler.n_trees") && msg.contains("line 4: keys.max_keys"),
+        "every problem: {msg}"
+    );
     let (st, _, msg) = try_new(b"sampler: [unclosed");
     assert_eq!(st, scale_status::InvalidConfig, "{msg}");
 }
@@ -327,7 +635,18 @@ fn try_new_with_rules(yaml: &[u8], rules: &[u8]) -> (scale_status, *mut scale_en
     let mut msg = vec![0u8; 4096];
     let mut len = usize::MAX;
     // SAFETY: valid buffers.
-    let st = unsafe { scale_engine_new_with_rules(yaml.as_ptr(), yaml.len(), rules.as_ptr(), rules.len(), &mut out, msg.as_mut_ptr().cast(), msg.len(), &mut len) };
+    let st = unsafe {
+        scale_engine_new_with_rules(
+            yaml.as_ptr(),
+            yaml.len(),
+            rules.as_ptr(),
+            rules.len(),
+            &mut out,
+            msg.as_mut_ptr().cast(),
+            msg.len(),
+            &mut len,
+        )
+    };
     msg.truncate(len);
     (st, out, String::from_utf8(msg).unwrap())
 }
@@ -340,13 +659,23 @@ fn new_with_rules_file() {
     let e = H(e);
     let mut n = 0;
     // SAFETY: valid buffers.
-    assert_eq!(unsafe { scale_engine_rule_count(e.0, &mut n) }, scale_status::Ok);
+    assert_eq!(
+        unsafe { scale_engine_rule_count(e.0, &mut n) },
+        scale_status::Ok
+    );
     assert_eq!(n, 1);
     // Problems of both texts together; the rules file's cite its own lines.
-    let (st, e, msg) = try_new_with_rules(b"sampler:\n  n_trees: 0\n", rules.replace("count: 2", "count: 0").as_bytes());
+    let (st, e, msg) = try_new_with_rules(
+        b"sampler:\n  n_trees: 0\n",
+        rules.replace("count: 2", "count: 0").as_bytes(),
+    );
     assert_eq!(st, scale_status::InvalidConfig);
     assert!(e.is_null());
-    assert!(msg.contains("line 2: sampler.n_trees") && msg.contains("rules file: line 4: rules[0].count"), "{msg}");
+    assert!(
+        msg.contains("line 2: sampler.n_trees")
+            && msg.contains("rules file: line 4: rules[0].count"),
+        "{msg}"
+    );
     // Rules in both texts are refused.
     let both = format!("{SMALL}\n{rules}");
     let (st, _, msg) = try_new_with_rules(both.as_bytes(), rules.as_bytes());
@@ -355,8 +684,23 @@ fn new_with_rules_file() {
     let mut out = null_mut();
     // SAFETY: valid buffers, one NULL at a time.
     unsafe {
-        assert_eq!(scale_engine_new_with_rules(null(), 0, null(), 3, &mut out, null_mut(), 0, null_mut()), scale_status::NullArgument);
-        assert_eq!(scale_engine_new_with_rules(null(), 0, null(), 0, null_mut(), null_mut(), 0, null_mut()), scale_status::NullArgument);
+        assert_eq!(
+            scale_engine_new_with_rules(null(), 0, null(), 3, &mut out, null_mut(), 0, null_mut()),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            scale_engine_new_with_rules(
+                null(),
+                0,
+                null(),
+                0,
+                null_mut(),
+                null_mut(),
+                0,
+                null_mut()
+            ),
+            scale_status::NullArgument
+        );
         assert!(out.is_null());
     }
     let (st, _, _) = try_new_with_rules(b"", b"rules: \xff");
@@ -374,11 +718,26 @@ fn message_is_truncated_on_a_char_boundary() {
         let mut msg = vec![0xAAu8; cap + 4];
         let mut len = usize::MAX;
         // SAFETY: valid buffers.
-        unsafe { scale_engine_new(yaml.as_ptr(), yaml.len(), &mut out, msg.as_mut_ptr().cast(), cap, &mut len) };
+        unsafe {
+            scale_engine_new(
+                yaml.as_ptr(),
+                yaml.len(),
+                &mut out,
+                msg.as_mut_ptr().cast(),
+                cap,
+                &mut len,
+            )
+        };
         assert!(len <= cap);
         let text = std::str::from_utf8(&msg[..len]).expect("valid UTF-8");
-        assert!(full.starts_with(text) && cap.min(full.len()) - len < 4, "cap {cap}: {text:?}");
-        assert!(msg[cap..].iter().all(|&b| b == 0xAA), "no write past the cap");
+        assert!(
+            full.starts_with(text) && cap.min(full.len()) - len < 4,
+            "cap {cap}: {text:?}"
+        );
+        assert!(
+            msg[cap..].iter().all(|&b| b == 0xAA),
+            "no write past the cap"
+        );
     }
 }
 
@@ -404,10 +763,35 @@ fn invalid_utf8() {
     let (mut sc, mut kp, mut sk, mut nd) = ([0.0; 3], [0u8; 3], [scale_skip::None; 3], 0);
     // SAFETY: valid arrays of 3 (the NULL name is per-span, documented as skipped).
     let st = unsafe {
-        scale_engine_process_names(e.0, T0, 3, ptrs.as_ptr(), lens.as_ptr(), ptrs2.as_ptr(), lens.as_ptr(), start.as_ptr(), end.as_ptr(), null(), null(), sc.as_mut_ptr(), kp.as_mut_ptr(), sk.as_mut_ptr(), null_mut(), 0, &mut nd)
+        scale_engine_process_names(
+            e.0,
+            T0,
+            3,
+            ptrs.as_ptr(),
+            lens.as_ptr(),
+            ptrs2.as_ptr(),
+            lens.as_ptr(),
+            start.as_ptr(),
+            end.as_ptr(),
+            null(),
+            null(),
+            sc.as_mut_ptr(),
+            kp.as_mut_ptr(),
+            sk.as_mut_ptr(),
+            null_mut(),
+            0,
+            &mut nd,
+        )
     };
     assert_eq!(st, scale_status::Ok);
-    assert_eq!(sk, [scale_skip::None, scale_skip::InvalidKey, scale_skip::InvalidKey]);
+    assert_eq!(
+        sk,
+        [
+            scale_skip::None,
+            scale_skip::InvalidKey,
+            scale_skip::InvalidKey
+        ]
+    );
     assert_eq!(stats(&e).spans_skipped[5], 2);
 }
 
@@ -416,7 +800,24 @@ fn zero_and_mismatched_lengths() {
     let e = new(SMALL);
     let mut nd = 5;
     // SAFETY: an empty batch with every array NULL.
-    let st = unsafe { scale_engine_process(e.0, T0, 0, null(), null(), null(), null(), null(), null_mut(), null_mut(), null_mut(), null_mut(), 0, &mut nd) };
+    let st = unsafe {
+        scale_engine_process(
+            e.0,
+            T0,
+            0,
+            null(),
+            null(),
+            null(),
+            null(),
+            null(),
+            null_mut(),
+            null_mut(),
+            null_mut(),
+            null_mut(),
+            0,
+            &mut nd,
+        )
+    };
     assert_eq!((st, nd), (scale_status::Ok, 0));
     // Empty names are valid names.
     assert_eq!(intern(&e, "", ""), 0);
@@ -426,13 +827,37 @@ fn zero_and_mismatched_lengths() {
     for n in [usize::MAX, u32::MAX as usize + 1, usize::MAX / 8 + 1] {
         // SAFETY: refused before any access.
         let st = unsafe {
-            scale_engine_process(e.0, T0, n, std::ptr::dangling(), d, d, null(), null(), dm, std::ptr::dangling_mut(), std::ptr::dangling_mut(), null_mut(), 0, &mut nd)
+            scale_engine_process(
+                e.0,
+                T0,
+                n,
+                std::ptr::dangling(),
+                d,
+                d,
+                null(),
+                null(),
+                dm,
+                std::ptr::dangling_mut(),
+                std::ptr::dangling_mut(),
+                null_mut(),
+                0,
+                &mut nd,
+            )
         };
         assert_eq!(st, scale_status::InvalidLength, "n = {n}");
     }
     let mut k = 0;
     // SAFETY: refused before any access.
-    let st = unsafe { scale_engine_intern(e.0, std::ptr::dangling(), usize::MAX, b"x".as_ptr(), 1, &mut k) };
+    let st = unsafe {
+        scale_engine_intern(
+            e.0,
+            std::ptr::dangling(),
+            usize::MAX,
+            b"x".as_ptr(),
+            1,
+            &mut k,
+        )
+    };
     assert_eq!(st, scale_status::InvalidLength);
     // Misaligned arrays are refused.
     let buf = [0u64; 4];
@@ -440,12 +865,46 @@ fn zero_and_mismatched_lengths() {
     let keys = [0u32; 2];
     let (mut sc, mut kp, mut sk) = ([0.0; 2], [0u8; 2], [scale_skip::None; 2]);
     // SAFETY: refused before any access.
-    let st = unsafe { scale_engine_process(e.0, T0, 2, keys.as_ptr(), odd, buf.as_ptr(), null(), null(), sc.as_mut_ptr(), kp.as_mut_ptr(), sk.as_mut_ptr(), null_mut(), 0, &mut nd) };
+    let st = unsafe {
+        scale_engine_process(
+            e.0,
+            T0,
+            2,
+            keys.as_ptr(),
+            odd,
+            buf.as_ptr(),
+            null(),
+            null(),
+            sc.as_mut_ptr(),
+            kp.as_mut_ptr(),
+            sk.as_mut_ptr(),
+            null_mut(),
+            0,
+            &mut nd,
+        )
+    };
     assert_eq!(st, scale_status::MisalignedPointer);
     // Unknown key ids skip their span; they are not an error.
-    let out = process(&e, T0, &[(0, 5.0), (1234, 5.0), (SCALE_KEY_OVERFLOW, 5.0), (u32::MAX - 1, 5.0)]);
+    let out = process(
+        &e,
+        T0,
+        &[
+            (0, 5.0),
+            (1234, 5.0),
+            (SCALE_KEY_OVERFLOW, 5.0),
+            (u32::MAX - 1, 5.0),
+        ],
+    );
     assert_eq!(out.status, scale_status::Ok);
-    assert_eq!(out.skip, [scale_skip::None, scale_skip::InvalidKey, scale_skip::None, scale_skip::InvalidKey]);
+    assert_eq!(
+        out.skip,
+        [
+            scale_skip::None,
+            scale_skip::InvalidKey,
+            scale_skip::None,
+            scale_skip::InvalidKey
+        ]
+    );
     assert!(out.scores[1].is_nan() && out.keep[1] == 0);
 }
 
@@ -458,11 +917,40 @@ fn bad_spans_are_skipped_with_reasons() {
     let end = [T0, T0, 10, T0 + 2 * 86_400_000 * MS, T0 + MS];
     let (mut sc, mut kp, mut sk, mut nd) = ([0.0; 5], [0u8; 5], [scale_skip::None; 5], 0);
     // SAFETY: arrays of 5.
-    let st = unsafe { scale_engine_process(e.0, T0, 5, keys.as_ptr(), start.as_ptr(), end.as_ptr(), null(), null(), sc.as_mut_ptr(), kp.as_mut_ptr(), sk.as_mut_ptr(), null_mut(), 0, &mut nd) };
+    let st = unsafe {
+        scale_engine_process(
+            e.0,
+            T0,
+            5,
+            keys.as_ptr(),
+            start.as_ptr(),
+            end.as_ptr(),
+            null(),
+            null(),
+            sc.as_mut_ptr(),
+            kp.as_mut_ptr(),
+            sk.as_mut_ptr(),
+            null_mut(),
+            0,
+            &mut nd,
+        )
+    };
     assert_eq!(st, scale_status::Ok);
-    assert_eq!(sk, [scale_skip::ZeroTimestamp, scale_skip::EndBeforeStart, scale_skip::AbsurdTimestamp, scale_skip::AbsurdDuration, scale_skip::None]);
+    assert_eq!(
+        sk,
+        [
+            scale_skip::ZeroTimestamp,
+            scale_skip::EndBeforeStart,
+            scale_skip::AbsurdTimestamp,
+            scale_skip::AbsurdDuration,
+            scale_skip::None
+        ]
+    );
     let s = stats(&e);
-    assert_eq!((s.spans_seen, s.spans_skipped[..4].to_vec(), s.keys), (5, vec![1, 1, 1, 1], 1));
+    assert_eq!(
+        (s.spans_seen, s.spans_skipped[..4].to_vec(), s.keys),
+        (5, vec![1, 1, 1, 1], 1)
+    );
 }
 
 #[test]
@@ -471,7 +959,10 @@ fn scores_and_keep_after_warm_up() {
     let k = intern(&e, "svc", "op");
     let warm: Vec<(u32, f64)> = (0..200).map(|i| (k, 20.0 + (i % 5) as f64)).collect();
     let out = process(&e, T0, &warm);
-    assert!(out.scores[..20].iter().all(|s| s.is_nan()), "no score before the first window");
+    assert!(
+        out.scores[..20].iter().all(|s| s.is_nan()),
+        "no score before the first window"
+    );
     assert!(out.scores[20..].iter().all(|s| (0.0..=1.0).contains(s)));
     assert!(out.keep.iter().all(|&k| k <= 1));
     let out = process(&e, T0, &[(k, 20_000.0)]);
@@ -505,14 +996,33 @@ rules:
 #[test]
 fn decisions_and_truncation() {
     let e = new(RULES);
-    let (a, b, c) = (intern(&e, "a", "x"), intern(&e, "b", "x"), intern(&e, "c", "x"));
+    let (a, b, c) = (
+        intern(&e, "a", "x"),
+        intern(&e, "b", "x"),
+        intern(&e, "c", "x"),
+    );
     let batch = [(a, 500.0), (b, 5.0), (b, 300.0), (c, 200.0), (c, 200.0)];
     let full = process_cap(&e, T0 + 7, &batch, 8);
     assert_eq!((full.status, full.n_decisions), (scale_status::Ok, 3));
     let d = &full.decisions;
-    assert_eq!((d[0].rule_index, d[0].action, d[0].span_index, d[0].observed_ms, d[0].time_ns), (0, scale_action::Horizontal, 0, 500.0, T0 + 7));
-    assert_eq!((d[1].rule_index, d[1].action, d[1].span_index), (1, scale_action::Vertical, 2));
-    assert_eq!((d[2].rule_index, d[2].count, d[2].span_index, d[2].conflated), (2, 2, 4, 0));
+    assert_eq!(
+        (
+            d[0].rule_index,
+            d[0].action,
+            d[0].span_index,
+            d[0].observed_ms,
+            d[0].time_ns
+        ),
+        (0, scale_action::Horizontal, 0, 500.0, T0 + 7)
+    );
+    assert_eq!(
+        (d[1].rule_index, d[1].action, d[1].span_index),
+        (1, scale_action::Vertical, 2)
+    );
+    assert_eq!(
+        (d[2].rule_index, d[2].count, d[2].span_index, d[2].conflated),
+        (2, 2, 4, 0)
+    );
     assert_eq!(d[1].trace_id, [2; 16]);
     assert_eq!(d[1].span_id, [2; 8]);
     assert_eq!(d[0].threshold_ms, 100.0);
@@ -525,16 +1035,26 @@ fn decisions_and_truncation() {
         intern(&e2, s, "x");
     }
     let cut = process_cap(&e2, T0 + 7, &batch, 1);
-    assert_eq!((cut.status, cut.n_decisions, cut.decisions.len()), (scale_status::DecisionsTruncated, 3, 1));
+    assert_eq!(
+        (cut.status, cut.n_decisions, cut.decisions.len()),
+        (scale_status::DecisionsTruncated, 3, 1)
+    );
     assert_eq!(dbits(&cut.decisions), dbits(&full.decisions[..1]));
-    assert_eq!((cut.score_bits(), &cut.keep, &cut.skip), (full.score_bits(), &full.keep, &full.skip), "per-span outputs still complete");
+    assert_eq!(
+        (cut.score_bits(), &cut.keep, &cut.skip),
+        (full.score_bits(), &full.keep, &full.skip),
+        "per-span outputs still complete"
+    );
     // Capacity 0 with a NULL buffer: just the count.
     let e3 = new(RULES);
     for s in ["a", "b", "c"] {
         intern(&e3, s, "x");
     }
     let none = process_cap(&e3, T0 + 7, &batch, 0);
-    assert_eq!((none.status, none.n_decisions), (scale_status::DecisionsTruncated, 3));
+    assert_eq!(
+        (none.status, none.n_decisions),
+        (scale_status::DecisionsTruncated, 3)
+    );
     assert_eq!(stats(&e3).decisions, 3);
 }
 
@@ -548,10 +1068,19 @@ fn rule_names() {
     unsafe {
         assert_eq!(scale_engine_rule_count(e.0, &mut count), scale_status::Ok);
         assert_eq!(count, 3);
-        assert_eq!(scale_engine_rule_name(e.0, 2, buf.as_mut_ptr(), buf.len(), &mut len), scale_status::Ok);
+        assert_eq!(
+            scale_engine_rule_name(e.0, 2, buf.as_mut_ptr(), buf.len(), &mut len),
+            scale_status::Ok
+        );
         assert_eq!((len, buf[0].0), (1, b'c'));
-        assert_eq!(scale_engine_rule_name(e.0, 3, buf.as_mut_ptr(), buf.len(), &mut len), scale_status::IndexOutOfRange);
-        assert_eq!(scale_engine_rule_name(e.0, 0, null_mut(), 0, &mut len), scale_status::BufferTooSmall);
+        assert_eq!(
+            scale_engine_rule_name(e.0, 3, buf.as_mut_ptr(), buf.len(), &mut len),
+            scale_status::IndexOutOfRange
+        );
+        assert_eq!(
+            scale_engine_rule_name(e.0, 0, null_mut(), 0, &mut len),
+            scale_status::BufferTooSmall
+        );
         assert_eq!(len, 1, "the size needed");
     }
 }
@@ -560,7 +1089,9 @@ fn rule_names() {
 fn snapshot_restore_round_trip() {
     let e = new(RULES);
     let (a, c) = (intern(&e, "a", "x"), intern(&e, "c", "x"));
-    let batch: Vec<(u32, f64)> = (0..300).map(|i| (if i % 3 == 0 { a } else { c }, 5.0 + (i % 17) as f64 * 3.0)).collect();
+    let batch: Vec<(u32, f64)> = (0..300)
+        .map(|i| (if i % 3 == 0 { a } else { c }, 5.0 + (i % 17) as f64 * 3.0))
+        .collect();
     process(&e, T0, &batch);
     process(&e, T0, &[(c, 500.0)]); // one breach of rule c in its window
     let snap = snapshot(&e);
@@ -571,16 +1102,26 @@ fn snapshot_restore_round_trip() {
     assert_eq!(intern(&r, "c", "x"), c, "ids survive");
     let next = [(c, 700.0), (a, 5.0), (a, 6.0)];
     let (x, y) = (process(&e, T0 + 1, &next), process(&r, T0 + 1, &next));
-    assert_eq!((x.score_bits(), &x.keep, dbits(&x.decisions), x.n_decisions), (y.score_bits(), &y.keep, dbits(&y.decisions), 1));
+    assert_eq!(
+        (x.score_bits(), &x.keep, dbits(&x.decisions), x.n_decisions),
+        (y.score_bits(), &y.keep, dbits(&y.decisions), 1)
+    );
     // Too small a buffer: the size needed, nothing written.
     let mut buf = vec![7u8; 10];
     let mut len = 0;
     // SAFETY: valid buffers.
-    assert_eq!(unsafe { scale_engine_snapshot(e.0, buf.as_mut_ptr(), buf.len(), &mut len) }, scale_status::BufferTooSmall);
+    assert_eq!(
+        unsafe { scale_engine_snapshot(e.0, buf.as_mut_ptr(), buf.len(), &mut len) },
+        scale_status::BufferTooSmall
+    );
     assert!(len > 10 && buf.iter().all(|&b| b == 7));
     // Corrupt, truncated and mismatched snapshots.
     let (st, out, msg) = restore(RULES, b"garbage!garbage!");
-    assert_eq!((st, out.is_null()), (scale_status::InvalidSnapshot, true), "{msg}");
+    assert_eq!(
+        (st, out.is_null()),
+        (scale_status::InvalidSnapshot, true),
+        "{msg}"
+    );
     assert!(msg.contains("snapshot"), "{msg}");
     let (st, _, _) = restore(RULES, &snap[..snap.len() / 2]);
     assert_eq!(st, scale_status::InvalidSnapshot);
@@ -598,16 +1139,42 @@ fn snapshot_file_round_trip() {
     let p = path.to_str().unwrap();
     let e = new(SMALL);
     let k = intern(&e, "s", "o");
-    process(&e, T0, &(0..100).map(|i| (k, 1.0 + i as f64)).collect::<Vec<_>>());
+    process(
+        &e,
+        T0,
+        &(0..100).map(|i| (k, 1.0 + i as f64)).collect::<Vec<_>>(),
+    );
     let mut msg = [0u8; 256];
     let mut len = 99;
     // SAFETY: valid buffers.
     unsafe {
-        assert_eq!(scale_engine_snapshot_to_file(e.0, p.as_ptr(), p.len(), msg.as_mut_ptr().cast(), 256, &mut len), scale_status::Ok);
+        assert_eq!(
+            scale_engine_snapshot_to_file(
+                e.0,
+                p.as_ptr(),
+                p.len(),
+                msg.as_mut_ptr().cast(),
+                256,
+                &mut len
+            ),
+            scale_status::Ok
+        );
         assert_eq!(len, 0);
         let mut out = null_mut();
         let y = SMALL.as_bytes();
-        assert_eq!(scale_engine_restore_from_file(y.as_ptr(), y.len(), p.as_ptr(), p.len(), &mut out, null_mut(), 0, null_mut()), scale_status::Ok);
+        assert_eq!(
+            scale_engine_restore_from_file(
+                y.as_ptr(),
+                y.len(),
+                p.as_ptr(),
+                p.len(),
+                &mut out,
+                null_mut(),
+                0,
+                null_mut()
+            ),
+            scale_status::Ok
+        );
         let r = H(out);
         assert_eq!(stats(&r), stats(&e));
         assert_eq!(std::fs::read(&path).unwrap(), snapshot(&e));
@@ -616,14 +1183,46 @@ fn snapshot_file_round_trip() {
         // Missing file and unwritable directory: I/O errors with the OS message.
         let missing = dir.join("missing.snap");
         let m = missing.to_str().unwrap();
-        let st = scale_engine_restore_from_file(y.as_ptr(), y.len(), m.as_ptr(), m.len(), &mut out, msg.as_mut_ptr().cast(), 256, &mut len);
+        let st = scale_engine_restore_from_file(
+            y.as_ptr(),
+            y.len(),
+            m.as_ptr(),
+            m.len(),
+            &mut out,
+            msg.as_mut_ptr().cast(),
+            256,
+            &mut len,
+        );
         let text = std::str::from_utf8(&msg[..len]).unwrap();
         assert_eq!(st, scale_status::Io);
-        assert!(text.contains("missing.snap") && text.contains("No such file"), "{text}");
+        assert!(
+            text.contains("missing.snap") && text.contains("No such file"),
+            "{text}"
+        );
         let bad = dir.join("no/such/dir/x.snap");
         let b = bad.to_str().unwrap();
-        assert_eq!(scale_engine_snapshot_to_file(e.0, b.as_ptr(), b.len(), msg.as_mut_ptr().cast(), 256, &mut len), scale_status::Io);
-        assert_eq!(scale_engine_snapshot_to_file(e.0, b"".as_ptr(), 0, msg.as_mut_ptr().cast(), 256, &mut len), scale_status::Io);
+        assert_eq!(
+            scale_engine_snapshot_to_file(
+                e.0,
+                b.as_ptr(),
+                b.len(),
+                msg.as_mut_ptr().cast(),
+                256,
+                &mut len
+            ),
+            scale_status::Io
+        );
+        assert_eq!(
+            scale_engine_snapshot_to_file(
+                e.0,
+                b"".as_ptr(),
+                0,
+                msg.as_mut_ptr().cast(),
+                256,
+                &mut len
+            ),
+            scale_status::Io
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -678,7 +1277,12 @@ fn status_text() {
     assert_eq!(t.to_str().unwrap(), "unknown status code");
     // Blocks of 100 by origin, never renumbered: pin every value.
     let codes: Vec<i32> = scale_status::ALL.iter().map(|s| *s as i32).collect();
-    assert_eq!(codes, [1000, 1001, 1100, 1101, 1102, 1103, 1104, 1105, 1200, 1300, 1301, 1400, 1500, 1501]);
+    assert_eq!(
+        codes,
+        [
+            1000, 1001, 1100, 1101, 1102, 1103, 1104, 1105, 1200, 1300, 1301, 1400, 1500, 1501
+        ]
+    );
 }
 
 #[test]
@@ -706,7 +1310,18 @@ fn threads_hammering_one_handle() {
         );
     }
     let batch_of = |t: usize, b: usize, key: u32| -> Vec<(u32, f64)> {
-        (0..64).map(|i| (if (i + b).is_multiple_of(31) { 999 } else { key }, if (i * 7 + b + t).is_multiple_of(13) { 250.0 } else { 10.0 + (i % 9) as f64 })).collect()
+        (0..64)
+            .map(|i| {
+                (
+                    if (i + b).is_multiple_of(31) { 999 } else { key },
+                    if (i * 7 + b + t).is_multiple_of(13) {
+                        250.0
+                    } else {
+                        10.0 + (i % 9) as f64
+                    },
+                )
+            })
+            .collect()
     };
     type Run = Vec<(Vec<scale_skip>, Vec<u8>, Vec<scale_decision>)>;
     let run_thread = |e: &H, t: usize, now_base: u64| -> Run {
@@ -722,7 +1337,14 @@ fn threads_hammering_one_handle() {
     // Concurrent run on one handle.
     let shared = new(&yaml);
     let results: Vec<Run> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..THREADS).map(|t| s.spawn({ let h = &shared; move || run_thread(h, t, T0) })).collect();
+        let hs: Vec<_> = (0..THREADS)
+            .map(|t| {
+                s.spawn({
+                    let h = &shared;
+                    move || run_thread(h, t, T0)
+                })
+            })
+            .collect();
         // Readers at the same time.
         s.spawn(|| {
             for _ in 0..20 {
@@ -745,10 +1367,26 @@ fn threads_hammering_one_handle() {
         for (b, (g, w)) in got.iter().zip(&want).enumerate() {
             assert_eq!(g.0, w.0, "thread {t} batch {b}: skips");
             assert_eq!(g.1, w.1, "thread {t} batch {b}: keep flags (training)");
-            let strip = |d: &[scale_decision]| d.iter().map(|d| (d.rule_index, d.span_index, d.observed_ms.to_bits(), d.time_ns, d.trace_id, d.conflated)).collect::<Vec<_>>();
+            let strip = |d: &[scale_decision]| {
+                d.iter()
+                    .map(|d| {
+                        (
+                            d.rule_index,
+                            d.span_index,
+                            d.observed_ms.to_bits(),
+                            d.time_ns,
+                            d.trace_id,
+                            d.conflated,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
             assert_eq!(strip(&g.2), strip(&w.2), "thread {t} batch {b}: decisions");
         }
-        assert!(want.iter().any(|w| !w.2.is_empty()), "the test exercises decisions");
+        assert!(
+            want.iter().any(|w| !w.2.is_empty()),
+            "the test exercises decisions"
+        );
     }
     assert!(!shared.shared().is_poisoned());
 }

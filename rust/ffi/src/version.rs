@@ -27,7 +27,9 @@ pub const SCALE_VERSION_MINOR: u32 = parse(env!("CARGO_PKG_VERSION_MINOR"));
 #[ffi_export(untyped)]
 pub const SCALE_VERSION_PATCH: u32 = parse(env!("CARGO_PKG_VERSION_PATCH"));
 
-const VERSION: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+const VERSION: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes(),
+) {
     Ok(s) => s,
     Err(_) => panic!("version has a NUL"),
 };
@@ -48,8 +50,13 @@ mod tests {
     #[test]
     fn three_places_agree() {
         // SAFETY: a static NUL-terminated string.
-        let s = unsafe { std::ffi::CStr::from_ptr(scale_version().cast()) }.to_str().unwrap();
+        let s = unsafe { std::ffi::CStr::from_ptr(scale_version().cast()) }
+            .to_str()
+            .unwrap();
         assert_eq!(s, env!("CARGO_PKG_VERSION"));
-        assert_eq!(s, format!("{SCALE_VERSION_MAJOR}.{SCALE_VERSION_MINOR}.{SCALE_VERSION_PATCH}"));
+        assert_eq!(
+            s,
+            format!("{SCALE_VERSION_MAJOR}.{SCALE_VERSION_MINOR}.{SCALE_VERSION_PATCH}")
+        );
     }
 }

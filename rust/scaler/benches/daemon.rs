@@ -44,7 +44,10 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -61,13 +64,24 @@ async fn decision_latency() -> String {
     let (c, admin) = cluster().await;
     deployment(&admin, "checkout", 1).await;
     let max = n + 10;
-    let d = Daemon::start(&c, &rules(&format!(", min: 1, max: {max}, cooldown: 1ms, scale_down_after: 60m")), &["--log-format", "json"]);
+    let d = Daemon::start(
+        &c,
+        &rules(&format!(
+            ", min: 1, max: {max}, cooldown: 1ms, scale_down_after: 60m"
+        )),
+        &["--log-format", "json"],
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..n {
-        send(d.otlp, "checkout-latency", (i % 251) as u8).await.expect("send decision");
+        send(d.otlp, "checkout-latency", (i % 251) as u8)
+            .await
+            .expect("send decision");
         tokio::time::sleep(gap).await;
     }
-    let done = eventually(Duration::from_secs(60), || async { replicas(&admin, "checkout").await as u32 >= 1 + n }).await;
+    let done = eventually(Duration::from_secs(60), || async {
+        replicas(&admin, "checkout").await as u32 >= 1 + n
+    })
+    .await;
     let mut lat: Vec<f64> = std::fs::read_to_string(&d.log)
         .unwrap()
         .lines()
@@ -98,9 +112,18 @@ fn demo_requests(batch: usize) -> (Vec<ExportTraceServiceRequest>, usize) {
     for line in r.lines() {
         let line = line.unwrap();
         let req: ExportTraceServiceRequest = serde_json::from_str(&line)
-            .or_else(|e| scale_scaler::eval::input::null_string_doubles(&line).map(|f| serde_json::from_str(&f)).unwrap_or(Err(e)))
+            .or_else(|e| {
+                scale_scaler::eval::input::null_string_doubles(&line)
+                    .map(|f| serde_json::from_str(&f))
+                    .unwrap_or(Err(e))
+            })
             .unwrap();
-        let n: usize = req.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
+        let n: usize = req
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum();
         cur.resource_spans.extend(req.resource_spans);
         in_cur += n;
         total += n;
@@ -168,11 +191,23 @@ const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Expor
 
 async fn export(c: &mut tonic::client::Grpc<Channel>, body: Bytes) {
     c.ready().await.unwrap();
-    c.unary(tonic::Request::new(body), tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT), PreEncoded).await.unwrap();
+    c.unary(
+        tonic::Request::new(body),
+        tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT),
+        PreEncoded,
+    )
+    .await
+    .unwrap();
 }
 
 async fn client(addr: std::net::SocketAddr) -> tonic::client::Grpc<Channel> {
-    tonic::client::Grpc::new(Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap())
+    tonic::client::Grpc::new(
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
 }
 
 /// ns per span of `f` over every request, best of 20 passes.
@@ -189,25 +224,40 @@ fn ns_per_span(reqs: &[Bytes], spans: usize, mut f: impl FnMut(&Bytes) -> usize)
 
 async fn ingest() -> String {
     // This process (the load) on CPU 1, the daemon on CPU 0.
-    let _ = Command::new("taskset").args(["-a", "-p", "-c", "1", &std::process::id().to_string()]).stdout(Stdio::null()).status();
+    let _ = Command::new("taskset")
+        .args(["-a", "-p", "-c", "1", &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status();
     let seconds = env("SECONDS", 10);
     let streams = env("STREAMS", 8) as usize;
     let conns_n = (env("CONNS", 1) as usize).clamp(1, streams.max(1));
     let batch = env("BATCH", 512) as usize;
     let (reqs, total_spans) = demo_requests(batch);
-    let bodies: Vec<Bytes> = reqs.iter().map(|r| Bytes::from(r.encode_to_vec())).collect();
+    let bodies: Vec<Bytes> = reqs
+        .iter()
+        .map(|r| Bytes::from(r.encode_to_vec()))
+        .collect();
     let wire_bytes: usize = bodies.iter().map(Bytes::len).sum();
     drop(reqs);
     let dir = std::env::temp_dir().join(format!("scale-bench-ingest-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("rules.yaml"), std::fs::read_to_string(root().join("configs/rules/otel-demo.yaml")).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("rules.yaml"),
+        std::fs::read_to_string(root().join("configs/rules/otel-demo.yaml")).unwrap(),
+    )
+    .unwrap();
     let (otlp, http) = (free_addr(), free_addr());
     let mut child = Command::new("taskset")
         .args(["-c", "0", env!("CARGO_BIN_EXE_scale"), "serve", "--engine"])
         .arg(root().join("configs/engine/default.yaml"))
         .arg("--rules")
         .arg(dir.join("rules.yaml"))
-        .args(["--listen", &otlp.to_string(), "--metrics-listen", &http.to_string()])
+        .args([
+            "--listen",
+            &otlp.to_string(),
+            "--metrics-listen",
+            &http.to_string(),
+        ])
         .env("SCALE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -216,15 +266,26 @@ async fn ingest() -> String {
     let pid = child.id();
     let metric = |name: &str| -> f64 {
         use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(http) else { return f64::NAN };
-        let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let Ok(mut s) = std::net::TcpStream::connect(http) else {
+            return f64::NAN;
+        };
+        let _ = write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
         let mut t = String::new();
         let _ = s.read_to_string(&mut t);
-        t.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+        t.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric("scale_otlp_spans_total").is_nan() {
-        assert!(Instant::now() < deadline, "scale serve --engine did not start");
+        assert!(
+            Instant::now() < deadline,
+            "scale serve --engine did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let bodies = std::sync::Arc::new(bodies);
@@ -234,7 +295,12 @@ async fn ingest() -> String {
         export(&mut c, b.clone()).await;
     }
     let me = std::process::id();
-    let (spans0, cpu0, load0, t0) = (metric("scale_otlp_spans_total"), cpu_seconds(pid), cpu_seconds(me), Instant::now());
+    let (spans0, cpu0, load0, t0) = (
+        metric("scale_otlp_spans_total"),
+        cpu_seconds(pid),
+        cpu_seconds(me),
+        Instant::now(),
+    );
     let stop = t0 + Duration::from_secs(seconds);
     let mut conns = Vec::new();
     for _ in 0..conns_n {
@@ -255,7 +321,12 @@ async fn ingest() -> String {
     for t in tasks {
         t.await.unwrap();
     }
-    let (spans1, cpu1, load1, el) = (metric("scale_otlp_spans_total"), cpu_seconds(pid), cpu_seconds(me), t0.elapsed().as_secs_f64());
+    let (spans1, cpu1, load1, el) = (
+        metric("scale_otlp_spans_total"),
+        cpu_seconds(pid),
+        cpu_seconds(me),
+        t0.elapsed().as_secs_f64(),
+    );
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
@@ -277,7 +348,10 @@ async fn ingest() -> String {
 fn decode_alone() -> String {
     let batch = env("BATCH", 512) as usize;
     let (reqs, total_spans) = demo_requests(batch);
-    let bodies: Vec<Bytes> = reqs.iter().map(|r| Bytes::from(r.encode_to_vec())).collect();
+    let bodies: Vec<Bytes> = reqs
+        .iter()
+        .map(|r| Bytes::from(r.encode_to_vec()))
+        .collect();
     drop(reqs);
     let lean = ns_per_span(&bodies, total_spans, |b| {
         let req = scale_scaler::serve::local::decode_request(b.clone()).unwrap();
@@ -287,7 +361,11 @@ fn decode_alone() -> String {
     });
     let full = ns_per_span(&bodies, total_spans, |b| {
         let req = ExportTraceServiceRequest::decode(b.clone()).unwrap();
-        req.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum()
+        req.resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum()
     });
     format!(
         "| decode | ns per span |\n| --- | ---: |\n| lean (`serve::local`: decode + span list for the engine) | {lean:.0} |\n| full `ExportTraceServiceRequest` (prost) | {full:.0} |\n\n(Requests of ~{batch} spans; best of 20 passes over the {total_spans} spans.)\n"
@@ -300,7 +378,11 @@ fn main() {
         return;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let parts = std::env::var("PARTS").unwrap_or_else(|_| "decision,ingest,decode".into());
         if parts.split(',').any(|p| p == "decision") {

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 
 use scale_core::{EngineConfig, RulesFile};
 
-
 /// Arguments of `scale check`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckArgs {
@@ -45,9 +44,17 @@ pub fn run(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             }
         };
         let result = if args.rules {
-            RulesFile::from_yaml(&text).map(|r| format!("{} rule{}", r.rules.len(), plural(r.rules.len())))
+            RulesFile::from_yaml(&text)
+                .map(|r| format!("{} rule{}", r.rules.len(), plural(r.rules.len())))
         } else {
-            EngineConfig::from_yaml(&text).map(|c| format!("{} rule{}, mode {}", c.rules.len(), plural(c.rules.len()), c.mode.as_str()))
+            EngineConfig::from_yaml(&text).map(|c| {
+                format!(
+                    "{} rule{}, mode {}",
+                    c.rules.len(),
+                    plural(c.rules.len()),
+                    c.mode.as_str()
+                )
+            })
         };
         match result {
             Ok(summary) => {
@@ -71,7 +78,11 @@ mod tests {
     use super::*;
 
     fn check(files: &[(&str, &str)], rules: bool) -> (u8, String, String) {
-        let dir = std::env::temp_dir().join(format!("scale-check-unit-{}-{}", std::process::id(), files[0].0));
+        let dir = std::env::temp_dir().join(format!(
+            "scale-check-unit-{}-{}",
+            std::process::id(),
+            files[0].0
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let paths = files
             .iter()
@@ -84,17 +95,38 @@ mod tests {
             })
             .collect();
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = run(&CheckArgs { files: paths, rules }, &mut out, &mut err);
-        (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+        let code = run(
+            &CheckArgs {
+                files: paths,
+                rules,
+            },
+            &mut out,
+            &mut err,
+        );
+        (
+            code,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
     }
 
     const RULE: &str = "rules:\n  - name: slow\n    when: { duration_above: 500ms }\n    count: 3\n    window: 30s\n    action: { kind: horizontal, target: { kind: Deployment, name: cart }, max: 5 }\n";
 
     #[test]
     fn valid_files() {
-        let (code, out, err) = check(&[("a.yaml", "mode: paper\nsampler: { n_trees: 16 }\n"), ("b.yaml", RULE)], false);
+        let (code, out, err) = check(
+            &[
+                ("a.yaml", "mode: paper\nsampler: { n_trees: 16 }\n"),
+                ("b.yaml", RULE),
+            ],
+            false,
+        );
         assert_eq!(code, EXIT_OK, "{err}");
-        assert!(out.contains("a.yaml (0 rules, mode paper)") && out.contains("b.yaml (1 rule, mode keyed)"), "{out}");
+        assert!(
+            out.contains("a.yaml (0 rules, mode paper)")
+                && out.contains("b.yaml (1 rule, mode keyed)"),
+            "{out}"
+        );
         let (code, out, _) = check(&[("c.yaml", RULE)], true);
         assert_eq!((code, out.contains("(1 rule)")), (EXIT_OK, true), "{out}");
     }
@@ -102,14 +134,23 @@ mod tests {
     #[test]
     fn invalid_and_unreadable() {
         let bad = RULE.replace("count: 3", "count: 0");
-        let (code, _, err) = check(&[("d.yaml", &bad), ("e.yaml", "sampler:\n  n_tress: 3\n")], false);
+        let (code, _, err) = check(
+            &[("d.yaml", &bad), ("e.yaml", "sampler:\n  n_tress: 3\n")],
+            false,
+        );
         assert_eq!(code, EXIT_INVALID);
-        assert!(err.contains("d.yaml: invalid configuration") && err.contains("line 4: rules[0].count"), "{err}");
+        assert!(
+            err.contains("d.yaml: invalid configuration") && err.contains("line 4: rules[0].count"),
+            "{err}"
+        );
         assert!(err.contains("e.yaml") && err.contains("n_tress"), "{err}");
         // A rules file must not carry engine settings.
         let (code, _, err) = check(&[("f.yaml", "mode: paper\n")], true);
         assert_eq!(code, EXIT_INVALID, "{err}");
-        let (code, _, err) = check(&[("g.yaml", RULE), ("missing.yaml", ""), ("h.yaml", &bad)], false);
+        let (code, _, err) = check(
+            &[("g.yaml", RULE), ("missing.yaml", ""), ("h.yaml", &bad)],
+            false,
+        );
         assert_eq!(code, EXIT_UNREADABLE);
         assert!(err.contains("missing.yaml: cannot read"), "{err}");
     }

@@ -124,7 +124,10 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     } else {
         return Err(format!("{s:?}: give a unit (ms, s or m)"));
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a duration"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration"))?;
     if !(v > 0.0 && v.is_finite()) {
         return Err(format!("{s:?} must be positive"));
     }
@@ -137,10 +140,16 @@ fn read(path: &std::path::Path) -> anyhow::Result<String> {
 
 fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
     let rules_text = read(&args.rules)?;
-    let rules = scale_core::RulesFile::from_yaml(&rules_text).with_context(|| format!("{}", args.rules.display()))?.rules;
-    let mut opts = serve::ServeOptions { tick: args.tick, ..Default::default() };
+    let rules = scale_core::RulesFile::from_yaml(&rules_text)
+        .with_context(|| format!("{}", args.rules.display()))?
+        .rules;
+    let mut opts = serve::ServeOptions {
+        tick: args.tick,
+        ..Default::default()
+    };
     if let Some(engine) = &args.engine {
-        let cfg = scale_core::EngineConfig::from_parts(&read(engine)?, Some(&rules_text)).with_context(|| format!("{}", engine.display()))?;
+        let cfg = scale_core::EngineConfig::from_parts(&read(engine)?, Some(&rules_text))
+            .with_context(|| format!("{}", engine.display()))?;
         opts.engine = Some(cfg);
     }
     let token = match (&args.token_file, std::env::var("SCALE_TOKEN").ok()) {
@@ -162,7 +171,10 @@ fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
     }
     let metrics_addr: Option<std::net::SocketAddr> = match args.metrics_listen.as_str() {
         "off" | "" => None,
-        a => Some(a.parse().with_context(|| format!("--metrics-listen {a:?} is not an address"))?),
+        a => Some(
+            a.parse()
+                .with_context(|| format!("--metrics-listen {a:?} is not an address"))?,
+        ),
     };
     // One TLS provider for kube and tonic (ring); a second install attempt is refused harmlessly.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -220,12 +232,15 @@ fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
 async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
                 .with_context(|| format!("kubeconfig {}", path.display()))?
         }
-        None => kube::Config::infer().await.context("no in-cluster service account and no kubeconfig (give --kubeconfig)")?,
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster service account and no kubeconfig (give --kubeconfig)")?,
     };
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
@@ -239,7 +254,9 @@ fn spawn_signal_handlers(shutdown: &tokio_util::sync::CancellationToken) {
     #[cfg(unix)]
     {
         let s = shutdown.clone();
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             tokio::spawn(async move {
                 term.recv().await;
                 s.cancel();
@@ -251,7 +268,10 @@ fn spawn_signal_handlers(shutdown: &tokio_util::sync::CancellationToken) {
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("SCALE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // A second initialisation (impossible here) would only be refused; ignore it.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -269,7 +289,9 @@ fn eval(args: &eval::EvalArgs) -> anyhow::Result<()> {
         eval::render_text(&report)
     };
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes()).and_then(|_| out.flush()).context("writing the report")
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .context("writing the report")
 }
 
 fn main() -> ExitCode {
@@ -280,7 +302,11 @@ fn main() -> ExitCode {
             println!("scale {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Check(args) => ExitCode::from(check::run(&args, &mut std::io::stdout(), &mut std::io::stderr())),
+        Command::Check(args) => ExitCode::from(check::run(
+            &args,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )),
         Command::Serve(args) => match serve_cmd(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -8,7 +8,11 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 fn scale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_scale")).args(args).env("SCALE_LOG", "warn").output().expect("run scale")
+    Command::new(env!("CARGO_BIN_EXE_scale"))
+        .args(args)
+        .env("SCALE_LOG", "warn")
+        .output()
+        .expect("run scale")
 }
 
 fn text(b: &[u8]) -> String {
@@ -18,7 +22,11 @@ fn text(b: &[u8]) -> String {
 /// A fresh directory under the system temp dir, unique per test and process.
 fn tempdir(tag: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
-    let d = std::env::temp_dir().join(format!("scale-cli-{}-{}-{tag}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let d = std::env::temp_dir().join(format!(
+        "scale-cli-{}-{}-{tag}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -29,14 +37,24 @@ fn p(path: &Path) -> &str {
 }
 
 fn json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status, text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
 }
 
 /// 3,000 spans over three operations; after the first 1,000, every 40th is ten times slower and
 /// labelled 1. Plus one NaN duration (skipped by the engine) and one malformed row (bad line).
 fn write_csv(dir: &Path, with_label: bool) -> PathBuf {
-    let mut s = String::from(if with_label { "service,operation,duration_ms,label\n" } else { "service,operation,duration_ms\n" });
+    let mut s = String::from(if with_label {
+        "service,operation,duration_ms,label\n"
+    } else {
+        "service,operation,duration_ms\n"
+    });
     for i in 0..3000u32 {
         let op = ["GetCart", "AddItem", "Checkout"][(i % 3) as usize];
         let base = [5.0, 12.0, 80.0][(i % 3) as usize] * (1.0 + (i % 11) as f64 * 0.02);
@@ -48,14 +66,32 @@ fn write_csv(dir: &Path, with_label: bool) -> PathBuf {
             s.push_str(&format!("cart,{op},{d}\n"));
         }
     }
-    s.push_str(if with_label { "cart,GetCart,not-a-number,0\n" } else { "cart,GetCart,not-a-number\n" });
+    s.push_str(if with_label {
+        "cart,GetCart,not-a-number,0\n"
+    } else {
+        "cart,GetCart,not-a-number\n"
+    });
     s.push_str("this row has,too,many,fields,here\n");
-    let path = dir.join(if with_label { "spans.csv" } else { "unlabelled.csv" });
+    let path = dir.join(if with_label {
+        "spans.csv"
+    } else {
+        "unlabelled.csv"
+    });
     std::fs::write(&path, s).unwrap();
     path
 }
 
-const EVAL: &[&str] = &["eval", "--train-size", "1000", "--window-size", "100", "--n-trees", "10", "--min-score", "0.8"];
+const EVAL: &[&str] = &[
+    "eval",
+    "--train-size",
+    "1000",
+    "--window-size",
+    "100",
+    "--n-trees",
+    "10",
+    "--min-score",
+    "0.8",
+];
 
 #[test]
 fn eval_csv_json_scores_and_plots() {
@@ -63,7 +99,18 @@ fn eval_csv_json_scores_and_plots() {
     let csv = write_csv(&dir, true);
     let scores = dir.join("scores.csv");
     let plots = dir.join("plots");
-    let args: Vec<&str> = EVAL.iter().copied().chain(["--json", "--scores", p(&scores), "--plots", p(&plots), p(&csv)]).collect();
+    let args: Vec<&str> = EVAL
+        .iter()
+        .copied()
+        .chain([
+            "--json",
+            "--scores",
+            p(&scores),
+            "--plots",
+            p(&plots),
+            p(&csv),
+        ])
+        .collect();
     let v = json(&scale(&args));
     let spans = &v["spans"];
     assert_eq!(spans["total"], 3001);
@@ -73,7 +120,10 @@ fn eval_csv_json_scores_and_plots() {
     assert_eq!(spans["skipped_by_reason"]["invalid_duration"], 1);
     assert_eq!(spans["bad_input_lines"], 1);
     let m = &v["metrics"];
-    let total: u64 = ["tp", "fp", "fn", "tn"].iter().map(|k| m[k].as_u64().unwrap()).sum();
+    let total: u64 = ["tp", "fp", "fn", "tn"]
+        .iter()
+        .map(|k| m[k].as_u64().unwrap())
+        .sum();
     assert_eq!(total, 2000);
     assert_eq!(m["tp"].as_u64().unwrap() + m["fn"].as_u64().unwrap(), 50);
     let auc = m["roc_auc"].as_f64().unwrap();
@@ -89,15 +139,32 @@ fn eval_csv_json_scores_and_plots() {
     assert_eq!(v["engine"]["keys"], 3);
     assert!(v["seed"].is_null());
 
-    let lines: Vec<String> = BufReader::new(std::fs::File::open(&scores).unwrap()).lines().map(Result::unwrap).collect();
+    let lines: Vec<String> = BufReader::new(std::fs::File::open(&scores).unwrap())
+        .lines()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(lines[0], "index,score,keep,label");
     assert_eq!(lines.len(), 2001);
-    assert!(lines[1].starts_with("1000,0.") && lines[1].ends_with(",1"), "span 1000 is anomalous: {}", lines[1]);
-    assert!(lines[2].starts_with("1001,0.") && lines[2].ends_with(",0"), "{}", lines[2]);
+    assert!(
+        lines[1].starts_with("1000,0.") && lines[1].ends_with(",1"),
+        "span 1000 is anomalous: {}",
+        lines[1]
+    );
+    assert!(
+        lines[2].starts_with("1001,0.") && lines[2].ends_with(",0"),
+        "{}",
+        lines[2]
+    );
     for name in ["scores.svg", "confusion.svg", "durations.svg"] {
         let svg = std::fs::read_to_string(plots.join(name)).unwrap();
-        assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"), "{name}");
-        assert!(svg.contains("keyed mode, n_trees 10, height 8, window_size 100, min_score 0.8"), "{name}");
+        assert!(
+            svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"),
+            "{name}"
+        );
+        assert!(
+            svg.contains("keyed mode, n_trees 10, height 8, window_size 100, min_score 0.8"),
+            "{name}"
+        );
     }
 }
 
@@ -110,21 +177,49 @@ fn eval_text_and_compare_seed() {
     writeln!(gz, "operation,duration_ms,seed_score,seed_sampled,label").unwrap();
     for i in 1000..3000u32 {
         let a = i % 40 == 0;
-        writeln!(gz, "op,1,{},{},{}", if a { 0.9 } else { 0.1 }, u8::from(a), u8::from(a)).unwrap();
+        writeln!(
+            gz,
+            "op,1,{},{},{}",
+            if a { 0.9 } else { 0.1 },
+            u8::from(a),
+            u8::from(a)
+        )
+        .unwrap();
     }
     let seed = dir.join("seed_results.csv.gz");
     std::fs::write(&seed, gz.finish().unwrap()).unwrap();
-    let args: Vec<&str> = EVAL.iter().copied().chain(["--compare-seed", p(&seed), p(&csv)]).collect();
+    let args: Vec<&str> = EVAL
+        .iter()
+        .copied()
+        .chain(["--compare-seed", p(&seed), p(&csv)])
+        .collect();
     let out = scale(&args);
     let t = text(&out.stdout);
     assert!(out.status.success(), "{t}\n{}", text(&out.stderr));
-    for needle in ["scale", "seed", "TP", "precision", "ROC AUC", "ns/span", "3001 total", "1 bad input lines", "invalid_duration 1"] {
+    for needle in [
+        "scale",
+        "seed",
+        "TP",
+        "precision",
+        "ROC AUC",
+        "ns/span",
+        "3001 total",
+        "1 bad input lines",
+        "invalid_duration 1",
+    ] {
         assert!(t.contains(needle), "missing {needle:?} in\n{t}");
     }
     let recall = t.lines().find(|l| l.starts_with("recall")).unwrap();
-    assert!(recall.trim_end().ends_with("1.0000"), "seed recall is 1: {recall}");
+    assert!(
+        recall.trim_end().ends_with("1.0000"),
+        "seed recall is 1: {recall}"
+    );
 
-    let args: Vec<&str> = EVAL.iter().copied().chain(["--json", "--compare-seed", p(&seed), p(&csv)]).collect();
+    let args: Vec<&str> = EVAL
+        .iter()
+        .copied()
+        .chain(["--json", "--compare-seed", p(&seed), p(&csv)])
+        .collect();
     let v = json(&scale(&args));
     assert_eq!(v["seed"]["tp"], 50);
     assert_eq!(v["seed"]["fp"], 0);
@@ -137,7 +232,11 @@ fn eval_without_labels_omits_metrics() {
     let dir = tempdir("nolabel");
     let csv = write_csv(&dir, false);
     let plots = dir.join("plots");
-    let args: Vec<&str> = EVAL.iter().copied().chain(["--json", "--plots", p(&plots), p(&csv)]).collect();
+    let args: Vec<&str> = EVAL
+        .iter()
+        .copied()
+        .chain(["--json", "--plots", p(&plots), p(&csv)])
+        .collect();
     let v = json(&scale(&args));
     assert!(v["metrics"].is_null(), "{v}");
     assert_eq!(v["spans"]["labelled"], 0);
@@ -148,7 +247,9 @@ fn eval_without_labels_omits_metrics() {
 #[test]
 fn eval_otlp_json_lines() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/otel-demo/traces.jsonl.gz");
-    let reader = BufReader::new(flate2::read::MultiGzDecoder::new(std::fs::File::open(&data).unwrap()));
+    let reader = BufReader::new(flate2::read::MultiGzDecoder::new(
+        std::fs::File::open(&data).unwrap(),
+    ));
     let dir = tempdir("otlp");
     let path = dir.join("traces.jsonl");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
@@ -159,14 +260,29 @@ fn eval_otlp_json_lines() {
     writeln!(f, "not json at all").unwrap();
     drop(f);
     let config = dir.join("engine.yaml");
-    std::fs::write(&config, "mode: keyed\nsampler: { train_size: 2000, window_size: 250 }\nkeys: { max_keys: 500 }\n").unwrap();
-    let v = json(&scale(&["eval", "--json", "--config", p(&config), "--height", "6", p(&path)]));
+    std::fs::write(
+        &config,
+        "mode: keyed\nsampler: { train_size: 2000, window_size: 250 }\nkeys: { max_keys: 500 }\n",
+    )
+    .unwrap();
+    let v = json(&scale(&[
+        "eval",
+        "--json",
+        "--config",
+        p(&config),
+        "--height",
+        "6",
+        p(&path),
+    ]));
     let spans = &v["spans"];
     let total = spans["total"].as_u64().unwrap();
     assert!(total > 20_000, "{spans}");
     assert_eq!(spans["bad_input_lines"], 2);
     assert_eq!(spans["training"], 2000);
-    assert_eq!(spans["tested"].as_u64().unwrap() + 2000 + spans["skipped"].as_u64().unwrap(), total);
+    assert_eq!(
+        spans["tested"].as_u64().unwrap() + 2000 + spans["skipped"].as_u64().unwrap(),
+        total
+    );
     assert!(v["metrics"].is_null(), "the recording has no scale.label");
     assert_eq!(v["config"]["height"], 6);
     assert_eq!(v["config"]["max_keys"], 500);
@@ -176,7 +292,11 @@ fn eval_otlp_json_lines() {
     // The compressed original reads the same way, in text mode.
     let out = scale(&["eval", "--train-size", "1000", p(&data)]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("no labels"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("no labels"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -184,17 +304,29 @@ fn eval_errors_are_reported_not_panics() {
     let dir = tempdir("errors");
     let out = scale(&["eval", p(&dir.join("missing.csv"))]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("missing.csv"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("missing.csv"),
+        "{}",
+        text(&out.stderr)
+    );
     let bad = dir.join("bad.csv");
     std::fs::write(&bad, "a,b,c\n1,2,3\n").unwrap();
     let out = scale(&["eval", p(&bad)]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("duration_ms"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("duration_ms"),
+        "{}",
+        text(&out.stderr)
+    );
     let cfg = dir.join("bad.yaml");
     std::fs::write(&cfg, "sampler:\n  min_score: 7\n").unwrap();
     let out = scale(&["eval", "--config", p(&cfg), p(&bad)]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("line 2: sampler.min_score"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("line 2: sampler.min_score"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = scale(&["eval", "--min-score", "2", p(&bad)]);
     assert_eq!(out.status.code(), Some(2), "clap usage error");
 }
@@ -217,10 +349,20 @@ fn check_exit_codes_and_messages() {
     std::fs::write(&valid, VALID).unwrap();
     let out = scale(&["check", p(&valid)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains(&format!("ok: {} (1 rule, mode paper)", p(&valid))), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains(&format!("ok: {} (1 rule, mode paper)", p(&valid))),
+        "{}",
+        text(&out.stdout)
+    );
 
     let invalid = dir.join("invalid.yaml");
-    std::fs::write(&invalid, VALID.replace("count: 5", "count: 0").replace("window: 30s", "window: -2s")).unwrap();
+    std::fs::write(
+        &invalid,
+        VALID
+            .replace("count: 5", "count: 0")
+            .replace("window: 30s", "window: -2s"),
+    )
+    .unwrap();
     let out = scale(&["check", p(&valid), p(&invalid)]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
@@ -240,7 +382,11 @@ fn check_exit_codes_and_messages() {
 
     let out = scale(&["check", p(&valid), p(&dir.join("nope.yaml")), p(&invalid)]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("nope.yaml: cannot read"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("nope.yaml: cannot read"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -256,10 +402,19 @@ fn version() {
 /// The README's daemon reference is `scale serve -h` verbatim; regenerate it when flags change.
 #[test]
 fn readme_shows_the_current_serve_help() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
-    let start = readme.find("$ scale serve -h\n").expect("README has the `scale serve -h` block") + "$ scale serve -h\n".len();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let start = readme
+        .find("$ scale serve -h\n")
+        .expect("README has the `scale serve -h` block")
+        + "$ scale serve -h\n".len();
     let block = &readme[start..start + readme[start..].find("```").unwrap()];
     let out = scale(&["serve", "-h"]);
     assert!(out.status.success());
-    assert_eq!(block, text(&out.stdout), "README.md's `scale serve -h` block is stale: paste the current output");
+    assert_eq!(
+        block,
+        text(&out.stdout),
+        "README.md's `scale serve -h` block is stale: paste the current output"
+    );
 }

@@ -45,7 +45,9 @@ pub fn bin_dir() -> PathBuf {
     }
     let cache = std::env::var_os("SCALE_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/scale"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/scale")
+        });
     cache.join("k8s/bin")
 }
 
@@ -83,7 +85,12 @@ fn token() -> String {
     let mut s = String::new();
     for _ in 0..2 {
         let mut h = RandomState::new().build_hasher();
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
         s.push_str(&format!("{:016x}", h.finish()));
     }
     s
@@ -104,7 +111,11 @@ fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child> {
 fn stop(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         // SIGTERM first so etcd and the apiserver shut down cleanly; SIGKILL after 10 s.
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).stderr(Stdio::null()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .stderr(Stdio::null())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = c.try_wait() {
@@ -147,7 +158,11 @@ impl Cluster {
         }
         let dir = match opts.dir {
             Some(d) => d,
-            None => std::env::temp_dir().join(format!("scale-testcluster-{}-{}", std::process::id(), token())),
+            None => std::env::temp_dir().join(format!(
+                "scale-testcluster-{}-{}",
+                std::process::id(),
+                token()
+            )),
         };
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
@@ -155,12 +170,17 @@ impl Cluster {
         let ca_key = rcgen::KeyPair::generate()?;
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "scale-testcluster-ca");
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "scale-testcluster-ca");
         let ca = ca_params.self_signed(&ca_key)?;
         let ca_issuer = rcgen::Issuer::new(ca_params, ca_key);
         let srv_key = rcgen::KeyPair::generate()?;
-        let mut srv_params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
-        srv_params.distinguished_name.push(rcgen::DnType::CommonName, "kube-apiserver");
+        let mut srv_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        srv_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "kube-apiserver");
         let srv = srv_params.signed_by(&srv_key, &ca_issuer)?;
         let sa_key = rcgen::KeyPair::generate()?;
         fs::write(dir.join("ca.crt"), ca.pem())?;
@@ -226,7 +246,10 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         while http_get(client, "/health").is_none() {
             if Instant::now() > deadline {
-                bail!("etcd did not become healthy in 30 s:\n{}", tail(&dir.join("etcd.log")));
+                bail!(
+                    "etcd did not become healthy in 30 s:\n{}",
+                    tail(&dir.join("etcd.log"))
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -275,10 +298,15 @@ impl Cluster {
             return Ok(());
         }
         let log = self.dir.join("kube-apiserver.log");
-        self.apiserver = Some(spawn(&bin_dir().join("kube-apiserver"), &self.apiserver_args, &log)?);
+        self.apiserver = Some(spawn(
+            &bin_dir().join("kube-apiserver"),
+            &self.apiserver_args,
+            &log,
+        )?);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(Some(status)) = self.apiserver.as_mut().map(|c| c.try_wait().ok().flatten()) {
+            if let Some(Some(status)) = self.apiserver.as_mut().map(|c| c.try_wait().ok().flatten())
+            {
                 self.apiserver = None;
                 bail!("kube-apiserver exited ({status}):\n{}", tail(&log));
             }
@@ -299,7 +327,9 @@ impl Cluster {
 
     /// Whether `GET /readyz` (as the admin, over TLS verified against `ca.crt`) answers 200.
     pub fn ready(&self) -> bool {
-        self.get_as_admin("/readyz").map(|(code, _)| code == 200).unwrap_or(false)
+        self.get_as_admin("/readyz")
+            .map(|(code, _)| code == 200)
+            .unwrap_or(false)
     }
 
     /// A blocking `GET path` as [`ADMIN_USER`]: (status code, body). For readiness checks and
@@ -310,17 +340,30 @@ impl Cluster {
 
     /// A blocking request as [`ADMIN_USER`] over TLS verified against `ca.crt`, one connection
     /// per call: (status code, body, chunked transfer decoded).
-    pub fn request_as_admin(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Result<(u16, String)> {
-        let port: u16 = self.server.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or_else(|| anyhow!("bad server {}", self.server))?;
+    pub fn request_as_admin(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<(u16, String)> {
+        let port: u16 = self
+            .server
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| anyhow!("bad server {}", self.server))?;
         let mut roots = rustls::RootCertStore::empty();
         let ca = fs::read(self.dir.join("ca.crt"))?;
         for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
             roots.add(cert?)?;
         }
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
         let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
         let sock = TcpStream::connect(("127.0.0.1", port))?;
@@ -342,20 +385,32 @@ impl Cluster {
         // The API server closes without close_notify at times; what was read is enough.
         let _ = tls.read_to_end(&mut resp);
         let text = String::from_utf8_lossy(&resp).into_owned();
-        let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow!("no HTTP status in {text:?}"))?;
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow!("no HTTP status in {text:?}"))?;
         let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
         let chunked = headers.lines().any(|l| {
             let l = l.to_ascii_lowercase();
             l.starts_with("transfer-encoding:") && l.contains("chunked")
         });
-        Ok((code, if chunked { dechunk(body) } else { body.to_string() }))
+        Ok((
+            code,
+            if chunked {
+                dechunk(body)
+            } else {
+                body.to_string()
+            },
+        ))
     }
 
     /// Server-side apply every document of a (multi-document) YAML text as [`ADMIN_USER`], field
     /// manager [`FIELD_MANAGER`], conflicts forced. Only the kinds of [`KINDS`] are known.
     /// Returns `Kind namespace/name` for each object applied.
     pub fn apply_yaml(&self, text: &str) -> Result<Vec<String>> {
-        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text).context("parsing YAML")?;
+        let docs: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(text).context("parsing YAML")?;
         let mut applied = Vec::new();
         for doc in docs.into_iter().filter(|d| !d.is_null()) {
             applied.push(self.apply(&doc)?);
@@ -393,21 +448,31 @@ impl Cluster {
         let d = deployment(namespace, name, replicas);
         let (code, resp) = self.request_as_admin(
             "POST",
-            &format!("/apis/apps/v1/namespaces/{namespace}/deployments?fieldManager={FIELD_MANAGER}"),
+            &format!(
+                "/apis/apps/v1/namespaces/{namespace}/deployments?fieldManager={FIELD_MANAGER}"
+            ),
             Some("application/json"),
             &serde_json::to_vec(&d)?,
         )?;
         if code != 201 {
-            bail!("creating Deployment {namespace}/{name}: HTTP {code}: {}", api_message(&resp));
+            bail!(
+                "creating Deployment {namespace}/{name}: HTTP {code}: {}",
+                api_message(&resp)
+            );
         }
         Ok(())
     }
 
     /// `spec.replicas` of a Deployment, read through its scale subresource.
     pub fn deployment_replicas(&self, namespace: &str, name: &str) -> Result<u32> {
-        let (code, body) = self.get_as_admin(&format!("/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale"))?;
+        let (code, body) = self.get_as_admin(&format!(
+            "/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale"
+        ))?;
         if code != 200 {
-            bail!("reading the scale of Deployment {namespace}/{name}: HTTP {code}: {}", api_message(&body));
+            bail!(
+                "reading the scale of Deployment {namespace}/{name}: HTTP {code}: {}",
+                api_message(&body)
+            );
         }
         let v: serde_json::Value = serde_json::from_str(&body)?;
         Ok(v["spec"]["replicas"].as_u64().unwrap_or(0) as u32)
@@ -436,19 +501,38 @@ pub const KINDS: &[(&str, &str, bool)] = &[
 
 /// The REST path of an object and a `Kind namespace/name` label for it.
 pub fn object_path(obj: &serde_json::Value) -> Result<(String, String)> {
-    let api_version = obj["apiVersion"].as_str().ok_or_else(|| anyhow!("object without apiVersion: {obj}"))?;
-    let kind = obj["kind"].as_str().ok_or_else(|| anyhow!("object without kind: {obj}"))?;
-    let name = obj["metadata"]["name"].as_str().ok_or_else(|| anyhow!("{kind} without metadata.name"))?;
-    let &(_, resource, namespaced) = KINDS
-        .iter()
-        .find(|(k, _, _)| *k == kind)
-        .ok_or_else(|| anyhow!("{kind} {name}: kind not supported (known: {})", KINDS.iter().map(|k| k.0).collect::<Vec<_>>().join(", ")))?;
-    let prefix = if api_version.contains('/') { format!("/apis/{api_version}") } else { format!("/api/{api_version}") };
+    let api_version = obj["apiVersion"]
+        .as_str()
+        .ok_or_else(|| anyhow!("object without apiVersion: {obj}"))?;
+    let kind = obj["kind"]
+        .as_str()
+        .ok_or_else(|| anyhow!("object without kind: {obj}"))?;
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .ok_or_else(|| anyhow!("{kind} without metadata.name"))?;
+    let &(_, resource, namespaced) =
+        KINDS.iter().find(|(k, _, _)| *k == kind).ok_or_else(|| {
+            anyhow!(
+                "{kind} {name}: kind not supported (known: {})",
+                KINDS.iter().map(|k| k.0).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+    let prefix = if api_version.contains('/') {
+        format!("/apis/{api_version}")
+    } else {
+        format!("/api/{api_version}")
+    };
     if namespaced {
         let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
-        Ok((format!("{prefix}/namespaces/{ns}/{resource}/{name}"), format!("{kind} {ns}/{name}")))
+        Ok((
+            format!("{prefix}/namespaces/{ns}/{resource}/{name}"),
+            format!("{kind} {ns}/{name}"),
+        ))
     } else {
-        Ok((format!("{prefix}/{resource}/{name}"), format!("{kind} {name}")))
+        Ok((
+            format!("{prefix}/{resource}/{name}"),
+            format!("{kind} {name}"),
+        ))
     }
 }
 
@@ -482,7 +566,9 @@ fn dechunk(body: &str) -> String {
     let mut out = String::new();
     let mut rest = body;
     while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else {
+            break;
+        };
         if n == 0 || after.len() < n {
             out.push_str(&after[..n.min(after.len())]);
             break;
@@ -499,19 +585,38 @@ mod tests {
 
     #[test]
     fn paths_of_objects() {
-        let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}});
-        assert_eq!(object_path(&ns).unwrap(), ("/api/v1/namespaces/a".into(), "Namespace a".into()));
+        let ns =
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}});
+        assert_eq!(
+            object_path(&ns).unwrap(),
+            ("/api/v1/namespaces/a".into(), "Namespace a".into())
+        );
         let role = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "r", "namespace": "n"}});
-        assert_eq!(object_path(&role).unwrap().0, "/apis/rbac.authorization.k8s.io/v1/namespaces/n/roles/r");
+        assert_eq!(
+            object_path(&role).unwrap().0,
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/n/roles/r"
+        );
         let d = deployment("n", "d", 2);
-        assert_eq!(object_path(&d).unwrap().0, "/apis/apps/v1/namespaces/n/deployments/d");
-        let odd = serde_json::json!({"apiVersion": "x/v1", "kind": "Widget", "metadata": {"name": "w"}});
-        assert!(object_path(&odd).unwrap_err().to_string().contains("not supported"));
+        assert_eq!(
+            object_path(&d).unwrap().0,
+            "/apis/apps/v1/namespaces/n/deployments/d"
+        );
+        let odd =
+            serde_json::json!({"apiVersion": "x/v1", "kind": "Widget", "metadata": {"name": "w"}});
+        assert!(
+            object_path(&odd)
+                .unwrap_err()
+                .to_string()
+                .contains("not supported")
+        );
     }
 
     #[test]
     fn chunked_bodies() {
-        assert_eq!(dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "hello world");
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
         assert_eq!(dechunk("a;ext=1\r\n0123456789\r\n0\r\n\r\n"), "0123456789");
     }
 }

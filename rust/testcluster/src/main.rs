@@ -40,17 +40,25 @@ fn parse_deployment(s: &str) -> Option<(String, String, u32)> {
 fn set_up(cluster: &scale_testcluster::Cluster, setup: &Setup) -> anyhow::Result<()> {
     use anyhow::Context;
     for ns in &setup.namespaces {
-        cluster.create_namespace(ns).with_context(|| format!("--namespace {ns}"))?;
+        cluster
+            .create_namespace(ns)
+            .with_context(|| format!("--namespace {ns}"))?;
         eprintln!("created Namespace {ns}");
     }
     for f in &setup.files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        for what in cluster.apply_yaml(&text).with_context(|| format!("--apply {}", f.display()))? {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        for what in cluster
+            .apply_yaml(&text)
+            .with_context(|| format!("--apply {}", f.display()))?
+        {
             eprintln!("applied {what}");
         }
     }
     for (ns, name, replicas) in &setup.deployments {
-        cluster.create_deployment(ns, name, *replicas).with_context(|| format!("--deployment {ns}/{name}={replicas}"))?;
+        cluster
+            .create_deployment(ns, name, *replicas)
+            .with_context(|| format!("--deployment {ns}/{name}={replicas}"))?;
         eprintln!("created Deployment {ns}/{name} with {replicas} replicas");
     }
     Ok(())
@@ -58,7 +66,10 @@ fn set_up(cluster: &scale_testcluster::Cluster, setup: &Setup) -> anyhow::Result
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
-    let mut opts = scale_testcluster::Options { keep_dir: true, ..Default::default() };
+    let mut opts = scale_testcluster::Options {
+        keep_dir: true,
+        ..Default::default()
+    };
     let mut setup = Setup::default();
     while let Some(a) = args.next() {
         let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -67,7 +78,9 @@ fn main() -> ExitCode {
             "--namespace" => value("--namespace").map(|v| setup.namespaces.push(v)),
             "--apply" => value("--apply").map(|v| setup.files.push(v.into())),
             "--deployment" => value("--deployment").and_then(|v| {
-                parse_deployment(&v).map(|d| setup.deployments.push(d)).ok_or_else(|| format!("--deployment {v:?}: give NS/NAME=REPLICAS"))
+                parse_deployment(&v)
+                    .map(|d| setup.deployments.push(d))
+                    .ok_or_else(|| format!("--deployment {v:?}: give NS/NAME=REPLICAS"))
             }),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -82,11 +95,17 @@ fn main() -> ExitCode {
     }
     // Signals are caught from here on, so a SIGTERM during start-up still stops etcd and the API
     // server (through Drop) instead of leaving them behind.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let (mut term, mut int) = {
         use tokio::signal::unix::{SignalKind, signal};
         let _enter = rt.enter();
-        (signal(SignalKind::terminate()).expect("SIGTERM handler"), signal(SignalKind::interrupt()).expect("SIGINT handler"))
+        (
+            signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        )
     };
     let cluster = match scale_testcluster::Cluster::start(opts) {
         Ok(c) => c,
@@ -115,7 +134,13 @@ fn main() -> ExitCode {
         use tokio::io::AsyncReadExt;
         let mut stdin = tokio::io::stdin();
         let mut buf = [0u8; 64];
-        let eof = async move { while let Ok(n) = stdin.read(&mut buf).await { if n == 0 { break; } } };
+        let eof = async move {
+            while let Ok(n) = stdin.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
@@ -134,7 +159,10 @@ mod tests {
 
     #[test]
     fn deployment_flag() {
-        assert_eq!(parse_deployment("otel-demo/checkout=1"), Some(("otel-demo".into(), "checkout".into(), 1)));
+        assert_eq!(
+            parse_deployment("otel-demo/checkout=1"),
+            Some(("otel-demo".into(), "checkout".into(), 1))
+        );
         assert_eq!(parse_deployment("checkout=1"), None);
         assert_eq!(parse_deployment("a/b=x"), None);
         assert_eq!(parse_deployment("/b=1"), None);

@@ -126,13 +126,22 @@ impl<R: Read> Read for Counting<R> {
 }
 
 /// Open `path`, undo gzip, and detect the format. `count` accumulates raw bytes read.
-pub fn open(path: &Path, count: Rc<Cell<u64>>) -> Result<(Box<dyn BufRead>, Format, bool), InputError> {
-    let io_err = |source| InputError::Io { path: path.display().to_string(), source };
+pub fn open(
+    path: &Path,
+    count: Rc<Cell<u64>>,
+) -> Result<(Box<dyn BufRead>, Format, bool), InputError> {
+    let io_err = |source| InputError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let file = File::open(path).map_err(io_err)?;
     let mut raw = BufReader::with_capacity(1 << 16, Counting { inner: file, count });
     let gzip = raw.fill_buf().map_err(io_err)?.starts_with(&[0x1f, 0x8b]);
-    let mut reader: Box<dyn BufRead> =
-        if gzip { Box::new(BufReader::with_capacity(1 << 16, MultiGzDecoder::new(raw))) } else { Box::new(raw) };
+    let mut reader: Box<dyn BufRead> = if gzip {
+        Box::new(BufReader::with_capacity(1 << 16, MultiGzDecoder::new(raw)))
+    } else {
+        Box::new(raw)
+    };
     let head = reader.fill_buf().map_err(io_err)?;
     let first = head.iter().find(|b| !b.is_ascii_whitespace()).copied();
     let format = match first {
@@ -141,7 +150,11 @@ pub fn open(path: &Path, count: Rc<Cell<u64>>) -> Result<(Box<dyn BufRead>, Form
         None => {
             let name = path.to_string_lossy();
             let name = name.strip_suffix(".gz").unwrap_or(&name);
-            if name.ends_with(".json") || name.ends_with(".jsonl") || name.ends_with(".ndjson") { Format::OtlpJson } else { Format::Csv }
+            if name.ends_with(".json") || name.ends_with(".jsonl") || name.ends_with(".ndjson") {
+                Format::OtlpJson
+            } else {
+                Format::Csv
+            }
         }
     };
     Ok((reader, format, gzip))
@@ -149,9 +162,17 @@ pub fn open(path: &Path, count: Rc<Cell<u64>>) -> Result<(Box<dyn BufRead>, Form
 
 /// Read every span of `path` in order, calling `emit` for each. Bad lines are counted in the
 /// summary; only a failure to open the file or an unusable CSV header is an error.
-pub fn read_file(path: &Path, count: Rc<Cell<u64>>, mut emit: impl FnMut(&SpanRecord<'_>)) -> Result<FileSummary, InputError> {
+pub fn read_file(
+    path: &Path,
+    count: Rc<Cell<u64>>,
+    mut emit: impl FnMut(&SpanRecord<'_>),
+) -> Result<FileSummary, InputError> {
     let (reader, format, gzip) = open(path, count)?;
-    let mut summary = FileSummary { format: Some(format), gzip, ..FileSummary::default() };
+    let mut summary = FileSummary {
+        format: Some(format),
+        gzip,
+        ..FileSummary::default()
+    };
     let name = path.display().to_string();
     match format {
         Format::Csv => read_csv(reader, &name, &mut summary, &mut emit)?,
@@ -162,7 +183,12 @@ pub fn read_file(path: &Path, count: Rc<Cell<u64>>, mut emit: impl FnMut(&SpanRe
 
 /// Read lines as bytes so that invalid UTF-8 is one bad line, not an error. Returns `None` at the
 /// end or after a read error (logged and counted as a bad line).
-fn next_line<'b>(reader: &mut dyn BufRead, buf: &'b mut Vec<u8>, name: &str, summary: &mut FileSummary) -> Option<Result<&'b str, ()>> {
+fn next_line<'b>(
+    reader: &mut dyn BufRead,
+    buf: &'b mut Vec<u8>,
+    name: &str,
+    summary: &mut FileSummary,
+) -> Option<Result<&'b str, ()>> {
     buf.clear();
     match reader.read_until(b'\n', buf) {
         Ok(0) => None,
@@ -251,11 +277,19 @@ impl CsvColumns {
     /// Find the columns in a header line; `Err` lists the missing required ones.
     pub fn from_header(header: &str) -> Result<Self, String> {
         let fields = split_csv(header.trim_start_matches('\u{feff}')).unwrap_or_default();
-        let find = |name: &str| fields.iter().position(|f| f.trim().eq_ignore_ascii_case(name));
+        let find = |name: &str| {
+            fields
+                .iter()
+                .position(|f| f.trim().eq_ignore_ascii_case(name))
+        };
         match (find("operation"), find("duration_ms")) {
-            (Some(operation), Some(duration)) => {
-                Ok(Self { width: fields.len(), service: find("service"), operation, duration, label: find("label") })
-            }
+            (Some(operation), Some(duration)) => Ok(Self {
+                width: fields.len(),
+                service: find("service"),
+                operation,
+                duration,
+                label: find("label"),
+            }),
             (o, d) => Err([(o.is_none(), "operation"), (d.is_none(), "duration_ms")]
                 .iter()
                 .filter(|(missing, _)| *missing)
@@ -311,7 +345,11 @@ fn read_csv(
             continue;
         };
         let duration = fields[c.duration].trim().parse::<f64>().unwrap_or(f64::NAN);
-        let service = c.service.map(|i| fields[i].as_ref()).filter(|s| !s.is_empty()).unwrap_or(UNKNOWN_SERVICE);
+        let service = c
+            .service
+            .map(|i| fields[i].as_ref())
+            .filter(|s| !s.is_empty())
+            .unwrap_or(UNKNOWN_SERVICE);
         summary.spans += 1;
         emit(&SpanRecord {
             service,
@@ -329,7 +367,11 @@ fn read_csv(
 // OTLP JSON
 
 fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    attrs.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).and_then(|v: &AnyValue| v.value.as_ref())
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v: &AnyValue| v.value.as_ref())
 }
 
 fn label_of(v: Option<&Value>) -> Option<bool> {
@@ -381,7 +423,10 @@ pub fn null_string_doubles(line: &str) -> Option<String> {
 }
 
 /// Parse one OTLP JSON line and emit its spans; `Err` if the line is not a request.
-pub fn parse_otlp_line(line: &str, emit: &mut dyn FnMut(&SpanRecord<'_>)) -> Result<u64, serde_json::Error> {
+pub fn parse_otlp_line(
+    line: &str,
+    emit: &mut dyn FnMut(&SpanRecord<'_>),
+) -> Result<u64, serde_json::Error> {
     let req: ExportTraceServiceRequest = match serde_json::from_str(line) {
         Ok(r) => r,
         Err(e) => match null_string_doubles(line) {
@@ -391,7 +436,11 @@ pub fn parse_otlp_line(line: &str, emit: &mut dyn FnMut(&SpanRecord<'_>)) -> Res
     };
     let mut n = 0;
     for rs in &req.resource_spans {
-        let service = match rs.resource.as_ref().and_then(|r| attr(&r.attributes, "service.name")) {
+        let service = match rs
+            .resource
+            .as_ref()
+            .and_then(|r| attr(&r.attributes, "service.name"))
+        {
             Some(Value::StringValue(s)) if !s.is_empty() => s.as_str(),
             _ => UNKNOWN_SERVICE,
         };
@@ -401,7 +450,10 @@ pub fn parse_otlp_line(line: &str, emit: &mut dyn FnMut(&SpanRecord<'_>)) -> Res
                 emit(&SpanRecord {
                     service,
                     operation: &span.name,
-                    timing: Timing::StartEnd { start_ns: span.start_time_unix_nano, end_ns: span.end_time_unix_nano },
+                    timing: Timing::StartEnd {
+                        start_ns: span.start_time_unix_nano,
+                        end_ns: span.end_time_unix_nano,
+                    },
                     trace_id: id(&span.trace_id),
                     span_id: id(&span.span_id),
                     label: label_of(attr(&span.attributes, "scale.label")),
@@ -412,7 +464,12 @@ pub fn parse_otlp_line(line: &str, emit: &mut dyn FnMut(&SpanRecord<'_>)) -> Res
     Ok(n)
 }
 
-fn read_otlp(mut reader: Box<dyn BufRead>, name: &str, summary: &mut FileSummary, emit: &mut dyn FnMut(&SpanRecord<'_>)) {
+fn read_otlp(
+    mut reader: Box<dyn BufRead>,
+    name: &str,
+    summary: &mut FileSummary,
+    emit: &mut dyn FnMut(&SpanRecord<'_>),
+) {
     let mut buf = Vec::with_capacity(1 << 16);
     let mut line_no = 0u64;
     while let Some(line) = next_line(&mut *reader, &mut buf, name, summary) {
@@ -470,7 +527,8 @@ mod tests {
     }
 
     fn temp(name: &str, bytes: &[u8]) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("scale-input-test-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("scale-input-test-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join(name);
         std::fs::write(&p, bytes).unwrap();
@@ -500,19 +558,31 @@ mod tests {
         assert_eq!(v[0].operation, "op1");
         assert_eq!((v[0].duration, v[0].label), (Some(1.5), Some(false)));
         assert_eq!((v[1].operation.as_str(), v[1].label), ("op,2", Some(true)));
-        assert!(v[2].duration.unwrap().is_nan(), "unparsable duration is NaN, still fed");
+        assert!(
+            v[2].duration.unwrap().is_nan(),
+            "unparsable duration is NaN, still fed"
+        );
         assert_eq!((v[3].service.as_str(), v[3].label), (UNKNOWN_SERVICE, None));
     }
 
     #[test]
     fn csv_without_label_and_gzip() {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(b"operation,service,duration_ms\nx,s,4\n").unwrap();
+        gz.write_all(b"operation,service,duration_ms\nx,s,4\n")
+            .unwrap();
         let bytes = gz.finish().unwrap();
         let (v, s) = read(&temp("b.csv.gz", &bytes));
         assert!(s.gzip && !s.has_label_column);
         assert_eq!(v.len(), 1);
-        assert_eq!((v[0].service.as_str(), v[0].operation.as_str(), v[0].duration, v[0].label), ("s", "x", Some(4.0), None));
+        assert_eq!(
+            (
+                v[0].service.as_str(),
+                v[0].operation.as_str(),
+                v[0].duration,
+                v[0].label
+            ),
+            ("s", "x", Some(4.0), None)
+        );
     }
 
     #[test]
@@ -540,20 +610,37 @@ mod tests {
         assert_eq!(s.format, Some(Format::OtlpJson));
         assert_eq!((s.spans, s.bad_lines), (6, 2));
         let a = &v[0];
-        assert_eq!((a.service.as_str(), a.operation.as_str(), a.label), ("cart", "GetCart", Some(true)));
-        assert_eq!(a.start_end, Some((1_731_031_818_330_000_000, 1_731_031_818_335_018_801)));
+        assert_eq!(
+            (a.service.as_str(), a.operation.as_str(), a.label),
+            ("cart", "GetCart", Some(true))
+        );
+        assert_eq!(
+            a.start_end,
+            Some((1_731_031_818_330_000_000, 1_731_031_818_335_018_801))
+        );
         assert_eq!(a.trace_id[..4], [0x01, 0xb2, 0x53, 0x55]);
         assert_eq!(a.span_id, [0x2e, 0x28, 0xe5, 0x78, 0x33, 0xe2, 0x0d, 0x89]);
         let b = &v[1];
-        assert_eq!((b.trace_id, b.span_id, b.label), ([0; 16], [0; 8], Some(false)), "short ids become zeros");
-        assert_eq!(b.start_end.unwrap().0, 1_731_031_818_330_000_000, "numbers accepted as well as strings");
+        assert_eq!(
+            (b.trace_id, b.span_id, b.label),
+            ([0; 16], [0; 8], Some(false)),
+            "short ids become zeros"
+        );
+        assert_eq!(
+            b.start_end.unwrap().0,
+            1_731_031_818_330_000_000,
+            "numbers accepted as well as strings"
+        );
         assert_eq!((v[2].service.as_str(), v[2].label), (UNKNOWN_SERVICE, None));
     }
 
     #[test]
     fn otlp_string_doubles_are_tolerated() {
         let line = OTLP.replace(r#"{"intValue":"1"}"#, r#"{"intValue":"1"}},{"key":"amount","value":{"doubleValue" : "NaN"}},{"key":"x","value":{"doubleValue":2.5}},{"key":"y","value":{"doubleValue":"-Infinity"}"#);
-        assert!(serde_json::from_str::<ExportTraceServiceRequest>(&line).is_err(), "the library alone refuses it");
+        assert!(
+            serde_json::from_str::<ExportTraceServiceRequest>(&line).is_err(),
+            "the library alone refuses it"
+        );
         let mut n = 0;
         assert_eq!(parse_otlp_line(&line, &mut |_| n += 1).unwrap(), 3);
         assert_eq!(n, 3);
@@ -570,7 +657,10 @@ mod tests {
         gz.write_all(format!("  {OTLP}\n").as_bytes()).unwrap();
         let bytes = gz.finish().unwrap();
         let (v, s) = read(&temp("e.data", &bytes));
-        assert_eq!((s.format, s.gzip, v.len()), (Some(Format::OtlpJson), true, 3));
+        assert_eq!(
+            (s.format, s.gzip, v.len()),
+            (Some(Format::OtlpJson), true, 3)
+        );
     }
 
     #[test]

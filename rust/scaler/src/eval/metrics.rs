@@ -26,7 +26,11 @@ pub struct Confusion {
 }
 
 fn ratio(num: u64, den: u64) -> f64 {
-    if den == 0 { 0.0 } else { num as f64 / den as f64 }
+    if den == 0 {
+        0.0
+    } else {
+        num as f64 / den as f64
+    }
 }
 
 impl Confusion {
@@ -58,7 +62,11 @@ impl Confusion {
     /// Harmonic mean of precision and recall; 0 when both are 0.
     pub fn f1(&self) -> f64 {
         let (p, r) = (self.precision(), self.recall());
-        if p + r == 0.0 { 0.0 } else { 2.0 * p * r / (p + r) }
+        if p + r == 0.0 {
+            0.0
+        } else {
+            2.0 * p * r / (p + r)
+        }
     }
 
     /// FP / (FP + TN); 0 when there are no negatives.
@@ -68,7 +76,14 @@ impl Confusion {
 
     /// The confusion matrix plus its derived ratios and `auc`, ready to print or serialize.
     pub fn summary(&self, auc: Option<f64>) -> Metrics {
-        Metrics { confusion: *self, precision: self.precision(), recall: self.recall(), f1: self.f1(), fpr: self.fpr(), roc_auc: auc }
+        Metrics {
+            confusion: *self,
+            precision: self.precision(),
+            recall: self.recall(),
+            f1: self.f1(),
+            fpr: self.fpr(),
+            roc_auc: auc,
+        }
     }
 }
 
@@ -104,7 +119,11 @@ pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
         return None;
     }
     let clean = |s: f64| if s.is_nan() { 0.0 } else { s };
-    let mut order: Vec<(f64, bool)> = scores.iter().zip(labels).map(|(&s, &l)| (clean(s), l)).collect();
+    let mut order: Vec<(f64, bool)> = scores
+        .iter()
+        .zip(labels)
+        .map(|(&s, &l)| (clean(s), l))
+        .collect();
     order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
     // Sum of twice the (1-based, tie-averaged) ranks of the positives: a tie group occupying
     // ranks i+1..=j has average rank (i+1+j)/2, so twice it is the integer i+1+j.
@@ -161,7 +180,10 @@ mod tests {
             let n = 1 + (next() % 200) as usize;
             let levels = 1 + (round % 7) as u64;
             let labels: Vec<bool> = (0..n).map(|_| next() % 3 == 0).collect();
-            let scores: Vec<f64> = labels.iter().map(|&l| ((next() % levels) as f64 + if l { 0.7 } else { 0.0 }).floor() / 8.0).collect();
+            let scores: Vec<f64> = labels
+                .iter()
+                .map(|&l| ((next() % levels) as f64 + if l { 0.7 } else { 0.0 }).floor() / 8.0)
+                .collect();
             let (a, b) = (roc_auc(&scores, &labels), brute_auc(&scores, &labels));
             match (a, b) {
                 (Some(a), Some(b)) => assert!((a - b).abs() < 1e-12, "round {round}: {a} vs {b}"),
@@ -173,11 +195,20 @@ mod tests {
 
     #[test]
     fn auc_known_values() {
-        assert_eq!(roc_auc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]), Some(1.0));
-        assert_eq!(roc_auc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]), Some(0.0));
+        assert_eq!(
+            roc_auc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]),
+            Some(1.0)
+        );
+        assert_eq!(
+            roc_auc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]),
+            Some(0.0)
+        );
         assert_eq!(roc_auc(&[0.5; 4], &[false, true, false, true]), Some(0.5));
         // NaN is a missing score: 0.0.
-        assert_eq!(roc_auc(&[f64::NAN, 0.0, 0.3], &[true, false, true]), Some(0.75));
+        assert_eq!(
+            roc_auc(&[f64::NAN, 0.0, 0.3], &[true, false, true]),
+            Some(0.75)
+        );
         assert_eq!(roc_auc(&[0.1, 0.2], &[true, true]), None);
         assert_eq!(roc_auc(&[], &[]), None);
         assert_eq!(roc_auc(&[0.1], &[true, false]), None);
@@ -190,10 +221,23 @@ mod tests {
             assert_eq!(v, 0.0);
         }
         // Nothing kept: precision 0, recall 0.
-        let c = Confusion { tp: 0, fp: 0, fn_: 5, tn: 10 };
-        assert_eq!((c.precision(), c.recall(), c.f1(), c.fpr()), (0.0, 0.0, 0.0, 0.0));
+        let c = Confusion {
+            tp: 0,
+            fp: 0,
+            fn_: 5,
+            tn: 10,
+        };
+        assert_eq!(
+            (c.precision(), c.recall(), c.f1(), c.fpr()),
+            (0.0, 0.0, 0.0, 0.0)
+        );
         // No negatives at all.
-        let c = Confusion { tp: 3, fp: 0, fn_: 1, tn: 0 };
+        let c = Confusion {
+            tp: 3,
+            fp: 0,
+            fn_: 1,
+            tn: 0,
+        };
         assert_eq!((c.precision(), c.recall(), c.fpr()), (1.0, 0.75, 0.0));
         let m = c.summary(None);
         assert!(m.f1.is_finite());
@@ -201,7 +245,12 @@ mod tests {
 
     #[test]
     fn paper_table2_numbers() {
-        let c = Confusion { tp: 2895, fp: 1449, fn_: 0, tn: 57908 - 2895 - 1449 };
+        let c = Confusion {
+            tp: 2895,
+            fp: 1449,
+            fn_: 0,
+            tn: 57908 - 2895 - 1449,
+        };
         assert!((c.precision() - 0.6664).abs() < 1e-3);
         assert_eq!(c.recall(), 1.0);
         assert!((c.f1() - 0.7998).abs() < 1e-3);

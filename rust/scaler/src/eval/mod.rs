@@ -39,7 +39,9 @@ use std::time::{Duration, Instant};
 
 use clap::{ValueEnum, value_parser};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use scale_core::{BatchOutput, ConfigError, Engine, EngineConfig, Mode, SkipReason, SpanKey, SpanRef, Timing};
+use scale_core::{
+    BatchOutput, ConfigError, Engine, EngineConfig, Mode, SkipReason, SpanKey, SpanRef, Timing,
+};
 use serde::Serialize;
 
 use input::{InputError, SpanRecord};
@@ -282,7 +284,10 @@ pub fn build_config(args: &EvalArgs) -> Result<EngineConfig, EvalError> {
     let mut cfg = match &args.config {
         Some(p) => {
             let path = p.display().to_string();
-            let text = std::fs::read_to_string(p).map_err(|source| EvalError::ReadConfig { path: path.clone(), source })?;
+            let text = std::fs::read_to_string(p).map_err(|source| EvalError::ReadConfig {
+                path: path.clone(),
+                source,
+            })?;
             EngineConfig::from_yaml(&text).map_err(|source| EvalError::Config { path, source })?
         }
         None => EngineConfig::default(),
@@ -335,7 +340,15 @@ struct Progress {
 
 impl Progress {
     fn new(files: &[PathBuf]) -> Self {
-        let sizes: Option<u64> = files.iter().map(|f| std::fs::metadata(f).ok().filter(|m| m.is_file()).map(|m| m.len())).sum();
+        let sizes: Option<u64> = files
+            .iter()
+            .map(|f| {
+                std::fs::metadata(f)
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+            })
+            .sum();
         let tty = io::stderr().is_terminal();
         let bar = ProgressBar::with_draw_target(sizes, ProgressDrawTarget::hidden());
         let template = if sizes.is_some() {
@@ -346,7 +359,12 @@ impl Progress {
         if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style);
         }
-        let mut p = Self { bar, tty, shown: false, bytes: Rc::default() };
+        let mut p = Self {
+            bar,
+            tty,
+            shown: false,
+            bytes: Rc::default(),
+        };
         // Unknown length (a pipe or a device): show from the start.
         if sizes.is_none() {
             p.show();
@@ -428,7 +446,8 @@ impl Runner {
             })
             .collect();
         let t = Instant::now();
-        self.engine.process_batch(&spans, self.clock_ns, &mut self.out);
+        self.engine
+            .process_batch(&spans, self.clock_ns, &mut self.out);
         self.engine_time += t.elapsed();
         for (i, (v, s)) in self.out.verdicts.iter().zip(batch).enumerate() {
             if v.skipped.is_some() {
@@ -441,10 +460,18 @@ impl Runner {
             }
             let duration_ms = match s.timing {
                 Some(Timing::DurationMs(d)) => d,
-                Some(Timing::StartEnd { start_ns, end_ns }) => scale_core::features::duration_ms(start_ns, end_ns).unwrap_or(f64::NAN),
+                Some(Timing::StartEnd { start_ns, end_ns }) => {
+                    scale_core::features::duration_ms(start_ns, end_ns).unwrap_or(f64::NAN)
+                }
                 None => f64::NAN,
             };
-            self.test.push(TestSpan { index: self.fed + i as u64, score: v.score, keep: v.keep, label: s.label, duration_ms });
+            self.test.push(TestSpan {
+                index: self.fed + i as u64,
+                score: v.score,
+                keep: v.keep,
+                label: s.label,
+                duration_ms,
+            });
         }
         self.fed += self.len as u64;
         self.len = 0;
@@ -471,11 +498,15 @@ pub fn test_metrics(spans: &[TestSpan]) -> Option<Metrics> {
 /// `seed_sampled` or `label` are bad lines.
 pub fn read_seed(path: &Path) -> Result<SeedReport, EvalError> {
     let name = path.display().to_string();
-    let err = |message: String| EvalError::Seed { path: name.clone(), message };
+    let err = |message: String| EvalError::Seed {
+        path: name.clone(),
+        message,
+    };
     let (mut reader, _, _) = input::open(path, Rc::default())?;
     let mut line = Vec::new();
     let mut cols: Option<(usize, usize, usize, usize)> = None;
-    let (mut c, mut scores, mut labels, mut bad) = (Confusion::default(), Vec::new(), Vec::new(), 0u64);
+    let (mut c, mut scores, mut labels, mut bad) =
+        (Confusion::default(), Vec::new(), Vec::new(), 0u64);
     loop {
         line.clear();
         match reader.read_until(b'\n', &mut line) {
@@ -500,7 +531,11 @@ pub fn read_seed(path: &Path) -> Result<SeedReport, EvalError> {
             let find = |n: &str| fields.iter().position(|f| f.trim().eq_ignore_ascii_case(n));
             match (find("seed_score"), find("seed_sampled"), find("label")) {
                 (Some(a), Some(b), Some(l)) => cols = Some((fields.len(), a, b, l)),
-                _ => return Err(err(format!("header {text:?} needs columns seed_score, seed_sampled, label"))),
+                _ => {
+                    return Err(err(format!(
+                        "header {text:?} needs columns seed_score, seed_sampled, label"
+                    )));
+                }
             }
             continue;
         };
@@ -508,30 +543,56 @@ pub fn read_seed(path: &Path) -> Result<SeedReport, EvalError> {
             bad += 1;
             continue;
         };
-        let (Ok(Some(sampled)), Ok(Some(label))) = (input::parse_label(&f[sampled_i]), input::parse_label(&f[label_i])) else {
+        let (Ok(Some(sampled)), Ok(Some(label))) = (
+            input::parse_label(&f[sampled_i]),
+            input::parse_label(&f[label_i]),
+        ) else {
             bad += 1;
             continue;
         };
         c.add(sampled, label);
-        scores.push(f[score_i].trim().parse::<f64>().ok().filter(|v| v.is_finite()).unwrap_or(0.0));
+        scores.push(
+            f[score_i]
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .unwrap_or(0.0),
+        );
         labels.push(label);
     }
     if cols.is_none() {
         return Err(err("empty file".into()));
     }
-    Ok(SeedReport { file: name, rows: c.total(), bad_lines: bad, metrics: c.summary(roc_auc(&scores, &labels)) })
+    Ok(SeedReport {
+        file: name,
+        rows: c.total(),
+        bad_lines: bad,
+        metrics: c.summary(roc_auc(&scores, &labels)),
+    })
 }
 
 /// A one-line description of the configuration, for titles.
 fn describe(c: &ConfigReport) -> String {
     format!(
         "{} mode, n_trees {}, height {}, window_size {}, min_score {}, train_size {}",
-        c.mode, c.sampler.n_trees, c.sampler.height, c.sampler.window_size, c.sampler.min_score, c.sampler.train_size
+        c.mode,
+        c.sampler.n_trees,
+        c.sampler.height,
+        c.sampler.window_size,
+        c.sampler.min_score,
+        c.sampler.train_size
     )
 }
 
-fn write_file(path: &Path, body: impl FnOnce(&mut BufWriter<std::fs::File>) -> io::Result<()>) -> Result<(), EvalError> {
-    let werr = |source| EvalError::Write { path: path.display().to_string(), source };
+fn write_file(
+    path: &Path,
+    body: impl FnOnce(&mut BufWriter<std::fs::File>) -> io::Result<()>,
+) -> Result<(), EvalError> {
+    let werr = |source| EvalError::Write {
+        path: path.display().to_string(),
+        source,
+    };
     let f = std::fs::File::create(path).map_err(werr)?;
     let mut w = BufWriter::new(f);
     body(&mut w).and_then(|_| w.flush()).map_err(werr)
@@ -549,14 +610,40 @@ fn write_scores(path: &Path, spans: &[TestSpan]) -> Result<(), EvalError> {
     })
 }
 
-fn write_plots(dir: &Path, spans: &[TestSpan], metrics: Option<&Metrics>, cfg: &ConfigReport) -> Result<(), EvalError> {
-    std::fs::create_dir_all(dir).map_err(|source| EvalError::Write { path: dir.display().to_string(), source })?;
+fn write_plots(
+    dir: &Path,
+    spans: &[TestSpan],
+    metrics: Option<&Metrics>,
+    cfg: &ConfigReport,
+) -> Result<(), EvalError> {
+    std::fs::create_dir_all(dir).map_err(|source| EvalError::Write {
+        path: dir.display().to_string(),
+        source,
+    })?;
     let d = describe(cfg);
-    let svg = |name: &str, text: String| write_file(&dir.join(name), |w| w.write_all(text.as_bytes()));
-    svg("scores.svg", plot::scores_svg(spans, cfg.sampler.min_score, &format!("Anomaly scores of the test stream\n{d}")))?;
-    svg("durations.svg", plot::durations_svg(spans, cfg.sampler.min_score, &format!("Score vs duration\n{d}")))?;
+    let svg =
+        |name: &str, text: String| write_file(&dir.join(name), |w| w.write_all(text.as_bytes()));
+    svg(
+        "scores.svg",
+        plot::scores_svg(
+            spans,
+            cfg.sampler.min_score,
+            &format!("Anomaly scores of the test stream\n{d}"),
+        ),
+    )?;
+    svg(
+        "durations.svg",
+        plot::durations_svg(
+            spans,
+            cfg.sampler.min_score,
+            &format!("Score vs duration\n{d}"),
+        ),
+    )?;
     match metrics {
-        Some(m) => svg("confusion.svg", plot::confusion_svg(&m.confusion, &format!("Confusion matrix\n{d}")))?,
+        Some(m) => svg(
+            "confusion.svg",
+            plot::confusion_svg(&m.confusion, &format!("Confusion matrix\n{d}")),
+        )?,
         None => tracing::info!("no labels in the test stream: confusion.svg not written"),
     }
     Ok(())
@@ -613,7 +700,11 @@ pub fn run(args: &EvalArgs) -> Result<Report, EvalError> {
     if let (Some(sd), Some(m)) = (&seed, &metrics)
         && sd.rows != m.confusion.total()
     {
-        tracing::warn!(seed_rows = sd.rows, tested = m.confusion.total(), "the seed results and our test stream differ in length");
+        tracing::warn!(
+            seed_rows = sd.rows,
+            tested = m.confusion.total(),
+            "the seed results and our test stream differ in length"
+        );
     }
     if let Some(p) = &args.scores {
         write_scores(p, &r.test)?;
@@ -632,14 +723,21 @@ pub fn run(args: &EvalArgs) -> Result<Report, EvalError> {
             tested: r.test.len() as u64,
             labelled: r.test.iter().filter(|t| t.label.is_some()).count() as u64,
             skipped: stats.spans_skipped.iter().sum(),
-            skipped_by_reason: SkipReason::ALL.iter().map(|&k| (k.as_str(), stats.spans_skipped[k as usize])).collect(),
+            skipped_by_reason: SkipReason::ALL
+                .iter()
+                .map(|&k| (k.as_str(), stats.spans_skipped[k as usize]))
+                .collect(),
             bad_input_lines: bad_lines,
         },
         metrics,
         seed,
         performance: Performance {
             engine_seconds: secs,
-            ns_per_span: if r.fed == 0 { 0.0 } else { secs * 1e9 / r.fed as f64 },
+            ns_per_span: if r.fed == 0 {
+                0.0
+            } else {
+                secs * 1e9 / r.fed as f64
+            },
             spans_per_second: if secs > 0.0 { r.fed as f64 / secs } else { 0.0 },
             memory_bytes: r.engine.memory_bytes(),
         },
@@ -675,7 +773,12 @@ pub fn render_text(r: &Report) -> String {
         s.total, s.training, s.tested, s.labelled, s.skipped, s.bad_input_lines
     );
     if s.skipped > 0 {
-        let reasons: Vec<_> = s.skipped_by_reason.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+        let reasons: Vec<_> = s
+            .skipped_by_reason
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
         let _ = writeln!(o, "skipped   {}", reasons.join(", "));
     }
     o.push('\n');
@@ -683,7 +786,11 @@ pub fn render_text(r: &Report) -> String {
     if r.metrics.is_none() && seed.is_none() {
         let _ = writeln!(o, "metrics   none: the test stream has no labels");
     } else {
-        let cols: Vec<Option<&Metrics>> = if seed.is_some() { vec![r.metrics.as_ref(), seed] } else { vec![r.metrics.as_ref()] };
+        let cols: Vec<Option<&Metrics>> = if seed.is_some() {
+            vec![r.metrics.as_ref(), seed]
+        } else {
+            vec![r.metrics.as_ref()]
+        };
         let _ = write!(o, "{:<12}", "metric");
         for name in ["scale", "seed"].iter().take(cols.len()) {
             let _ = write!(o, "{name:>12}");
@@ -699,7 +806,11 @@ pub fn render_text(r: &Report) -> String {
             ("recall", |m| format!("{:.4}", m.recall)),
             ("F1", |m| format!("{:.4}", m.f1)),
             ("FPR", |m| format!("{:.2} %", 100.0 * m.fpr)),
-            ("ROC AUC", |m| m.roc_auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "-".into())),
+            ("ROC AUC", |m| {
+                m.roc_auc
+                    .map(|a| format!("{a:.4}"))
+                    .unwrap_or_else(|| "-".into())
+            }),
         ];
         for (name, cell) in rows {
             let _ = write!(o, "{name:<12}");
@@ -712,7 +823,11 @@ pub fn render_text(r: &Report) -> String {
             let _ = writeln!(o, "(scale: the test stream has no labels)");
         }
         if let Some(sd) = &r.seed {
-            let _ = writeln!(o, "(seed: {} rows, {} bad, from {})", sd.rows, sd.bad_lines, sd.file);
+            let _ = writeln!(
+                o,
+                "(seed: {} rows, {} bad, from {})",
+                sd.rows, sd.bad_lines, sd.file
+            );
         }
     }
     o.push('\n');
@@ -746,7 +861,9 @@ mod tests {
     }
 
     fn args(a: &[&str]) -> EvalArgs {
-        Cli::try_parse_from(std::iter::once("eval").chain(a.iter().copied())).unwrap().eval
+        Cli::try_parse_from(std::iter::once("eval").chain(a.iter().copied()))
+            .unwrap()
+            .eval
     }
 
     #[test]
@@ -774,7 +891,15 @@ mod tests {
         assert_eq!(c.mode, Mode::Paper);
         let s = c.sampler;
         assert_eq!(
-            (s.n_trees, s.height, s.window_size, s.min_score, s.train_size, s.seed, s.max_duration_ms),
+            (
+                s.n_trees,
+                s.height,
+                s.window_size,
+                s.min_score,
+                s.train_size,
+                s.seed,
+                s.max_duration_ms
+            ),
             (16, 8, 175, 0.6, 5, 3, 100.0)
         );
         assert!(Cli::try_parse_from(["eval", "--min-score", "1.5", "x"]).is_err());
@@ -797,14 +922,33 @@ mod tests {
         let mut csv = String::from("service,operation,duration_ms,label\n");
         for i in 0..3000 {
             let anomalous = i >= 2000 && i % 50 == 0;
-            let d = if anomalous { 400.0 } else { 10.0 + (i % 7) as f64 };
+            let d = if anomalous {
+                400.0
+            } else {
+                10.0 + (i % 7) as f64
+            };
             csv.push_str(&format!("s,op{},{d},{}\n", i % 3, u8::from(anomalous)));
         }
         csv.push_str("s,op0,NaN,0\ns,op0\n");
         let p = temp("run.csv", &csv);
-        let a = args(&["--train-size", "1000", "--window-size", "100", p.to_str().unwrap()]);
+        let a = args(&[
+            "--train-size",
+            "1000",
+            "--window-size",
+            "100",
+            p.to_str().unwrap(),
+        ]);
         let r = run(&a).unwrap();
-        assert_eq!((r.spans.total, r.spans.training, r.spans.tested, r.spans.skipped, r.spans.bad_input_lines), (3001, 1000, 2000, 1, 1));
+        assert_eq!(
+            (
+                r.spans.total,
+                r.spans.training,
+                r.spans.tested,
+                r.spans.skipped,
+                r.spans.bad_input_lines
+            ),
+            (3001, 1000, 2000, 1, 1)
+        );
         assert_eq!(r.spans.skipped_by_reason["invalid_duration"], 1);
         let m = r.metrics.unwrap();
         assert_eq!(m.confusion.total(), 2000);
@@ -812,7 +956,10 @@ mod tests {
         assert!(m.recall > 0.9, "{m:?}");
         assert!(m.roc_auc.unwrap() > 0.9, "{m:?}");
         let text = render_text(&r);
-        assert!(text.contains("ROC AUC") && text.contains("invalid_duration 1"), "{text}");
+        assert!(
+            text.contains("ROC AUC") && text.contains("invalid_duration 1"),
+            "{text}"
+        );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["metrics"]["tp"], m.confusion.tp);
         assert_eq!(json["config"]["mode"], "keyed");
@@ -826,7 +973,15 @@ mod tests {
         );
         let s = read_seed(&p).unwrap();
         assert_eq!((s.rows, s.bad_lines), (4, 1));
-        assert_eq!(s.metrics.confusion, Confusion { tp: 1, fp: 1, fn_: 0, tn: 2 });
+        assert_eq!(
+            s.metrics.confusion,
+            Confusion {
+                tp: 1,
+                fp: 1,
+                fn_: 0,
+                tn: 2
+            }
+        );
         assert_eq!(s.metrics.roc_auc, Some(1.0));
         assert!(read_seed(&temp("notseed.csv", "a,b\n1,2\n")).is_err());
     }

@@ -66,27 +66,53 @@ impl Svg {
         );
         // The first line of the title is the heading, the rest (parameters) smaller below it.
         for (i, line) in title.lines().enumerate() {
-            let (y, style) =
-                if i == 0 { (22.0, r#" font-size="15" font-weight="bold""#) } else { (22.0 + 17.0 * i as f64, r#" font-size="12""#) };
-            let _ = writeln!(s, r#"<text x="{:.1}" y="{y:.1}" text-anchor="middle"{style}>{}</text>"#, W / 2.0, escape(line));
+            let (y, style) = if i == 0 {
+                (22.0, r#" font-size="15" font-weight="bold""#)
+            } else {
+                (22.0 + 17.0 * i as f64, r#" font-size="12""#)
+            };
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{y:.1}" text-anchor="middle"{style}>{}</text>"#,
+                W / 2.0,
+                escape(line)
+            );
         }
         Svg(s)
     }
 
     fn text(&mut self, x: f64, y: f64, anchor: &str, extra: &str, text: &str) {
-        let _ = writeln!(self.0, r#"<text x="{x:.1}" y="{y:.1}" text-anchor="{anchor}"{extra}>{}</text>"#, escape(text));
+        let _ = writeln!(
+            self.0,
+            r#"<text x="{x:.1}" y="{y:.1}" text-anchor="{anchor}"{extra}>{}</text>"#,
+            escape(text)
+        );
     }
 
     fn line(&mut self, x1: f64, y1: f64, x2: f64, y2: f64, style: &str) {
-        let _ = writeln!(self.0, r#"<line x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" {style}/>"#);
+        let _ = writeln!(
+            self.0,
+            r#"<line x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" {style}/>"#
+        );
     }
 
     fn rect(&mut self, x: f64, y: f64, w: f64, h: f64, style: &str) {
-        let _ = writeln!(self.0, r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{:.1}" {style}/>"#, w.max(0.0), h.max(0.0));
+        let _ = writeln!(
+            self.0,
+            r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{:.1}" {style}/>"#,
+            w.max(0.0),
+            h.max(0.0)
+        );
     }
 
     /// Axis frame, axis titles, and ticks given as (position in px, label).
-    fn axes(&mut self, xlabel: &str, ylabel: &str, xticks: &[(f64, String)], yticks: &[(f64, String)]) {
+    fn axes(
+        &mut self,
+        xlabel: &str,
+        ylabel: &str,
+        xticks: &[(f64, String)],
+        yticks: &[(f64, String)],
+    ) {
         let (x0, x1, y0, y1) = (LEFT, W - RIGHT, H - BOTTOM, TOP);
         self.line(x0, y0, x1, y0, r#"stroke="black""#);
         self.line(x0, y0, x0, y1, r#"stroke="black""#);
@@ -101,7 +127,13 @@ impl Svg {
         }
         self.text((x0 + x1) / 2.0, H - 20.0, "middle", "", xlabel);
         let (lx, ly) = (18.0, (y0 + y1) / 2.0);
-        self.text(lx, ly, "middle", &format!(r#" transform="rotate(-90 {lx} {ly:.1})""#), ylabel);
+        self.text(
+            lx,
+            ly,
+            "middle",
+            &format!(r#" transform="rotate(-90 {lx} {ly:.1})""#),
+            ylabel,
+        );
     }
 
     /// A one-row legend between the title and the plot area: (colour, label). Items with an
@@ -110,19 +142,51 @@ impl Svg {
         let y = TOP - 24.0;
         let mut x = LEFT;
         for (c, l) in items.iter().filter(|(c, _)| !c.is_empty()) {
-            self.rect(x, y, 12.0, 12.0, &format!(r#"fill="{c}" fill-opacity="0.7""#));
+            self.rect(
+                x,
+                y,
+                12.0,
+                12.0,
+                &format!(r#"fill="{c}" fill-opacity="0.7""#),
+            );
             self.text(x + 17.0, y + 10.5, "start", "", l);
             x += 17.0 + 6.6 * l.chars().count() as f64 + 22.0;
         }
-        let notes: Vec<&str> = items.iter().filter(|(c, _)| c.is_empty()).map(|(_, l)| l.as_str()).collect();
+        let notes: Vec<&str> = items
+            .iter()
+            .filter(|(c, _)| c.is_empty())
+            .map(|(_, l)| l.as_str())
+            .collect();
         if !notes.is_empty() {
-            self.text(W - RIGHT, H - 6.0, "end", r##" font-size="10" fill="#555555""##, &notes.join(" "));
+            self.text(
+                W - RIGHT,
+                H - 6.0,
+                "end",
+                r##" font-size="10" fill="#555555""##,
+                &notes.join(" "),
+            );
         }
     }
 
     /// The threshold line (vertical at data x in px, or horizontal at y in px).
-    fn threshold(&mut self, x1: f64, y1: f64, x2: f64, y2: f64, label: &str, lx: f64, ly: f64, anchor: &str) {
-        self.line(x1, y1, x2, y2, r#"stroke="black" stroke-width="1.5" stroke-dasharray="6 4""#);
+    fn threshold(
+        &mut self,
+        x1: f64,
+        y1: f64,
+        x2: f64,
+        y2: f64,
+        label: &str,
+        lx: f64,
+        ly: f64,
+        anchor: &str,
+    ) {
+        self.line(
+            x1,
+            y1,
+            x2,
+            y2,
+            r#"stroke="black" stroke-width="1.5" stroke-dasharray="6 4""#,
+        );
         self.text(lx, ly, anchor, "", label);
     }
 
@@ -138,7 +202,11 @@ fn nice_ceil(v: f64) -> f64 {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * p).find(|&c| c >= v * (1.0 - 1e-12)).unwrap_or(10.0 * p)
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|&c| c >= v * (1.0 - 1e-12))
+        .unwrap_or(10.0 * p)
 }
 
 /// A number without trailing zeros.
@@ -149,7 +217,10 @@ fn short(v: f64) -> String {
 }
 
 fn score_of(s: &TestSpan) -> f64 {
-    s.score.filter(|v| v.is_finite()).unwrap_or(0.0).clamp(0.0, 1.0)
+    s.score
+        .filter(|v| v.is_finite())
+        .unwrap_or(0.0)
+        .clamp(0.0, 1.0)
 }
 
 fn x_of(v: f64) -> f64 {
@@ -157,7 +228,9 @@ fn x_of(v: f64) -> f64 {
 }
 
 fn score_ticks() -> Vec<(f64, String)> {
-    (0..=10).map(|i| (x_of(i as f64 / 10.0), short(i as f64 / 10.0))).collect()
+    (0..=10)
+        .map(|i| (x_of(i as f64 / 10.0), short(i as f64 / 10.0)))
+        .collect()
 }
 
 /// Overlaid score histograms of normal and anomalous spans (or of all spans if none is labelled).
@@ -166,11 +239,23 @@ pub fn scores_svg(spans: &[TestSpan], min_score: f64, title: &str) -> String {
     let labelled = spans.iter().any(|s| s.label.is_some());
     let classes: Vec<(&str, &str, Box<dyn Fn(&TestSpan) -> bool>)> = if labelled {
         vec![
-            ("normal", NORMAL, Box::new(|s: &TestSpan| s.label == Some(false))),
-            ("anomalous", ANOMALOUS, Box::new(|s: &TestSpan| s.label == Some(true))),
+            (
+                "normal",
+                NORMAL,
+                Box::new(|s: &TestSpan| s.label == Some(false)),
+            ),
+            (
+                "anomalous",
+                ANOMALOUS,
+                Box::new(|s: &TestSpan| s.label == Some(true)),
+            ),
         ]
     } else {
-        vec![("all spans (unlabelled)", UNLABELLED, Box::new(|_: &TestSpan| true))]
+        vec![(
+            "all spans (unlabelled)",
+            UNLABELLED,
+            Box::new(|_: &TestSpan| true),
+        )]
     };
     let mut hists = Vec::new();
     for (name, colour, pick) in &classes {
@@ -180,13 +265,29 @@ pub fn scores_svg(spans: &[TestSpan], min_score: f64, title: &str) -> String {
             h[((score_of(s) * BINS as f64) as usize).min(BINS - 1)] += 1;
             n += 1;
         }
-        let shares: Vec<f64> = h.iter().map(|&c| if n == 0 { 0.0 } else { c as f64 / n as f64 }).collect();
+        let shares: Vec<f64> = h
+            .iter()
+            .map(|&c| if n == 0 { 0.0 } else { c as f64 / n as f64 })
+            .collect();
         hists.push((*name, *colour, n, shares));
     }
-    let ymax = nice_ceil(hists.iter().flat_map(|h| h.3.iter().copied()).fold(0.0, f64::max));
+    let ymax = nice_ceil(
+        hists
+            .iter()
+            .flat_map(|h| h.3.iter().copied())
+            .fold(0.0, f64::max),
+    );
     let y_of = |v: f64| H - BOTTOM - v / ymax * (H - TOP - BOTTOM);
-    let yticks: Vec<_> = (0..=5).map(|i| ymax * i as f64 / 5.0).map(|v| (y_of(v), short(v))).collect();
-    svg.axes("anomaly score", "share of spans in class", &score_ticks(), &yticks);
+    let yticks: Vec<_> = (0..=5)
+        .map(|i| ymax * i as f64 / 5.0)
+        .map(|v| (y_of(v), short(v)))
+        .collect();
+    svg.axes(
+        "anomaly score",
+        "share of spans in class",
+        &score_ticks(),
+        &yticks,
+    );
     let bw = (W - LEFT - RIGHT) / BINS as f64;
     for (_, colour, _, shares) in &hists {
         for (i, &v) in shares.iter().enumerate() {
@@ -197,15 +298,33 @@ pub fn scores_svg(spans: &[TestSpan], min_score: f64, title: &str) -> String {
                     y,
                     bw,
                     H - BOTTOM - y,
-                    &format!(r#"fill="{colour}" fill-opacity="0.5" stroke="{colour}" stroke-width="0.5""#),
+                    &format!(
+                        r#"fill="{colour}" fill-opacity="0.5" stroke="{colour}" stroke-width="0.5""#
+                    ),
                 );
             }
         }
     }
     let tx = x_of(min_score.clamp(0.0, 1.0));
-    let (lx, anchor) = if min_score > 0.8 { (tx - 4.0, "end") } else { (tx + 4.0, "start") };
-    svg.threshold(tx, H - BOTTOM, tx, TOP, &format!("min_score {}", short(min_score)), lx, TOP + 12.0, anchor);
-    let legend: Vec<_> = hists.iter().map(|(name, colour, n, _)| (*colour, format!("{name} (n = {n})"))).collect();
+    let (lx, anchor) = if min_score > 0.8 {
+        (tx - 4.0, "end")
+    } else {
+        (tx + 4.0, "start")
+    };
+    svg.threshold(
+        tx,
+        H - BOTTOM,
+        tx,
+        TOP,
+        &format!("min_score {}", short(min_score)),
+        lx,
+        TOP + 12.0,
+        anchor,
+    );
+    let legend: Vec<_> = hists
+        .iter()
+        .map(|(name, colour, n, _)| (*colour, format!("{name} (n = {n})")))
+        .collect();
     svg.legend(&legend);
     svg.finish()
 }
@@ -214,24 +333,86 @@ pub fn scores_svg(spans: &[TestSpan], min_score: f64, title: &str) -> String {
 pub fn confusion_svg(c: &Confusion, title: &str) -> String {
     let mut svg = Svg::new(title);
     let (gx, gy, cw, ch) = (250.0, 110.0, 220.0, 130.0);
-    let rows = [("actual normal", [c.tn, c.fp], ["TN", "FP"]), ("actual anomalous", [c.fn_, c.tp], ["FN", "TP"])];
-    svg.text(gx + cw / 2.0, gy - 14.0, "middle", r#" font-weight="bold""#, "predicted normal (dropped)");
-    svg.text(gx + 1.5 * cw, gy - 14.0, "middle", r#" font-weight="bold""#, "predicted anomalous (kept)");
+    let rows = [
+        ("actual normal", [c.tn, c.fp], ["TN", "FP"]),
+        ("actual anomalous", [c.fn_, c.tp], ["FN", "TP"]),
+    ];
+    svg.text(
+        gx + cw / 2.0,
+        gy - 14.0,
+        "middle",
+        r#" font-weight="bold""#,
+        "predicted normal (dropped)",
+    );
+    svg.text(
+        gx + 1.5 * cw,
+        gy - 14.0,
+        "middle",
+        r#" font-weight="bold""#,
+        "predicted anomalous (kept)",
+    );
     for (r, (name, counts, tags)) in rows.iter().enumerate() {
         let total: u64 = counts.iter().sum();
         let y = gy + r as f64 * ch;
-        svg.text(gx - 12.0, y + ch / 2.0 + 4.0, "end", r#" font-weight="bold""#, name);
+        svg.text(
+            gx - 12.0,
+            y + ch / 2.0 + 4.0,
+            "end",
+            r#" font-weight="bold""#,
+            name,
+        );
         for (k, (&n, tag)) in counts.iter().zip(tags).enumerate() {
-            let share = if total == 0 { 0.0 } else { n as f64 / total as f64 };
+            let share = if total == 0 {
+                0.0
+            } else {
+                n as f64 / total as f64
+            };
             let x = gx + k as f64 * cw;
-            let colour = if (r == 0) == (k == 0) { NORMAL } else { ANOMALOUS };
-            svg.rect(x, y, cw, ch, &format!(r#"fill="{colour}" fill-opacity="{:.3}" stroke="black""#, 0.08 + 0.6 * share));
-            svg.text(x + cw / 2.0, y + ch / 2.0 - 14.0, "middle", r#" font-size="13""#, tag);
-            svg.text(x + cw / 2.0, y + ch / 2.0 + 8.0, "middle", r#" font-size="20" font-weight="bold""#, &n.to_string());
-            svg.text(x + cw / 2.0, y + ch / 2.0 + 30.0, "middle", "", &format!("{:.2} % of row", 100.0 * share));
+            let colour = if (r == 0) == (k == 0) {
+                NORMAL
+            } else {
+                ANOMALOUS
+            };
+            svg.rect(
+                x,
+                y,
+                cw,
+                ch,
+                &format!(
+                    r#"fill="{colour}" fill-opacity="{:.3}" stroke="black""#,
+                    0.08 + 0.6 * share
+                ),
+            );
+            svg.text(
+                x + cw / 2.0,
+                y + ch / 2.0 - 14.0,
+                "middle",
+                r#" font-size="13""#,
+                tag,
+            );
+            svg.text(
+                x + cw / 2.0,
+                y + ch / 2.0 + 8.0,
+                "middle",
+                r#" font-size="20" font-weight="bold""#,
+                &n.to_string(),
+            );
+            svg.text(
+                x + cw / 2.0,
+                y + ch / 2.0 + 30.0,
+                "middle",
+                "",
+                &format!("{:.2} % of row", 100.0 * share),
+            );
         }
     }
-    let summary = format!("precision {:.3}   recall {:.3}   F1 {:.3}   FPR {:.2} %", c.precision(), c.recall(), c.f1(), 100.0 * c.fpr());
+    let summary = format!(
+        "precision {:.3}   recall {:.3}   F1 {:.3}   FPR {:.2} %",
+        c.precision(),
+        c.recall(),
+        c.f1(),
+        100.0 * c.fpr()
+    );
     svg.text(gx + cw, gy + 2.0 * ch + 36.0, "middle", "", &summary);
     svg.finish()
 }
@@ -239,33 +420,72 @@ pub fn confusion_svg(c: &Confusion, title: &str) -> String {
 /// Score against duration (log x), at most [`MAX_SCATTER_POINTS`] points, coloured by label.
 pub fn durations_svg(spans: &[TestSpan], min_score: f64, title: &str) -> String {
     let mut svg = Svg::new(title);
-    let usable: Vec<&TestSpan> = spans.iter().filter(|s| s.duration_ms.is_finite() && s.duration_ms > 0.0).collect();
+    let usable: Vec<&TestSpan> = spans
+        .iter()
+        .filter(|s| s.duration_ms.is_finite() && s.duration_ms > 0.0)
+        .collect();
     let stride = usable.len().div_ceil(MAX_SCATTER_POINTS).max(1);
     let shown: Vec<&TestSpan> = usable.iter().step_by(stride).copied().collect();
-    let (lo, hi) = shown.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), s| (lo.min(s.duration_ms), hi.max(s.duration_ms)));
-    let (mut e0, mut e1) = if shown.is_empty() { (0.0, 3.0) } else { (lo.log10().floor(), hi.log10().ceil()) };
+    let (lo, hi) = shown
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), s| {
+            (lo.min(s.duration_ms), hi.max(s.duration_ms))
+        });
+    let (mut e0, mut e1) = if shown.is_empty() {
+        (0.0, 3.0)
+    } else {
+        (lo.log10().floor(), hi.log10().ceil())
+    };
     if e1 <= e0 {
         e0 -= 1.0;
         e1 += 1.0;
     }
     let xp = |d: f64| LEFT + (d.log10() - e0) / (e1 - e0) * (W - LEFT - RIGHT);
     let yp = |s: f64| H - BOTTOM - s * (H - TOP - BOTTOM);
-    let xticks: Vec<_> = (e0 as i32..=e1 as i32).map(|e| (xp(10f64.powi(e)), short(10f64.powi(e)))).collect();
-    let yticks: Vec<_> = (0..=5).map(|i| i as f64 / 5.0).map(|v| (yp(v), short(v))).collect();
-    svg.axes("duration (ms, log scale)", "anomaly score", &xticks, &yticks);
+    let xticks: Vec<_> = (e0 as i32..=e1 as i32)
+        .map(|e| (xp(10f64.powi(e)), short(10f64.powi(e))))
+        .collect();
+    let yticks: Vec<_> = (0..=5)
+        .map(|i| i as f64 / 5.0)
+        .map(|v| (yp(v), short(v)))
+        .collect();
+    svg.axes(
+        "duration (ms, log scale)",
+        "anomaly score",
+        &xticks,
+        &yticks,
+    );
     let labelled = shown.iter().any(|s| s.label.is_some());
     let mut counts = [0usize; 3];
     // Normals first so the rarer anomalies are drawn on top.
-    for (class, colour, want) in [(0, NORMAL, Some(false)), (2, UNLABELLED, None), (1, ANOMALOUS, Some(true))] {
+    for (class, colour, want) in [
+        (0, NORMAL, Some(false)),
+        (2, UNLABELLED, None),
+        (1, ANOMALOUS, Some(true)),
+    ] {
         let _ = write!(svg.0, r#"<g fill="{colour}" fill-opacity="0.45">"#);
         for s in shown.iter().filter(|s| s.label == want) {
             counts[class] += 1;
-            let _ = write!(svg.0, r#"<circle cx="{:.1}" cy="{:.1}" r="2"/>"#, xp(s.duration_ms), yp(score_of(s)));
+            let _ = write!(
+                svg.0,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="2"/>"#,
+                xp(s.duration_ms),
+                yp(score_of(s))
+            );
         }
         svg.0.push_str("</g>\n");
     }
     let ty = yp(min_score.clamp(0.0, 1.0));
-    svg.threshold(LEFT, ty, W - RIGHT, ty, &format!("min_score {}", short(min_score)), LEFT + 6.0, ty - 5.0, "start");
+    svg.threshold(
+        LEFT,
+        ty,
+        W - RIGHT,
+        ty,
+        &format!("min_score {}", short(min_score)),
+        LEFT + 6.0,
+        ty - 5.0,
+        "start",
+    );
     let mut legend = Vec::new();
     if labelled {
         legend.push((NORMAL, format!("normal ({} shown)", counts[0])));
@@ -278,7 +498,13 @@ pub fn durations_svg(spans: &[TestSpan], min_score: f64, title: &str) -> String 
         legend.push(("", format!("(every {stride}th of {} spans)", usable.len())));
     }
     if usable.len() < spans.len() {
-        legend.push(("", format!("({} with duration ≤ 0 not shown)", spans.len() - usable.len())));
+        legend.push((
+            "",
+            format!(
+                "({} with duration ≤ 0 not shown)",
+                spans.len() - usable.len()
+            ),
+        ));
     }
     svg.legend(&legend);
     svg.finish()
@@ -318,7 +544,9 @@ pub(crate) mod tests {
             let tag = &after[..end];
             rest = &after[end + 1..];
             if let Some(name) = tag.strip_prefix('/') {
-                let open = stack.pop().ok_or_else(|| format!("close </{name}> without open"))?;
+                let open = stack
+                    .pop()
+                    .ok_or_else(|| format!("close </{name}> without open"))?;
                 if open != name.trim() {
                     return Err(format!("<{open}> closed by </{name}>"));
                 }
@@ -330,7 +558,9 @@ pub(crate) mod tests {
             // Attributes: name="value" pairs, values without '<'.
             let mut attrs = body[name.len()..].trim();
             while !attrs.is_empty() {
-                let eq = attrs.find('=').ok_or_else(|| format!("attribute without value in <{name}>"))?;
+                let eq = attrs
+                    .find('=')
+                    .ok_or_else(|| format!("attribute without value in <{name}>"))?;
                 let after_eq = &attrs[eq + 1..];
                 let q = after_eq.chars().next().ok_or("missing quote")?;
                 if q != '"' && q != '\'' {
@@ -365,14 +595,26 @@ pub(crate) mod tests {
     fn spans() -> Vec<TestSpan> {
         (0..12_000u64)
             .map(|i| {
-                let label = if i % 100 == 0 { None } else { Some(i % 17 == 0) };
-                let score = if i % 50 == 0 { None } else { Some((i % 97) as f64 / 97.0) };
+                let label = if i % 100 == 0 {
+                    None
+                } else {
+                    Some(i % 17 == 0)
+                };
+                let score = if i % 50 == 0 {
+                    None
+                } else {
+                    Some((i % 97) as f64 / 97.0)
+                };
                 TestSpan {
                     index: i,
                     score,
                     keep: i % 5 == 0,
                     label,
-                    duration_ms: if i % 333 == 0 { 0.0 } else { 0.01 * (1 + i % 5000) as f64 },
+                    duration_ms: if i % 333 == 0 {
+                        0.0
+                    } else {
+                        0.01 * (1 + i % 5000) as f64
+                    },
                 }
             })
             .collect()
@@ -391,8 +633,17 @@ pub(crate) mod tests {
     fn plots_are_well_formed_with_hostile_titles() {
         let title = "mode <paper> & \"quotes\" 'n' \u{1} n_trees 16";
         let s = spans();
-        let c = Confusion { tp: 3, fp: 1, fn_: 0, tn: 9 };
-        for doc in [scores_svg(&s, 0.6, title), confusion_svg(&c, title), durations_svg(&s, 0.6, title)] {
+        let c = Confusion {
+            tp: 3,
+            fp: 1,
+            fn_: 0,
+            tn: 9,
+        };
+        for doc in [
+            scores_svg(&s, 0.6, title),
+            confusion_svg(&c, title),
+            durations_svg(&s, 0.6, title),
+        ] {
             check_xml(&doc).unwrap_or_else(|e| panic!("{e}\n{}", &doc[..doc.len().min(2000)]));
             assert!(doc.contains("&lt;paper&gt; &amp; &quot;quotes&quot;"));
         }
@@ -402,10 +653,17 @@ pub(crate) mod tests {
     fn scatter_is_subsampled_and_empty_inputs_work() {
         let doc = durations_svg(&spans(), 0.6, "t");
         assert!(doc.matches("<circle").count() <= MAX_SCATTER_POINTS);
-        for doc in [scores_svg(&[], 0.5, "t"), durations_svg(&[], 0.5, "t"), confusion_svg(&Confusion::default(), "t")] {
+        for doc in [
+            scores_svg(&[], 0.5, "t"),
+            durations_svg(&[], 0.5, "t"),
+            confusion_svg(&Confusion::default(), "t"),
+        ] {
             check_xml(&doc).unwrap();
         }
-        let unlabelled: Vec<_> = spans().into_iter().map(|s| TestSpan { label: None, ..s }).collect();
+        let unlabelled: Vec<_> = spans()
+            .into_iter()
+            .map(|s| TestSpan { label: None, ..s })
+            .collect();
         let doc = scores_svg(&unlabelled, 0.5, "t");
         assert!(doc.contains("unlabelled") && check_xml(&doc).is_ok());
     }
@@ -414,7 +672,13 @@ pub(crate) mod tests {
     fn histogram_bins_span_the_unit_interval() {
         let s: Vec<_> = [0.0, 0.5, 1.0]
             .iter()
-            .map(|&v| TestSpan { index: 0, score: Some(v), keep: false, label: Some(false), duration_ms: 1.0 })
+            .map(|&v| TestSpan {
+                index: 0,
+                score: Some(v),
+                keep: false,
+                label: Some(false),
+                duration_ms: 1.0,
+            })
             .collect();
         let doc = scores_svg(&s, 0.6, "t");
         // Three non-empty bins: 0, 25 and the last (1.0 falls in bin 49).

@@ -14,8 +14,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use scale_core::{ActionKind, Rule};
 use tokio::sync::mpsc;
@@ -60,7 +64,12 @@ pub struct Intake {
 impl Intake {
     /// An intake that resolves rule names against `rules` and queues decisions on `tx`.
     pub fn new(rules: Arc<Vec<Rule>>, tx: mpsc::Sender<Received>, metrics: Arc<Metrics>) -> Self {
-        Self { rules, tx, metrics, token: None }
+        Self {
+            rules,
+            tx,
+            metrics,
+            token: None,
+        }
     }
 
     /// Require `authorization: Bearer <token>` on every request (UNAUTHENTICATED otherwise).
@@ -82,7 +91,8 @@ impl Intake {
     pub fn decisions(&self, req: &ExportTraceServiceRequest, now: Instant) -> (Vec<Received>, u64) {
         let mut out = Vec::new();
         let mut spans = 0u64;
-        let log_spans = tracing::enabled!(target: "scale_scaler::serve::intake::spans", tracing::Level::DEBUG);
+        let log_spans =
+            tracing::enabled!(target: "scale_scaler::serve::intake::spans", tracing::Level::DEBUG);
         for rs in &req.resource_spans {
             for ss in &rs.scope_spans {
                 for span in &ss.spans {
@@ -90,7 +100,11 @@ impl Intake {
                     if log_spans {
                         // The spans the collector kept, for operators (and the demo) to watch:
                         // SCALE_LOG=info,scale_scaler::serve::intake::spans=debug
-                        let service = rs.resource.as_ref().and_then(|r| str_attr(&r.attributes, "service.name")).unwrap_or("");
+                        let service = rs
+                            .resource
+                            .as_ref()
+                            .and_then(|r| str_attr(&r.attributes, "service.name"))
+                            .unwrap_or("");
                         tracing::debug!(
                             target: "scale_scaler::serve::intake::spans",
                             service,
@@ -124,13 +138,26 @@ impl Intake {
         (out, spans)
     }
 
-    fn resolve(&self, attrs: &[KeyValue], trace_id: &[u8], now: Instant) -> Result<Received, Refusal> {
+    fn resolve(
+        &self,
+        attrs: &[KeyValue],
+        trace_id: &[u8],
+        now: Instant,
+    ) -> Result<Received, Refusal> {
         let rule = str_attr(attrs, "scale.rule").ok_or(Refusal::Malformed("no scale.rule"))?;
-        let rule_index = self.rules.iter().position(|r| r.name == rule).ok_or_else(|| Refusal::UnknownRule(rule.to_string()))?;
+        let rule_index = self
+            .rules
+            .iter()
+            .position(|r| r.name == rule)
+            .ok_or_else(|| Refusal::UnknownRule(rule.to_string()))?;
         let action = match str_attr(attrs, "scale.action") {
             Some("horizontal") => ActionKind::Horizontal,
             Some("vertical") => ActionKind::Vertical,
-            _ => return Err(Refusal::Malformed("scale.action is not horizontal or vertical")),
+            _ => {
+                return Err(Refusal::Malformed(
+                    "scale.action is not horizontal or vertical",
+                ));
+            }
         };
         Ok(Received {
             rule_index,
@@ -146,9 +173,17 @@ impl Intake {
 
 /// Check `authorization: Bearer <token>` when a token is configured; the comparison takes the
 /// same time wherever the first difference is.
-pub fn check_token(token: Option<&str>, md: &tonic::metadata::MetadataMap, metrics: &Metrics) -> Result<(), Status> {
+pub fn check_token(
+    token: Option<&str>,
+    md: &tonic::metadata::MetadataMap,
+    metrics: &Metrics,
+) -> Result<(), Status> {
     let Some(want) = token else { return Ok(()) };
-    let got = md.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let got = md
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
     let (a, b) = (want.as_bytes(), got.as_bytes());
     let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
     for i in 0..a.len() {
@@ -168,7 +203,11 @@ enum Refusal {
 }
 
 fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
-    attrs.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).and_then(|v: &AnyValue| v.value.as_ref())
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v: &AnyValue| v.value.as_ref())
 }
 
 fn str_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
@@ -196,11 +235,16 @@ fn f64_attr(attrs: &[KeyValue], key: &str) -> Option<f64> {
 
 #[tonic::async_trait]
 impl TraceService for Intake {
-    async fn export(&self, request: Request<ExportTraceServiceRequest>) -> Result<Response<ExportTraceServiceResponse>, Status> {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         check_token(self.token.as_deref(), request.metadata(), &self.metrics)?;
         if !self.metrics.is_ready() {
             self.metrics.refuse_decision("not_leader");
-            return Err(Status::unavailable("this replica is not the leader; retry (the Service routes to the leader)"));
+            return Err(Status::unavailable(
+                "this replica is not the leader; retry (the Service routes to the leader)",
+            ));
         }
         let (decisions, spans) = self.decisions(request.get_ref(), Instant::now());
         // Reserve room for every decision first, so a request is taken whole or refused whole.
@@ -209,7 +253,8 @@ impl TraceService for Intake {
             match self.tx.try_reserve() {
                 Ok(p) => permits.push(p),
                 Err(_) => {
-                    self.metrics.refuse_decisions("queue_full", decisions.len() as u64);
+                    self.metrics
+                        .refuse_decisions("queue_full", decisions.len() as u64);
                     return Err(Status::unavailable("decision queue is full; retry later"));
                 }
             }
@@ -221,6 +266,8 @@ impl TraceService for Intake {
         self.metrics.requests.inc();
         self.metrics.spans.inc_by(spans);
         self.metrics.decisions.inc_by(n);
-        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
     }
 }

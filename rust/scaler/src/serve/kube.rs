@@ -23,10 +23,12 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v1::{Scale as K8sScale, ScaleSpec};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::api::{
+    ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Api, Client};
 use scale_core::{Action, ActionKind, Target};
 use serde_json::json;
@@ -76,7 +78,9 @@ fn classify(op: &str, e: kube::Error, metrics: &Metrics) -> OrchestratorError {
         kube::Error::Api(s) if s.is_conflict() => OrchestratorError::Conflict(s.message.clone()),
         kube::Error::Api(s) if s.is_forbidden() => OrchestratorError::Forbidden(s.message.clone()),
         kube::Error::Api(s) if s.code == 404 => OrchestratorError::NotFound(s.message.clone()),
-        kube::Error::Api(s) if s.code == 429 || s.code >= 500 => OrchestratorError::Unavailable(format!("{} ({})", s.message, s.code)),
+        kube::Error::Api(s) if s.code == 429 || s.code >= 500 => {
+            OrchestratorError::Unavailable(format!("{} ({})", s.message, s.code))
+        }
         kube::Error::Api(s) => OrchestratorError::Other(format!("{} ({})", s.message, s.code)),
         // Transport, TLS, timeouts: the API server is unreachable.
         other => OrchestratorError::Unavailable(other.to_string()),
@@ -113,10 +117,15 @@ pub fn memory_mib(q: &str) -> Option<u64> {
     ];
     for (suffix, mult) in UNITS {
         if let Some(n) = q.strip_suffix(suffix) {
-            return n.parse::<f64>().ok().map(|v| (v * mult / (1024.0 * 1024.0)).round() as u64);
+            return n
+                .parse::<f64>()
+                .ok()
+                .map(|v| (v * mult / (1024.0 * 1024.0)).round() as u64);
         }
     }
-    q.parse::<f64>().ok().map(|v| (v / (1024.0 * 1024.0)).round() as u64)
+    q.parse::<f64>()
+        .ok()
+        .map(|v| (v / (1024.0 * 1024.0)).round() as u64)
 }
 
 fn selector_string(sel: &LabelSelector) -> Option<String> {
@@ -125,7 +134,13 @@ fn selector_string(sel: &LabelSelector) -> Option<String> {
     if labels.is_empty() {
         return None;
     }
-    Some(labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+    Some(
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
 }
 
 /// The container a vertical action resizes: the configured one, else the template's first.
@@ -134,15 +149,28 @@ fn container_name(action: &Action, template: &PodTemplateSpec) -> String {
         .vertical
         .container
         .clone()
-        .or_else(|| template.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.clone()))
+        .or_else(|| {
+            template
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .map(|c| c.name.clone())
+        })
         .unwrap_or_default()
 }
 
 /// cpu (millicores) and memory (MiB) requests of `container` in a pod spec, where set.
 fn container_requests(spec: Option<&PodSpec>, container: &str) -> (Option<u64>, Option<u64>) {
     let c = spec.and_then(|s| s.containers.iter().find(|c| c.name == container));
-    let req = c.and_then(|c| c.resources.as_ref()).and_then(|r| r.requests.as_ref());
-    (req.and_then(|r| r.get("cpu")).and_then(|q| cpu_millis(&q.0)), req.and_then(|r| r.get("memory")).and_then(|q| memory_mib(&q.0)))
+    let req = c
+        .and_then(|c| c.resources.as_ref())
+        .and_then(|r| r.requests.as_ref());
+    (
+        req.and_then(|r| r.get("cpu"))
+            .and_then(|q| cpu_millis(&q.0)),
+        req.and_then(|r| r.get("memory"))
+            .and_then(|q| memory_mib(&q.0)),
+    )
 }
 
 fn requests_of(template: &PodTemplateSpec, container: &str) -> (u64, u64) {
@@ -160,8 +188,20 @@ struct Workload {
 impl Kube {
     /// An orchestrator using `client`; events are reported as `reporter`; with `leader`, every
     /// write is preceded by a Lease check.
-    pub fn new(client: Client, reporter: Reporter, leader: Option<Leader>, metrics: Arc<Metrics>) -> Self {
-        Kube { client, reporter, events_sent: 0, leader, metrics, keda_absent: false }
+    pub fn new(
+        client: Client,
+        reporter: Reporter,
+        leader: Option<Leader>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Kube {
+            client,
+            reporter,
+            events_sent: 0,
+            leader,
+            metrics,
+            keda_absent: false,
+        }
     }
 
     async fn ensure_leader(&self, op: &str) -> Result<(), OrchestratorError> {
@@ -177,9 +217,21 @@ impl Kube {
 
     async fn get_scale(&self, target: &Target) -> Result<K8sScale, OrchestratorError> {
         let r = match target.kind.as_str() {
-            "Deployment" => Api::<Deployment>::namespaced(self.client.clone(), &target.namespace).get_scale(&target.name).await,
-            "StatefulSet" => Api::<StatefulSet>::namespaced(self.client.clone(), &target.namespace).get_scale(&target.name).await,
-            k => return Err(OrchestratorError::Other(format!("unsupported kind {k} (Deployment or StatefulSet)"))),
+            "Deployment" => {
+                Api::<Deployment>::namespaced(self.client.clone(), &target.namespace)
+                    .get_scale(&target.name)
+                    .await
+            }
+            "StatefulSet" => {
+                Api::<StatefulSet>::namespaced(self.client.clone(), &target.namespace)
+                    .get_scale(&target.name)
+                    .await
+            }
+            k => {
+                return Err(OrchestratorError::Other(format!(
+                    "unsupported kind {k} (Deployment or StatefulSet)"
+                )));
+            }
         };
         r.map_err(|e| classify("get_scale", e, &self.metrics))
     }
@@ -203,36 +255,57 @@ impl Kube {
             k => return Err(OrchestratorError::Other(format!("unsupported kind {k}"))),
         };
         let (template, selector) = spec;
-        Ok(Workload { meta, template, selector })
+        Ok(Workload {
+            meta,
+            template,
+            selector,
+        })
     }
 
     /// The HPA or KEDA ScaledObject targeting the workload. Lists are served from the API
     /// server's watch cache (`resourceVersion=0`): a consistent list waits for the cache to
     /// catch up with etcd (~100 ms on every call here), and an HPA created milliseconds ago
     /// is caught on the next decision anyway.
-    async fn controller_of(&mut self, target: &Target) -> Result<Option<String>, OrchestratorError> {
-        let hpas = Api::<HorizontalPodAutoscaler>::namespaced(self.client.clone(), &target.namespace)
-            .list(&ListParams::default().match_any())
-            .await
-            .map_err(|e| classify("list_hpa", e, &self.metrics))?;
+    async fn controller_of(
+        &mut self,
+        target: &Target,
+    ) -> Result<Option<String>, OrchestratorError> {
+        let hpas =
+            Api::<HorizontalPodAutoscaler>::namespaced(self.client.clone(), &target.namespace)
+                .list(&ListParams::default().match_any())
+                .await
+                .map_err(|e| classify("list_hpa", e, &self.metrics))?;
         for h in hpas.items {
             let r = &h.spec.scale_target_ref;
             if r.kind == target.kind && r.name == target.name {
-                return Ok(Some(format!("HorizontalPodAutoscaler {}/{}", target.namespace, h.metadata.name.unwrap_or_default())));
+                return Ok(Some(format!(
+                    "HorizontalPodAutoscaler {}/{}",
+                    target.namespace,
+                    h.metadata.name.unwrap_or_default()
+                )));
             }
         }
         if self.keda_absent {
             return Ok(None);
         }
-        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"));
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &target.namespace, &ar);
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "keda.sh",
+            "v1alpha1",
+            "ScaledObject",
+        ));
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &target.namespace, &ar);
         match api.list(&ListParams::default().match_any()).await {
             Ok(list) => {
                 for so in list.items {
                     let r = &so.data["spec"]["scaleTargetRef"];
                     let kind = r["kind"].as_str().unwrap_or("Deployment");
                     if kind == target.kind && r["name"].as_str() == Some(target.name.as_str()) {
-                        return Ok(Some(format!("KEDA ScaledObject {}/{}", target.namespace, so.metadata.name.unwrap_or_default())));
+                        return Ok(Some(format!(
+                            "KEDA ScaledObject {}/{}",
+                            target.namespace,
+                            so.metadata.name.unwrap_or_default()
+                        )));
                     }
                 }
                 Ok(None)
@@ -261,17 +334,37 @@ impl Kube {
     /// Publish one `events.k8s.io/v1` Event per action. Not kube-runtime's `Recorder`: it folds
     /// repeated (reason, action) pairs into a series and keeps only the first note, and every
     /// step must keep its own explanation.
-    async fn event(&mut self, target: &Target, uid: Option<String>, type_: EventType, reason: &str, action: &str, note: String) {
+    async fn event(
+        &mut self,
+        target: &Target,
+        uid: Option<String>,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         self.events_sent += 1;
         let now = k8s_openapi::jiff::Timestamp::now();
         let ev = Event {
             metadata: ObjectMeta {
-                name: Some(format!("{}.{:x}{:04x}", target.name, now.as_nanosecond(), self.events_sent & 0xffff)),
+                name: Some(format!(
+                    "{}.{:x}{:04x}",
+                    target.name,
+                    now.as_nanosecond(),
+                    self.events_sent & 0xffff
+                )),
                 namespace: Some(target.namespace.clone()),
                 ..Default::default()
             },
             event_time: Some(MicroTime(now)),
-            type_: Some(if type_ == EventType::Normal { "Normal" } else { "Warning" }.into()),
+            type_: Some(
+                if type_ == EventType::Normal {
+                    "Normal"
+                } else {
+                    "Warning"
+                }
+                .into(),
+            ),
             reason: Some(reason.into()),
             action: Some(action.into()),
             note: Some(truncate(note, 1000)),
@@ -281,14 +374,25 @@ impl Kube {
             ..Default::default()
         };
         let api = Api::<Event>::namespaced(self.client.clone(), &target.namespace);
-        if let Err(e) = api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &ev).await {
+        if let Err(e) = api
+            .create(
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                },
+                &ev,
+            )
+            .await
+        {
             let kind = classify("event", e, &self.metrics);
             tracing::warn!(target = %target, error = %kind, "Could not publish the Kubernetes Event.");
         }
     }
 
     async fn pods(&self, target: &Target, w: &Workload) -> Result<Vec<Pod>, OrchestratorError> {
-        let Some(sel) = selector_string(&w.selector) else { return Ok(Vec::new()) };
+        let Some(sel) = selector_string(&w.selector) else {
+            return Ok(Vec::new());
+        };
         let pods = Api::<Pod>::namespaced(self.client.clone(), &target.namespace)
             .list(&ListParams::default().match_any().labels(&sel))
             .await
@@ -298,42 +402,88 @@ impl Kube {
 
     /// Resize `pods` in place; returns how many were resized, or `Ok(None)` when the `resize`
     /// subresource does not exist on this cluster.
-    async fn resize_pods(&self, target: &Target, pods: &[Pod], container: &str, cpu: u64, mem: u64) -> Result<Option<usize>, OrchestratorError> {
+    async fn resize_pods(
+        &self,
+        target: &Target,
+        pods: &[Pod],
+        container: &str,
+        cpu: u64,
+        mem: u64,
+    ) -> Result<Option<usize>, OrchestratorError> {
         let api = Api::<Pod>::namespaced(self.client.clone(), &target.namespace);
         let mut n = 0;
         for p in pods {
-            let Some(name) = p.metadata.name.as_deref() else { continue };
-            let current = p.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == container));
+            let Some(name) = p.metadata.name.as_deref() else {
+                continue;
+            };
+            let current = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.iter().find(|c| c.name == container));
             let Some(c) = current else { continue };
             if container_requests(p.spec.as_ref(), container) == (Some(cpu), Some(mem)) {
                 continue;
             }
-            let mut resources = json!({"requests": {"cpu": format!("{cpu}m"), "memory": format!("{mem}Mi")}});
+            let mut resources =
+                json!({"requests": {"cpu": format!("{cpu}m"), "memory": format!("{mem}Mi")}});
             // Requests may not exceed limits: raise limits that would be below the new requests.
             if let Some(lim) = c.resources.as_ref().and_then(|r| r.limits.as_ref()) {
-                if lim.get("cpu").and_then(|q| cpu_millis(&q.0)).is_some_and(|l| l < cpu) {
+                if lim
+                    .get("cpu")
+                    .and_then(|q| cpu_millis(&q.0))
+                    .is_some_and(|l| l < cpu)
+                {
                     resources["limits"]["cpu"] = json!(format!("{cpu}m"));
                 }
-                if lim.get("memory").and_then(|q| memory_mib(&q.0)).is_some_and(|l| l < mem) {
+                if lim
+                    .get("memory")
+                    .and_then(|q| memory_mib(&q.0))
+                    .is_some_and(|l| l < mem)
+                {
                     resources["limits"]["memory"] = json!(format!("{mem}Mi"));
                 }
             }
-            let patch = json!({"spec": {"containers": [{"name": container, "resources": resources}]}});
-            let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-            match api.patch_subresource("resize", name, &pp, &Patch::Strategic(patch)).await {
+            let patch =
+                json!({"spec": {"containers": [{"name": container, "resources": resources}]}});
+            let pp = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            match api
+                .patch_subresource("resize", name, &pp, &Patch::Strategic(patch))
+                .await
+            {
                 Ok(_) => n += 1,
-                Err(kube::Error::Api(s)) if (s.code == 404 && s.message.contains("resize")) || s.code == 405 => return Ok(None),
+                Err(kube::Error::Api(s))
+                    if (s.code == 404 && s.message.contains("resize")) || s.code == 405 =>
+                {
+                    return Ok(None);
+                }
                 Err(e) => return Err(classify("resize", e, &self.metrics)),
             }
         }
         Ok(Some(n))
     }
 
-    async fn patch_workload(&self, target: &Target, patch: serde_json::Value, op: &str) -> Result<(), OrchestratorError> {
-        let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    async fn patch_workload(
+        &self,
+        target: &Target,
+        patch: serde_json::Value,
+        op: &str,
+    ) -> Result<(), OrchestratorError> {
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
         let r = match target.kind.as_str() {
-            "Deployment" => Api::<Deployment>::namespaced(self.client.clone(), &target.namespace).patch(&target.name, &pp, &Patch::Strategic(patch)).await.map(|_| ()),
-            "StatefulSet" => Api::<StatefulSet>::namespaced(self.client.clone(), &target.namespace).patch(&target.name, &pp, &Patch::Strategic(patch)).await.map(|_| ()),
+            "Deployment" => Api::<Deployment>::namespaced(self.client.clone(), &target.namespace)
+                .patch(&target.name, &pp, &Patch::Strategic(patch))
+                .await
+                .map(|_| ()),
+            "StatefulSet" => Api::<StatefulSet>::namespaced(self.client.clone(), &target.namespace)
+                .patch(&target.name, &pp, &Patch::Strategic(patch))
+                .await
+                .map(|_| ()),
             k => return Err(OrchestratorError::Other(format!("unsupported kind {k}"))),
         };
         r.map_err(|e| classify(op, e, &self.metrics))
@@ -352,14 +502,28 @@ fn truncate(mut s: String, max: usize) -> String {
 }
 
 fn recorded(meta: &ObjectMeta) -> Option<(String, u64, u64)> {
-    let v: serde_json::Value = serde_json::from_str(meta.annotations.as_ref()?.get(RESOURCES_ANNOTATION)?).ok()?;
-    Some((v["container"].as_str()?.to_string(), v["cpu_millis"].as_u64()?, v["memory_mib"].as_u64()?))
+    let v: serde_json::Value =
+        serde_json::from_str(meta.annotations.as_ref()?.get(RESOURCES_ANNOTATION)?).ok()?;
+    Some((
+        v["container"].as_str()?.to_string(),
+        v["cpu_millis"].as_u64()?,
+        v["memory_mib"].as_u64()?,
+    ))
 }
 
 impl Orchestrator for Kube {
-    async fn get(&mut self, target: &Target, action: &Action) -> Result<Observed, OrchestratorError> {
+    async fn get(
+        &mut self,
+        target: &Target,
+        action: &Action,
+    ) -> Result<Observed, OrchestratorError> {
         let scale = self.get_scale(target).await?;
-        let replicas = scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
+        let replicas = scale
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(0)
+            .max(0) as u32;
         let version = scale.metadata.resource_version.clone();
         let controlled_by = self.controller_of(target).await?;
         let (mut cpu, mut mem) = (0, 0);
@@ -371,10 +535,24 @@ impl Orchestrator for Kube {
                 _ => requests_of(&w.template, &container),
             };
         }
-        Ok(Observed { scale: Scale { replicas, cpu_millis: cpu, memory_mib: mem }, controlled_by, version })
+        Ok(Observed {
+            scale: Scale {
+                replicas,
+                cpu_millis: cpu,
+                memory_mib: mem,
+            },
+            controlled_by,
+            version,
+        })
     }
 
-    async fn set_replicas(&mut self, target: &Target, observed: &Observed, to: u32, why: &Why) -> Result<(), OrchestratorError> {
+    async fn set_replicas(
+        &mut self,
+        target: &Target,
+        observed: &Observed,
+        to: u32,
+        why: &Why,
+    ) -> Result<(), OrchestratorError> {
         self.ensure_leader("set_replicas").await?;
         let body = K8sScale {
             metadata: ObjectMeta {
@@ -383,30 +561,71 @@ impl Orchestrator for Kube {
                 resource_version: observed.version.clone(),
                 ..Default::default()
             },
-            spec: Some(ScaleSpec { replicas: Some(to as i32) }),
+            spec: Some(ScaleSpec {
+                replicas: Some(to as i32),
+            }),
             status: None,
         };
-        let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
         let r = match target.kind.as_str() {
-            "Deployment" => Api::<Deployment>::namespaced(self.client.clone(), &target.namespace).replace_scale(&target.name, &pp, &body).await,
-            "StatefulSet" => Api::<StatefulSet>::namespaced(self.client.clone(), &target.namespace).replace_scale(&target.name, &pp, &body).await,
+            "Deployment" => {
+                Api::<Deployment>::namespaced(self.client.clone(), &target.namespace)
+                    .replace_scale(&target.name, &pp, &body)
+                    .await
+            }
+            "StatefulSet" => {
+                Api::<StatefulSet>::namespaced(self.client.clone(), &target.namespace)
+                    .replace_scale(&target.name, &pp, &body)
+                    .await
+            }
             k => return Err(OrchestratorError::Other(format!("unsupported kind {k}"))),
         };
         let written = r.map_err(|e| classify("set_replicas", e, &self.metrics))?;
         let from = observed.scale.replicas;
-        let (reason, what) = if to > from { ("ScaledUp", "Scaled up") } else { ("ScaledDown", "Scaled down") };
-        self.event(target, written.metadata.uid, EventType::Normal, reason, "Scale", why.message(&format!("{what} from {from} to {to} replicas"))).await;
+        let (reason, what) = if to > from {
+            ("ScaledUp", "Scaled up")
+        } else {
+            ("ScaledDown", "Scaled down")
+        };
+        self.event(
+            target,
+            written.metadata.uid,
+            EventType::Normal,
+            reason,
+            "Scale",
+            why.message(&format!("{what} from {from} to {to} replicas")),
+        )
+        .await;
         Ok(())
     }
 
-    async fn resize(&mut self, target: &Target, action: &Action, cpu: u64, mem: u64, why: &Why) -> Result<(), OrchestratorError> {
+    async fn resize(
+        &mut self,
+        target: &Target,
+        action: &Action,
+        cpu: u64,
+        mem: u64,
+        why: &Why,
+    ) -> Result<(), OrchestratorError> {
         self.ensure_leader("resize").await?;
         let w = self.workload(target).await?;
         let container = container_name(action, &w.template);
-        let record = json!({"container": container, "cpu_millis": cpu, "memory_mib": mem}).to_string();
-        self.patch_workload(target, json!({"metadata": {"annotations": {RESOURCES_ANNOTATION: record}}}), "record_resources").await?;
+        let record =
+            json!({"container": container, "cpu_millis": cpu, "memory_mib": mem}).to_string();
+        self.patch_workload(
+            target,
+            json!({"metadata": {"annotations": {RESOURCES_ANNOTATION: record}}}),
+            "record_resources",
+        )
+        .await?;
         let pods = self.pods(target, &w).await?;
-        let how = match self.resize_pods(target, &pods, &container, cpu, mem).await? {
+        let how = match self
+            .resize_pods(target, &pods, &container, cpu, mem)
+            .await?
+        {
             Some(n) => format!("resized {n} pod(s) in place"),
             None => {
                 // No in-place resize on this cluster: change the template (rolls the pods out).
@@ -421,7 +640,9 @@ impl Orchestrator for Kube {
             EventType::Normal,
             "Resized",
             "Resize",
-            why.message(&format!("Requests of container {container} set to cpu {cpu}m, memory {mem}Mi; {how}")),
+            why.message(&format!(
+                "Requests of container {container} set to cpu {cpu}m, memory {mem}Mi; {how}"
+            )),
         )
         .await;
         Ok(())
@@ -431,23 +652,49 @@ impl Orchestrator for Kube {
         if self.ensure_leader("event").await.is_err() {
             return;
         }
-        let uid = self.get_scale(target).await.ok().and_then(|s| s.metadata.uid);
-        self.event(target, uid, EventType::Warning, "ScalingRefused", "Scale", why.message(&format!("Not scaled: {controller} controls this workload's replicas"))).await;
+        let uid = self
+            .get_scale(target)
+            .await
+            .ok()
+            .and_then(|s| s.metadata.uid);
+        self.event(
+            target,
+            uid,
+            EventType::Warning,
+            "ScalingRefused",
+            "Scale",
+            why.message(&format!(
+                "Not scaled: {controller} controls this workload's replicas"
+            )),
+        )
+        .await;
     }
 
-    async fn reconcile(&mut self, target: &Target, action: &Action) -> Result<(), OrchestratorError> {
+    async fn reconcile(
+        &mut self,
+        target: &Target,
+        action: &Action,
+    ) -> Result<(), OrchestratorError> {
         if action.kind == ActionKind::Horizontal {
             return Ok(());
         }
         let w = self.workload(target).await?;
-        let Some((container, cpu, mem)) = recorded(&w.meta) else { return Ok(()) };
+        let Some((container, cpu, mem)) = recorded(&w.meta) else {
+            return Ok(());
+        };
         let pods = self.pods(target, &w).await?;
-        if pods.iter().all(|p| container_requests(p.spec.as_ref(), &container) == (Some(cpu), Some(mem))) {
+        if pods
+            .iter()
+            .all(|p| container_requests(p.spec.as_ref(), &container) == (Some(cpu), Some(mem)))
+        {
             return Ok(());
         }
         self.ensure_leader("resize").await?;
         // resize_pods skips the pods that already have the size.
-        if let Some(n) = self.resize_pods(target, &pods, &container, cpu, mem).await? {
+        if let Some(n) = self
+            .resize_pods(target, &pods, &container, cpu, mem)
+            .await?
+        {
             tracing::info!(target = %target, pods = n, cpu_millis = cpu, memory_mib = mem, "Applied the recorded size to new pods.");
         }
         Ok(())

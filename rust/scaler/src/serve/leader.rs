@@ -46,7 +46,12 @@ pub struct Leader {
 impl Leader {
     /// Start competing for the Lease; `metrics.ready` follows the lease state. Stops (and
     /// releases the Lease) when `shutdown` is cancelled.
-    pub async fn start(client: kube::Client, cfg: LeaseConfig, metrics: Arc<Metrics>, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    pub async fn start(
+        client: kube::Client,
+        cfg: LeaseConfig,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let manager = LeaseManagerBuilder::new(client.clone(), cfg.name.clone())
             .with_namespace(cfg.namespace.clone())
             .with_identity(cfg.identity.clone())
@@ -77,7 +82,11 @@ impl Leader {
             drop(rx);
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         });
-        Ok(Leader { api: Api::namespaced(client, &cfg.namespace), cfg, state })
+        Ok(Leader {
+            api: Api::namespaced(client, &cfg.namespace),
+            cfg,
+            state,
+        })
     }
 
     /// Whether the background task believes this replica leads (may be stale; see
@@ -92,12 +101,19 @@ impl Leader {
             return Ok(false);
         }
         let lease = self.api.get(&self.cfg.name).await?;
-        let Some(spec) = lease.spec else { return Ok(false) };
+        let Some(spec) = lease.spec else {
+            return Ok(false);
+        };
         if spec.holder_identity.as_deref() != Some(self.cfg.identity.as_str()) {
             return Ok(false);
         }
-        let duration = spec.lease_duration_seconds.unwrap_or(self.cfg.duration_s as i32).max(0) as i64;
-        let Some(renewed) = spec.renew_time.map(|t| t.0) else { return Ok(false) };
+        let duration = spec
+            .lease_duration_seconds
+            .unwrap_or(self.cfg.duration_s as i32)
+            .max(0) as i64;
+        let Some(renewed) = spec.renew_time.map(|t| t.0) else {
+            return Ok(false);
+        };
         let age = age_seconds(renewed);
         Ok(age < duration)
     }
@@ -105,6 +121,9 @@ impl Leader {
 
 /// Seconds since `t` (negative if `t` is in the future), from the system clock.
 fn age_seconds(t: k8s_openapi::jiff::Timestamp) -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     now - t.as_second()
 }

@@ -168,13 +168,18 @@ pub fn decode_request(buf: impl Buf) -> Result<lean::ExportRequest, Status> {
     // Sized from the length (a resource with its spans usually takes a kilobyte or more on the
     // wire; 2 KiB in the demo traces), so the list of resources is allocated once instead of
     // grown: at most 16 Ki entries of 48 bytes for the largest message.
-    let mut req = lean::ExportRequest { resource_spans: Vec::with_capacity(buf.remaining() / 1024 + 1) };
-    req.merge(buf).map_err(|e| Status::internal(e.to_string()))?;
+    let mut req = lean::ExportRequest {
+        resource_spans: Vec::with_capacity(buf.remaining() / 1024 + 1),
+    };
+    req.merge(buf)
+        .map_err(|e| Status::internal(e.to_string()))?;
     Ok(req)
 }
 
 fn not_utf8(what: &str) -> Status {
-    Status::internal(format!("failed to decode Protobuf message: {what}: invalid string value: data is not UTF-8 encoded"))
+    Status::internal(format!(
+        "failed to decode Protobuf message: {what}: invalid string value: data is not UTF-8 encoded"
+    ))
 }
 
 /// `service.name` of a resource, `unknown_service` without one (the first attribute with that
@@ -204,14 +209,29 @@ fn fixed<const N: usize>(b: &[u8]) -> [u8; N] {
 }
 
 /// Every span of `req` as the engine sees it, borrowed from the request, appended to `out`.
-pub fn span_refs<'a>(req: &'a lean::ExportRequest, out: &mut Vec<SpanRef<'a>>) -> Result<(), Status> {
-    out.reserve(req.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum());
+pub fn span_refs<'a>(
+    req: &'a lean::ExportRequest,
+    out: &mut Vec<SpanRef<'a>>,
+) -> Result<(), Status> {
+    out.reserve(
+        req.resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum(),
+    );
     for rs in &req.resource_spans {
         let service = service_name(rs)?;
         for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
             out.push(SpanRef {
-                key: SpanKey::Names { service, operation: std::str::from_utf8(&s.name).map_err(|_| not_utf8("Span.name"))? },
-                timing: Timing::StartEnd { start_ns: s.start_time_unix_nano, end_ns: s.end_time_unix_nano },
+                key: SpanKey::Names {
+                    service,
+                    operation: std::str::from_utf8(&s.name).map_err(|_| not_utf8("Span.name"))?,
+                },
+                timing: Timing::StartEnd {
+                    start_ns: s.start_time_unix_nano,
+                    end_ns: s.end_time_unix_nano,
+                },
                 trace_id: fixed(&s.trace_id),
                 span_id: fixed(&s.span_id),
             });
@@ -237,12 +257,29 @@ pub struct LocalEngine {
 
 impl LocalEngine {
     /// An engine with `cfg` (its rules must be the daemon's `rules`).
-    pub fn new(cfg: EngineConfig, rules: Arc<Vec<Rule>>, tx: mpsc::Sender<Received>, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn new(
+        cfg: EngineConfig,
+        rules: Arc<Vec<Rule>>,
+        tx: mpsc::Sender<Received>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
-            cfg.rules.iter().map(|r| &r.name).eq(rules.iter().map(|r| &r.name)),
+            cfg.rules
+                .iter()
+                .map(|r| &r.name)
+                .eq(rules.iter().map(|r| &r.name)),
             "the engine's rules differ from the daemon's rules"
         );
-        Ok(Self { scorer: parking_lot::Mutex::new(Scorer { engine: Engine::new(cfg), out: BatchOutput::default() }), rules, tx, metrics, token: None })
+        Ok(Self {
+            scorer: parking_lot::Mutex::new(Scorer {
+                engine: Engine::new(cfg),
+                out: BatchOutput::default(),
+            }),
+            rules,
+            tx,
+            metrics,
+            token: None,
+        })
     }
 
     /// Require a bearer token.
@@ -253,7 +290,9 @@ impl LocalEngine {
 
     /// The tonic service, gzip accepted, message size bounded.
     pub fn into_service(self) -> LocalEngineServer {
-        LocalEngineServer { inner: Arc::new(self) }
+        LocalEngineServer {
+            inner: Arc::new(self),
+        }
     }
 
     /// Score every span of `req`; returns the decisions (already resolved against the rules)
@@ -262,7 +301,10 @@ impl LocalEngine {
     pub fn score(&self, req: &lean::ExportRequest) -> Result<(Vec<Received>, [u64; 3]), Status> {
         let mut spans: Vec<SpanRef<'_>> = Vec::new();
         span_refs(req, &mut spans)?;
-        let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         let mut guard = self.scorer.lock();
         let Scorer { engine, out } = &mut *guard;
         engine.process_batch(&spans, now_ns, out);
@@ -289,7 +331,10 @@ impl LocalEngine {
     }
 
     /// The `Export` method.
-    fn export(&self, request: Request<lean::ExportRequest>) -> Result<Response<ExportTraceServiceResponse>, Status> {
+    fn export(
+        &self,
+        request: Request<lean::ExportRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         check_token(self.token.as_deref(), request.metadata(), &self.metrics)?;
         let (decisions, [n, kept, skipped]) = self.score(request.get_ref())?;
         for d in decisions {
@@ -304,10 +349,21 @@ impl LocalEngine {
         self.metrics.requests.inc();
         self.metrics.spans.inc_by(n);
         let m = &self.metrics.engine_spans;
-        m.get_or_create(&OutcomeLabel { outcome: "scored".into() }).inc_by(n - skipped);
-        m.get_or_create(&OutcomeLabel { outcome: "kept".into() }).inc_by(kept);
-        m.get_or_create(&OutcomeLabel { outcome: "skipped".into() }).inc_by(skipped);
-        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+        m.get_or_create(&OutcomeLabel {
+            outcome: "scored".into(),
+        })
+        .inc_by(n - skipped);
+        m.get_or_create(&OutcomeLabel {
+            outcome: "kept".into(),
+        })
+        .inc_by(kept);
+        m.get_or_create(&OutcomeLabel {
+            outcome: "skipped".into(),
+        })
+        .inc_by(skipped);
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
     }
 }
 
@@ -335,7 +391,8 @@ impl Encoder for LeanCodec {
     type Error = Status;
 
     fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst).map_err(|e| Status::internal(e.to_string()))
+        item.encode(dst)
+            .map_err(|e| Status::internal(e.to_string()))
     }
 }
 
@@ -411,7 +468,9 @@ mod tests {
     use super::*;
 
     /// The spans of a fully decoded request, as the engine saw them before the lean decode.
-    fn full_spans(req: &ExportTraceServiceRequest) -> Vec<(String, String, u64, u64, Vec<u8>, Vec<u8>)> {
+    fn full_spans(
+        req: &ExportTraceServiceRequest,
+    ) -> Vec<(String, String, u64, u64, Vec<u8>, Vec<u8>)> {
         let mut out = Vec::new();
         for rs in &req.resource_spans {
             let service = rs
@@ -425,7 +484,14 @@ mod tests {
                 })
                 .unwrap_or("unknown_service");
             for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
-                out.push((service.to_owned(), s.name.clone(), s.start_time_unix_nano, s.end_time_unix_nano, s.trace_id.clone(), s.span_id.clone()));
+                out.push((
+                    service.to_owned(),
+                    s.name.clone(),
+                    s.start_time_unix_nano,
+                    s.end_time_unix_nano,
+                    s.trace_id.clone(),
+                    s.span_id.clone(),
+                ));
             }
         }
         out
@@ -436,21 +502,41 @@ mod tests {
         span_refs(req, &mut refs).unwrap();
         refs.iter()
             .map(|s| {
-                let SpanKey::Names { service, operation } = s.key else { panic!("names expected") };
-                let Timing::StartEnd { start_ns, end_ns } = s.timing else { panic!("start/end expected") };
-                (service.to_owned(), operation.to_owned(), start_ns, end_ns, s.trace_id.to_vec(), s.span_id.to_vec())
+                let SpanKey::Names { service, operation } = s.key else {
+                    panic!("names expected")
+                };
+                let Timing::StartEnd { start_ns, end_ns } = s.timing else {
+                    panic!("start/end expected")
+                };
+                (
+                    service.to_owned(),
+                    operation.to_owned(),
+                    start_ns,
+                    end_ns,
+                    s.trace_id.to_vec(),
+                    s.span_id.to_vec(),
+                )
             })
             .collect()
     }
 
     fn demo_requests() -> Vec<ExportTraceServiceRequest> {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/otel-demo/traces.jsonl.gz");
-        let r = std::io::BufReader::new(flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()));
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../data/otel-demo/traces.jsonl.gz"
+        );
+        let r = std::io::BufReader::new(flate2::read::GzDecoder::new(
+            std::fs::File::open(path).unwrap(),
+        ));
         r.lines()
             .map(|line| {
                 let line = line.unwrap();
                 serde_json::from_str(&line)
-                    .or_else(|e| crate::eval::input::null_string_doubles(&line).map(|f| serde_json::from_str(&f)).unwrap_or(Err(e)))
+                    .or_else(|e| {
+                        crate::eval::input::null_string_doubles(&line)
+                            .map(|f| serde_json::from_str(&f))
+                            .unwrap_or(Err(e))
+                    })
                     .unwrap()
             })
             .collect()
@@ -467,7 +553,10 @@ mod tests {
             // The ids are 16 and 8 bytes in the recording, so the fixed-size copy loses nothing.
             assert_eq!(a, b);
             // Both decoders read the same wire bytes the same way.
-            assert_eq!(full_spans(&ExportTraceServiceRequest::decode(wire).unwrap()), b);
+            assert_eq!(
+                full_spans(&ExportTraceServiceRequest::decode(wire).unwrap()),
+                b
+            );
             n += b.len();
         }
         assert_eq!(n, 24_023);
@@ -499,8 +588,18 @@ mod tests {
             }
         }
         // An unterminated varint, a length past the end, a bad wire type, a group for a message.
-        for bad in [&[0xff; 11][..], &[0x0a, 0x7f, 0x01], &[0x0f], &[0x0b, 0x0c], &[0x0a, 0x02, 0x12, 0x05]] {
-            assert_eq!(decode_request(bad).unwrap_err().code(), tonic::Code::Internal, "{bad:?}");
+        for bad in [
+            &[0xff; 11][..],
+            &[0x0a, 0x7f, 0x01],
+            &[0x0f],
+            &[0x0b, 0x0c],
+            &[0x0a, 0x02, 0x12, 0x05],
+        ] {
+            assert_eq!(
+                decode_request(bad).unwrap_err().code(),
+                tonic::Code::Internal,
+                "{bad:?}"
+            );
         }
     }
 
@@ -509,17 +608,36 @@ mod tests {
         let mut full = demo_requests().swap_remove(0);
         full.resource_spans.truncate(1);
         full.resource_spans[0].scope_spans[0].spans[0].name = "span-name-to-corrupt".into();
-        let kv = full.resource_spans[0].resource.as_mut().unwrap().attributes.iter_mut().find(|kv| kv.key == "service.name").unwrap();
-        kv.value = Some(opentelemetry_proto::tonic::common::v1::AnyValue { value: Some(any_value::Value::StringValue("service-to-corrupt".into())) });
+        let kv = full.resource_spans[0]
+            .resource
+            .as_mut()
+            .unwrap()
+            .attributes
+            .iter_mut()
+            .find(|kv| kv.key == "service.name")
+            .unwrap();
+        kv.value = Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+            value: Some(any_value::Value::StringValue("service-to-corrupt".into())),
+        });
         let wire = full.encode_to_vec();
-        assert_eq!(lean_spans(&decode_request(&wire[..]).unwrap()), full_spans(&full));
+        assert_eq!(
+            lean_spans(&decode_request(&wire[..]).unwrap()),
+            full_spans(&full)
+        );
         for needle in ["span-name-to-corrupt", "service-to-corrupt"] {
             let mut w = wire.clone();
-            let at = w.windows(needle.len()).position(|x| x == needle.as_bytes()).unwrap();
+            let at = w
+                .windows(needle.len())
+                .position(|x| x == needle.as_bytes())
+                .unwrap();
             w[at] = 0xff;
             assert!(ExportTraceServiceRequest::decode(&w[..]).is_err());
             let lean = decode_request(&w[..]).unwrap();
-            assert_eq!(span_refs(&lean, &mut Vec::new()).unwrap_err().code(), tonic::Code::Internal, "{needle}");
+            assert_eq!(
+                span_refs(&lean, &mut Vec::new()).unwrap_err().code(),
+                tonic::Code::Internal,
+                "{needle}"
+            );
         }
     }
 }

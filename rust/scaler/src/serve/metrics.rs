@@ -113,65 +113,132 @@ impl Metrics {
             actions_refused: Family::default(),
             api_errors: Family::default(),
             // 0.25 ms … ~14 s, 25 % apart.
-            decision_to_request: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00025, 1.25, 50)),
+            decision_to_request: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.00025, 1.25, 50),
+            ),
             engine_spans: Family::default(),
             ready: AtomicBool::new(true),
             registry: Registry::default(),
         };
-        registry.register("otlp_requests", "OTLP export requests answered OK", m.requests.clone());
-        registry.register("otlp_spans", "Spans in OTLP export requests answered OK", m.spans.clone());
-        registry.register("decisions_received", "Decisions accepted into the queue", m.decisions.clone());
-        registry.register("decisions_refused", "Decisions refused, by reason", m.decisions_refused.clone());
+        registry.register(
+            "otlp_requests",
+            "OTLP export requests answered OK",
+            m.requests.clone(),
+        );
+        registry.register(
+            "otlp_spans",
+            "Spans in OTLP export requests answered OK",
+            m.spans.clone(),
+        );
+        registry.register(
+            "decisions_received",
+            "Decisions accepted into the queue",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "decisions_refused",
+            "Decisions refused, by reason",
+            m.decisions_refused.clone(),
+        );
         registry.register("actions", "Scaling actions applied", m.actions.clone());
-        registry.register("actions_refused", "Scaling actions not taken, by reason", m.actions_refused.clone());
-        registry.register("api_errors", "Kubernetes API errors, by operation and kind", m.api_errors.clone());
+        registry.register(
+            "actions_refused",
+            "Scaling actions not taken, by reason",
+            m.actions_refused.clone(),
+        );
+        registry.register(
+            "api_errors",
+            "Kubernetes API errors, by operation and kind",
+            m.api_errors.clone(),
+        );
         registry.register(
             "decision_to_request_seconds",
             "Time from a decision's arrival to the scaling request being sent",
             m.decision_to_request.clone(),
         );
-        registry.register("engine_spans", "Local-engine mode: spans by outcome", m.engine_spans.clone());
+        registry.register(
+            "engine_spans",
+            "Local-engine mode: spans by outcome",
+            m.engine_spans.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     /// Count a refused decision.
     pub fn refuse_decision(&self, reason: &str) {
-        self.decisions_refused.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
+        self.decisions_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Count a refused decision `n` times.
     pub fn refuse_decisions(&self, reason: &str, n: u64) {
-        self.decisions_refused.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc_by(n);
+        self.decisions_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc_by(n);
     }
 
     /// Value of a refused-decision counter (tests, logs).
     pub fn decisions_refused_count(&self, reason: &str) -> u64 {
-        self.decisions_refused.get_or_create(&ReasonLabel { reason: reason.to_string() }).get()
+        self.decisions_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .get()
     }
 
     /// Count an applied action.
     pub fn action(&self, action: &str, target: &str) {
-        self.actions.get_or_create(&ActionLabels { action: action.into(), target: target.into() }).inc();
+        self.actions
+            .get_or_create(&ActionLabels {
+                action: action.into(),
+                target: target.into(),
+            })
+            .inc();
     }
 
     /// Count an action not taken.
     pub fn action_refused(&self, reason: &str, target: &str) {
-        self.actions_refused.get_or_create(&RefusedLabels { reason: reason.into(), target: target.into() }).inc();
+        self.actions_refused
+            .get_or_create(&RefusedLabels {
+                reason: reason.into(),
+                target: target.into(),
+            })
+            .inc();
     }
 
     /// Value of an action-not-taken counter.
     pub fn actions_refused_count(&self, reason: &str, target: &str) -> u64 {
-        self.actions_refused.get_or_create(&RefusedLabels { reason: reason.into(), target: target.into() }).get()
+        self.actions_refused
+            .get_or_create(&RefusedLabels {
+                reason: reason.into(),
+                target: target.into(),
+            })
+            .get()
     }
 
     /// Count an API error.
     pub fn api_error(&self, op: &str, kind: &str) {
-        self.api_errors.get_or_create(&ApiErrorLabels { op: op.into(), kind: kind.into() }).inc();
+        self.api_errors
+            .get_or_create(&ApiErrorLabels {
+                op: op.into(),
+                kind: kind.into(),
+            })
+            .inc();
     }
 
     /// Value of an API error counter.
     pub fn api_errors_count(&self, op: &str, kind: &str) -> u64 {
-        self.api_errors.get_or_create(&ApiErrorLabels { op: op.into(), kind: kind.into() }).get()
+        self.api_errors
+            .get_or_create(&ApiErrorLabels {
+                op: op.into(),
+                kind: kind.into(),
+            })
+            .get()
     }
 
     /// The text exposition format.
@@ -189,7 +256,11 @@ impl Metrics {
 }
 
 /// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
-pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve_http(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     use axum::http::{StatusCode, header};
     use axum::routing::get;
     let m = metrics.clone();
@@ -199,7 +270,15 @@ pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, shutdown: 
             "/metrics",
             get(move || {
                 let m = m.clone();
-                async move { ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode()) }
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
@@ -208,9 +287,15 @@ pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, shutdown: 
             get(move || {
                 let r = r.clone();
                 async move {
-                    if r.is_ready() { (StatusCode::OK, "ok\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not the leader\n") }
+                    if r.is_ready() {
+                        (StatusCode::OK, "ok\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not the leader\n")
+                    }
                 }
             }),
         );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }

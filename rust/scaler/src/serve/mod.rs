@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use self::intake::{Intake, Received};
 use self::metrics::Metrics;
 use self::orchestrator::{Observed, Orchestrator, OrchestratorError, Why};
-use self::planner::{Hold, History, Intent, Plan};
+use self::planner::{History, Hold, Intent, Plan};
 
 /// Decisions the queue holds before the intake answers UNAVAILABLE.
 pub const QUEUE_CAPACITY: usize = 4_096;
@@ -68,7 +68,12 @@ pub struct ServeOptions {
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        Self { tick: Duration::from_secs(1), token: None, tls: None, engine: None }
+        Self {
+            tick: Duration::from_secs(1),
+            token: None,
+            tls: None,
+            engine: None,
+        }
     }
 }
 
@@ -83,7 +88,14 @@ pub async fn serve<O: Orchestrator>(
 ) -> anyhow::Result<()> {
     let rules = Arc::new(rules);
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-    let actor = tokio::spawn(run_actor(rules.clone(), orchestrator, rx, metrics.clone(), opts.tick, shutdown.clone()));
+    let actor = tokio::spawn(run_actor(
+        rules.clone(),
+        orchestrator,
+        rx,
+        metrics.clone(),
+        opts.tick,
+        shutdown.clone(),
+    ));
     // TCP_NODELAY: with Nagle on, each response waits ~40 ms for the client's delayed ACK, so
     // one request at a time per connection topped out near 23 requests/s.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -92,10 +104,20 @@ pub async fn serve<O: Orchestrator>(
         builder = builder.tls_config(tls)?;
     }
     let router = match &opts.engine {
-        Some(cfg) => builder.add_service(local::LocalEngine::new(cfg.clone(), rules.clone(), tx, metrics.clone())?.with_token(opts.token.clone()).into_service()),
-        None => builder.add_service(Intake::new(rules.clone(), tx, metrics.clone()).with_token(opts.token.clone()).into_service()),
+        Some(cfg) => builder.add_service(
+            local::LocalEngine::new(cfg.clone(), rules.clone(), tx, metrics.clone())?
+                .with_token(opts.token.clone())
+                .into_service(),
+        ),
+        None => builder.add_service(
+            Intake::new(rules.clone(), tx, metrics.clone())
+                .with_token(opts.token.clone())
+                .into_service(),
+        ),
     };
-    router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await?;
+    router
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await?;
     actor.await?;
     Ok(())
 }
@@ -108,7 +130,10 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 }
 
 fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// A write whose outcome is unknown (the API failed while it was in flight).
@@ -154,7 +179,18 @@ async fn run_actor<O: Orchestrator>(
     let started = now_ns();
     let mut state: HashMap<Target, TargetState> = targets
         .iter()
-        .map(|(t, _)| (t.clone(), TargetState { history: History { last_decision: Some(started), ..Default::default() }, ..Default::default() }))
+        .map(|(t, _)| {
+            (
+                t.clone(),
+                TargetState {
+                    history: History {
+                        last_decision: Some(started),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            )
+        })
         .collect();
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -208,7 +244,11 @@ fn why_of(reason: &str, pending: &[Received]) -> Why {
     Why {
         reason: reason.to_string(),
         rules,
-        observed_ms: pending.iter().map(|d| d.observed_ms).filter(|o| o.is_finite()).reduce(f64::max),
+        observed_ms: pending
+            .iter()
+            .map(|d| d.observed_ms)
+            .filter(|o| o.is_finite())
+            .reduce(f64::max),
         count: last.map(|d| d.count),
         evidence_trace_id: last.map(|d| d.trace_id.clone()).filter(|t| !t.is_empty()),
     }
@@ -216,7 +256,13 @@ fn why_of(reason: &str, pending: &[Received]) -> Why {
 
 /// Read, plan and act for one target; on 409 re-read and re-plan (bounded), on an unreachable
 /// API keep everything pending for the next tick.
-async fn step_target<O: Orchestrator>(orch: &mut O, target: &Target, action: &Action, st: &mut TargetState, metrics: &Metrics) {
+async fn step_target<O: Orchestrator>(
+    orch: &mut O,
+    target: &Target,
+    action: &Action,
+    st: &mut TargetState,
+    metrics: &Metrics,
+) {
     let tname = target.to_string();
     for _attempt in 0..5 {
         let observed: Observed = match orch.get(target, action).await {
@@ -232,7 +278,9 @@ async fn step_target<O: Orchestrator>(orch: &mut O, target: &Target, action: &Ac
                 st.last_error = Some(e.kind());
                 match &e {
                     // Keep everything pending: the next tick retries.
-                    OrchestratorError::Unavailable(_) if first => tracing::warn!(target = %target, error = %e, pending = st.pending.len(), "Cannot reach the API; retrying every tick."),
+                    OrchestratorError::Unavailable(_) if first => {
+                        tracing::warn!(target = %target, error = %e, pending = st.pending.len(), "Cannot reach the API; retrying every tick.")
+                    }
                     OrchestratorError::Unavailable(_) => {}
                     _ => {
                         if first {
@@ -262,8 +310,23 @@ async fn step_target<O: Orchestrator>(orch: &mut O, target: &Target, action: &Ac
             }
         }
         let now = now_ns();
-        let intents: Vec<Intent> = st.pending.iter().map(|d| Intent { rule: d.rule.clone(), action: d.action, at: now }).collect();
-        let (plan, next) = planner::plan(&intents, observed.scale, action, observed.controlled_by.as_deref(), &st.history, now);
+        let intents: Vec<Intent> = st
+            .pending
+            .iter()
+            .map(|d| Intent {
+                rule: d.rule.clone(),
+                action: d.action,
+                at: now,
+            })
+            .collect();
+        let (plan, next) = planner::plan(
+            &intents,
+            observed.scale,
+            action,
+            observed.controlled_by.as_deref(),
+            &st.history,
+            now,
+        );
         let started = st.pending.iter().map(|d| d.received).min();
         let result = match &plan {
             Plan::Replicas { from, to, reason } => {
@@ -273,21 +336,37 @@ async fn step_target<O: Orchestrator>(orch: &mut O, target: &Target, action: &Ac
                 if let Some(l) = latency {
                     metrics.decision_to_request.observe(l);
                 }
-                orch.set_replicas(target, &observed, *to, &why).await.map(|()| if to > from { "scale_up" } else { "scale_down" })
+                orch.set_replicas(target, &observed, *to, &why)
+                    .await
+                    .map(|()| if to > from { "scale_up" } else { "scale_down" })
             }
-            Plan::Resize { cpu_millis, memory_mib, reason } => {
+            Plan::Resize {
+                cpu_millis,
+                memory_mib,
+                reason,
+            } => {
                 let why = why_of(reason, &st.pending);
                 let latency = started.map(|t| t.elapsed().as_secs_f64());
                 tracing::info!(target = %target, cpu_millis, memory_mib, reason = %reason, decision_to_request_ms = latency.map(|l| l * 1e3), "Resizing workload.");
                 if let Some(l) = latency {
                     metrics.decision_to_request.observe(l);
                 }
-                orch.resize(target, action, *cpu_millis, *memory_mib, &why).await.map(|()| "resize")
+                orch.resize(target, action, *cpu_millis, *memory_mib, &why)
+                    .await
+                    .map(|()| "resize")
             }
             Plan::Refuse { reason } => {
                 let why = why_of(reason, &st.pending);
                 tracing::warn!(target = %target, reason = %reason, "Refused to scale a workload another controller owns.");
-                orch.report_refusal(target, observed.controlled_by.as_deref().unwrap_or("another controller"), &why).await;
+                orch.report_refusal(
+                    target,
+                    observed
+                        .controlled_by
+                        .as_deref()
+                        .unwrap_or("another controller"),
+                    &why,
+                )
+                .await;
                 metrics.action_refused("controlled", &tname);
                 st.history = next;
                 st.pending.clear();
@@ -350,7 +429,11 @@ mod tests {
     use crate::serve::planner::Scale;
 
     fn kv(k: &str, v: any_value::Value) -> KeyValue {
-        KeyValue { key: k.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        }
     }
 
     fn decision_span(rule: &str) -> Span {
@@ -362,7 +445,10 @@ mod tests {
                 name: "scale.decision".into(),
                 attributes: vec![
                     kv("scale.rule", any_value::Value::StringValue(rule.into())),
-                    kv("scale.action", any_value::Value::StringValue("horizontal".into())),
+                    kv(
+                        "scale.action",
+                        any_value::Value::StringValue("horizontal".into()),
+                    ),
                     kv("scale.count", any_value::Value::IntValue(5)),
                     kv("scale.observed_ms", any_value::Value::DoubleValue(812.5)),
                 ],
@@ -383,17 +469,39 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let audit = dir.join("audit.jsonl");
         let _ = std::fs::remove_file(&audit);
-        let orch = DryRun::new(Some(&audit), Scale { replicas: 1, cpu_millis: 100, memory_mib: 128 }).unwrap();
+        let orch = DryRun::new(
+            Some(&audit),
+            Scale {
+                replicas: 1,
+                cpu_millis: 100,
+                memory_mib: 128,
+            },
+        )
+        .unwrap();
         let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let stats = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, rules, orch, stats.clone(), ServeOptions::default(), shutdown.clone()));
+        let server = tokio::spawn(serve(
+            listener,
+            rules,
+            orch,
+            stats.clone(),
+            ServeOptions::default(),
+            shutdown.clone(),
+        ));
 
-        let mut client = TraceServiceClient::connect(format!("http://{addr}")).await.unwrap().send_compressed(CompressionEncoding::Gzip);
+        let mut client = TraceServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap()
+            .send_compressed(CompressionEncoding::Gzip);
         let req = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 scope_spans: vec![ScopeSpans {
-                    spans: vec![decision_span("checkout-latency"), decision_span("checkout-latency"), decision_span("no-such-rule")],
+                    spans: vec![
+                        decision_span("checkout-latency"),
+                        decision_span("checkout-latency"),
+                        decision_span("no-such-rule"),
+                    ],
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -412,11 +520,34 @@ mod tests {
         shutdown.cancel();
         server.await.unwrap().unwrap();
 
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines.len(), 1, "two decisions for one target make one step: {text}");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "two decisions for one target make one step: {text}"
+        );
         let a = &lines[0];
-        assert_eq!((a["action"].as_str(), a["target"].as_str(), a["from"].as_u64(), a["to"].as_u64()), (Some("set_replicas"), Some("Deployment/shop/checkout"), Some(1), Some(2)));
-        assert_eq!(a["why"]["evidence_trace_id"].as_str(), Some("abababababababababababababababab"));
+        assert_eq!(
+            (
+                a["action"].as_str(),
+                a["target"].as_str(),
+                a["from"].as_u64(),
+                a["to"].as_u64()
+            ),
+            (
+                Some("set_replicas"),
+                Some("Deployment/shop/checkout"),
+                Some(1),
+                Some(2)
+            )
+        );
+        assert_eq!(
+            a["why"]["evidence_trace_id"].as_str(),
+            Some("abababababababababababababababab")
+        );
         assert_eq!(a["why"]["observed_ms"].as_f64(), Some(812.5));
         assert_eq!(stats.decisions.get(), 2);
         assert_eq!(stats.decisions_refused_count("unknown_rule"), 1);
@@ -439,7 +570,10 @@ mod tests {
         let req = || {
             tonic::Request::new(ExportTraceServiceRequest {
                 resource_spans: vec![ResourceSpans {
-                    scope_spans: vec![ScopeSpans { spans: vec![decision_span("r")], ..Default::default() }],
+                    scope_spans: vec![ScopeSpans {
+                        spans: vec![decision_span("r")],
+                        ..Default::default()
+                    }],
                     ..Default::default()
                 }],
             })

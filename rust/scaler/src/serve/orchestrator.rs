@@ -112,9 +112,19 @@ impl Why {
 pub trait Orchestrator: Send + 'static {
     /// Current scale of `target` (replicas; cpu/memory of `action`'s container when the action
     /// can be vertical) and who else controls it.
-    fn get(&mut self, target: &Target, action: &Action) -> impl Future<Output = Result<Observed, OrchestratorError>> + Send;
+    fn get(
+        &mut self,
+        target: &Target,
+        action: &Action,
+    ) -> impl Future<Output = Result<Observed, OrchestratorError>> + Send;
     /// Set the replica count, provided the object is still at `observed.version`.
-    fn set_replicas(&mut self, target: &Target, observed: &Observed, to: u32, why: &Why) -> impl Future<Output = Result<(), OrchestratorError>> + Send;
+    fn set_replicas(
+        &mut self,
+        target: &Target,
+        observed: &Observed,
+        to: u32,
+        why: &Why,
+    ) -> impl Future<Output = Result<(), OrchestratorError>> + Send;
     /// Resize cpu/memory requests of `action.vertical.container`.
     fn resize(
         &mut self,
@@ -125,10 +135,19 @@ pub trait Orchestrator: Send + 'static {
         why: &Why,
     ) -> impl Future<Output = Result<(), OrchestratorError>> + Send;
     /// Report that an action was refused because another controller owns the workload.
-    fn report_refusal(&mut self, target: &Target, controller: &str, why: &Why) -> impl Future<Output = ()> + Send;
+    fn report_refusal(
+        &mut self,
+        target: &Target,
+        controller: &str,
+        why: &Why,
+    ) -> impl Future<Output = ()> + Send;
     /// Periodic upkeep for a target (the Kubernetes one applies recorded vertical sizes to pods
     /// created since). Default: nothing.
-    fn reconcile(&mut self, _target: &Target, _action: &Action) -> impl Future<Output = Result<(), OrchestratorError>> + Send {
+    fn reconcile(
+        &mut self,
+        _target: &Target,
+        _action: &Action,
+    ) -> impl Future<Output = Result<(), OrchestratorError>> + Send {
         async { Ok(()) }
     }
 }
@@ -150,12 +169,19 @@ impl DryRun {
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(|source| OrchestratorError::Audit { path: p.to_path_buf(), source })?;
+                    .map_err(|source| OrchestratorError::Audit {
+                        path: p.to_path_buf(),
+                        source,
+                    })?;
                 Some((p.to_path_buf(), f))
             }
             None => None,
         };
-        Ok(Self { audit, scales: HashMap::new(), initial })
+        Ok(Self {
+            audit,
+            scales: HashMap::new(),
+            initial,
+        })
     }
 
     fn record(&mut self, entry: serde_json::Value) -> Result<(), OrchestratorError> {
@@ -163,32 +189,64 @@ impl DryRun {
         if let Some((path, f)) = &mut self.audit {
             // One write per line, so a reader never sees half an entry.
             let line = format!("{entry}\n");
-            f.write_all(line.as_bytes()).and_then(|_| f.flush()).map_err(|source| OrchestratorError::Audit { path: path.clone(), source })?;
+            f.write_all(line.as_bytes())
+                .and_then(|_| f.flush())
+                .map_err(|source| OrchestratorError::Audit {
+                    path: path.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Orchestrator for DryRun {
-    async fn get(&mut self, target: &Target, _action: &Action) -> Result<Observed, OrchestratorError> {
+    async fn get(
+        &mut self,
+        target: &Target,
+        _action: &Action,
+    ) -> Result<Observed, OrchestratorError> {
         let scale = *self.scales.entry(target.clone()).or_insert(self.initial);
-        Ok(Observed { scale, controlled_by: None, version: None })
+        Ok(Observed {
+            scale,
+            controlled_by: None,
+            version: None,
+        })
     }
 
-    async fn set_replicas(&mut self, target: &Target, observed: &Observed, to: u32, why: &Why) -> Result<(), OrchestratorError> {
+    async fn set_replicas(
+        &mut self,
+        target: &Target,
+        observed: &Observed,
+        to: u32,
+        why: &Why,
+    ) -> Result<(), OrchestratorError> {
         self.record(json!({
             "time_ms": now_ms(), "dry_run": true, "action": "set_replicas",
             "target": target.to_string(), "from": observed.scale.replicas, "to": to, "why": why,
         }))?;
-        self.scales.entry(target.clone()).or_insert(self.initial).replicas = to;
+        self.scales
+            .entry(target.clone())
+            .or_insert(self.initial)
+            .replicas = to;
         Ok(())
     }
 
-    async fn resize(&mut self, target: &Target, _action: &Action, cpu_millis: u64, memory_mib: u64, why: &Why) -> Result<(), OrchestratorError> {
+    async fn resize(
+        &mut self,
+        target: &Target,
+        _action: &Action,
+        cpu_millis: u64,
+        memory_mib: u64,
+        why: &Why,
+    ) -> Result<(), OrchestratorError> {
         self.record(json!({
             "time_ms": now_ms(), "dry_run": true, "action": "resize",
             "target": target.to_string(), "cpu_millis": cpu_millis, "memory_mib": memory_mib, "why": why,

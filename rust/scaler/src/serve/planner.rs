@@ -107,7 +107,14 @@ pub enum Plan {
 /// Plan for one target. `intents` are the decisions received since the last call; `controlled_by`
 /// names an HPA or KEDA object managing the workload, if any. Returns the plan and the history
 /// to keep *if the plan is applied* (the caller keeps the old history when applying fails).
-pub fn plan(intents: &[Intent], current: Scale, action: &Action, controlled_by: Option<&str>, history: &History, now: Nanos) -> (Plan, History) {
+pub fn plan(
+    intents: &[Intent],
+    current: Scale,
+    action: &Action,
+    controlled_by: Option<&str>,
+    history: &History,
+    now: Nanos,
+) -> (Plan, History) {
     let mut next = history.clone();
     if let Some(last) = intents.iter().map(|i| i.at).max() {
         next.last_decision = Some(next.last_decision.map_or(last, |p| p.max(last)));
@@ -118,51 +125,106 @@ pub fn plan(intents: &[Intent], current: Scale, action: &Action, controlled_by: 
         let vertical = intents.iter().all(|i| i.action == ActionKind::Vertical);
         if !vertical {
             if let Some(c) = controlled_by {
-                return (Plan::Refuse { reason: format!("{c} controls this workload's replicas") }, next);
+                return (
+                    Plan::Refuse {
+                        reason: format!("{c} controls this workload's replicas"),
+                    },
+                    next,
+                );
             }
         }
         if let Some(last) = history.last_up {
             let since = now.saturating_sub(last);
             if since < cooldown {
-                return (Plan::Hold(Hold::Cooldown { remaining_ms: (cooldown - since) / MS }), next);
+                return (
+                    Plan::Hold(Hold::Cooldown {
+                        remaining_ms: (cooldown - since) / MS,
+                    }),
+                    next,
+                );
             }
         }
         let mut rules: Vec<&str> = intents.iter().map(|i| i.rule.as_str()).collect();
         rules.sort_unstable();
         rules.dedup();
-        let reason = format!("latency rule{} {}", if rules.len() == 1 { "" } else { "s" }, rules.join(", "));
+        let reason = format!(
+            "latency rule{} {}",
+            if rules.len() == 1 { "" } else { "s" },
+            rules.join(", ")
+        );
         if vertical {
             let v = &action.vertical;
-            let cpu = ((current.cpu_millis.max(1) as f64 * v.factor).round() as u64).min(v.max_cpu_millis);
-            let mem = ((current.memory_mib.max(1) as f64 * v.factor).round() as u64).min(v.max_memory_mib);
+            let cpu = ((current.cpu_millis.max(1) as f64 * v.factor).round() as u64)
+                .min(v.max_cpu_millis);
+            let mem = ((current.memory_mib.max(1) as f64 * v.factor).round() as u64)
+                .min(v.max_memory_mib);
             if cpu <= current.cpu_millis && mem <= current.memory_mib {
                 return (Plan::Hold(Hold::AtMax), next);
             }
             next.last_up = Some(now);
-            return (Plan::Resize { cpu_millis: cpu.max(current.cpu_millis), memory_mib: mem.max(current.memory_mib), reason }, next);
+            return (
+                Plan::Resize {
+                    cpu_millis: cpu.max(current.cpu_millis),
+                    memory_mib: mem.max(current.memory_mib),
+                    reason,
+                },
+                next,
+            );
         }
         if current.replicas >= action.max {
             return (Plan::Hold(Hold::AtMax), next);
         }
-        let to = current.replicas.saturating_add(action.step).min(action.max).max(action.min);
+        let to = current
+            .replicas
+            .saturating_add(action.step)
+            .min(action.max)
+            .max(action.min);
         next.last_up = Some(now);
-        return (Plan::Replicas { from: current.replicas, to, reason }, next);
+        return (
+            Plan::Replicas {
+                from: current.replicas,
+                to,
+                reason,
+            },
+            next,
+        );
     }
     // No decision: scale down after a quiet period.
     if controlled_by.is_some() {
         return (Plan::Hold(Hold::Idle), next);
     }
     if current.replicas <= action.min {
-        return (Plan::Hold(if current.replicas == action.min { Hold::AtMin } else { Hold::Idle }), next);
+        return (
+            Plan::Hold(if current.replicas == action.min {
+                Hold::AtMin
+            } else {
+                Hold::Idle
+            }),
+            next,
+        );
     }
-    let since_decision = history.last_decision.map_or(u64::MAX, |t| now.saturating_sub(t));
-    let since_change = [history.last_up, history.last_down].into_iter().flatten().map(|t| now.saturating_sub(t)).min().unwrap_or(u64::MAX);
+    let since_decision = history
+        .last_decision
+        .map_or(u64::MAX, |t| now.saturating_sub(t));
+    let since_change = [history.last_up, history.last_down]
+        .into_iter()
+        .flatten()
+        .map(|t| now.saturating_sub(t))
+        .min()
+        .unwrap_or(u64::MAX);
     if since_decision < quiet || since_change < quiet {
         return (Plan::Hold(Hold::Idle), next);
     }
     let to = current.replicas.saturating_sub(action.step).max(action.min);
     next.last_down = Some(now);
-    (Plan::Replicas { from: current.replicas, to, reason: format!("quiet for {} s", quiet / 1_000 / MS) }, next)
+    (
+        Plan::Replicas {
+            from: current.replicas,
+            to,
+            reason: format!("quiet for {} s", quiet / 1_000 / MS),
+        },
+        next,
+    )
 }
 
 #[cfg(test)]
@@ -180,17 +242,39 @@ mod tests {
     }
 
     fn up(at: u64) -> Intent {
-        Intent { rule: "r".into(), action: ActionKind::Horizontal, at }
+        Intent {
+            rule: "r".into(),
+            action: ActionKind::Horizontal,
+            at,
+        }
     }
 
     fn replicas(n: u32) -> Scale {
-        Scale { replicas: n, cpu_millis: 100, memory_mib: 128 }
+        Scale {
+            replicas: n,
+            cpu_millis: 100,
+            memory_mib: 128,
+        }
     }
 
     #[test]
     fn one_step_per_batch_of_decisions() {
-        let (p, h) = plan(&[up(10), up(11), up(12)], replicas(2), &action(""), None, &History::default(), 100 * S);
-        assert_eq!(p, Plan::Replicas { from: 2, to: 3, reason: "latency rule r".into() });
+        let (p, h) = plan(
+            &[up(10), up(11), up(12)],
+            replicas(2),
+            &action(""),
+            None,
+            &History::default(),
+            100 * S,
+        );
+        assert_eq!(
+            p,
+            Plan::Replicas {
+                from: 2,
+                to: 3,
+                reason: "latency rule r".into()
+            }
+        );
         assert_eq!(h.last_up, Some(100 * S));
         assert_eq!(h.last_decision, Some(12));
     }
@@ -198,9 +282,21 @@ mod tests {
     #[test]
     fn cooldown_then_max() {
         let a = action("");
-        let (_, h) = plan(&[up(0)], replicas(2), &a, None, &History::default(), 100 * S);
+        let (_, h) = plan(
+            &[up(0)],
+            replicas(2),
+            &a,
+            None,
+            &History::default(),
+            100 * S,
+        );
         let (p, _) = plan(&[up(0)], replicas(3), &a, None, &h, 159 * S);
-        assert_eq!(p, Plan::Hold(Hold::Cooldown { remaining_ms: 1_000 }));
+        assert_eq!(
+            p,
+            Plan::Hold(Hold::Cooldown {
+                remaining_ms: 1_000
+            })
+        );
         let (p, _) = plan(&[up(0)], replicas(3), &a, None, &h, 160 * S);
         assert!(matches!(p, Plan::Replicas { to: 4, .. }));
         let (p, _) = plan(&[up(0)], replicas(5), &a, None, &History::default(), 0);
@@ -221,22 +317,56 @@ mod tests {
 
     #[test]
     fn step_is_bounded_by_max() {
-        let (p, _) = plan(&[up(0)], replicas(4), &action(", step: 3"), None, &History::default(), 0);
+        let (p, _) = plan(
+            &[up(0)],
+            replicas(4),
+            &action(", step: 3"),
+            None,
+            &History::default(),
+            0,
+        );
         assert!(matches!(p, Plan::Replicas { from: 4, to: 5, .. }));
     }
 
     #[test]
     fn refuses_when_an_hpa_controls_it() {
-        let (p, _) = plan(&[up(0)], replicas(2), &action(""), Some("HorizontalPodAutoscaler shop/x"), &History::default(), 0);
-        assert_eq!(p, Plan::Refuse { reason: "HorizontalPodAutoscaler shop/x controls this workload's replicas".into() });
-        let (p, _) = plan(&[], replicas(4), &action(""), Some("hpa"), &History::default(), 10_000 * S);
-        assert_eq!(p, Plan::Hold(Hold::Idle), "never scales down an HPA's workload either");
+        let (p, _) = plan(
+            &[up(0)],
+            replicas(2),
+            &action(""),
+            Some("HorizontalPodAutoscaler shop/x"),
+            &History::default(),
+            0,
+        );
+        assert_eq!(
+            p,
+            Plan::Refuse {
+                reason: "HorizontalPodAutoscaler shop/x controls this workload's replicas".into()
+            }
+        );
+        let (p, _) = plan(
+            &[],
+            replicas(4),
+            &action(""),
+            Some("hpa"),
+            &History::default(),
+            10_000 * S,
+        );
+        assert_eq!(
+            p,
+            Plan::Hold(Hold::Idle),
+            "never scales down an HPA's workload either"
+        );
     }
 
     #[test]
     fn scale_down_after_quiet_never_below_min() {
         let a = action("");
-        let h = History { last_up: Some(100 * S), last_decision: Some(100 * S), last_down: None };
+        let h = History {
+            last_up: Some(100 * S),
+            last_decision: Some(100 * S),
+            last_down: None,
+        };
         let (p, _) = plan(&[], replicas(4), &a, None, &h, 399 * S);
         assert_eq!(p, Plan::Hold(Hold::Idle));
         let (p, h2) = plan(&[], replicas(4), &a, None, &h, 400 * S);
@@ -253,13 +383,46 @@ mod tests {
     #[test]
     fn vertical_resizes_within_limits() {
         let a = action(", vertical: { factor: 2, max_cpu_millis: 300, max_memory_mib: 200 }");
-        let v = Intent { rule: "r".into(), action: ActionKind::Vertical, at: 0 };
-        let (p, h) = plan(&[v.clone()], replicas(2), &a, Some("hpa"), &History::default(), 0);
-        assert_eq!(p, Plan::Resize { cpu_millis: 200, memory_mib: 200, reason: "latency rule r".into() });
-        let cur = Scale { replicas: 2, cpu_millis: 200, memory_mib: 200 };
+        let v = Intent {
+            rule: "r".into(),
+            action: ActionKind::Vertical,
+            at: 0,
+        };
+        let (p, h) = plan(
+            &[v.clone()],
+            replicas(2),
+            &a,
+            Some("hpa"),
+            &History::default(),
+            0,
+        );
+        assert_eq!(
+            p,
+            Plan::Resize {
+                cpu_millis: 200,
+                memory_mib: 200,
+                reason: "latency rule r".into()
+            }
+        );
+        let cur = Scale {
+            replicas: 2,
+            cpu_millis: 200,
+            memory_mib: 200,
+        };
         let (p, _) = plan(&[v.clone()], cur, &a, None, &h, 120 * S);
-        assert_eq!(p, Plan::Resize { cpu_millis: 300, memory_mib: 200, reason: "latency rule r".into() });
-        let cur = Scale { replicas: 2, cpu_millis: 300, memory_mib: 200 };
+        assert_eq!(
+            p,
+            Plan::Resize {
+                cpu_millis: 300,
+                memory_mib: 200,
+                reason: "latency rule r".into()
+            }
+        );
+        let cur = Scale {
+            replicas: 2,
+            cpu_millis: 300,
+            memory_mib: 200,
+        };
         let (p, _) = plan(&[v], cur, &a, None, &h, 240 * S);
         assert_eq!(p, Plan::Hold(Hold::AtMax));
     }

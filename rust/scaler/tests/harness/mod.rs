@@ -16,25 +16,35 @@ use kube::api::{Api, ListParams, PostParams};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span::Event as SpanEvent};
+use opentelemetry_proto::tonic::trace::v1::{
+    ResourceSpans, ScopeSpans, Span, span::Event as SpanEvent,
+};
 pub use scale_testcluster::Cluster;
 
 /// The repository root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// Namespace of the workloads in `configs/k8s/rbac-otel-demo.yaml`.
 pub const NS: &str = "otel-demo";
 
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// A kube client from a kubeconfig file.
 pub async fn client(kubeconfig: &Path) -> Client {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
     Client::try_from(cfg).unwrap()
 }
 
@@ -47,7 +57,9 @@ pub async fn cluster() -> (Cluster, Client) {
         let c = Cluster::start(Default::default())?;
         c.create_namespace(NS)?;
         for f in ["scale-daemon.yaml", "rbac-otel-demo.yaml"] {
-            c.apply_yaml(&std::fs::read_to_string(root().join("configs/k8s").join(f))?)?;
+            c.apply_yaml(&std::fs::read_to_string(
+                root().join("configs/k8s").join(f),
+            )?)?;
         }
         Ok(c)
     })
@@ -61,13 +73,24 @@ pub async fn cluster() -> (Cluster, Client) {
 /// Create a Deployment with `replicas` and one container `app` requesting 100m / 128Mi
 /// (scale-testcluster's shape).
 pub async fn deployment(admin: &Client, name: &str, replicas: i32) {
-    let d: Deployment = serde_json::from_value(scale_testcluster::deployment(NS, name, replicas as u32)).unwrap();
-    Api::<Deployment>::namespaced(admin.clone(), NS).create(&PostParams::default(), &d).await.unwrap();
+    let d: Deployment =
+        serde_json::from_value(scale_testcluster::deployment(NS, name, replicas as u32)).unwrap();
+    Api::<Deployment>::namespaced(admin.clone(), NS)
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
 }
 
 /// Current `spec.replicas` of a Deployment, through its scale subresource.
 pub async fn replicas(admin: &Client, name: &str) -> i32 {
-    Api::<Deployment>::namespaced(admin.clone(), NS).get_scale(name).await.unwrap().spec.unwrap().replicas.unwrap_or(0)
+    Api::<Deployment>::namespaced(admin.clone(), NS)
+        .get_scale(name)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .replicas
+        .unwrap_or(0)
 }
 
 /// Events (events.k8s.io/v1) regarding a workload, oldest first.
@@ -106,7 +129,11 @@ where
 /// [`NS`]; `extra` is appended to each action's flow mapping.
 pub fn rules(extra: &str) -> String {
     let mut s = String::from("rules:\n");
-    for (rule, target) in [("checkout-latency", "checkout"), ("cart-latency", "cart"), ("catalog-latency", "product-catalog")] {
+    for (rule, target) in [
+        ("checkout-latency", "checkout"),
+        ("cart-latency", "cart"),
+        ("catalog-latency", "product-catalog"),
+    ] {
         s.push_str(&format!(
             "- name: {rule}\n  when: {{ duration_above: 500ms }}\n  count: 5\n  window: 30s\n  action: {{ kind: horizontal, target: {{ kind: Deployment, namespace: {NS}, name: {target} }}{extra} }}\n"
         ));
@@ -150,10 +177,20 @@ impl Daemon {
             .stderr(out)
             .spawn()
             .expect("start scale serve");
-        let d = Daemon { child, otlp, http, log, dir };
+        let d = Daemon {
+            child,
+            otlp,
+            http,
+            log,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while d.http_get("/healthz").is_none() {
-            assert!(Instant::now() < deadline, "scale serve did not come up:\n{}", d.logs());
+            assert!(
+                Instant::now() < deadline,
+                "scale serve did not come up:\n{}",
+                d.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         d
@@ -167,17 +204,29 @@ impl Daemon {
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
         let mut s = TcpStream::connect(self.http).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
         let mut t = String::new();
         s.read_to_string(&mut t).ok()?;
         let code = t.split_whitespace().nth(1)?.parse().ok()?;
-        Some((code, t.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+        Some((
+            code,
+            t.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default(),
+        ))
     }
 
     /// A metric's value (sum over series whose line starts with `prefix`).
     pub fn metric(&self, prefix: &str) -> f64 {
         let (_, body) = self.http_get("/metrics").unwrap_or_default();
-        body.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// SIGKILL (no Lease release).
@@ -193,7 +242,11 @@ impl Drop for Daemon {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).stderr(Stdio::null()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -206,7 +259,11 @@ impl Drop for Daemon {
 }
 
 fn kv(k: &str, v: any_value::Value) -> KeyValue {
-    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
 }
 
 /// An export request with one span carrying a `scale.decision` event for `rule`.
@@ -219,7 +276,10 @@ pub fn decision(rule: &str, trace_byte: u8) -> ExportTraceServiceRequest {
             name: "scale.decision".into(),
             attributes: vec![
                 kv("scale.rule", any_value::Value::StringValue(rule.into())),
-                kv("scale.action", any_value::Value::StringValue("horizontal".into())),
+                kv(
+                    "scale.action",
+                    any_value::Value::StringValue("horizontal".into()),
+                ),
                 kv("scale.count", any_value::Value::IntValue(5)),
                 kv("scale.observed_ms", any_value::Value::DoubleValue(812.5)),
             ],
@@ -228,12 +288,20 @@ pub fn decision(rule: &str, trace_byte: u8) -> ExportTraceServiceRequest {
         ..Default::default()
     };
     ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }], ..Default::default() }],
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![span],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
     }
 }
 
 /// Send one decision for `rule` to the daemon at `addr`.
 pub async fn send(addr: SocketAddr, rule: &str, trace_byte: u8) -> Result<(), tonic::Status> {
-    let mut c = TraceServiceClient::connect(format!("http://{addr}")).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut c = TraceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     c.export(decision(rule, trace_byte)).await.map(|_| ())
 }
