@@ -326,7 +326,7 @@ impl Engine {
                 if anomalous {
                     *absorb += 1;
                 }
-                learn = !anomalous || !established || *absorb % ANOMALY_LEARN_EVERY == 0;
+                learn = !anomalous || !established || (*absorb).is_multiple_of(ANOMALY_LEARN_EVERY);
                 learn
             });
             (score, score.is_some_and(|s| s >= min_score), learn)

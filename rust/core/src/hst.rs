@@ -16,14 +16,23 @@
 //! # Storage and cost
 //!
 //! Nodes live in one `Vec` (24 bytes each), tree `t`'s node `i` at `t · nodes_per_tree + i`,
-//! children at `2i + 1` and `2i + 2`. [`Hst::score_learn`] walks each tree once, scoring and
-//! learning in the same pass, so a span costs `n_trees · (height + 1)` node visits and never
-//! allocates. The window pivot of a small forest (at most 64 nodes per `window_size`, e.g.
-//! (16, 8, 175)) sweeps every node; a large forest's pivot is O(1) instead: each node remembers
-//! the window (epoch) its `l_mass` belongs to and is brought up to date when next touched, since
-//! at height 15 a sweep every `window_size` spans would cost more than the walks themselves.
-//! Memory is `24 · n_trees · (2^(height+1) − 1)` bytes: 39 MB at (25, 15), 0.2 MB at (16, 8);
-//! it does not depend on traffic.
+//! children at `2i + 1` and `2i + 2`. A span costs `n_trees · (height + 1)` node visits and never
+//! allocates. Memory is `24 · n_trees · (2^(height+1) − 1)` bytes: 39 MB at (25, 15), 0.2 MB at
+//! (16, 8); it does not depend on traffic. Windows pivot in one of two ways, chosen by size:
+//!
+//! - **Eager** (at most [`EAGER_NODES_PER_SPAN`] nodes per `window_size`: the defaults (10, 8,
+//!   250), the paper's (16, 8, 175)): the pivot sweeps every node, then tabulates each leaf's
+//!   *score term*, the sum a root-to-leaf walk that ends at that leaf adds under the new
+//!   reference masses. Reference masses change only at a pivot, so within a window a tree's
+//!   contribution to a score is a function of the leaf the point reaches: the walk only compares
+//!   (8 trees interleaved level by level, so that their chains of dependent loads overlap), the
+//!   score is one table look-up per tree, and learning increments the leaf and its ancestors
+//!   afterwards, only if the span is learned. The table is a cache (4 KB at the defaults), not
+//!   state: rebuilt after a snapshot is restored.
+//! - **Lazy** (larger forests, e.g. (25, 15)): each node remembers the window (epoch) its
+//!   `l_mass` belongs to and is brought up to date when next touched, since at height 15 a sweep
+//!   every `window_size` spans would cost more than the walks themselves. The walk reads each
+//!   visited node's reference mass, 4 trees interleaved.
 //!
 //! # Missing features
 //!
@@ -39,7 +48,7 @@ pub const SIZE_LIMIT_FRACTION: f64 = 0.1;
 /// Split values are drawn from the feature's range narrowed by this fraction on each side
 /// (River's `make_padded_tree(padding=0.15)`).
 pub const SPLIT_PADDING: f64 = 0.15;
-/// Trees walked together by the fused score-and-learn walk (see `Hst::walk`).
+/// Trees walked together by the lazy walks (see `Hst::walk`).
 const LANES: usize = 4;
 /// Forests of at most this many nodes per `window_size` pivot eagerly; see [`Hst`].
 pub const EAGER_NODES_PER_SPAN: usize = 64;
@@ -103,6 +112,7 @@ impl Node {
 
 /// A Half-Space-Trees forest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Stored")]
 pub struct Hst {
     params: HstParams,
     n_features: usize,
@@ -114,24 +124,85 @@ pub struct Hst {
     window: u32,
     warm: bool,
     built: bool,
-    /// Scratch: the node indices of the last [`Hst::score_then_learn_if`] walk, per tree.
+    /// Scratch: where the last walk went, per tree: the leaf (eager pivots) or the whole path
+    /// (lazy pivots, `height + 1` node indices, root first).
     #[serde(skip)]
-    path: Scratch,
+    path: Scratch<u32>,
+    /// Eager pivots: each leaf's score term under the current reference masses, tree `t`'s leaf
+    /// `j` (counted from the tree's first leaf) at `t · 2^height + j`; empty until first needed.
+    #[serde(skip)]
+    leaf_terms: Scratch<u64>,
 }
 
-/// Scratch space: not state, so it takes no part in equality or debug output.
+/// Scratch space and caches: not state, so they take no part in equality or debug output.
 #[derive(Clone, Default)]
-struct Scratch(Vec<u32>);
+struct Scratch<T>(Vec<T>);
 
-impl PartialEq for Scratch {
+impl<T> PartialEq for Scratch<T> {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl std::fmt::Debug for Scratch {
+impl<T> std::fmt::Debug for Scratch<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Scratch")
+    }
+}
+
+/// An [`Hst`] as deserialized, before its shape is checked: a damaged snapshot is an error, never
+/// an out-of-bounds walk.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Clone))]
+struct Stored {
+    params: HstParams,
+    n_features: usize,
+    nodes: Vec<Node>,
+    nodes_per_tree: usize,
+    counter: u32,
+    window: u32,
+    warm: bool,
+    built: bool,
+}
+
+impl TryFrom<Stored> for Hst {
+    type Error = String;
+
+    fn try_from(s: Stored) -> Result<Self, String> {
+        let p = s.params;
+        if p.height > MAX_HEIGHT || p.window_size == 0 || s.counter >= p.window_size {
+            return Err(format!(
+                "forest: height {}, window_size {}, counter {} out of range",
+                p.height, p.window_size, s.counter
+            ));
+        }
+        let mut h = Hst::new(p, s.n_features);
+        let expect = if s.built {
+            h.nodes_per_tree * p.n_trees as usize
+        } else {
+            0
+        };
+        if s.nodes_per_tree != h.nodes_per_tree || s.nodes.len() != expect {
+            return Err(format!(
+                "forest: {} nodes do not match its parameters",
+                s.nodes.len()
+            ));
+        }
+        let internal = h.nodes_per_tree / 2;
+        if let Some(i) = s.nodes.iter().enumerate().position(|(i, n)| {
+            i % h.nodes_per_tree < internal && n.feature as usize >= s.n_features
+        }) {
+            return Err(format!(
+                "forest: node {i} splits feature {} of {}",
+                s.nodes[i].feature, s.n_features
+            ));
+        }
+        h.nodes = s.nodes;
+        h.counter = s.counter;
+        h.window = s.window;
+        h.warm = s.warm;
+        h.built = s.built;
+        Ok(h)
     }
 }
 
@@ -146,20 +217,14 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    /// Walks the `L` trees of `group` root to leaf, level by level, writing each tree's path to
-    /// `paths` (`levels` entries per tree); returns their score sum (0 when not warm). With
-    /// `EAGER` pivots it also learns the path as it goes (`l_mass += 1`; undone by
-    /// [`Hst::unlearn_path`] if the span is not to be learned). `L` is a constant so that the
-    /// lanes' state stays in registers.
+    /// Lazy pivots: walks the `L` trees of `group` root to leaf, level by level, writing each
+    /// tree's path to `paths` (`levels` entries per tree); returns their score sum (0 when not
+    /// warm). `L` is a constant so that the lanes' state stays in registers.
     #[inline(always)]
-    fn record<const EAGER: bool, const L: usize>(
-        &self,
-        group: &mut [Node],
-        paths: &mut [u32],
-    ) -> u64 {
+    fn record<const L: usize>(&self, group: &[Node], paths: &mut [u32]) -> u64 {
         let (npt, levels, now) = (self.npt, self.levels, self.now);
-        let mut chunks = group.chunks_exact_mut(npt);
-        let trees: [&mut [Node]; L] =
+        let mut chunks = group.chunks_exact(npt);
+        let trees: [&[Node]; L] =
             std::array::from_fn(|_| chunks.next().expect("L trees in the group"));
         let mut idx = [0usize; L];
         // All ones while the lane's score is still adding: the node where the reference mass
@@ -170,15 +235,11 @@ impl Walk<'_> {
             for lane in 0..L {
                 let i = idx[lane];
                 paths[lane * levels + depth] = i as u32;
-                let node = &mut trees[lane][i];
-                let r = node.masses_as::<EAGER>(now).1;
-                if EAGER {
-                    node.l_mass += 1;
-                }
+                let r = trees[lane][i].masses(now).1;
                 total += ((r as u64) << depth) & adding[lane];
                 adding[lane] &= ((r >= self.limit) as u64).wrapping_neg();
                 if depth + 1 < levels {
-                    idx[lane] = Hst::child::<EAGER>(trees[lane], i, self.x, now);
+                    idx[lane] = Hst::child::<false>(trees[lane], i, self.x, now);
                 }
             }
         }
@@ -204,6 +265,7 @@ impl Hst {
             warm: false,
             built: false,
             path: Scratch::default(),
+            leaf_terms: Scratch::default(),
         }
     }
 
@@ -214,6 +276,7 @@ impl Hst {
         assert_eq!(limits.len(), self.n_features, "one limit per feature");
         let mut rng = SplitMix64::new(self.params.seed);
         self.nodes = vec![Node::default(); self.nodes_per_tree * self.params.n_trees as usize];
+        self.leaf_terms.0.clear();
         let mut lim = limits.to_vec();
         for t in 0..self.params.n_trees as usize {
             let base = t * self.nodes_per_tree;
@@ -310,9 +373,11 @@ impl Hst {
         self.warm
     }
 
-    /// Bytes of node storage.
+    /// Bytes of node storage, the leaf-term table and the walk's scratch.
     pub fn memory_bytes(&self) -> usize {
         self.nodes.capacity() * std::mem::size_of::<Node>()
+            + self.leaf_terms.0.capacity() * 8
+            + self.path.0.capacity() * 4
     }
 
     fn max_score(&self) -> f64 {
@@ -325,11 +390,16 @@ impl Hst {
     /// `score_one(x); learn_one(x)`.
     #[inline]
     pub fn score_learn(&mut self, x: &[f64], learn: bool) -> Option<f64> {
-        match (learn, self.eager()) {
-            (true, true) => self.walk::<true, true, true>(x),
-            (true, false) => self.walk::<true, true, false>(x),
-            (false, true) => self.walk::<true, false, true>(x),
-            (false, false) => self.walk::<true, false, false>(x),
+        if self.eager() {
+            let score = self.eager_walk(x);
+            if learn {
+                self.learn_leaves();
+            }
+            score
+        } else if learn {
+            self.walk::<true, true>(x)
+        } else {
+            self.walk::<true, false>(x)
         }
     }
 
@@ -341,55 +411,159 @@ impl Hst {
     /// Learn without scoring.
     pub fn learn(&mut self, x: &[f64]) {
         if self.eager() {
-            self.walk::<false, true, true>(x)
+            self.eager_walk(x);
+            self.learn_leaves();
         } else {
-            self.walk::<false, true, false>(x)
-        };
+            self.walk::<false, true>(x);
+        }
     }
 
     /// Score `x`, then learn it only if `learn(score)` says so. Used where the decision to learn
     /// depends on the score (`keyed` mode does not learn spans it judged anomalous).
     ///
-    /// One walk per tree records the whole root-to-leaf path while it scores (the score stops
-    /// adding where River's score stops; the rest of the path is what learning needs, so no level
-    /// is walked twice), `LANES` trees interleaved level by level so that their dependent loads
-    /// overlap. With eager pivots the walk learns as it goes and the increments are taken back
-    /// if `learn` says no; with lazy pivots learning increments the recorded nodes afterwards. A
-    /// span that is not learned costs the levels below its score's stopping points and the
-    /// take-back for nothing: cheap next to the common, learned case (about 35 % less time per
-    /// span than scoring one tree at a time and resuming it to learn, `benches/engine.rs`).
+    /// The walk records where it went while it scores, so no level is walked twice: with eager
+    /// pivots each tree's leaf (learning then increments the leaf and its ancestors); with lazy
+    /// pivots each tree's whole path, `LANES` trees interleaved level by level so that their
+    /// dependent loads overlap (the score stops adding where River's score stops; the rest of the
+    /// path is what learning needs).
     pub fn score_then_learn_if(
         &mut self,
         x: &[f64],
         learn: impl FnOnce(Option<f64>) -> bool,
     ) -> Option<f64> {
+        if self.eager() {
+            let score = self.eager_walk(x);
+            if learn(score) {
+                self.learn_leaves();
+            }
+            return score;
+        }
         let levels = self.params.height as usize + 1;
         let need = self.params.n_trees as usize * levels;
         if self.path.0.len() != need {
             self.path.0 = vec![0; need];
         }
-        if self.eager() {
-            // The walk has learned already: keep it (and count it) or take it back.
-            let score = self.record_walk::<true>(x);
-            if learn(score) {
-                self.end_learn::<true>()
-            } else {
-                self.unlearn_path()
+        let score = self.record_walk(x);
+        if learn(score) {
+            self.learn_path();
+        }
+        score
+    }
+
+    /// Eager pivots: walks every tree root to leaf, 8 trees at a time, level by level, writing
+    /// each tree's leaf to `self.path`, and scores from the leaves' tabulated terms. The walk only
+    /// reads: a point's route never depends on its own learning (an absent feature compares the
+    /// latest masses of the *children*, which the point has not reached yet), so learning can
+    /// follow as [`Hst::learn_leaves`].
+    #[inline(always)]
+    fn eager_walk(&mut self, x: &[f64]) -> Option<f64> {
+        debug_assert!(self.built);
+        assert_eq!(x.len(), self.n_features, "one value per feature");
+        if self.warm && self.leaf_terms.0.is_empty() {
+            self.tabulate_leaf_terms();
+        }
+        let n = self.params.n_trees as usize;
+        if self.path.0.len() != n {
+            self.path.0 = vec![0; n];
+        }
+        let mut t = 0;
+        while t < n {
+            t += match n - t {
+                8.. => self.eager_group::<8>(t, x),
+                4..=7 => self.eager_group::<4>(t, x),
+                2..=3 => self.eager_group::<2>(t, x),
+                _ => self.eager_group::<1>(t, x),
+            };
+        }
+        if !self.warm {
+            return None;
+        }
+        let leaves = self.nodes_per_tree / 2 + 1;
+        let first_leaf = leaves - 1;
+        let terms = &self.leaf_terms.0;
+        let total: u64 = self
+            .path
+            .0
+            .iter()
+            .enumerate()
+            .map(|(t, &leaf)| terms[t * leaves + leaf as usize - first_leaf])
+            .sum();
+        Some(1.0 - total as f64 / self.max_score())
+    }
+
+    /// [`Hst::eager_walk`] over trees `t0 .. t0 + L`; returns `L`. `L` is a constant so that the
+    /// lanes' state stays in registers.
+    #[inline(always)]
+    fn eager_group<const L: usize>(&mut self, t0: usize, x: &[f64]) -> usize {
+        let npt = self.nodes_per_tree;
+        let mut trees = self.nodes[t0 * npt..(t0 + L) * npt].chunks_exact(npt);
+        let trees: [&[Node]; L] = std::array::from_fn(|_| trees.next().expect("L trees"));
+        let mut idx = [0usize; L];
+        for _ in 0..self.params.height {
+            for (i, tree) in idx.iter_mut().zip(trees) {
+                *i = Self::child::<true>(tree, *i, x, 0);
             }
-            score
-        } else {
-            let score = self.record_walk::<false>(x);
-            if learn(score) {
-                self.learn_path();
+        }
+        for (lane, i) in idx.into_iter().enumerate() {
+            self.path.0[t0 + lane] = i as u32;
+        }
+        L
+    }
+
+    /// Eager pivots: learn the walk to the leaves in `self.path` (each leaf and its ancestors)
+    /// and count the learn.
+    fn learn_leaves(&mut self) {
+        for (tree, &leaf) in self
+            .nodes
+            .chunks_exact_mut(self.nodes_per_tree)
+            .zip(&self.path.0)
+        {
+            let mut i = leaf as usize;
+            while i > 0 {
+                tree[i].l_mass += 1;
+                i = (i - 1) / 2;
             }
-            score
+            tree[0].l_mass += 1;
+        }
+        self.end_learn::<true>();
+    }
+
+    /// Eager pivots: each leaf's score term under the current reference masses, computed top-down
+    /// in heap order (a parent before its children): per node, the sum so far of `r · 2^depth`
+    /// and whether the sum is still adding (top bit), which stops after the first node whose
+    /// reference mass is below the limit.
+    fn tabulate_leaf_terms(&mut self) {
+        const STOPPED: u64 = 1 << 63;
+        let limit = self.limit() as u64;
+        let npt = self.nodes_per_tree;
+        let first_leaf = npt / 2;
+        let terms = &mut self.leaf_terms.0;
+        terms.clear();
+        let mut acc = vec![0u64; npt];
+        for tree in self.nodes.chunks_exact(npt) {
+            for (i, node) in tree.iter().enumerate() {
+                let depth = usize::BITS - 1 - (i + 1).leading_zeros();
+                let before = if i == 0 { 0 } else { acc[(i - 1) / 2] };
+                acc[i] = if before & STOPPED != 0 {
+                    before
+                } else {
+                    let r = node.r_mass as u64;
+                    (before + (r << depth)) | if r < limit { STOPPED } else { 0 }
+                };
+            }
+            terms.extend(acc[first_leaf..].iter().map(|a| a & !STOPPED));
         }
     }
 
-    /// Score, recording each tree's full path in `self.path` (per tree, `height + 1` node
-    /// indices, root first); with `EAGER` pivots the path is learned too (see [`Walk::record`]).
-    fn record_walk<const EAGER: bool>(&mut self, x: &[f64]) -> Option<f64> {
-        let limit = (SIZE_LIMIT_FRACTION * self.params.window_size as f64).ceil() as u32;
+    /// `ceil(0.1 · window_size)`: masses are integers, so `r < 0.1 · window_size` ⇔ `r < limit`.
+    fn limit(&self) -> u32 {
+        (SIZE_LIMIT_FRACTION * self.params.window_size as f64).ceil() as u32
+    }
+
+    /// Lazy pivots: score, recording each tree's full path in `self.path` (per tree,
+    /// `height + 1` node indices, root first; see [`Walk::record`]).
+    fn record_walk(&mut self, x: &[f64]) -> Option<f64> {
+        let limit = self.limit();
         let levels = self.params.height as usize + 1;
         let warm = self.warm;
         let now = self.window;
@@ -405,18 +579,18 @@ impl Hst {
         let mut total: u64 = 0;
         for (group, paths) in self
             .nodes
-            .chunks_mut(npt * LANES)
+            .chunks(npt * LANES)
             .zip(self.path.0.chunks_mut(levels * LANES))
         {
             total += match group.len() / npt {
-                LANES => w.record::<EAGER, LANES>(group, paths),
+                LANES => w.record::<LANES>(group, paths),
                 // The last group when n_trees is not a multiple of LANES.
-                3 => w.record::<EAGER, 3>(group, paths),
-                2 => w.record::<EAGER, 2>(group, paths),
+                3 => w.record::<3>(group, paths),
+                2 => w.record::<2>(group, paths),
                 _ => group
-                    .chunks_mut(npt)
+                    .chunks(npt)
                     .zip(paths.chunks_mut(levels))
-                    .map(|(t, p)| w.record::<EAGER, 1>(t, p))
+                    .map(|(t, p)| w.record::<1>(t, p))
                     .sum(),
             };
         }
@@ -427,21 +601,7 @@ impl Hst {
         }
     }
 
-    /// Take back what an `EAGER` [`Hst::record_walk`] learned.
-    fn unlearn_path(&mut self) {
-        let levels = self.params.height as usize + 1;
-        for (tree, path) in self
-            .nodes
-            .chunks_exact_mut(self.nodes_per_tree)
-            .zip(self.path.0.chunks_exact(levels))
-        {
-            for &i in path {
-                tree[i as usize].l_mass -= 1;
-            }
-        }
-    }
-
-    /// Learn the paths a lazily pivoted [`Hst::record_walk`] recorded.
+    /// Learn the paths a lazy [`Hst::record_walk`] recorded.
     fn learn_path(&mut self) {
         let levels = self.params.height as usize + 1;
         let now = self.window;
@@ -479,17 +639,16 @@ impl Hst {
         self.nodes.len() <= EAGER_NODES_PER_SPAN * self.params.window_size as usize
     }
 
+    /// Lazy pivots: score (if `SCORE`) and learn (if `LEARN`) in one walk per tree; scoring
+    /// alone stops where River's score stops.
     #[inline(always)]
-    fn walk<const SCORE: bool, const LEARN: bool, const EAGER: bool>(
-        &mut self,
-        x: &[f64],
-    ) -> Option<f64> {
+    fn walk<const SCORE: bool, const LEARN: bool>(&mut self, x: &[f64]) -> Option<f64> {
         debug_assert!(self.built);
         debug_assert_eq!(x.len(), self.n_features);
         // Masses are integers, so `r < 0.1 · window_size` ⇔ `r < ceil(0.1 · window_size)`, and
         // the sum of `r · 2^depth` is exact in integers; converted to f64 once, it equals River's
         // float sum of the same exact integers bit for bit.
-        let limit = (SIZE_LIMIT_FRACTION * self.params.window_size as f64).ceil() as u32;
+        let limit = self.limit();
         let height = self.params.height;
         let warm = SCORE && self.warm;
         let now = self.window;
@@ -515,13 +674,13 @@ impl Hst {
                     let i = idx[lane];
                     let node = &mut tree[i];
                     let r = if LEARN {
-                        if !EAGER && node.epoch != now {
+                        if node.epoch != now {
                             node.refresh(now);
                         }
                         node.l_mass += 1;
                         node.r_mass
                     } else {
-                        node.masses_as::<EAGER>(now).1
+                        node.masses(now).1
                     };
                     if scoring[lane] {
                         total += (r as u64) << depth;
@@ -532,7 +691,7 @@ impl Hst {
                             }
                         }
                     }
-                    idx[lane] = Self::child::<EAGER>(tree, i, x, now);
+                    idx[lane] = Self::child::<false>(tree, i, x, now);
                 }
                 depth += 1;
             }
@@ -543,13 +702,11 @@ impl Hst {
                 }
                 let leaf = &mut group[lane * npt + i];
                 if LEARN {
-                    if !EAGER {
-                        leaf.refresh(now);
-                    }
+                    leaf.refresh(now);
                     leaf.l_mass += 1;
                 }
                 if scoring[lane] {
-                    total += (leaf.masses_as::<EAGER>(now).1 as u64) << height;
+                    total += (leaf.masses(now).1 as u64) << height;
                 }
             }
         }
@@ -559,7 +716,7 @@ impl Hst {
             None
         };
         if LEARN {
-            self.end_learn::<EAGER>();
+            self.end_learn::<false>();
         }
         score
     }
@@ -576,6 +733,7 @@ impl Hst {
                     n.r_mass = n.l_mass;
                     n.l_mass = 0;
                 }
+                self.tabulate_leaf_terms();
             } else {
                 self.window = self.window.wrapping_add(1);
                 if self.window == u32::MAX / 2 {
@@ -793,6 +951,89 @@ mod tests {
         assert!(Hst::from_trees(p, 1, &[vec![(0, 0.5); 2]]).is_err());
         assert!(Hst::from_trees(p, 1, &[vec![(1, 0.5); 3]]).is_err());
         assert!(Hst::from_trees(p, 1, &[]).is_err());
+    }
+
+    #[test]
+    fn snapshot_round_trip_continues_identically_and_bad_shapes_are_errors() {
+        // Eager (window 20) and lazy (window 2) forests, restored mid-window: the restored forest
+        // rebuilds its leaf-term table and scores the rest of the stream exactly as the original.
+        for window in [20, 2] {
+            let mut a = Hst::new(params(5, 4, window), 2);
+            a.build(&[(0.0, 1.0), (0.0, 1.0)]);
+            let mut rng = SplitMix64::new(5);
+            let mut point = move || {
+                [
+                    rng.next_f64(),
+                    if rng.next_f64() < 0.2 {
+                        f64::NAN
+                    } else {
+                        rng.next_f64()
+                    },
+                ]
+            };
+            for _ in 0..(3 * window + 7) {
+                a.score_learn(&point(), true);
+            }
+            let bytes = postcard::to_allocvec(&a).unwrap();
+            let mut b: Hst = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(a, b);
+            for step in 0..500 {
+                let x = point();
+                assert_eq!(
+                    a.score_then_learn_if(&x, |s| s.is_none_or(|s| s < 0.7)),
+                    b.score_then_learn_if(&x, |s| s.is_none_or(|s| s < 0.7)),
+                    "step {step}"
+                );
+            }
+            assert_eq!(
+                postcard::to_allocvec(&a).unwrap(),
+                postcard::to_allocvec(&b).unwrap()
+            );
+        }
+        let mut h = Hst::new(params(2, 3, 10), 2);
+        h.build(&[(0.0, 1.0), (0.0, 1.0)]);
+        let good = Stored::deserialize(&mut postcard::Deserializer::from_bytes(
+            &postcard::to_allocvec(&h).unwrap(),
+        ))
+        .unwrap();
+        let reencode = |s: &Stored| postcard::to_allocvec(&StoredOwned(s)).unwrap();
+        let mut fewer = good.clone();
+        fewer.nodes.pop();
+        let mut bad_feature = good.clone();
+        bad_feature.nodes[0].feature = 2;
+        let mut bad_counter = good.clone();
+        bad_counter.counter = 10;
+        for (what, s) in [
+            ("node count", fewer),
+            ("feature", bad_feature),
+            ("counter", bad_counter),
+        ] {
+            assert!(
+                postcard::from_bytes::<Hst>(&reencode(&s)).is_err(),
+                "a bad {what} must not restore"
+            );
+        }
+        assert_eq!(postcard::from_bytes::<Hst>(&reencode(&good)).unwrap(), h);
+    }
+
+    /// Serializes a [`Stored`] (which only derives `Deserialize`) field by field.
+    struct StoredOwned<'a>(&'a Stored);
+
+    impl Serialize for StoredOwned<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let s0 = self.0;
+            (
+                s0.params,
+                s0.n_features,
+                &s0.nodes,
+                s0.nodes_per_tree,
+                s0.counter,
+                s0.window,
+                s0.warm,
+                s0.built,
+            )
+                .serialize(s)
+        }
     }
 
     #[test]
