@@ -23,7 +23,8 @@ pub struct scale_stats {
     pub keys: u64,
     /// Spans (and intern calls) that fell into the overflow key.
     pub keys_overflow: u64,
-    /// Decisions emitted (after conflation), including any lost to truncation.
+    /// Decisions emitted (after conflation), including any lost to truncation. Includes those
+    /// of batches given in chunks (`scale_engine_process_chunk`), which snapshots do not carry.
     pub decisions: u64,
 }
 
