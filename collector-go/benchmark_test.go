@@ -185,7 +185,14 @@ func benchConsume(b *testing.B, train, inputs []ptrace.Traces, _ int) {
 	})
 }
 
-func benchWith(b *testing.B, train, inputs []ptrace.Traces, create func() (processor.Traces, error)) {
+// benchHooks run before the timed loop and after it (with the batches, spans and time measured).
+type benchHooks struct {
+	before func()
+	after  func(batches, spans int, elapsed time.Duration)
+}
+
+// benchWith runs the benchmark loop on the processor create makes, trained on train.
+func benchWith(b *testing.B, train, inputs []ptrace.Traces, create func() (processor.Traces, error), hooks ...benchHooks) {
 	proc, err := create()
 	if err != nil {
 		b.Fatal(err)
@@ -200,10 +207,14 @@ func benchWith(b *testing.B, train, inputs []ptrace.Traces, create func() (proce
 		_ = proc.ConsumeTraces(context.Background(), c)
 	}
 	b.ReportAllocs()
+	for _, h := range hooks {
+		h.before()
+	}
 	b.ResetTimer()
 	var elapsed time.Duration
-	spans := 0
+	spans, batches := 0, 0
 	for i := 0; b.Loop(); i++ {
+		batches++
 		b.StopTimer()
 		td := ptrace.NewTraces()
 		in := inputs[i%len(inputs)]
@@ -217,6 +228,9 @@ func benchWith(b *testing.B, train, inputs []ptrace.Traces, create func() (proce
 		elapsed += time.Since(start)
 	}
 	b.ReportMetric(float64(elapsed.Nanoseconds())/float64(spans), "ns/span")
+	for _, h := range hooks {
+		h.after(batches, spans, elapsed)
+	}
 }
 
 // otelDemoBatches reads ../data/otel-demo/traces.jsonl.gz into batches of about size spans.

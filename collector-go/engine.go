@@ -23,6 +23,7 @@ const (
 	StatusInvalidUTF8        int32 = 1103
 	StatusBufferTooSmall     int32 = 1104
 	StatusIndexOutOfRange    int32 = 1105
+	StatusChunkOutOfSequence int32 = 1106
 	StatusInvalidConfig      int32 = 1200
 	StatusInvalidSnapshot    int32 = 1300
 	StatusSnapshotMismatch   int32 = 1301
@@ -84,6 +85,8 @@ func statusName(err error) string {
 		return "buffer_too_small"
 	case StatusIndexOutOfRange:
 		return "index_out_of_range"
+	case StatusChunkOutOfSequence:
+		return "chunk_out_of_sequence"
 	case StatusInvalidConfig:
 		return "invalid_config"
 	case StatusInvalidSnapshot:
@@ -157,7 +160,7 @@ type decision struct {
 	action      uint8
 }
 
-// batch holds the flat arrays of one engine call; reused across batches (see scaleProcessor's
+// batch holds the flat arrays of one engine batch; reused across batches (see scaleProcessor's
 // pool), so nothing is allocated per span once the arrays have grown to the largest batch.
 type batch struct {
 	keyIDs   []uint32
@@ -211,8 +214,9 @@ func (b *batch) reset(n int) {
 type engine interface {
 	// intern returns the key id of service::operation.
 	intern(service, operation string) (uint32, error)
-	// process scores b's spans (one engine call) into b.scores, b.keep, b.skip and
-	// b.decisions; lost counts decisions that fired but did not fit.
+	// process scores b's spans into b.scores, b.keep, b.skip and b.decisions, with the results
+	// of one engine call per batch (the native engine splits it into short cgo calls); lost
+	// counts decisions that fired but did not fit.
 	process(nowNs uint64, b *batch) (lost int, err error)
 	// ruleNames lists the configuration's rule names by index.
 	ruleNames() ([]string, error)

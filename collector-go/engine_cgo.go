@@ -39,6 +39,7 @@ var (
 	_ = [1]struct{}{}[C.SCALE_STATUS_SNAPSHOT_MISMATCH-StatusSnapshotMismatch]
 	_ = [1]struct{}{}[C.SCALE_STATUS_IO-StatusIO]
 	_ = [1]struct{}{}[C.SCALE_STATUS_POISONED-StatusPoisoned]
+	_ = [1]struct{}{}[C.SCALE_STATUS_CHUNK_OUT_OF_SEQUENCE-StatusChunkOutOfSequence]
 	_ = [1]struct{}{}[C.SCALE_KEY_OVERFLOW-keyOverflow]
 	_ = [1]struct{}{}[C.SCALE_SKIP_INVALID_KEY-6]
 	_ = [1]struct{}{}[C.SCALE_ACTION_HORIZONTAL-actionHorizontal]
@@ -54,14 +55,31 @@ type rawDecisions = []C.scale_decision_t
 // msgCap is the size of the message buffer of constructors and file functions.
 const msgCap = 16 << 10
 
+// defaultChunkSpans is how many spans one cgo call scores (scale_engine_process_chunk).
+//
+// A cgo call that lasts longer than sysmon's tick (20 µs at least) loses its P: sysmon hands it
+// to another thread, and on return the goroutine waits to get a P back. With GOMAXPROCS=1 that
+// turned every 512-span engine call (~180 µs) into context switches and extra threads, and
+// stretched GC mark phases (docs/bench/collector.md). In the collector benchmark 16 to 128 spans
+// per call all removed that (equal within noise); at ~0.3 µs per span, 32 spans keep a call near
+// 10 µs, under the tick even when sysmon is awake, while the fixed cost of a call (~0.1 µs for
+// cgo and the ABI's checks and lock) stays around 1 % of it.
+const defaultChunkSpans = 32
+
 // nativeEngine wraps one `scale_engine_t` handle.
 //
 // The C handle is safe for concurrent calls except scale_engine_free; mu enforces that: every
 // call holds the read lock, Close takes the write lock. Only Close touches _ptr after creation.
+// batchMu serialises batches: a batch's chunks are one sequence on the handle, which another
+// batch must not interleave (its results would then differ from one call per batch).
 type nativeEngine struct {
 	mu          sync.RWMutex
+	batchMu     sync.Mutex
 	_ptr        *C.scale_engine_t
 	decisionCap int
+	// chunkSpans is the most spans per engine call; 0 means the whole batch in one call
+	// (scale_engine_process; tests compare the two).
+	chunkSpans int
 }
 
 // ptr returns the handle; panics after Close (the wrapper's callers check closed first, so a
@@ -120,7 +138,7 @@ func construct(spec engineSpec, call func(out **C.scale_engine_t, msg *C.char, m
 	if st != C.SCALE_STATUS_OK {
 		return nil, newError(st, []byte(spec.rulesFileMessage(string(msg[:n]))))
 	}
-	e := &nativeEngine{_ptr: out}
+	e := &nativeEngine{_ptr: out, chunkSpans: defaultChunkSpans}
 	runtime.SetFinalizer(e, (*nativeEngine).Close) // backstop only: owners call Close
 	var rules C.size_t
 	e.mu.RLock()
@@ -194,8 +212,12 @@ func (e *nativeEngine) intern(service, operation string) (uint32, error) {
 	return uint32(id), nil
 }
 
-// process is the hot path: one scale_engine_process call over b's flat arrays (plain values,
-// no Go pointers inside; read and written during the call only).
+// process is the hot path: b's flat arrays (plain values, no Go pointers inside; read and
+// written during the calls only) go to the engine in chunks of at most chunkSpans spans
+// (scale_engine_process_chunk), so that no cgo call outlasts the scheduler's patience; the
+// engine gives every result as one call per batch would, with the decisions of the whole
+// batch, conflated, after the last chunk. A batch that fits one chunk is one
+// scale_engine_process call. An error on any chunk fails the whole batch.
 func (e *nativeEngine) process(nowNs uint64, b *batch) (int, error) {
 	n := len(b.keyIDs)
 	b.decisions = b.decisions[:0]
@@ -211,17 +233,46 @@ func (e *nativeEngine) process(nowNs uint64, b *batch) (int, error) {
 		e.mu.RUnlock()
 		return 0, errClosed
 	}
-	st := C.scale_engine_process(e.ptr(), C.uint64_t(nowNs), C.size_t(n),
-		(*C.uint32_t)(unsafe.Pointer(unsafe.SliceData(b.keyIDs))),
-		(*C.uint64_t)(unsafe.Pointer(unsafe.SliceData(b.startNs))),
-		(*C.uint64_t)(unsafe.Pointer(unsafe.SliceData(b.endNs))),
-		(*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b.traceIDs))),
-		(*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b.spanIDs))),
-		(*C.double)(unsafe.Pointer(unsafe.SliceData(b.scores))),
-		(*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b.keep))),
-		(*C.scale_skip_t)(unsafe.Pointer(unsafe.SliceData(b.skip))),
-		unsafe.SliceData(raw), C.size_t(len(raw)),
-		(*C.size_t)(unsafe.Pointer(&b.nOut)))
+	e.batchMu.Lock()
+	var st C.scale_status_t
+	if chunk := e.chunkSpans; chunk <= 0 || n <= chunk {
+		st = C.scale_engine_process(e.ptr(), C.uint64_t(nowNs), C.size_t(n),
+			(*C.uint32_t)(unsafe.Pointer(unsafe.SliceData(b.keyIDs))),
+			(*C.uint64_t)(unsafe.Pointer(unsafe.SliceData(b.startNs))),
+			(*C.uint64_t)(unsafe.Pointer(unsafe.SliceData(b.endNs))),
+			(*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b.traceIDs))),
+			(*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b.spanIDs))),
+			(*C.double)(unsafe.Pointer(unsafe.SliceData(b.scores))),
+			(*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b.keep))),
+			(*C.scale_skip_t)(unsafe.Pointer(unsafe.SliceData(b.skip))),
+			unsafe.SliceData(raw), C.size_t(len(raw)),
+			(*C.size_t)(unsafe.Pointer(&b.nOut)))
+	} else {
+		for lo := 0; lo < n; lo += chunk {
+			hi := min(lo+chunk, n)
+			last := C.uint8_t(0)
+			var dec *C.scale_decision_t
+			decCap := 0
+			if hi == n {
+				last, dec, decCap = 1, unsafe.SliceData(raw), len(raw)
+			}
+			st = C.scale_engine_process_chunk(e.ptr(), C.uint64_t(nowNs), C.size_t(lo), last, C.size_t(hi-lo),
+				(*C.uint32_t)(unsafe.Pointer(&b.keyIDs[lo])),
+				(*C.uint64_t)(unsafe.Pointer(&b.startNs[lo])),
+				(*C.uint64_t)(unsafe.Pointer(&b.endNs[lo])),
+				(*C.uint8_t)(unsafe.Pointer(&b.traceIDs[16*lo])),
+				(*C.uint8_t)(unsafe.Pointer(&b.spanIDs[8*lo])),
+				(*C.double)(unsafe.Pointer(&b.scores[lo])),
+				(*C.uint8_t)(unsafe.Pointer(&b.keep[lo])),
+				(*C.scale_skip_t)(unsafe.Pointer(&b.skip[lo])),
+				dec, C.size_t(decCap),
+				(*C.size_t)(unsafe.Pointer(&b.nOut)))
+			if st != C.SCALE_STATUS_OK {
+				break // an error, or DECISIONS_TRUNCATED (only the last chunk has decisions)
+			}
+		}
+	}
+	e.batchMu.Unlock()
 	e.mu.RUnlock()
 	runtime.KeepAlive(e)
 	runtime.KeepAlive(b)

@@ -76,8 +76,8 @@ type running struct {
 	keys  *keyCache
 }
 
-// keyCache maps (service, operation) to the engine's key id, so that the hot path makes one
-// engine call per batch: a map of operations per service, so that a span costs one look-up by
+// keyCache maps (service, operation) to the engine's key id, so that the hot path needs no
+// per-span engine call for names: a map of operations per service, so that a span costs one look-up by
 // its name, the resource's service having been looked up once. Bounded: at most keys.max_keys
 // real ids plus overflowCacheMax overflow/invalid entries. Once it holds keys.max_keys real ids,
 // the engine's key table is full and every name it does not hold is the overflow key, so no
@@ -299,8 +299,9 @@ func (p *scaleProcessor) stopAndSave() error {
 	return err
 }
 
-// processTraces is the hot path: one engine call for the whole batch, then spans not kept are
-// removed and the kept ones annotated. Fails open: an engine error forwards the batch as is.
+// processTraces is the hot path: the whole batch is scored as one engine batch (in short cgo
+// calls, see nativeEngine.process), then spans not kept are removed and the kept ones
+// annotated. Fails open: an engine error forwards the batch as is.
 func (p *scaleProcessor) processTraces(ctx context.Context, td ptrace.Traces) (ptrace.Traces, error) {
 	run := p.running.Load()
 	n := td.SpanCount()

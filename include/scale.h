@@ -52,7 +52,7 @@ extern "C" {
  *
  *  Methods: `scale_engine_new`, `scale_engine_new_with_rules`, `scale_engine_restore`,
  *  `scale_engine_restore_from_file`, `scale_engine_free`, `scale_engine_intern`, `scale_engine_process`,
- *  `scale_engine_process_names`, `scale_engine_rule_count`, `scale_engine_rule_name`,
+ *  `scale_engine_process_names`, `scale_engine_process_chunk`, `scale_engine_rule_count`, `scale_engine_rule_name`,
  *  `scale_engine_stats`, `scale_engine_snapshot_size`, `scale_engine_snapshot`,
  *  `scale_engine_snapshot_to_file`.
  */
@@ -117,6 +117,11 @@ enum scale_status {
      *  An index (such as a rule index) is out of range.
      */
     SCALE_STATUS_INDEX_OUT_OF_RANGE = 1105,
+    /** \brief
+     *  `scale_engine_process_chunk`: the chunk does not continue the handle's batch in progress
+     *  (no batch is open, or its `first_index` or `now_ns` differ from what the batch expects).
+     */
+    SCALE_STATUS_CHUNK_OUT_OF_SEQUENCE = 1106,
     /** \brief
      *  The configuration YAML is invalid; the message lists every problem with key and line.
      */
@@ -362,7 +367,8 @@ typedef struct scale_decision {
 } scale_decision_t;
 
 /** \brief
- *  Score a batch of `n` spans given by key id: the hot path, one call per batch.
+ *  Score a batch of `n` spans given by key id: the hot path, one call per batch (or one per
+ *  chunk of it: `scale_engine_process_chunk`).
  *
  *  Inputs (read during the call only, never kept; arrays of `n` elements unless stated;
  *  `(NULL, 0)` is an empty batch):
@@ -398,6 +404,62 @@ scale_status_t
 scale_engine_process (
     scale_engine_t * engine,
     uint64_t now_ns,
+    size_t n,
+    uint32_t const * key_ids,
+    uint64_t const * start_ns,
+    uint64_t const * end_ns,
+    uint8_t const * trace_ids,
+    uint8_t const * span_ids,
+    double * scores_out,
+    uint8_t * keep_out,
+    scale_skip_t * skip_out,
+    scale_decision_t * decisions_out,
+    size_t decisions_cap,
+    size_t * decisions_len);
+
+/** \brief
+ *  Score one chunk of a batch given by key id: `scale_engine_process` split into several calls
+ *  (each shorter, e.g. so a Go caller's cgo call does not outlast the scheduler's ~20 µs
+ *  patience), with every output as if the batch had been one call.
+ *
+ *  The batch's spans are given in order, in chunks: the chunk's first span has index
+ *  `first_index` in the batch and the chunk has `n` spans (arrays of `n` elements, as in
+ *  `scale_engine_process`; the per-span outputs are the chunk's). `first_index` 0 begins a
+ *  batch; every later chunk must continue it: `first_index` equal to the spans given so far
+ *  and the same `now_ns`, else `SCALE_STATUS_CHUNK_OUT_OF_SEQUENCE` (nothing processed, the
+ *  batch in progress kept). `last` non-zero marks the batch's last chunk (a batch of one chunk
+ *  has `first_index` 0 and `last` 1; an empty last chunk is allowed).
+ *
+ *  Per-span outputs (`scores_out`, `keep_out`, `skip_out`) are written for every chunk, equal
+ *  to what `scale_engine_process` writes for those spans of the whole batch. Decisions are
+ *  kept inside the handle until the last chunk: then the whole batch's decisions are conflated
+ *  by target (one `conflated` count over all chunks) and written to `decisions_out` with their
+ *  batch-relative `span_index`, with `*decisions_len` and `SCALE_STATUS_DECISIONS_TRUNCATED`
+ *  as in `scale_engine_process`. For other chunks `decisions_out` is not written (it may be
+ *  NULL with `decisions_cap` 0) and `*decisions_len` is 0. The engine's state advances with
+ *  every chunk (nothing is undone if the batch is never finished).
+ *
+ *  Sequences: a handle has at most one chunked batch in progress. Starting a batch
+ *  (`first_index` 0) abandons one that was not finished; its decisions are dropped. Calls of
+ *  other functions (including `scale_engine_process`) may run between two chunks; they do not
+ *  disturb the batch in progress. Two chunked batches must not interleave on one handle:
+ *  callers that send batches from several threads serialise each batch's chunk sequence (for
+ *  example with a lock held from its first chunk to its last).
+ *
+ *  A batch is limited to `UINT32_MAX` spans: `first_index + n` beyond it is
+ *  `SCALE_STATUS_INVALID_LENGTH`. Other errors as `scale_engine_process`: they leave the engine,
+ *  the batch in progress and every output untouched.
+ *
+ *  Cost: as `scale_engine_process` for the chunk's spans, plus the batch's conflation on the
+ *  last chunk. Thread safety: safe to call concurrently with any call but `scale_engine_free`,
+ *  within the sequencing rules above.
+ */
+scale_status_t
+scale_engine_process_chunk (
+    scale_engine_t * engine,
+    uint64_t now_ns,
+    size_t first_index,
+    uint8_t last,
     size_t n,
     uint32_t const * key_ids,
     uint64_t const * start_ns,

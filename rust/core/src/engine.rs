@@ -392,8 +392,16 @@ impl Engine {
             let v = self.process_span(s, i as u32, now_ns, &mut out.decisions);
             out.verdicts.push(v);
         }
-        self.rules.conflate(&mut out.decisions);
-        self.stats.decisions += out.decisions.len() as u64;
+        self.finish_batch(&mut out.decisions);
+    }
+
+    /// End a batch given span by span ([`Engine::process_span`], with batch-relative indices):
+    /// conflate its decisions by target and count them. [`Engine::process_batch`] is
+    /// `process_span` for each span, then this; callers that split a batch into several calls
+    /// (the C ABI's `scale_engine_process_chunk`) call it once, after the last span.
+    pub fn finish_batch(&mut self, decisions: &mut Vec<Decision>) {
+        self.rules.conflate(decisions);
+        self.stats.decisions += decisions.len() as u64;
     }
 
     /// Serialize the whole state (model, keys, baselines, windows, counters) in a versioned

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::{Mutex, MutexGuard};
 use safer_ffi::c_char;
 use safer_ffi::prelude::*;
-use scale_core::{BatchOutput, Engine, EngineConfig, Error, SpanKey, SpanRef, Timing};
+use scale_core::{
+    BatchOutput, Decision, Engine, EngineConfig, Error, SpanKey, SpanRef, Timing, Verdict,
+};
 
 use crate::decision::scale_decision;
 use crate::ffi::{self, FfiResult, MsgOut};
@@ -40,7 +42,7 @@ const INVALID_KEY: u32 = u32::MAX - 1;
 ///
 /// Methods: `scale_engine_new`, `scale_engine_new_with_rules`, `scale_engine_restore`,
 /// `scale_engine_restore_from_file`, `scale_engine_free`, `scale_engine_intern`, `scale_engine_process`,
-/// `scale_engine_process_names`, `scale_engine_rule_count`, `scale_engine_rule_name`,
+/// `scale_engine_process_names`, `scale_engine_process_chunk`, `scale_engine_rule_count`, `scale_engine_rule_name`,
 /// `scale_engine_stats`, `scale_engine_snapshot_size`, `scale_engine_snapshot`,
 /// `scale_engine_snapshot_to_file`.
 #[derive_ReprC]
@@ -64,6 +66,22 @@ struct State {
     out: BatchOutput,
     /// Allocation reused across batches; always empty between calls.
     spans: Vec<SpanRef<'static>>,
+    /// The batch `scale_engine_process_chunk` has in progress, if any.
+    chunked: Chunked,
+}
+
+/// A batch given in chunks (`scale_engine_process_chunk`): its raw decisions accumulate here,
+/// batch-relative, until its last chunk conflates and writes them.
+#[derive(Default)]
+struct Chunked {
+    /// A batch is in progress (its first chunk was processed, its last not yet).
+    open: bool,
+    /// The batch's clock (every chunk must pass the same).
+    now_ns: u64,
+    /// Batch index of the next chunk's first span.
+    next_index: usize,
+    /// Decisions fired so far, unconflated (the allocation is reused across batches).
+    decisions: Vec<Decision>,
 }
 
 /// A locked handle; poisons the handle if dropped during a panic (before the lock is released,
@@ -90,6 +108,7 @@ impl Shared {
                 engine,
                 out: BatchOutput::default(),
                 spans: Vec::new(),
+                chunked: Chunked::default(),
             }),
             poisoned: AtomicBool::new(false),
             #[cfg(test)]
@@ -509,10 +528,11 @@ unsafe fn name_pair<'a>(k: &Keys<'a>, i: usize) -> Option<(&'a str, &'a str)> {
     Some((s, o))
 }
 
-impl Batch<'_> {
-    fn run(self, st: &mut State) -> scale_status {
+impl<'a> Batch<'a> {
+    /// The batch's spans, in `buf`'s allocation (recycled from `State::spans`).
+    fn span_refs(&self, buf: Vec<SpanRef<'static>>) -> Vec<SpanRef<'a>> {
         let n = self.start_ns.len();
-        let mut spans = recycle(std::mem::take(&mut st.spans));
+        let mut spans = recycle(buf);
         spans.reserve(n);
         for i in 0..n {
             let key = match &self.keys {
@@ -533,15 +553,20 @@ impl Batch<'_> {
                 span_id: self.span_ids.map_or([0; 8], |t| t[i]),
             });
         }
-        st.engine.process_batch(&spans, self.now_ns, &mut st.out);
-        st.spans = recycle(spans);
-        for (i, v) in st.out.verdicts.iter().enumerate() {
-            self.scores[i].write(v.score.unwrap_or(f64::NAN));
-            self.keep[i].write(u8::from(v.keep));
-            self.skip[i].write(scale_skip::from(v.skipped));
-        }
-        let total = st.out.decisions.len();
-        for (dst, d) in self.decisions.iter_mut().zip(&st.out.decisions) {
+        spans
+    }
+
+    /// Write span `i`'s per-span outputs.
+    fn write_verdict(&mut self, i: usize, v: &Verdict) {
+        self.scores[i].write(v.score.unwrap_or(f64::NAN));
+        self.keep[i].write(u8::from(v.keep));
+        self.skip[i].write(scale_skip::from(v.skipped));
+    }
+
+    /// Write the decisions (truncated to the caller's capacity) and their total.
+    fn write_decisions(self, decisions: &[Decision]) -> scale_status {
+        let total = decisions.len();
+        for (dst, d) in self.decisions.iter_mut().zip(decisions) {
             dst.write(scale_decision::from(d));
         }
         self.decisions_len.write(total);
@@ -550,6 +575,59 @@ impl Batch<'_> {
         } else {
             scale_status::Ok
         }
+    }
+
+    /// The whole batch in one engine call (`scale_engine_process*`).
+    fn run(mut self, st: &mut State) -> scale_status {
+        let spans = self.span_refs(std::mem::take(&mut st.spans));
+        st.engine.process_batch(&spans, self.now_ns, &mut st.out);
+        st.spans = recycle(spans);
+        for (i, v) in st.out.verdicts.iter().enumerate() {
+            self.write_verdict(i, v);
+        }
+        self.write_decisions(&st.out.decisions)
+    }
+
+    /// One chunk of a batch (`scale_engine_process_chunk`): the spans at batch indices
+    /// `first_index..first_index + n`, exactly as `Engine::process_batch` processes them (it is
+    /// `Engine::process_span` per span, then `Engine::finish_batch` over the batch's decisions);
+    /// the decisions wait in `st.chunked` until the last chunk.
+    fn run_chunk(
+        mut self,
+        st: &mut State,
+        first_index: usize,
+        last: bool,
+    ) -> FfiResult<scale_status> {
+        let n = self.start_ns.len();
+        let c = &mut st.chunked;
+        if first_index == 0 {
+            // A new batch; one left unfinished by its caller is abandoned with its decisions.
+            c.open = true;
+            c.now_ns = self.now_ns;
+            c.next_index = 0;
+            c.decisions.clear();
+        } else if !c.open || c.next_index != first_index || c.now_ns != self.now_ns {
+            return Err(scale_status::ChunkOutOfSequence);
+        }
+        let spans = self.span_refs(std::mem::take(&mut st.spans));
+        for (i, span) in spans.iter().enumerate() {
+            // `check_chunk` bounds first_index + n by u32::MAX.
+            let index = (first_index + i) as u32;
+            let v = st
+                .engine
+                .process_span(span, index, self.now_ns, &mut st.chunked.decisions);
+            self.write_verdict(i, &v);
+        }
+        st.spans = recycle(spans);
+        let c = &mut st.chunked;
+        c.next_index = first_index + n;
+        if !last {
+            self.decisions_len.write(0);
+            return Ok(scale_status::Ok);
+        }
+        c.open = false;
+        st.engine.finish_batch(&mut c.decisions);
+        Ok(self.write_decisions(&c.decisions))
     }
 }
 
@@ -598,7 +676,8 @@ unsafe fn batch<'a>(
     }
 }
 
-/// Score a batch of `n` spans given by key id: the hot path, one call per batch.
+/// Score a batch of `n` spans given by key id: the hot path, one call per batch (or one per
+/// chunk of it: `scale_engine_process_chunk`).
 ///
 /// Inputs (read during the call only, never kept; arrays of `n` elements unless stated;
 /// `(NULL, 0)` is an empty batch):
@@ -725,6 +804,93 @@ pub unsafe fn scale_engine_process_names(
                 decisions_len,
             )?;
             Ok(b.run(e.lock()?.state()))
+        })
+    }
+}
+
+/// Check a chunk's place in its batch: the batch's indices must fit `u32` like a whole batch's.
+fn check_chunk(first_index: usize, n: usize) -> FfiResult<()> {
+    first_index
+        .checked_add(n)
+        .ok_or(scale_status::InvalidLength)
+        .and_then(check_n)
+}
+
+/// Score one chunk of a batch given by key id: `scale_engine_process` split into several calls
+/// (each shorter, e.g. so a Go caller's cgo call does not outlast the scheduler's ~20 µs
+/// patience), with every output as if the batch had been one call.
+///
+/// The batch's spans are given in order, in chunks: the chunk's first span has index
+/// `first_index` in the batch and the chunk has `n` spans (arrays of `n` elements, as in
+/// `scale_engine_process`; the per-span outputs are the chunk's). `first_index` 0 begins a
+/// batch; every later chunk must continue it: `first_index` equal to the spans given so far
+/// and the same `now_ns`, else `SCALE_STATUS_CHUNK_OUT_OF_SEQUENCE` (nothing processed, the
+/// batch in progress kept). `last` non-zero marks the batch's last chunk (a batch of one chunk
+/// has `first_index` 0 and `last` 1; an empty last chunk is allowed).
+///
+/// Per-span outputs (`scores_out`, `keep_out`, `skip_out`) are written for every chunk, equal
+/// to what `scale_engine_process` writes for those spans of the whole batch. Decisions are
+/// kept inside the handle until the last chunk: then the whole batch's decisions are conflated
+/// by target (one `conflated` count over all chunks) and written to `decisions_out` with their
+/// batch-relative `span_index`, with `*decisions_len` and `SCALE_STATUS_DECISIONS_TRUNCATED`
+/// as in `scale_engine_process`. For other chunks `decisions_out` is not written (it may be
+/// NULL with `decisions_cap` 0) and `*decisions_len` is 0. The engine's state advances with
+/// every chunk (nothing is undone if the batch is never finished).
+///
+/// Sequences: a handle has at most one chunked batch in progress. Starting a batch
+/// (`first_index` 0) abandons one that was not finished; its decisions are dropped. Calls of
+/// other functions (including `scale_engine_process`) may run between two chunks; they do not
+/// disturb the batch in progress. Two chunked batches must not interleave on one handle:
+/// callers that send batches from several threads serialise each batch's chunk sequence (for
+/// example with a lock held from its first chunk to its last).
+///
+/// A batch is limited to `UINT32_MAX` spans: `first_index + n` beyond it is
+/// `SCALE_STATUS_INVALID_LENGTH`. Other errors as `scale_engine_process`: they leave the engine,
+/// the batch in progress and every output untouched.
+///
+/// Cost: as `scale_engine_process` for the chunk's spans, plus the batch's conflation on the
+/// last chunk. Thread safety: safe to call concurrently with any call but `scale_engine_free`,
+/// within the sequencing rules above.
+#[ffi_export]
+pub unsafe fn scale_engine_process_chunk(
+    engine: *mut scale_engine,
+    now_ns: u64,
+    first_index: usize,
+    last: u8,
+    n: usize,
+    key_ids: *const u32,
+    start_ns: *const u64,
+    end_ns: *const u64,
+    trace_ids: *const u8,
+    span_ids: *const u8,
+    scores_out: *mut f64,
+    keep_out: *mut u8,
+    skip_out: *mut scale_skip,
+    decisions_out: *mut scale_decision,
+    decisions_cap: usize,
+    decisions_len: *mut usize,
+) -> scale_status {
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        on_engine(engine, |e| {
+            check_chunk(first_index, n)?;
+            let keys = Keys::Ids(ffi::slice(key_ids, n)?);
+            let b = batch(
+                now_ns,
+                n,
+                keys,
+                start_ns,
+                end_ns,
+                trace_ids,
+                span_ids,
+                scores_out,
+                keep_out,
+                skip_out,
+                decisions_out,
+                decisions_cap,
+                decisions_len,
+            )?;
+            b.run_chunk(e.lock()?.state(), first_index, last != 0)
         })
     }
 }

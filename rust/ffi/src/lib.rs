@@ -25,7 +25,9 @@
 //!   handle (later calls: `SCALE_STATUS_POISONED`). The library must be built with
 //!   `panic = "unwind"` (the workspace profile does so).
 //! * **Threads**: every function may be called from any thread; a handle is safe for
-//!   concurrent calls except `scale_engine_free`.
+//!   concurrent calls except `scale_engine_free`. A batch given in chunks
+//!   (`scale_engine_process_chunk`) is a sequence of calls that the caller must not interleave
+//!   with another chunked batch on the same handle.
 //!
 //! # Locking
 //!
@@ -56,8 +58,9 @@
 //!
 //! The ABI's own cost (`abi_per_span`, same machine; ns per span): batch 1: 172 direct vs 215
 //! through the C symbol (+25 %: a fixed ~43 ns per call for the boundary, lock and checks);
-//! batch 64: 156.8 vs 164.9 (+5.2 %); batch 1,024: 161.2 vs 162.6 (+0.9 %). Call it once per
-//! collector batch, not per span.
+//! batch 64: 156.8 vs 164.9 (+5.2 %); batch 1,024: 161.2 vs 162.6 (+0.9 %). Call it per batch
+//! or per chunk of tens of spans (`scale_engine_process_chunk`, as the Go collector does: 32
+//! spans per call, so no cgo call outlasts the Go scheduler's 20 µs), not per span.
 //!
 //! # Example: one batch from Rust through the C functions
 //!

@@ -39,6 +39,9 @@ pub enum scale_status {
     BufferTooSmall = 1104,
     /// An index (such as a rule index) is out of range.
     IndexOutOfRange = 1105,
+    /// `scale_engine_process_chunk`: the chunk does not continue the handle's batch in progress
+    /// (no batch is open, or its `first_index` or `now_ns` differ from what the batch expects).
+    ChunkOutOfSequence = 1106,
 
     // --- 1200: configuration ----------------------------------------------------------------
     /// The configuration YAML is invalid; the message lists every problem with key and line.
@@ -64,7 +67,7 @@ pub enum scale_status {
 
 impl scale_status {
     /// Every code, in numeric order (for tests and `scale_status_str`).
-    pub const ALL: [scale_status; 14] = [
+    pub const ALL: [scale_status; 15] = [
         scale_status::Ok,
         scale_status::DecisionsTruncated,
         scale_status::NullArgument,
@@ -73,6 +76,7 @@ impl scale_status {
         scale_status::InvalidUtf8,
         scale_status::BufferTooSmall,
         scale_status::IndexOutOfRange,
+        scale_status::ChunkOutOfSequence,
         scale_status::InvalidConfig,
         scale_status::InvalidSnapshot,
         scale_status::SnapshotMismatch,
@@ -94,6 +98,9 @@ impl scale_status {
             scale_status::InvalidUtf8 => c"text is not valid UTF-8",
             scale_status::BufferTooSmall => c"output buffer too small",
             scale_status::IndexOutOfRange => c"index out of range",
+            scale_status::ChunkOutOfSequence => {
+                c"the chunk does not continue the batch in progress"
+            }
             scale_status::InvalidConfig => c"invalid configuration",
             scale_status::InvalidSnapshot => c"invalid snapshot",
             scale_status::SnapshotMismatch => c"snapshot does not match the configuration",

@@ -208,7 +208,7 @@ fn every_call(e: *mut scale_engine) -> Vec<(&'static str, scale_status)> {
     (0..N_CALLS).map(|i| one_call(e, i)).collect()
 }
 
-const N_CALLS: usize = 9;
+const N_CALLS: usize = 10;
 
 /// Export number `i` of [`every_call`].
 fn one_call(e: *mut scale_engine, i: usize) -> (&'static str, scale_status) {
@@ -290,6 +290,27 @@ fn one_call(e: *mut scale_engine, i: usize) -> (&'static str, scale_status) {
                     null_mut(),
                     0,
                     null_mut(),
+                ),
+            ),
+            9 => (
+                "process_chunk",
+                scale_engine_process_chunk(
+                    e,
+                    T0,
+                    0,
+                    1,
+                    1,
+                    keys.as_ptr(),
+                    start.as_ptr(),
+                    end.as_ptr(),
+                    null(),
+                    null(),
+                    sc.as_mut_ptr(),
+                    kp.as_mut_ptr(),
+                    sk.as_mut_ptr(),
+                    null_mut(),
+                    0,
+                    &mut nd,
                 ),
             ),
             _ => unreachable!(),
@@ -1280,7 +1301,8 @@ fn status_text() {
     assert_eq!(
         codes,
         [
-            1000, 1001, 1100, 1101, 1102, 1103, 1104, 1105, 1200, 1300, 1301, 1400, 1500, 1501
+            1000, 1001, 1100, 1101, 1102, 1103, 1104, 1105, 1106, 1200, 1300, 1301, 1400, 1500,
+            1501
         ]
     );
 }
@@ -1389,4 +1411,510 @@ fn threads_hammering_one_handle() {
         );
     }
     assert!(!shared.shared().is_poisoned());
+}
+
+// --- scale_engine_process_chunk --------------------------------------------------------------
+
+/// Spans `(key, duration_ms)` with their evidence ids, as `process_cap` builds them.
+struct Spans {
+    keys: Vec<u32>,
+    start: Vec<u64>,
+    end: Vec<u64>,
+    trace: Vec<u8>,
+    span: Vec<u8>,
+}
+
+fn spans_with_ids(v: &[(u32, f64)]) -> Spans {
+    let (keys, start, end) = spans(v);
+    let n = v.len();
+    Spans {
+        keys,
+        start,
+        end,
+        trace: (0..n * 16).map(|i| (i / 16) as u8).collect(),
+        span: (0..n * 8).map(|i| (i / 8) as u8).collect(),
+    }
+}
+
+/// One chunk: spans `lo..hi` of `s`, outputs into `o`'s matching slots; returns the status and
+/// `*decisions_len`.
+fn chunk_call(
+    e: &H,
+    now: u64,
+    s: &Spans,
+    lo: usize,
+    hi: usize,
+    last: bool,
+    o: &mut Out,
+    cap: usize,
+) -> (scale_status, usize) {
+    let n = hi - lo;
+    let mut nd = usize::MAX;
+    // SAFETY: every array has at least `hi` (or `cap`) elements; the chunk reads `lo..hi`.
+    let st = unsafe {
+        scale_engine_process_chunk(
+            e.0,
+            now,
+            lo,
+            u8::from(last),
+            n,
+            s.keys.as_ptr().add(lo),
+            s.start.as_ptr().add(lo),
+            s.end.as_ptr().add(lo),
+            s.trace.as_ptr().add(16 * lo),
+            s.span.as_ptr().add(8 * lo),
+            o.scores.as_mut_ptr().add(lo),
+            o.keep.as_mut_ptr().add(lo),
+            o.skip.as_mut_ptr().add(lo),
+            o.decisions.as_mut_ptr(),
+            cap,
+            &mut nd,
+        )
+    };
+    (st, nd)
+}
+
+/// The batch `v` in chunks of `chunk` spans through `scale_engine_process_chunk` (the last
+/// one possibly short; an empty batch is one empty last chunk).
+fn process_chunked(e: &H, now: u64, v: &[(u32, f64)], chunk: usize, cap: usize) -> Out {
+    let s = spans_with_ids(v);
+    let n = v.len();
+    let mut o = Out {
+        status: scale_status::Ok,
+        scores: vec![-1.0; n],
+        keep: vec![9; n],
+        skip: vec![scale_skip::None; n],
+        decisions: Vec::with_capacity(cap),
+        n_decisions: usize::MAX,
+    };
+    let mut lo = 0;
+    loop {
+        let hi = (lo + chunk).min(n);
+        let last = hi == n;
+        let (st, nd) = chunk_call(e, now, &s, lo, hi, last, &mut o, cap);
+        if last {
+            (o.status, o.n_decisions) = (st, nd);
+            break;
+        }
+        assert_eq!(
+            (st, nd),
+            (scale_status::Ok, 0),
+            "chunk {lo}..{hi}: no decisions before the last chunk"
+        );
+        // Other calls between two chunks do not disturb the batch in progress.
+        stats(e);
+        lo = hi;
+    }
+    if matches!(
+        o.status,
+        scale_status::Ok | scale_status::DecisionsTruncated
+    ) {
+        // SAFETY: the last chunk wrote min(cap, total) decisions.
+        unsafe { o.decisions.set_len(cap.min(o.n_decisions)) };
+    }
+    o
+}
+
+/// Two rules share a target (conflated together), one has its own; `count: 1` fires on every
+/// breach, so batches carry many decisions, conflated across chunks.
+const CHUNK_RULES: &str = "sampler: { window_size: 20, train_size: 300 }
+rules:
+- name: a
+  match: { service: a }
+  when: { duration_above: 100ms }
+  count: 1
+  window: 1h
+  action: { kind: horizontal, target: { kind: Deployment, name: shared }, max: 5 }
+- name: b
+  match: { service: b }
+  when: { duration_above: 50ms }
+  count: 2
+  window: 1h
+  action: { kind: horizontal, target: { kind: Deployment, name: shared }, max: 5 }
+- name: c
+  match: { service: c }
+  when: { duration_above: 100ms }
+  count: 1
+  window: 1h
+  action: { kind: vertical, target: { kind: Deployment, name: own }, max: 5 }
+";
+
+/// Batch `b` of `n` spans over services a, b, c and an unknown key, with slow spans here and
+/// there and a few bad timings.
+fn chunk_batch(keys: [u32; 3], b: usize, n: usize) -> Vec<(u32, f64)> {
+    (0..n)
+        .map(|i| {
+            let key = if (i + b).is_multiple_of(41) {
+                9_999
+            } else {
+                keys[(i * 7 + b) % 3]
+            };
+            let d = match (i * 13 + b * 5) % 29 {
+                0 => 400.0,
+                1 => 75.0,
+                2 => -1.0, // end before start: skipped
+                x => 5.0 + x as f64,
+            };
+            (key, d)
+        })
+        .collect()
+}
+
+fn chunk_engine() -> (H, [u32; 3]) {
+    let e = new(CHUNK_RULES);
+    let keys = [
+        intern(&e, "a", "x"),
+        intern(&e, "b", "x"),
+        intern(&e, "c", "x"),
+    ];
+    (e, keys)
+}
+
+/// The chunked path's observable results equal one call per batch: per-span verdicts, and
+/// decisions conflated over the whole batch with batch-relative span indices, for chunk sizes
+/// from 1 to more than the batch, over enough batches to train the model and keep spans.
+#[test]
+fn chunked_batches_equal_whole_batches() {
+    for chunk in [1, 5, 32, 64, 200, 1000] {
+        let (whole, keys) = chunk_engine();
+        let (chunked, _) = chunk_engine();
+        let (mut conflated_across, mut late_index, mut kept) = (false, false, 0);
+        for (b, n) in [0, 1, 63, 64, 65, 200, 512, 511, 300, 0, 513]
+            .into_iter()
+            .enumerate()
+        {
+            let v = chunk_batch(keys, b, n);
+            let now = T0 + b as u64 * 1_000 * MS;
+            let w = process_cap(&whole, now, &v, 64);
+            let c = process_chunked(&chunked, now, &v, chunk, 64);
+            assert_eq!(w.status, scale_status::Ok, "chunk {chunk} batch {b}");
+            assert_eq!(
+                (c.status, c.n_decisions),
+                (w.status, w.n_decisions),
+                "chunk {chunk} batch {b}: status, decisions"
+            );
+            assert_eq!(
+                c.score_bits(),
+                w.score_bits(),
+                "chunk {chunk} batch {b}: scores"
+            );
+            assert_eq!(
+                (&c.keep, &c.skip),
+                (&w.keep, &w.skip),
+                "chunk {chunk} batch {b}: keep, skip"
+            );
+            assert_eq!(
+                dbits(&c.decisions),
+                dbits(&w.decisions),
+                "chunk {chunk} batch {b}: decisions"
+            );
+            assert_eq!(
+                stats(&chunked),
+                stats(&whole),
+                "chunk {chunk} batch {b}: counters"
+            );
+            kept += w.keep.iter().filter(|&&k| k == 1).count();
+            for d in &w.decisions {
+                // A decision on a span past the first chunk (its index is batch-relative).
+                late_index |= d.span_index as usize >= chunk;
+                // A decision that absorbed others, in a batch of several chunks.
+                conflated_across |= d.conflated > 0 && n > chunk;
+            }
+        }
+        assert!(kept > 0, "chunk {chunk}: the batches keep spans");
+        assert!(
+            (late_index && conflated_across) || chunk >= 200,
+            "chunk {chunk}: late decisions and conflation across chunks are exercised"
+        );
+    }
+}
+
+/// One `scale_engine_process` per chunk would not do: it conflates per chunk and numbers spans
+/// per chunk. (Shows `chunked_batches_equal_whole_batches` tests something.)
+#[test]
+fn naive_chunking_would_differ() {
+    let (whole, keys) = chunk_engine();
+    let (naive, _) = chunk_engine();
+    let v = chunk_batch(keys, 3, 256);
+    let w = process_cap(&whole, T0, &v, 64);
+    let mut decisions = Vec::new();
+    for part in v.chunks(32) {
+        decisions.extend(process_cap(&naive, T0, part, 64).decisions);
+    }
+    assert!(
+        decisions.len() > w.decisions.len(),
+        "{} per-chunk vs {} whole",
+        decisions.len(),
+        w.decisions.len()
+    );
+}
+
+#[test]
+fn chunked_truncation_as_whole_batch() {
+    let (whole, keys) = chunk_engine();
+    let (chunked, _) = chunk_engine();
+    let v = chunk_batch(keys, 2, 400);
+    let w = process_cap(&whole, T0, &v, 1);
+    let c = process_chunked(&chunked, T0, &v, 32, 1);
+    assert_eq!(
+        (w.status, w.n_decisions),
+        (scale_status::DecisionsTruncated, 2)
+    );
+    assert_eq!(
+        (c.status, c.n_decisions, dbits(&c.decisions)),
+        (w.status, w.n_decisions, dbits(&w.decisions))
+    );
+    assert_eq!(
+        (c.score_bits(), &c.keep, &c.skip),
+        (w.score_bits(), &w.keep, &w.skip)
+    );
+    assert_eq!(
+        stats(&chunked),
+        stats(&whole),
+        "truncated decisions are counted"
+    );
+}
+
+/// Out-of-sequence chunks are refused with nothing processed and the batch in progress kept;
+/// a new batch (`first_index` 0) abandons an unfinished one.
+#[test]
+fn chunks_out_of_sequence() {
+    let (e, keys) = chunk_engine();
+    let v = chunk_batch(keys, 1, 96);
+    let s = spans_with_ids(&v);
+    let fresh = |n: usize| Out {
+        status: scale_status::Ok,
+        scores: vec![-1.0; n],
+        keep: vec![9; n],
+        skip: vec![scale_skip::None; n],
+        decisions: Vec::with_capacity(8),
+        n_decisions: 0,
+    };
+    let mut o = fresh(96);
+    let untouched = |o: &Out, lo: usize, hi: usize| {
+        o.scores[lo..hi].iter().all(|&x| x == -1.0) && o.keep[lo..hi].iter().all(|&k| k == 9)
+    };
+    // No batch in progress: only first_index 0 is accepted.
+    assert_eq!(
+        chunk_call(&e, T0, &s, 32, 64, false, &mut o, 8).0,
+        scale_status::ChunkOutOfSequence
+    );
+    assert_eq!(
+        chunk_call(&e, T0, &s, 32, 64, true, &mut o, 8).0,
+        scale_status::ChunkOutOfSequence
+    );
+    assert!(untouched(&o, 0, 96));
+    assert_eq!(stats(&e).spans_seen, 0);
+    assert_eq!(
+        chunk_call(&e, T0, &s, 0, 32, false, &mut o, 8),
+        (scale_status::Ok, 0)
+    );
+    // A gap, an overlap, another clock: refused, nothing processed.
+    for (lo, hi, now) in [(48, 64, T0), (16, 48, T0), (33, 64, T0), (32, 64, T0 + 1)] {
+        assert_eq!(
+            chunk_call(&e, now, &s, lo, hi, false, &mut o, 8).0,
+            scale_status::ChunkOutOfSequence,
+            "{lo}..{hi} at {now}"
+        );
+    }
+    assert!(untouched(&o, 32, 96));
+    assert_eq!(stats(&e).spans_seen, 32);
+    // The batch in progress continues as if nothing happened; then equals a whole batch.
+    assert_eq!(
+        chunk_call(&e, T0, &s, 32, 64, false, &mut o, 8),
+        (scale_status::Ok, 0)
+    );
+    let (st, nd) = chunk_call(&e, T0, &s, 64, 96, true, &mut o, 8);
+    let (w, _) = chunk_engine();
+    let want = process_cap(&w, T0, &v, 8);
+    assert_eq!((st, nd), (want.status, want.n_decisions));
+    // SAFETY: the last chunk wrote min(8, nd) decisions.
+    unsafe { o.decisions.set_len(nd.min(8)) };
+    assert_eq!(
+        (o.score_bits(), dbits(&o.decisions)),
+        (want.score_bits(), dbits(&want.decisions))
+    );
+    assert_eq!(stats(&e), stats(&w));
+    // After the last chunk, the batch is closed.
+    assert_eq!(
+        chunk_call(&e, T0, &s, 96, 96, true, &mut o, 8).0,
+        scale_status::ChunkOutOfSequence
+    );
+    // An unfinished batch is abandoned by the next first chunk: its decisions are dropped.
+    let slow = spans_with_ids(&[(keys[0], 500.0); 4]);
+    let mut o = fresh(4);
+    assert_eq!(
+        chunk_call(&e, T0, &slow, 0, 2, false, &mut o, 8),
+        (scale_status::Ok, 0)
+    );
+    let (st, nd) = chunk_call(&e, T0, &slow, 0, 4, true, &mut o, 8);
+    assert_eq!((st, nd), (scale_status::Ok, 1));
+    // SAFETY: one decision written.
+    unsafe { o.decisions.set_len(1) };
+    assert_eq!(
+        (o.decisions[0].span_index, o.decisions[0].conflated),
+        (0, 3),
+        "only the new batch's four breaches"
+    );
+}
+
+#[test]
+fn chunk_bad_arguments() {
+    let (e, keys) = chunk_engine();
+    let v = chunk_batch(keys, 0, 8);
+    let s = spans_with_ids(&v);
+    let (mut sc, mut kp, mut sk, mut nd) = (
+        vec![-1.0; 8],
+        vec![9u8; 8],
+        vec![scale_skip::None; 8],
+        77usize,
+    );
+    // SAFETY: valid buffers of 8, one bad argument at a time; refused before any access.
+    unsafe {
+        let (k, st_, en) = (s.keys.as_ptr(), s.start.as_ptr(), s.end.as_ptr());
+        let (so, ko, ki) = (sc.as_mut_ptr(), kp.as_mut_ptr(), sk.as_mut_ptr());
+        let nd_ = &mut nd as *mut usize;
+        let call = |e: *mut scale_engine,
+                    first: usize,
+                    n: usize,
+                    k: *const u32,
+                    so: *mut f64,
+                    dec: *mut scale_decision,
+                    cap: usize,
+                    nd: *mut usize| {
+            scale_engine_process_chunk(
+                e,
+                T0,
+                first,
+                1,
+                n,
+                k,
+                st_,
+                en,
+                null(),
+                null(),
+                so,
+                ko,
+                ki,
+                dec,
+                cap,
+                nd,
+            )
+        };
+        assert_eq!(
+            call(null_mut(), 0, 8, k, so, null_mut(), 0, nd_),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            call(e.0, 0, 8, null(), so, null_mut(), 0, nd_),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            call(e.0, 0, 8, k, null_mut(), null_mut(), 0, nd_),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            call(e.0, 0, 8, k, so, null_mut(), 0, null_mut()),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            call(e.0, 0, 8, k, so, null_mut(), 2, nd_),
+            scale_status::NullArgument
+        );
+        // The batch's indices must fit u32, like a whole batch's.
+        for (first, n) in [
+            (u32::MAX as usize, 1),
+            (u32::MAX as usize - 7, 8),
+            (usize::MAX, 1),
+            (usize::MAX - 3, 8),
+        ] {
+            assert_eq!(
+                call(e.0, first, n, k, so, null_mut(), 0, nd_),
+                scale_status::InvalidLength,
+                "{first} + {n}"
+            );
+        }
+        assert_eq!(
+            call(
+                e.0,
+                0,
+                u32::MAX as usize + 1,
+                std::ptr::dangling(),
+                so,
+                null_mut(),
+                0,
+                nd_
+            ),
+            scale_status::InvalidLength
+        );
+        let odd = s.start.as_ptr().cast::<u8>().wrapping_add(1).cast::<u64>();
+        assert_eq!(
+            scale_engine_process_chunk(
+                e.0,
+                T0,
+                0,
+                1,
+                8,
+                k,
+                odd,
+                en,
+                null(),
+                null(),
+                so,
+                ko,
+                ki,
+                null_mut(),
+                0,
+                nd_
+            ),
+            scale_status::MisalignedPointer
+        );
+    }
+    assert!(sc.iter().all(|&x| x == -1.0) && kp.iter().all(|&k| k == 9) && nd == 77);
+    assert_eq!(stats(&e).spans_seen, 0);
+    // Empty chunks: a batch of one empty chunk, and an empty last chunk after a full one.
+    let mut o = Out {
+        status: scale_status::Ok,
+        scores: vec![],
+        keep: vec![],
+        skip: vec![],
+        decisions: vec![],
+        n_decisions: 0,
+    };
+    assert_eq!(
+        chunk_call(&e, T0, &spans_with_ids(&[]), 0, 0, true, &mut o, 0),
+        (scale_status::Ok, 0)
+    );
+    let (whole, _) = chunk_engine();
+    let w = process_cap(&whole, T0, &v, 8);
+    let mut o = Out {
+        status: scale_status::Ok,
+        scores: vec![-1.0; 8],
+        keep: vec![9; 8],
+        skip: vec![scale_skip::None; 8],
+        decisions: Vec::with_capacity(8),
+        n_decisions: 0,
+    };
+    assert_eq!(
+        chunk_call(&e, T0, &s, 0, 8, false, &mut o, 8),
+        (scale_status::Ok, 0)
+    );
+    assert_eq!(
+        chunk_call(&e, T0, &s, 8, 8, true, &mut o, 8),
+        (w.status, w.n_decisions)
+    );
+}
+
+/// Chunked batches' decisions are counted by the engine itself, so snapshots carry them.
+#[test]
+fn chunked_decisions_and_snapshots() {
+    let (e, keys) = chunk_engine();
+    let c = process_chunked(&e, T0, &chunk_batch(keys, 0, 300), 32, 64);
+    assert!(c.n_decisions > 0);
+    let (st, r, msg) = restore(CHUNK_RULES, &snapshot(&e));
+    assert_eq!(st, scale_status::Ok, "{msg}");
+    let r = H(r);
+    let (a, b) = (stats(&e), stats(&r));
+    assert_eq!(a.decisions, c.n_decisions as u64);
+    assert_eq!(b, a);
 }
