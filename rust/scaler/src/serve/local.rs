@@ -6,24 +6,40 @@
 //! One engine behind a mutex: the engine is a single sequential model (its rule windows and
 //! trees must see every span), and one batch is scored in well under a millisecond.
 //!
-//! # Cost: a lean decode
+//! # Cost: a protobuf walker, cached key ids
 //!
 //! The service answers the standard `opentelemetry.proto.collector.trace.v1.TraceService/Export`
-//! method but does not decode the full OTLP messages: turning every attribute, event and link
-//! into owned `String`s costs about 2 µs per span of the recorded demo traces, five times what the
-//! engine spends on the span. Requests are decoded into the [`lean`] messages instead, which
-//! declare only the fields the engine reads (the resource's attributes, to find `service.name`; a
-//! span's ids, name, start and end) under their OTLP field numbers. prost skips every other field
-//! without looking into it, and the kept ones are [`Bytes`](prost::bytes::Bytes) slices of the
-//! received buffer (a reference count each, no copy). The decode allocates the list of resources
-//! and, per resource, its attribute list and its span list (the spans of all its scopes
-//! together), nothing per span or attribute: about 0.3 µs per span (`benches/daemon.rs`, part 3).
-//! The decoded request keeps the whole received buffer alive until it is scored.
+//! method but never decodes the OTLP messages: turning every attribute, event and link into owned
+//! `String`s costs about 2 µs per span of the recorded demo traces, several times what the engine
+//! spends on the span. The codec hands the handler the request's bytes (one `Bytes`, split off
+//! tonic's buffer), and [`walk`] reads them in place: it follows only `resource_spans` → the
+//! resource's attributes (for `service.name`) and `scope_spans` → `spans` → ids, name, start and
+//! end, skips every other field by its wire type, and borrows names and ids from the buffer. No
+//! allocation but the span list (sized from the request length) and a list of one entry per
+//! resource; no reference counts. Its semantics are prost's on those fields (last occurrence
+//! wins, repeated scopes concatenated, proto3 defaults), checked against the full
+//! `ExportTraceServiceRequest` decode and the `lean` prost messages it replaced by a property
+//! test (see the [`walk`] module). About 90 ns per span of the demo traces (`benches/daemon.rs`,
+//! part 3), against 330 ns for the lean prost decode and 2 µs for the full one.
+//!
+//! Spans then reach the engine by key id, not by names: a key cache maps `(service, span
+//! name)` to the id `Engine::intern` gave it (looked up by span name in the resource's service
+//! map), so the engine does not hash both names into its key table for every span. Keys not yet
+//! cached are interned in span order before the batch, as `process_batch` would intern them; once
+//! the table is full they go by names, so overflow counting and rule matching by names are
+//! unchanged: verdicts, decisions and engine state are identical (tested).
+//!
+//! What is left per span (perf on the running daemon, demo traces, ~0.75 µs per span in all):
+//! the engine ~45 % (its trees ~36 %), the walker ~11 %, key look-ups ~5 %, HTTP/2 and the
+//! socket most of the rest, of which tonic copying each message out of its HTTP/2 frames into one
+//! buffer ~5 % (kept: avoiding it means re-implementing tonic's gRPC framing).
 //!
 //! Strings are checked for UTF-8 only where they are used (`service.name` and span names): a
 //! request whose *other* strings are not UTF-8 is accepted, where the full decode would refuse
-//! it. Malformed protobuf is answered with `INTERNAL`, as tonic's prost codec does.
+//! it. Malformed protobuf and names that are not UTF-8 are answered with `INTERNAL`, as tonic's
+//! prost codec does; the bearer token is checked first.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,8 +47,8 @@ use std::time::Instant;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::SERVICE_NAME;
 use prost::Message;
-use prost::bytes::Buf;
-use scale_core::{BatchOutput, Engine, EngineConfig, Rule, SpanKey, SpanRef, Timing};
+use prost::bytes::{Buf, Bytes};
+use scale_core::{BatchOutput, Engine, EngineConfig, KeyId, Rule, SpanKey, SpanRef};
 use tokio::sync::mpsc;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError, http};
@@ -41,214 +57,124 @@ use tonic::{Request, Response, Status};
 
 use super::intake::{MAX_MESSAGE_BYTES, Received, check_token};
 use super::metrics::{Metrics, OutcomeLabel};
+use super::walk;
 
 /// The gRPC path of the one method served.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-/// Minimal OTLP trace messages: the fields the engine reads, under their numbers in
-/// opentelemetry-proto's `collector/trace/v1/trace_service.proto`, `trace/v1/trace.proto`,
-/// `resource/v1/resource.proto` and `common/v1/common.proto`. Every other field is skipped by
-/// prost. Strings are kept as bytes (same wire type) and checked for UTF-8 where they are used.
-pub mod lean {
-    use prost::bytes::Bytes;
-
-    /// `ExportTraceServiceRequest`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExportRequest {
-        /// `resource_spans = 1`.
-        #[prost(message, repeated, tag = "1")]
-        pub resource_spans: Vec<ResourceSpans>,
-    }
-
-    /// `ResourceSpans`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ResourceSpans {
-        /// `resource = 1`.
-        #[prost(message, optional, tag = "1")]
-        pub resource: Option<Resource>,
-        /// `repeated ScopeSpans scope_spans = 2`, declared as one message: protobuf merges the
-        /// occurrences of a singular message field, so the spans of every scope end up in one
-        /// list, in order, without a `Vec` of scopes.
-        #[prost(message, optional, tag = "2")]
-        pub scope_spans: Option<ScopeSpans>,
-    }
-
-    /// `Resource`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Resource {
-        /// `attributes = 1`.
-        #[prost(message, repeated, tag = "1")]
-        pub attributes: Vec<KeyValue>,
-    }
-
-    /// `KeyValue`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct KeyValue {
-        /// `key = 1` (a string).
-        #[prost(bytes = "bytes", tag = "1")]
-        pub key: Bytes,
-        /// `value = 2`.
-        #[prost(message, optional, tag = "2")]
-        pub value: Option<AnyValue>,
-    }
-
-    /// `AnyValue`. Every member of the oneof is declared, so that the last one on the wire wins
-    /// as in the full message; arrays and maps are skipped.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct AnyValue {
-        /// `oneof value`.
-        #[prost(oneof = "Value", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
-        pub value: Option<Value>,
-    }
-
-    /// `AnyValue.value`.
-    #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum Value {
-        /// `string_value = 1` (a string).
-        #[prost(bytes = "bytes", tag = "1")]
-        String(Bytes),
-        /// `bool_value = 2`.
-        #[prost(bool, tag = "2")]
-        Bool(bool),
-        /// `int_value = 3`.
-        #[prost(int64, tag = "3")]
-        Int(i64),
-        /// `double_value = 4`.
-        #[prost(double, tag = "4")]
-        Double(f64),
-        /// `array_value = 5`, not looked into.
-        #[prost(message, tag = "5")]
-        Array(Skipped),
-        /// `kvlist_value = 6`, not looked into.
-        #[prost(message, tag = "6")]
-        Kvlist(Skipped),
-        /// `bytes_value = 7`.
-        #[prost(bytes = "bytes", tag = "7")]
-        Bytes(Bytes),
-        /// `string_value_strindex = 8` (profiles only).
-        #[prost(int32, tag = "8")]
-        StringIndex(i32),
-    }
-
-    /// A message whose fields are all skipped.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Skipped {}
-
-    /// `ScopeSpans` (the scope itself is skipped), all of a resource's merged into one.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ScopeSpans {
-        /// `spans = 2`.
-        #[prost(message, repeated, tag = "2")]
-        pub spans: Vec<Span>,
-    }
-
-    /// `Span`: ids, name and times; attributes, events, links and status are skipped.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Span {
-        /// `trace_id = 1`.
-        #[prost(bytes = "bytes", tag = "1")]
-        pub trace_id: Bytes,
-        /// `span_id = 2`.
-        #[prost(bytes = "bytes", tag = "2")]
-        pub span_id: Bytes,
-        /// `name = 5` (a string).
-        #[prost(bytes = "bytes", tag = "5")]
-        pub name: Bytes,
-        /// `start_time_unix_nano = 7`.
-        #[prost(fixed64, tag = "7")]
-        pub start_time_unix_nano: u64,
-        /// `end_time_unix_nano = 8`.
-        #[prost(fixed64, tag = "8")]
-        pub end_time_unix_nano: u64,
-    }
+/// Every span of the request `wire` as the engine sees it (keys by names), borrowed from the
+/// request, appended to `out`. Malformed protobuf, or a `service.name` or span name that is not
+/// UTF-8, is `INTERNAL`, as with tonic's prost codec.
+pub fn span_refs<'a>(wire: &'a [u8], out: &mut Vec<SpanRef<'a>>) -> Result<(), Status> {
+    out.reserve(wire.len() / 512 + 8);
+    walk::walk(wire, out, &mut Vec::new()).map_err(|e| Status::internal(e.to_string()))
 }
 
-/// Decode a request; malformed protobuf is `INTERNAL`, as with tonic's prost codec.
-pub fn decode_request(buf: impl Buf) -> Result<lean::ExportRequest, Status> {
-    // Sized from the length (a resource with its spans usually takes a kilobyte or more on the
-    // wire; 2 KiB in the demo traces), so the list of resources is allocated once instead of
-    // grown: at most 16 Ki entries of 48 bytes for the largest message.
-    let mut req = lean::ExportRequest {
-        resource_spans: Vec::with_capacity(buf.remaining() / 1024 + 1),
-    };
-    req.merge(buf)
-        .map_err(|e| Status::internal(e.to_string()))?;
-    Ok(req)
+/// Keys already interned: `(service, operation)` → the engine's id (stable for the engine's
+/// life), so that a span costs one look-up by its name in its service's map (looked up once
+/// per resource) instead of hashing both names into the engine's key table. Bounded: only real
+/// ids are cached (at most `keys.max_keys` entries, as many as the engine's table); a span whose
+/// key is not cached while the table is full keeps its names, so the engine counts it into the
+/// overflow key and matches rules by its names exactly as before. Names are copied in, so the
+/// cache never holds on to a request.
+#[derive(Default)]
+struct KeyCache {
+    services: HashMap<Box<str>, HashMap<Box<str>, KeyId, FastHash>, FastHash>,
 }
 
-fn not_utf8(what: &str) -> Status {
-    Status::internal(format!(
-        "failed to decode Protobuf message: {what}: invalid string value: data is not UTF-8 encoded"
-    ))
-}
-
-/// `service.name` of a resource, `unknown_service` without one (the first attribute with that
-/// key decides, as before).
-fn service_name(rs: &lean::ResourceSpans) -> Result<&str, Status> {
-    let value = rs
-        .resource
-        .as_ref()
-        .and_then(|r| r.attributes.iter().find(|kv| kv.key == b"service.name"[..]))
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| match v.value.as_ref() {
-            Some(lean::Value::String(s)) => Some(s),
-            _ => None,
-        });
-    match value {
-        Some(s) => std::str::from_utf8(s).map_err(|_| not_utf8("AnyValue.string_value")),
-        None => Ok("unknown_service"),
-    }
-}
-
-fn fixed<const N: usize>(b: &[u8]) -> [u8; N] {
-    let mut a = [0u8; N];
-    if b.len() == N {
-        a.copy_from_slice(b);
-    }
-    a
-}
-
-/// Every span of `req` as the engine sees it, borrowed from the request, appended to `out`.
-pub fn span_refs<'a>(
-    req: &'a lean::ExportRequest,
-    out: &mut Vec<SpanRef<'a>>,
-) -> Result<(), Status> {
-    out.reserve(
-        req.resource_spans
-            .iter()
-            .flat_map(|rs| &rs.scope_spans)
-            .map(|ss| ss.spans.len())
-            .sum(),
-    );
-    for rs in &req.resource_spans {
-        let service = service_name(rs)?;
-        for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
-            out.push(SpanRef {
-                key: SpanKey::Names {
-                    service,
-                    operation: std::str::from_utf8(&s.name).map_err(|_| not_utf8("Span.name"))?,
-                },
-                timing: Timing::StartEnd {
-                    start_ns: s.start_time_unix_nano,
-                    end_ns: s.end_time_unix_nano,
-                },
-                trace_id: fixed(&s.trace_id),
-                span_id: fixed(&s.span_id),
-            });
+impl KeyCache {
+    /// Turn the keys of `spans` (by names) into ids: cached ones directly, others interned in
+    /// span order while the engine's table has room (the ids `process_batch` would give them,
+    /// interning them in the same order). Verdicts and decisions are unchanged.
+    fn resolve(
+        &mut self,
+        engine: &mut Engine,
+        max_keys: u32,
+        spans: &mut [SpanRef<'_>],
+        resources: &[walk::ResourceRange<'_>],
+    ) {
+        let mut held = engine.stats().keys;
+        for res in resources {
+            let mut ops = self.services.get_mut(res.service);
+            for s in &mut spans[res.start..res.end] {
+                let SpanKey::Names { operation, .. } = s.key else {
+                    continue;
+                };
+                if let Some(&id) = ops.as_ref().and_then(|m| m.get(operation)) {
+                    s.key = SpanKey::Id(id);
+                    continue;
+                }
+                if held >= u64::from(max_keys) {
+                    continue; // The engine counts it into the overflow key, by its names.
+                }
+                let id = engine.intern(res.service, operation);
+                if u64::from(id) == held {
+                    held += 1;
+                }
+                let m = match ops {
+                    Some(m) => m,
+                    None => self.services.entry(res.service.into()).or_default(),
+                };
+                m.insert(operation.into(), id);
+                ops = Some(m);
+                s.key = SpanKey::Id(id);
+            }
         }
     }
-    Ok(())
 }
 
-/// The engine, its reusable output buffers and the span list.
+/// A word-at-a-time multiplicative hash (FxHash's) for the short names of [`KeyCache`]: the
+/// cache is bounded and only ever holds keys the engine's own (unkeyed FNV) table holds.
+#[derive(Default, Clone, Copy)]
+struct FastHasher(u64);
+
+type FastHash = std::hash::BuildHasherDefault<FastHasher>;
+
+impl FastHasher {
+    #[inline(always)]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for FastHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        // The table uses the top bits too: fold the high product bits down.
+        self.0 ^ (self.0 >> 29)
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, b: u8) {
+        self.add(u64::from(b));
+    }
+}
+
+/// The engine, its reusable output buffers and the key cache.
 struct Scorer {
     engine: Engine,
     out: BatchOutput,
+    keys: KeyCache,
 }
 
 /// The OTLP trace receiver that scores raw spans in the daemon.
 pub struct LocalEngine {
     scorer: parking_lot::Mutex<Scorer>,
+    max_keys: u32,
     rules: Arc<Vec<Rule>>,
     tx: mpsc::Sender<Received>,
     metrics: Arc<Metrics>,
@@ -270,11 +196,15 @@ impl LocalEngine {
                 .eq(rules.iter().map(|r| &r.name)),
             "the engine's rules differ from the daemon's rules"
         );
+        let max_keys = cfg.keys.max_keys;
+        let scorer = Scorer {
+            engine: Engine::new(cfg),
+            out: BatchOutput::default(),
+            keys: KeyCache::default(),
+        };
         Ok(Self {
-            scorer: parking_lot::Mutex::new(Scorer {
-                engine: Engine::new(cfg),
-                out: BatchOutput::default(),
-            }),
+            scorer: parking_lot::Mutex::new(scorer),
+            max_keys,
             rules,
             tx,
             metrics,
@@ -295,18 +225,23 @@ impl LocalEngine {
         }
     }
 
-    /// Score every span of `req`; returns the decisions (already resolved against the rules)
-    /// and (spans, kept, skipped). Fails, before scoring anything, if `service.name` or a span
-    /// name is not UTF-8.
-    pub fn score(&self, req: &lean::ExportRequest) -> Result<(Vec<Received>, [u64; 3]), Status> {
-        let mut spans: Vec<SpanRef<'_>> = Vec::new();
-        span_refs(req, &mut spans)?;
+    /// Score every span of the request `wire`; returns the decisions (already resolved against
+    /// the rules) and (spans, kept, skipped). Fails, before scoring anything, if the request is
+    /// malformed or `service.name` or a span name is not UTF-8 (`INTERNAL`, as tonic's prost
+    /// codec answered).
+    pub fn score(&self, wire: &[u8]) -> Result<(Vec<Received>, [u64; 3]), Status> {
+        // Sized from the length (the demo traces take ~700 bytes a span on the wire).
+        let mut spans: Vec<SpanRef<'_>> = Vec::with_capacity(wire.len() / 512 + 8);
+        let mut resources = Vec::new();
+        walk::walk(wire, &mut spans, &mut resources)
+            .map_err(|e| Status::internal(e.to_string()))?;
         let now_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         let mut guard = self.scorer.lock();
-        let Scorer { engine, out } = &mut *guard;
+        let Scorer { engine, out, keys } = &mut *guard;
+        keys.resolve(engine, self.max_keys, &mut spans, &resources);
         engine.process_batch(&spans, now_ns, out);
         let kept = out.verdicts.iter().filter(|v| v.keep).count() as u64;
         let skipped = out.verdicts.iter().filter(|v| v.skipped.is_some()).count() as u64;
@@ -333,7 +268,7 @@ impl LocalEngine {
     /// The `Export` method.
     fn export(
         &self,
-        request: Request<lean::ExportRequest>,
+        request: Request<Bytes>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         check_token(self.token.as_deref(), request.metadata(), &self.metrics)?;
         let (decisions, [n, kept, skipped]) = self.score(request.get_ref())?;
@@ -367,15 +302,15 @@ impl LocalEngine {
     }
 }
 
-/// Lean requests in, full (empty) responses out.
+/// Request bytes in (walked by the handler), full (empty) responses out.
 #[derive(Debug, Clone, Copy, Default)]
-struct LeanCodec;
+struct WireCodec;
 
-impl Codec for LeanCodec {
+impl Codec for WireCodec {
     type Encode = ExportTraceServiceResponse;
-    type Decode = lean::ExportRequest;
-    type Encoder = LeanCodec;
-    type Decoder = LeanCodec;
+    type Decode = Bytes;
+    type Encoder = WireCodec;
+    type Decoder = WireCodec;
 
     fn encoder(&mut self) -> Self::Encoder {
         *self
@@ -386,7 +321,7 @@ impl Codec for LeanCodec {
     }
 }
 
-impl Encoder for LeanCodec {
+impl Encoder for WireCodec {
     type Item = ExportTraceServiceResponse;
     type Error = Status;
 
@@ -396,25 +331,24 @@ impl Encoder for LeanCodec {
     }
 }
 
-impl Decoder for LeanCodec {
-    type Item = lean::ExportRequest;
+impl Decoder for WireCodec {
+    type Item = Bytes;
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        // One contiguous `Bytes` (split off tonic's buffer, not copied): slicing it for the kept
-        // fields is a reference count, and it advances faster than the `BytesMut` behind `src`.
-        decode_request(src.copy_to_bytes(src.remaining())).map(Some)
+        // The message as one contiguous `Bytes`, split off tonic's buffer (not copied).
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 
 /// The `Export` method as a tonic unary service (scoring is synchronous).
 struct ExportSvc(Arc<LocalEngine>);
 
-impl UnaryService<lean::ExportRequest> for ExportSvc {
+impl UnaryService<Bytes> for ExportSvc {
     type Response = ExportTraceServiceResponse;
     type Future = std::future::Ready<Result<Response<ExportTraceServiceResponse>, Status>>;
 
-    fn call(&mut self, request: Request<lean::ExportRequest>) -> Self::Future {
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         std::future::ready(self.0.export(request))
     }
 }
@@ -448,7 +382,7 @@ where
         }
         let svc = ExportSvc(self.inner.clone());
         Box::pin(async move {
-            let mut grpc = Grpc::new(LeanCodec)
+            let mut grpc = Grpc::new(WireCodec)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -459,184 +393,104 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::io::BufRead;
-
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::any_value;
-    use prost::bytes::Bytes;
+    use scale_core::Timing;
 
     use super::*;
 
-    /// The spans of a fully decoded request, as the engine saw them before the lean decode.
-    fn full_spans(
-        req: &ExportTraceServiceRequest,
-    ) -> Vec<(String, String, u64, u64, Vec<u8>, Vec<u8>)> {
-        let mut out = Vec::new();
-        for rs in &req.resource_spans {
-            let service = rs
-                .resource
-                .as_ref()
-                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
-                .and_then(|kv| kv.value.as_ref())
-                .and_then(|v| match v.value.as_ref() {
-                    Some(any_value::Value::StringValue(s)) => Some(s.as_str()),
-                    _ => None,
-                })
-                .unwrap_or("unknown_service");
-            for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
-                out.push((
-                    service.to_owned(),
-                    s.name.clone(),
-                    s.start_time_unix_nano,
-                    s.end_time_unix_nano,
-                    s.trace_id.clone(),
-                    s.span_id.clone(),
-                ));
-            }
-        }
-        out
-    }
+    const RULES: &str = "rules:
+- name: slow-checkout
+  match: { service: checkout }
+  when: { duration_above: 500ms }
+  count: 3
+  window: 30s
+  action: { kind: horizontal, target: { kind: Deployment, namespace: shop, name: checkout }, max: 4, cooldown: 1s }
+- name: slow-op3
+  match: { operation: op3 }
+  when: { duration_above: 200ms }
+  count: 2
+  window: 30s
+  action: { kind: horizontal, target: { kind: Deployment, namespace: shop, name: op3 }, max: 4, cooldown: 1s }
+";
 
-    fn lean_spans(req: &lean::ExportRequest) -> Vec<(String, String, u64, u64, Vec<u8>, Vec<u8>)> {
-        let mut refs = Vec::new();
-        span_refs(req, &mut refs).unwrap();
-        refs.iter()
-            .map(|s| {
-                let SpanKey::Names { service, operation } = s.key else {
-                    panic!("names expected")
-                };
-                let Timing::StartEnd { start_ns, end_ns } = s.timing else {
-                    panic!("start/end expected")
-                };
-                (
-                    service.to_owned(),
-                    operation.to_owned(),
-                    start_ns,
-                    end_ns,
-                    s.trace_id.to_vec(),
-                    s.span_id.to_vec(),
-                )
-            })
-            .collect()
-    }
-
-    fn demo_requests() -> Vec<ExportTraceServiceRequest> {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../data/otel-demo/traces.jsonl.gz"
-        );
-        let r = std::io::BufReader::new(flate2::read::GzDecoder::new(
-            std::fs::File::open(path).unwrap(),
-        ));
-        r.lines()
-            .map(|line| {
-                let line = line.unwrap();
-                serde_json::from_str(&line)
-                    .or_else(|e| {
-                        crate::eval::input::null_string_doubles(&line)
-                            .map(|f| serde_json::from_str(&f))
-                            .unwrap_or(Err(e))
-                    })
-                    .unwrap()
-            })
-            .collect()
-    }
-
+    /// Keys resolved through the cache score exactly as keys by names: same verdicts, same
+    /// decisions, same engine state (key table, overflow count, model, windows) after every
+    /// batch — through a key table that fills up (`max_keys: 6` of 3 × 8 keys), spans with
+    /// invalid timings, and rules matched by names on overflowed keys.
     #[test]
-    fn lean_decode_agrees_with_full_decode_on_demo_traces() {
-        let reqs = demo_requests();
-        let mut n = 0;
-        for full in &reqs {
-            let wire = Bytes::from(full.encode_to_vec());
-            let lean = decode_request(wire.clone()).unwrap();
-            let (a, b) = (full_spans(full), lean_spans(&lean));
-            // The ids are 16 and 8 bytes in the recording, so the fixed-size copy loses nothing.
-            assert_eq!(a, b);
-            // Both decoders read the same wire bytes the same way.
-            assert_eq!(
-                full_spans(&ExportTraceServiceRequest::decode(wire).unwrap()),
-                b
-            );
-            n += b.len();
-        }
-        assert_eq!(n, 24_023);
-    }
-
-    #[test]
-    fn malformed_protobuf_is_an_error_not_a_panic() {
-        let full = demo_requests().swap_remove(0);
-        let wire = full.encode_to_vec();
-        // Every truncation: an error or a valid prefix, never a panic.
-        for cut in 0..wire.len() {
-            if let Ok(lean) = decode_request(&wire[..cut]) {
-                let _ = span_refs(&lean, &mut Vec::new());
-            }
-        }
-        // Corrupted bytes (a fixed pseudo-random sequence): never a panic.
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..2000 {
-            let mut w = wire.clone();
-            for _ in 0..4 {
+    fn cached_key_ids_score_exactly_as_names() {
+        for mode in ["keyed", "paper"] {
+            let cfg = EngineConfig::from_parts(
+                &format!("mode: {mode}\nsampler: {{ train_size: 40, window_size: 16 }}\nkeys: {{ max_keys: 6 }}\n"),
+                Some(RULES),
+            )
+            .unwrap();
+            let (mut by_names, mut by_ids) = (Engine::new(cfg.clone()), Engine::new(cfg.clone()));
+            let (mut out_names, mut out_ids) = (BatchOutput::default(), BatchOutput::default());
+            let mut cache = KeyCache::default();
+            let services = ["checkout", "cart", "frontend"];
+            let ops: Vec<String> = (0..8).map(|i| format!("op{i}")).collect();
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            let mut rnd = move |n: u64| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                let at = (x % w.len() as u64) as usize;
-                w[at] = (x >> 32) as u8;
+                x % n
+            };
+            let mut decisions = 0;
+            for batch in 0..60u64 {
+                let now_ns = 1_700_000_000_000_000_000 + batch * 100_000_000;
+                let mut spans = Vec::new();
+                let mut resources = Vec::new();
+                for _ in 0..1 + rnd(4) {
+                    let service = services[rnd(3) as usize];
+                    let start = spans.len();
+                    for _ in 0..rnd(12) {
+                        let ms = if rnd(10) == 0 { 900 } else { 10 + rnd(40) };
+                        let start_ns = now_ns - 1_000_000_000;
+                        // One span in 20 ends before it starts (skipped, but its key is interned).
+                        let end_ns = if rnd(20) == 0 {
+                            start_ns - 1
+                        } else {
+                            start_ns + ms * 1_000_000
+                        };
+                        let op = &ops[(rnd(8) * rnd(8) / 7) as usize];
+                        spans.push(SpanRef {
+                            key: SpanKey::Names {
+                                service,
+                                operation: op,
+                            },
+                            timing: Timing::StartEnd { start_ns, end_ns },
+                            trace_id: [batch as u8; 16],
+                            span_id: [spans.len() as u8; 8],
+                        });
+                    }
+                    resources.push(walk::ResourceRange {
+                        service,
+                        start,
+                        end: spans.len(),
+                    });
+                }
+                by_names.process_batch(&spans, now_ns, &mut out_names);
+                cache.resolve(&mut by_ids, cfg.keys.max_keys, &mut spans, &resources);
+                by_ids.process_batch(&spans, now_ns, &mut out_ids);
+                assert_eq!(out_names.verdicts, out_ids.verdicts, "{mode} batch {batch}");
+                assert_eq!(
+                    out_names.decisions, out_ids.decisions,
+                    "{mode} batch {batch}"
+                );
+                assert!(
+                    by_names.snapshot() == by_ids.snapshot(),
+                    "{mode} batch {batch}: engine states differ"
+                );
+                decisions += out_ids.decisions.len();
             }
-            if let Ok(lean) = decode_request(&w[..]) {
-                let _ = span_refs(&lean, &mut Vec::new());
-            }
-        }
-        // An unterminated varint, a length past the end, a bad wire type, a group for a message.
-        for bad in [
-            &[0xff; 11][..],
-            &[0x0a, 0x7f, 0x01],
-            &[0x0f],
-            &[0x0b, 0x0c],
-            &[0x0a, 0x02, 0x12, 0x05],
-        ] {
-            assert_eq!(
-                decode_request(bad).unwrap_err().code(),
-                tonic::Code::Internal,
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn names_that_are_not_utf8_are_refused() {
-        let mut full = demo_requests().swap_remove(0);
-        full.resource_spans.truncate(1);
-        full.resource_spans[0].scope_spans[0].spans[0].name = "span-name-to-corrupt".into();
-        let kv = full.resource_spans[0]
-            .resource
-            .as_mut()
-            .unwrap()
-            .attributes
-            .iter_mut()
-            .find(|kv| kv.key == "service.name")
-            .unwrap();
-        kv.value = Some(opentelemetry_proto::tonic::common::v1::AnyValue {
-            value: Some(any_value::Value::StringValue("service-to-corrupt".into())),
-        });
-        let wire = full.encode_to_vec();
-        assert_eq!(
-            lean_spans(&decode_request(&wire[..]).unwrap()),
-            full_spans(&full)
-        );
-        for needle in ["span-name-to-corrupt", "service-to-corrupt"] {
-            let mut w = wire.clone();
-            let at = w
-                .windows(needle.len())
-                .position(|x| x == needle.as_bytes())
-                .unwrap();
-            w[at] = 0xff;
-            assert!(ExportTraceServiceRequest::decode(&w[..]).is_err());
-            let lean = decode_request(&w[..]).unwrap();
-            assert_eq!(
-                span_refs(&lean, &mut Vec::new()).unwrap_err().code(),
-                tonic::Code::Internal,
-                "{needle}"
+            let stats = by_ids.stats();
+            assert_eq!(stats.keys, 6);
+            assert!(stats.keys_overflow > 0, "{mode}: the key table filled up");
+            assert!(decisions > 0, "{mode}: rules fired");
+            assert!(
+                cache.services.values().map(HashMap::len).sum::<usize>() <= 6,
+                "the cache is bounded by max_keys"
             );
         }
     }

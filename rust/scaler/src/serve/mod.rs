@@ -8,7 +8,7 @@
 //! ```
 //!
 //! - [`intake`] / [`local`]: the two TraceServices (bearer token checked in both; TLS/mTLS by
-//!   the transport).
+//!   the transport); [`walk`]: the protobuf walker `local` reads raw spans with.
 //! - [`planner`]: a pure function; all the policy lives there and is unit-tested with made-up
 //!   times.
 //! - The actor (this module): one task owns all planning state and the orchestrator, so plans for
@@ -30,6 +30,7 @@ pub mod local;
 pub mod metrics;
 pub mod orchestrator;
 pub mod planner;
+pub mod walk;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
