@@ -17,7 +17,11 @@ CARGO ?= cargo
 build:
 	$(CARGO) build --workspace --release
 
-test: test-rust test-ffi test-fuzz test-go test-e2e
+test: check-fmt test-rust test-ffi test-fuzz test-go test-e2e
+
+# Rust code is formatted by rustfmt with its default settings (`cargo fmt --all` fixes it).
+check-fmt:
+	$(CARGO) fmt --all --check
 
 # The daemon's integration tests (rust/scaler/tests/k8s.rs) start a real kube-apiserver + etcd,
 # built once per machine from the Go module proxy into $(SCALE_CACHE)/k8s/bin (~14 min cold).

@@ -21,7 +21,11 @@
 #                 services, 1,044 span names, the demo's real attributes).
 #
 # The debug exporter (verbosity basic: one log line per sampled batch) is the cheapest exporter
-# that still runs the export path; it is the same for all three variants. The variants run
+# that still runs the export path; it is the same for all three variants. With EXPORTER=otlp the
+# pipelines end in the otlp_grpc exporter instead (gzip, its defaults) sending to a trace store
+# that costs next to nothing (`otlpreplay -sink`: receives and decompresses, does not decode; on
+# LOAD_CPU when pinned): what a real pipeline pays to export, which `scale` pays only for the
+# spans it keeps. The variants run
 # interleaved (for each round, for each load: pass, scale, tail), ROUNDS times, and the tables
 # report the median of each. For each run: accepted spans/s from the collector's own metrics
 # (otelcol_receiver_accepted_spans over the measured window, scraped from its Prometheus
@@ -37,7 +41,8 @@
 # per trace (20: 21 span names per service); replay: REPLAY_WORKERS concurrent calls (8),
 # REPLAY_CONNS connections (2), COLLECTOR_CPU (0), LOAD_CPU (1), DEMO_TRACES
 # (data/otel-demo/traces.jsonl.gz); SCALE_OTELCOL (the collector binary; default
-# _build/otelcol-scale/otelcol-scale). Everything listens on 127.0.0.1; every load stops by
+# _build/otelcol-scale/otelcol-scale); EXPORTER (debug, or otlp); COMPARE (other binaries run
+# with the `scale` pipeline as extra variants, NAME=PATH ...). Everything listens on 127.0.0.1; every load stops by
 # itself after WARMUP + MEASURE + 2 s (and is stopped if it does not); every process started here
 # is stopped on exit.
 set -euo pipefail
@@ -57,6 +62,8 @@ LOAD_CPU="${LOAD_CPU:-1}"
 DEMO_TRACES="${DEMO_TRACES:-$ROOT/data/otel-demo/traces.jsonl.gz}"
 SRC_OTELCOL="${SCALE_OTELCOL:-$ROOT/_build/otelcol-scale/otelcol-scale}"
 LOAD_SECONDS=$((WARMUP + MEASURE + 2))
+EXPORTER="${EXPORTER:-debug}"
+case "$EXPORTER" in debug | otlp) ;; *) echo "EXPORTER=$EXPORTER: debug or otlp" >&2; exit 2 ;; esac
 TICKS="$(getconf CLK_TCK)"
 
 [ -x "$SRC_OTELCOL" ] || { echo "bench-collector: $SRC_OTELCOL not found: run \`make collector\`" >&2; exit 1; }
@@ -90,10 +97,20 @@ trap 'exit 130' INT TERM
 # A stable copy: the build directory may be rebuilt by `make collector` while this runs.
 cp "$SRC_OTELCOL" "$WORK/otelcol-scale"
 OTELCOL="$WORK/otelcol-scale"
+# COMPARE: other otelcol-scale binaries (NAME=PATH ...) run with the `scale` pipeline, as extra
+# variants between `scale` and `tail_sampling` (e.g. the binary of a previous commit).
+VARIANTS="pass scale"
+for c in ${COMPARE:-}; do
+    name="${c%%=*}"
+    case "$name" in pass | scale | tail | "" | *[!a-z0-9_-]*) echo "COMPARE: bad name in '$c'" >&2; exit 2 ;; esac
+    cp "${c#*=}" "$WORK/otelcol-$name"
+    VARIANTS="$VARIANTS $name"
+done
+VARIANTS="$VARIANTS tail"
 TGEN=""
 case " $LOADS " in *" telemetrygen "*) TGEN="$(set -o pipefail; "$ROOT/scripts/telemetrygen.sh" | tail -n 1)" ;; esac
-case " $LOADS " in
-    *" replay"*)
+case " $LOADS ${EXPORTER} " in
+    *" replay"* | *" otlp "*)
         echo "bench-collector: building tests/otlpreplay" >&2
         (cd "$ROOT/tests/otlpreplay" && GOTOOLCHAIN=local GOFLAGS=-mod=mod go build -o "$WORK/otlpreplay" .)
         ;;
@@ -103,13 +120,14 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# config VARIANT GRPC_PORT HEALTH_PORT METRICS_PORT
+# config VARIANT GRPC_PORT HEALTH_PORT METRICS_PORT SINK_PORT
 config() {
-    local variant=$1 grpc=$2 health=$3 metrics=$4 procs
+    local variant=$1 grpc=$2 health=$3 metrics=$4 sink=$5 procs exporter=debug
+    [ "$EXPORTER" = debug ] || exporter=otlp_grpc
     case "$variant" in
         pass) procs="[batch]" ;;
-        scale) procs="[scale, batch]" ;;
         tail) procs="[tail_sampling, batch]" ;;
+        *) procs="[scale, batch]" ;;
     esac
     cat <<YAML
 extensions:
@@ -144,6 +162,9 @@ exporters:
     verbosity: basic
     sampling_initial: 1
     sampling_thereafter: 1000
+  otlp_grpc:
+    endpoint: 127.0.0.1:$sink
+    tls: { insecure: true }
 service:
   telemetry:
     logs: { level: warn }
@@ -158,7 +179,7 @@ service:
     traces:
       receivers: [otlp]
       processors: $procs
-      exporters: [debug]
+      exporters: [$exporter]
 YAML
 }
 
@@ -167,6 +188,10 @@ metric() {
     curl -fsS --max-time 5 "$1" | awk -v n="$2" '
         $1 ~ "^"n"(_total)?({|$)" { s += $NF } END { printf "%.0f\n", s + 0 }'
 }
+
+# ctxsw PID: voluntary + involuntary context switches of all the process's threads.
+ctxsw() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ { s += $2 } END { print s + 0 }'; }
+ivcsw() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^nonvoluntary_ctxt_switches/ { s += $2 } END { print s + 0 }'; }
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
@@ -181,16 +206,28 @@ stop_pid() {
 }
 
 # run LOAD VARIANT ROUND: appends "load variant round spans_per_s cpu_s rss_mib load_cpu_s
-# sent_spans proc_ns others_cpu_s" to results.
+# sent_spans proc_ns others_cpu_s voluntary_ctxsw_per_request involuntary_ctxsw_per_request
+# threads" to results.
 run() {
     local load=$1 variant=$2 round=$3 grpc health mport url pid i tag="$1-$2-$3"
-    grpc=$(free_port); health=$(free_port); mport=$(free_port)
+    local sink spid=""
+    grpc=$(free_port); health=$(free_port); mport=$(free_port); sink=$(free_port)
     url="http://127.0.0.1:$mport/metrics"
-    config "$variant" "$grpc" "$health" "$mport" > "$WORK/$variant.yaml"
+    config "$variant" "$grpc" "$health" "$mport" "$sink" > "$WORK/$variant.yaml"
+    if [ "$EXPORTER" = otlp ]; then
+        # The trace store: receives, decompresses and drops; on the load's CPU when pinned.
+        local pin=()
+        [ "$load" = telemetrygen ] || pin=(taskset -c "$LOAD_CPU")
+        "${pin[@]}" "$WORK/otlpreplay" -sink "127.0.0.1:$sink" -duration "$((LOAD_SECONDS + 60))s" > "$WORK/sink-$tag.log" 2>&1 &
+        spid=$!
+        PIDS+=("$spid")
+    fi
+    local bin="$OTELCOL"
+    case "$variant" in pass | scale | tail) ;; *) bin="$WORK/otelcol-$variant" ;; esac
     if [ "$load" = telemetrygen ]; then
-        "$OTELCOL" --config "$WORK/$variant.yaml" > "$WORK/$tag.log" 2>&1 &
+        "$bin" --config "$WORK/$variant.yaml" > "$WORK/$tag.log" 2>&1 &
     else
-        GOMAXPROCS=1 taskset -c "$COLLECTOR_CPU" "$OTELCOL" --config "$WORK/$variant.yaml" > "$WORK/$tag.log" 2>&1 &
+        GOMAXPROCS=1 taskset -c "$COLLECTOR_CPU" "$bin" --config "$WORK/$variant.yaml" > "$WORK/$tag.log" 2>&1 &
     fi
     pid=$!
     PIDS+=("$pid")
@@ -231,10 +268,13 @@ run() {
     local a0 c0 t0 a1 c1 t1 l0=0 l1=0 b0 b1 p
     a0=$(metric "$url" otelcol_receiver_accepted_spans); c0=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
     b0=$(busy_ticks "$COLLECTOR_CPU")
+    local cs0 cs1 ic0 ic1 thr
+    cs0=$(ctxsw "$pid"); ic0=$(ivcsw "$pid")
     for p in "${lpids[@]}"; do l0=$((l0 + $(cpu_ticks "$p" 2>/dev/null || echo 0))); done
     sleep "$MEASURE"
     a1=$(metric "$url" otelcol_receiver_accepted_spans); c1=$(cpu_ticks "$pid"); t1=$(date +%s.%N)
     b1=$(busy_ticks "$COLLECTOR_CPU")
+    cs1=$(ctxsw "$pid"); ic1=$(ivcsw "$pid"); thr=$(awk '/^Threads:/ { print $2 }' "/proc/$pid/status")
     for p in "${lpids[@]}"; do l1=$((l1 + $(cpu_ticks "$p" 2>/dev/null || echo 0))); done
     # Pinned: the time other processes took on the collector's CPU (a machine shared with other
     # jobs); the collector then gets less than a whole core, and spans per CPU second is the
@@ -258,11 +298,13 @@ run() {
                    /^otelcol_processor_scale_spans_scored/ { n += $NF }
                    END { printf "%.0f\n", (n > 0 ? 1e9 * d / n : 0) }' "$WORK/metrics-$tag.txt")
     stop_pid "$pid"
+    [ -z "$spid" ] || { stop_pid "$spid"; wait "$spid" 2>/dev/null || true; }
     wait "$pid" 2>/dev/null || true
 
     awk -v l="$load" -v v="$variant" -v r="$round" -v a0="$a0" -v a1="$a1" -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" \
         -v hz="$TICKS" -v rss="$rss" -v lc="$((l1 - l0))" -v sent="$sent" -v pns="$proc_ns" -v oth="$others" \
-        'BEGIN { printf "%s %s %d %.0f %.2f %.1f %.2f %d %d %.2f\n", l, v, r, (a1 - a0) / (t1 - t0), (c1 - c0) / hz, rss / 1024, lc / hz, sent, pns, (oth < 0 ? -1 : oth / hz) }' \
+        -v cs="$((cs1 - cs0))" -v ic="$((ic1 - ic0))" -v thr="$thr" -v bs="$BATCH_SIZE" \
+        'BEGIN { printf "%s %s %d %.0f %.2f %.1f %.2f %d %d %.2f %.2f %.2f %d\n", l, v, r, (a1 - a0) / (t1 - t0), (c1 - c0) / hz, rss / 1024, lc / hz, sent, pns, (oth < 0 ? -1 : oth / hz), cs * bs / (a1 - a0), ic * bs / (a1 - a0), thr }' \
         >> "$WORK/results"
     tail -n 1 "$WORK/results" | awk '{ printf "bench-collector: %-12s %-5s round %d: %.0f spans/s, collector %.2f CPU s in %s s, peak RSS %.0f MiB, load %.2f CPU s\n", $1, $2, $3, $4, $5, "'"$MEASURE"'", $6, $7 }' >&2
 }
@@ -271,7 +313,7 @@ echo "bench-collector: $ROUNDS rounds × ($LOADS) × (pass-through, scale, tail_
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$ROUNDS"); do
     for l in $LOADS; do
-        for v in pass scale tail; do run "$l" "$v" "$r"; done
+        for v in $VARIANTS; do run "$l" "$v" "$r"; done
     done
 done
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -298,11 +340,12 @@ for l in $LOADS; do
     echo
     echo "| collector | accepted spans/s | vs pass-through | collector CPU (cores) | spans per collector CPU s | vs pass-through | peak RSS MiB | exported spans | load CPU (cores) |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    for v in pass scale tail; do
+    for v in $VARIANTS; do
         case "$v" in
             pass) name="pass-through (batch)" ;;
             scale) name="\`scale\` (defaults + 1 rule)" ;;
             tail) name="\`tail_sampling\` (latency 100 ms)" ;;
+            *) name="\`scale\`, $v" ;;
         esac
         printf '| %s | %.0f | %.1f %% | %.2f | %.0f | %.1f %% | %.0f | %.0f | %.2f |\n' "$name" \
             "$(col "$l" "$v" '$4')" "$(ratio "$l" "$v" '$4')" "$(col "$l" "$v" '$5 / '"$MEASURE")" \
@@ -310,15 +353,18 @@ for l in $LOADS; do
             "$(col "$l" "$v" '$6')" "$(col "$l" "$v" '$8')" "$(col "$l" "$v" '$7 / '"$MEASURE")"
     done
     echo
-    echo "The scale processor's own time per span (wall, from its batch_duration histogram; median): $(col "$l" scale '$9') ns."
+    for v in $VARIANTS; do
+        case "$v" in pass | tail) ;; *) echo "The scale processor's own time per span ($v; wall, from its batch_duration histogram; median): $(col "$l" "$v" '$9') ns." ;; esac
+    done
+    for v in $VARIANTS; do echo "Context switches per request ($v, median): voluntary $(col "$l" "$v" '$11'), involuntary $(col "$l" "$v" '$12'); threads: $(col "$l" "$v" '$13')."; done
     if [ "$l" != telemetrygen ]; then
         echo "Other processes on the collector's CPU $COLLECTOR_CPU (median over all runs of this load): $(awk -v l="$l" '$1 == l { print $10 / '"$MEASURE"' }' "$WORK/results" | median) cores."
     fi
     echo
 done
-echo "Medians of $ROUNDS interleaved rounds; \"vs pass-through\" is the median of the per-round ratios. $((CHILD_SPANS + 1)) span names per synthetic service, $BATCH_SIZE spans per request; ${WARMUP} s warm-up, ${MEASURE} s measured. $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)); load average before/after: $load_before / $load_after."
+echo "Exporter: $([ "$EXPORTER" = otlp ] && echo "otlp_grpc (gzip) to otlpreplay -sink" || echo "debug (basic)"). Medians of $ROUNDS interleaved rounds; \"vs pass-through\" is the median of the per-round ratios. $((CHILD_SPANS + 1)) span names per synthetic service, $BATCH_SIZE spans per request; ${WARMUP} s warm-up, ${MEASURE} s measured. $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)); load average before/after: $load_before / $load_after."
 echo
-echo "Raw, one line per run (load, variant, round, accepted spans/s, collector CPU s in the ${MEASURE} s window, peak RSS MiB, load generator CPU s in the window, spans exported in the whole run, scale processor ns per span, other processes' CPU s on the collector's CPU in the window or -1 when unpinned):"
+echo "Raw, one line per run (load, variant, round, accepted spans/s, collector CPU s in the ${MEASURE} s window, peak RSS MiB, load generator CPU s in the window, spans exported in the whole run, scale processor ns per span, other processes' CPU s on the collector's CPU in the window or -1 when unpinned, voluntary and involuntary context switches per request, threads):"
 echo
 echo '```'
 cat "$WORK/results"

@@ -24,6 +24,17 @@
 //
 // It prints one line at the end: requests and spans sent and accepted (no gRPC error), errors
 // and the achieved rate. Only loopback endpoints are accepted.
+//
+// With -sink it is instead the other end of a collector's otlp_grpc exporter: a trace store
+// that costs next to nothing, so that a benchmark can include the exporter's real work
+// (marshalling, gzip, HTTP/2) without a store's own CPU use in the way.
+//
+//	otlpreplay -sink 127.0.0.1:4319 -duration 20s
+//
+// It serves TraceService/Export on the loopback address for -duration: each request is
+// received and decompressed (gzip, as the exporter sends by default) but not decoded, and
+// answered with an empty ExportTraceServiceResponse. At the end it prints the requests and
+// bytes received.
 package main
 
 import (
@@ -38,18 +49,23 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/ptrace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding"
+	_ "google.golang.org/grpc/encoding/gzip" // the sink accepts gzip, the otlp_grpc exporter's default
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
 )
 
 // exportMethod is the OTLP trace service's one RPC.
@@ -69,6 +85,7 @@ type options struct {
 	childSpans int
 	input      string
 	timeout    time.Duration
+	sink       string
 }
 
 func main() {
@@ -83,8 +100,15 @@ func main() {
 	flag.IntVar(&o.childSpans, "child-spans", 20, "synthetic spans: child spans per trace (telemetrygen --child-spans)")
 	flag.StringVar(&o.input, "input", "", "replay these OTLP/JSON traces (.jsonl or .jsonl.gz, one TracesData per line) instead of synthetic spans")
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Second, "deadline of one Export call")
+	flag.StringVar(&o.sink, "sink", "", "instead of sending, receive Export calls on this loopback address (host:port) for -duration, without decoding them")
 	flag.Parse()
-	if err := run(o); err != nil {
+	var err error
+	if o.sink != "" {
+		err = runSink(o)
+	} else {
+		err = run(o)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "otlpreplay:", err)
 		os.Exit(1)
 	}
@@ -108,6 +132,9 @@ func (o options) validate() error {
 		return fmt.Errorf("-child-spans %d: must be in [0, 1000]", o.childSpans)
 	case o.timeout <= 0:
 		return fmt.Errorf("-timeout %v: must be positive", o.timeout)
+	}
+	if o.sink != "" {
+		return checkLoopback(o.sink)
 	}
 	return checkLoopback(o.endpoint)
 }
@@ -147,7 +174,13 @@ func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 	return mem.BufferSlice{mem.SliceBuffer(*b)}, nil
 }
 
-func (rawCodec) Unmarshal(_ mem.BufferSlice, _ any) error { return nil }
+// Unmarshal discards the bytes; a sink's *int is told how many there were.
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if n, ok := v.(*int); ok {
+		*n = data.Len()
+	}
+	return nil
+}
 
 // Name is the content subtype the server sees (application/grpc+proto): the bytes are protobuf.
 func (rawCodec) Name() string { return "proto" }
@@ -402,4 +435,53 @@ func readBatches(path string, size int) ([]ptrace.Traces, error) {
 		out = append(out, cur)
 	}
 	return out, nil
+}
+
+// runSink serves TraceService/Export on o.sink for o.duration (see the package comment).
+func runSink(o options) error {
+	if err := o.validate(); err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", o.sink)
+	if err != nil {
+		return err
+	}
+	// SIGTERM or SIGINT (the benchmark stopping it) ends the run early, with its line printed.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, o.duration)
+	defer cancel()
+	began := time.Now()
+	reqs, n, err := serveSink(ctx, lis)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("otlpreplay sink: %d requests, %d bytes (decompressed) received in %.1f s\n", reqs, n, time.Since(began).Seconds())
+	return nil
+}
+
+// serveSink answers Export calls on lis until ctx ends, without decoding them; it returns the
+// requests and (decompressed) bytes received.
+func serveSink(ctx context.Context, lis net.Listener) (reqs, received int64, err error) {
+	var nReqs, nBytes atomic.Int64
+	handler := func(_ any, stream grpc.ServerStream) error {
+		method, _ := grpc.MethodFromServerStream(stream)
+		if method != exportMethod {
+			return status.Errorf(codes.Unimplemented, "otlpreplay sink: unknown method %s", method)
+		}
+		var n int
+		if err := stream.RecvMsg(&n); err != nil {
+			return err
+		}
+		nReqs.Add(1)
+		nBytes.Add(int64(n))
+		empty := []byte{}
+		return stream.SendMsg(&empty)
+	}
+	srv := grpc.NewServer(grpc.ForceServerCodecV2(rawCodec{}), grpc.UnknownServiceHandler(handler),
+		grpc.MaxRecvMsgSize(64<<20))
+	stopped := context.AfterFunc(ctx, srv.Stop)
+	defer stopped()
+	err = srv.Serve(lis)
+	return nReqs.Load(), nBytes.Load(), err
 }

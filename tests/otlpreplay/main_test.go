@@ -4,10 +4,16 @@
 package main
 
 import (
+	"context"
 	"encoding/binary"
+	"net"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding/gzip"
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/ptrace"
@@ -121,5 +127,57 @@ func TestOnlyLoopbackAndBoundedOptions(t *testing.T) {
 	o.duration = 0
 	if o.validate() == nil {
 		t.Error("an unbounded run accepted")
+	}
+}
+
+// The sink answers gzip-compressed Export calls as an OTLP receiver would, counting the
+// decompressed bytes, and refuses other methods.
+func TestSinkReceivesGzipExports(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct{ reqs, n int64 }
+	done := make(chan result, 1)
+	sinkCtx, stopSink := context.WithTimeout(context.Background(), 10*time.Second)
+	defer stopSink()
+	go func() {
+		r, n, _ := serveSink(sinkCtx, lis)
+		done <- result{r, n}
+	}()
+	req, err := encode(synthetic(defaults(), 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawCodec{}), grpc.UseCompressor(gzip.Name)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for range 3 {
+		var reply []byte
+		if err := cc.Invoke(ctx, exportMethod, &req.data, &reply); err != nil {
+			t.Fatalf("Export: %v", err)
+		}
+	}
+	var reply []byte
+	if err := cc.Invoke(ctx, "/opentelemetry.proto.collector.logs.v1.LogsService/Export", &req.data, &reply); err == nil {
+		t.Fatal("a logs export was accepted")
+	}
+	stopSink()
+	r := <-done
+	if r.reqs != 3 || r.n != 3*int64(len(req.data)) {
+		t.Fatalf("sink counted %d requests, %d bytes; want 3, %d", r.reqs, r.n, 3*len(req.data))
+	}
+}
+
+func TestSinkIsLoopbackOnly(t *testing.T) {
+	o := defaults()
+	o.sink = "0.0.0.0:4319"
+	if err := o.validate(); err == nil {
+		t.Fatal("a non-loopback sink address was accepted")
 	}
 }
