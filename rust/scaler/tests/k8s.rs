@@ -538,15 +538,21 @@ async fn a_vertical_decision_resizes_pods_in_place_and_new_pods_follow() {
         .await
         .unwrap();
     let want = ("200m".to_string(), "256Mi".to_string());
+    // The daemon resizes the pods one after the other, then records the size on the workload and
+    // writes the Event: wait for all of it before looking at the details.
     assert!(
         eventually(LONG, || async {
             pod_requests(&admin, "checkout-1").await == want
+                && pod_requests(&admin, "checkout-2").await == want
+                && events(&admin, "checkout")
+                    .await
+                    .iter()
+                    .any(|e| reason(e) == "Resized")
         })
         .await,
         "{}",
         d.logs()
     );
-    assert_eq!(pod_requests(&admin, "checkout-2").await, want);
     let p = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(admin.clone(), NS)
         .get("checkout-1")
         .await
