@@ -41,7 +41,8 @@
 # per trace (20: 21 span names per service); replay: REPLAY_WORKERS concurrent calls (8),
 # REPLAY_CONNS connections (2), COLLECTOR_CPU (0), LOAD_CPU (1), DEMO_TRACES
 # (data/otel-demo/traces.jsonl.gz); SCALE_OTELCOL (the collector binary; default
-# _build/otelcol-scale/otelcol-scale); EXPORTER (debug, or otlp); COMPARE (other binaries run
+# _build/otelcol-scale/otelcol-scale); EXPORTER (debug, or otlp); SIDECAR (0, or 1: also the
+# sidecar layout, every span exported and a copy through `scale`); COMPARE (other binaries run
 # with the `scale` pipeline as extra variants, NAME=PATH ...). Everything listens on 127.0.0.1; every load stops by
 # itself after WARMUP + MEASURE + 2 s (and is stopped if it does not); every process started here
 # is stopped on exit.
@@ -102,11 +103,15 @@ OTELCOL="$WORK/otelcol-scale"
 VARIANTS="pass scale"
 for c in ${COMPARE:-}; do
     name="${c%%=*}"
-    case "$name" in pass | scale | tail | "" | *[!a-z0-9_-]*) echo "COMPARE: bad name in '$c'" >&2; exit 2 ;; esac
+    case "$name" in pass | scale | tail | sidecar | "" | *[!a-z0-9_-]*) echo "COMPARE: bad name in '$c'" >&2; exit 2 ;; esac
     cp "${c#*=}" "$WORK/otelcol-$name"
     VARIANTS="$VARIANTS $name"
 done
 VARIANTS="$VARIANTS tail"
+# SIDECAR=1: also the sidecar layout of configs/collector/sidecar.yaml, every span to the store
+# and a copy through `scale` (two pipelines on one receiver; the receiver clones each batch for
+# the pipeline whose processor changes it).
+[ "${SIDECAR:-0}" = 0 ] || VARIANTS="$VARIANTS sidecar"
 TGEN=""
 case " $LOADS " in *" telemetrygen "*) TGEN="$(set -o pipefail; "$ROOT/scripts/telemetrygen.sh" | tail -n 1)" ;; esac
 case " $LOADS ${EXPORTER} " in
@@ -125,7 +130,7 @@ config() {
     local variant=$1 grpc=$2 health=$3 metrics=$4 sink=$5 procs exporter=debug
     [ "$EXPORTER" = debug ] || exporter=otlp_grpc
     case "$variant" in
-        pass) procs="[batch]" ;;
+        pass | sidecar) procs="[batch]" ;;
         tail) procs="[tail_sampling, batch]" ;;
         *) procs="[scale, batch]" ;;
     esac
@@ -181,6 +186,12 @@ service:
       processors: $procs
       exporters: [$exporter]
 YAML
+    [ "$variant" != sidecar ] || cat <<YAML
+    traces/scale:
+      receivers: [otlp]
+      processors: [scale, batch]
+      exporters: [$exporter]
+YAML
 }
 
 # metric URL NAME: the sum of every series of NAME (counters carry a _total suffix).
@@ -223,7 +234,7 @@ run() {
         PIDS+=("$spid")
     fi
     local bin="$OTELCOL"
-    case "$variant" in pass | scale | tail) ;; *) bin="$WORK/otelcol-$variant" ;; esac
+    case "$variant" in pass | scale | tail | sidecar) ;; *) bin="$WORK/otelcol-$variant" ;; esac
     if [ "$load" = telemetrygen ]; then
         "$bin" --config "$WORK/$variant.yaml" > "$WORK/$tag.log" 2>&1 &
     else
@@ -345,6 +356,7 @@ for l in $LOADS; do
             pass) name="pass-through (batch)" ;;
             scale) name="\`scale\` (defaults + 1 rule)" ;;
             tail) name="\`tail_sampling\` (latency 100 ms)" ;;
+            sidecar) name="sidecar: pass-through + a copy through \`scale\`" ;;
             *) name="\`scale\`, $v" ;;
         esac
         printf '| %s | %.0f | %.1f %% | %.2f | %.0f | %.1f %% | %.0f | %.0f | %.2f |\n' "$name" \
