@@ -70,8 +70,9 @@ const defaultChunkSpans = 32
 //
 // The C handle is safe for concurrent calls except scale_engine_free; mu enforces that: every
 // call holds the read lock, Close takes the write lock. Only Close touches _ptr after creation.
-// batchMu serialises batches: a batch's chunks are one sequence on the handle, which another
-// batch must not interleave (its results would then differ from one call per batch).
+// batchMu serialises chunked batches: a batch's chunks are one sequence on the handle, which
+// another chunked batch must not interleave (its results would then differ from one call per
+// batch). A batch of one call needs no more than the handle's own lock.
 type nativeEngine struct {
 	mu          sync.RWMutex
 	batchMu     sync.Mutex
@@ -233,7 +234,6 @@ func (e *nativeEngine) process(nowNs uint64, b *batch) (int, error) {
 		e.mu.RUnlock()
 		return 0, errClosed
 	}
-	e.batchMu.Lock()
 	var st C.scale_status_t
 	if chunk := e.chunkSpans; chunk <= 0 || n <= chunk {
 		st = C.scale_engine_process(e.ptr(), C.uint64_t(nowNs), C.size_t(n),
@@ -248,6 +248,7 @@ func (e *nativeEngine) process(nowNs uint64, b *batch) (int, error) {
 			unsafe.SliceData(raw), C.size_t(len(raw)),
 			(*C.size_t)(unsafe.Pointer(&b.nOut)))
 	} else {
+		e.batchMu.Lock()
 		for lo := 0; lo < n; lo += chunk {
 			hi := min(lo+chunk, n)
 			last := C.uint8_t(0)
@@ -271,8 +272,8 @@ func (e *nativeEngine) process(nowNs uint64, b *batch) (int, error) {
 				break // an error, or DECISIONS_TRUNCATED (only the last chunk has decisions)
 			}
 		}
+		e.batchMu.Unlock()
 	}
-	e.batchMu.Unlock()
 	e.mu.RUnlock()
 	runtime.KeepAlive(e)
 	runtime.KeepAlive(b)

@@ -528,30 +528,40 @@ impl Hst {
         self.end_learn::<true>();
     }
 
-    /// Eager pivots: each leaf's score term under the current reference masses, computed top-down
-    /// in heap order (a parent before its children): per node, the sum so far of `r · 2^depth`
-    /// and whether the sum is still adding (top bit), which stops after the first node whose
-    /// reference mass is below the limit.
+    /// Eager pivots: each leaf's score term under the current reference masses. Per tree, level
+    /// by level from the root, in the tree's own slice of the table: `acc[j]` holds, for node `j`
+    /// of the current level, the sum so far of `r · 2^depth` and whether it is still adding (top
+    /// bit; it stops after the first node whose reference mass is below the limit). A level is
+    /// computed right to left, so each parent (at `j / 2 ≤ j`) is read before it is overwritten,
+    /// and nothing is allocated once the table exists.
     fn tabulate_leaf_terms(&mut self) {
         const STOPPED: u64 = 1 << 63;
         let limit = self.limit() as u64;
         let npt = self.nodes_per_tree;
-        let first_leaf = npt / 2;
+        let leaves = npt / 2 + 1;
         let terms = &mut self.leaf_terms.0;
         terms.clear();
-        let mut acc = vec![0u64; npt];
-        for tree in self.nodes.chunks_exact(npt) {
-            for (i, node) in tree.iter().enumerate() {
-                let depth = usize::BITS - 1 - (i + 1).leading_zeros();
-                let before = if i == 0 { 0 } else { acc[(i - 1) / 2] };
-                acc[i] = if before & STOPPED != 0 {
-                    before
-                } else {
-                    let r = node.r_mass as u64;
-                    (before + (r << depth)) | if r < limit { STOPPED } else { 0 }
-                };
+        terms.resize(self.params.n_trees as usize * leaves, 0);
+        for (tree, acc) in self
+            .nodes
+            .chunks_exact(npt)
+            .zip(terms.chunks_exact_mut(leaves))
+        {
+            for depth in 0..=self.params.height {
+                let first = (1usize << depth) - 1;
+                for j in (0..1usize << depth).rev() {
+                    let before = if depth == 0 { 0 } else { acc[j / 2] };
+                    acc[j] = if before & STOPPED != 0 {
+                        before
+                    } else {
+                        let r = tree[first + j].r_mass as u64;
+                        (before + (r << depth)) | if r < limit { STOPPED } else { 0 }
+                    };
+                }
             }
-            terms.extend(acc[first_leaf..].iter().map(|a| a & !STOPPED));
+            for a in acc.iter_mut() {
+                *a &= !STOPPED;
+            }
         }
     }
 

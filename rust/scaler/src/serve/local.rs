@@ -93,7 +93,7 @@ impl KeyCache {
         spans: &mut [SpanRef<'_>],
         resources: &[walk::ResourceRange<'_>],
     ) {
-        let mut held = engine.stats().keys;
+        let mut held = engine.keys().len() as u64;
         for res in resources {
             let mut ops = self.services.get_mut(res.service);
             for s in &mut spans[res.start..res.end] {
