@@ -64,8 +64,12 @@ pub struct SamplerConfig {
     pub height: u32,
     /// Spans per tumbling mass window.
     pub window_size: u32,
-    /// A span is kept iff its score is at least this (0–1).
-    pub min_score: f64,
+    /// Fraction of ordinary traffic to keep (0–1): the keep threshold is calibrated online to it
+    /// (see [`crate::calibrate`]). Ignored when `min_score` is set.
+    pub keep_budget: f64,
+    /// A fixed keep threshold instead of the budget: a span is kept iff its score is at least
+    /// this (0–1).
+    pub min_score: Option<f64>,
     /// Durations are capped here, in milliseconds.
     pub max_duration_ms: f64,
     /// Spans only learned before any keep decision.
@@ -82,7 +86,8 @@ impl SamplerConfig {
         n_trees: 10,
         height: 8,
         window_size: 250,
-        min_score: 0.925,
+        keep_budget: 0.01,
+        min_score: None,
         max_duration_ms: 50_000.0,
         train_size: 1_000,
         seed: 42,
@@ -225,17 +230,67 @@ pub struct Rule {
 /// Tuning of the `keyed` featurization (see [`crate::features`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct KeyedConfig {
-    /// Weight of each new observation in a key's baseline (EWMA rate, 0–1).
-    pub baseline_rate: f64,
-    /// Spans a key must have seen before its baseline is trusted.
+    /// Time constant of a key's latency memory, ms: a span learned this long ago counts `1/e`.
+    pub memory_ms: f64,
+    /// Spans a key must have learned before its model is trusted.
     pub min_key_count: u32,
+    /// Time constant of a key's context (the moving mean of its recent spans' positions), ms.
+    pub context_window_ms: f64,
+    /// A key whose context is this many standard deviations above ordinary is in an incident:
+    /// its spans are mostly not learned.
+    pub context_gate: f64,
+    /// A span slower than its key's 90th percentile by this many times the key's body width
+    /// (90th percentile − median, on a log scale) is extreme: mostly not learned.
+    pub extreme_spreads: f64,
+    /// Only slower than usual is anomalous (`true`); `false` also judges faster spans.
+    pub slower_only: bool,
+    /// (experiment) 0 tail, 1 rarity, 2 min, 3 geometric mean.
+    pub surprise: u32,
+    /// (experiment)
+    pub min_shift: f64,
+    /// (experiment)
+    pub inflate: bool,
+    /// (experiment)
+    pub extreme_rate: bool,
+    /// (experiment)
+    pub hold_kept: bool,
+    /// (experiment)
+    pub hold_rare: bool,
+    /// (experiment)
+    pub soft_freeze: bool,
+    /// (experiment)
+    pub rare_share: f64,
+    /// (experiment)
+    pub cal_half_life: f64,
+    /// (experiment)
+    pub freeze_ratio: f64,
+    /// (experiment)
+    pub freeze_weight: f64,
+    /// (experiment)
+    pub kept_window: f64,
 }
 
 impl KeyedConfig {
     /// Defaults.
     pub const DEFAULT: KeyedConfig = KeyedConfig {
-        baseline_rate: 0.02,
+        memory_ms: 600_000.0,
         min_key_count: 8,
+        context_window_ms: 10_000.0,
+        context_gate: 4.0,
+        extreme_spreads: 3.0,
+        slower_only: true,
+        surprise: 0,
+        min_shift: 0.3,
+        inflate: false,
+        extreme_rate: false,
+        hold_kept: false,
+        hold_rare: true,
+        soft_freeze: false,
+        rare_share: 0.03,
+        cal_half_life: 32768.0,
+        freeze_ratio: 1.5,
+        freeze_weight: 0.125,
+        kept_window: 4096.0,
     };
 }
 
@@ -331,6 +386,7 @@ struct RawSampler {
     n_trees: Option<S<i64>>,
     height: Option<S<i64>>,
     window_size: Option<S<i64>>,
+    keep_budget: Option<S<f64>>,
     min_score: Option<S<f64>>,
     max_duration: Option<S<DurationMs>>,
     train_size: Option<S<i64>>,
@@ -346,8 +402,24 @@ struct RawKeys {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawKeyed {
-    baseline_rate: Option<S<f64>>,
+    memory: Option<S<DurationMs>>,
     min_key_count: Option<S<i64>>,
+    context_window: Option<S<DurationMs>>,
+    context_gate: Option<S<f64>>,
+    extreme_spreads: Option<S<f64>>,
+    slower_only: Option<S<bool>>,
+    surprise: Option<S<i64>>,
+    min_shift: Option<S<f64>>,
+    inflate: Option<S<bool>>,
+    extreme_rate: Option<S<bool>>,
+    hold_kept: Option<S<bool>>,
+    hold_rare: Option<S<bool>>,
+    soft_freeze: Option<S<bool>>,
+    rare_share: Option<S<f64>>,
+    cal_half_life: Option<S<f64>>,
+    freeze_ratio: Option<S<f64>>,
+    freeze_weight: Option<S<f64>>,
+    kept_window: Option<S<f64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -674,13 +746,22 @@ impl EngineConfig {
                 10_000_000,
                 d.window_size as i64,
             ) as u32,
-            min_score: p.float(
-                "sampler.min_score",
-                &s.min_score,
-                |x| (0.0..=1.0).contains(&x),
-                "between 0 and 1",
-                d.min_score,
+            keep_budget: p.float(
+                "sampler.keep_budget",
+                &s.keep_budget,
+                |x| x > 0.0 && x < 1.0,
+                "greater than 0 and less than 1",
+                d.keep_budget,
             ),
+            min_score: s.min_score.as_ref().map(|_| {
+                p.float(
+                    "sampler.min_score",
+                    &s.min_score,
+                    |x| (0.0..=1.0).contains(&x),
+                    "between 0 and 1",
+                    0.0,
+                )
+            }),
             max_duration_ms: p.duration("sampler.max_duration", &s.max_duration, d.max_duration_ms),
             train_size: p.int(
                 "sampler.train_size",
@@ -718,14 +799,41 @@ impl EngineConfig {
             ) as u32,
         };
         let k = &raw.keyed;
+        let kd = KeyedConfig::DEFAULT;
         let keyed = KeyedConfig {
-            baseline_rate: p.float(
-                "keyed.baseline_rate",
-                &k.baseline_rate,
-                |x| x > 0.0 && x <= 1.0,
-                "greater than 0 and at most 1",
-                KeyedConfig::DEFAULT.baseline_rate,
+            memory_ms: p.duration("keyed.memory", &k.memory, kd.memory_ms),
+            context_window_ms: p.duration(
+                "keyed.context_window",
+                &k.context_window,
+                kd.context_window_ms,
             ),
+            context_gate: p.float(
+                "keyed.context_gate",
+                &k.context_gate,
+                |x| x > 0.0,
+                "positive",
+                kd.context_gate,
+            ),
+            extreme_spreads: p.float(
+                "keyed.extreme_spreads",
+                &k.extreme_spreads,
+                |x| x > 0.0,
+                "positive",
+                kd.extreme_spreads,
+            ),
+            slower_only: k.slower_only.as_ref().map_or(kd.slower_only, |v| v.value),
+            surprise: p.int("keyed.surprise", &k.surprise, 0, 3, 0) as u32,
+            min_shift: p.float("keyed.min_shift", &k.min_shift, |x| x >= 0.0, "x", kd.min_shift),
+            inflate: k.inflate.as_ref().map_or(kd.inflate, |v| v.value),
+            extreme_rate: k.extreme_rate.as_ref().map_or(kd.extreme_rate, |v| v.value),
+            hold_kept: k.hold_kept.as_ref().map_or(kd.hold_kept, |v| v.value),
+            hold_rare: k.hold_rare.as_ref().map_or(kd.hold_rare, |v| v.value),
+            soft_freeze: k.soft_freeze.as_ref().map_or(kd.soft_freeze, |v| v.value),
+            rare_share: p.float("keyed.rare_share", &k.rare_share, |x| x >= 0.0, "x", kd.rare_share),
+            cal_half_life: p.float("keyed.cal_half_life", &k.cal_half_life, |x| x > 0.0, "x", kd.cal_half_life),
+            freeze_ratio: p.float("keyed.freeze_ratio", &k.freeze_ratio, |x| x > 0.0, "x", kd.freeze_ratio),
+            freeze_weight: p.float("keyed.freeze_weight", &k.freeze_weight, |x| x > 0.0, "x", kd.freeze_weight),
+            kept_window: p.float("keyed.kept_window", &k.kept_window, |x| x >= 1.0, "x", kd.kept_window),
             min_key_count: p.int(
                 "keyed.min_key_count",
                 &k.min_key_count,

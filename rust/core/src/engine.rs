@@ -2,11 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::calibrate::Calibrator;
 use crate::config::{EngineConfig, Mode};
 use crate::error::{Error, Result};
 use crate::features::{self, Featurizer, N_FEATURES, SkipReason};
 use crate::hst::{Hst, HstParams};
 use crate::keys::{KeyId, KeyTable, OVERFLOW};
+use crate::latency::RARE_TAIL;
 use crate::rules::{Decision, Observation, RuleSet};
 
 /// How a span names its key.
@@ -59,6 +61,28 @@ pub struct Verdict {
     pub keep: bool,
     /// Why the span was not scored.
     pub skipped: Option<SkipReason>,
+    /// The engine took the span as ordinary and learned it (a span it held back as part of an
+    /// anomaly or an incident is not learned; see [`Engine`]).
+    pub learned: bool,
+}
+
+/// Why the last span scored as it did (see [`Engine::last_explain`]); for evaluation tools.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Explain {
+    /// The features the forest saw.
+    pub features: [f64; N_FEATURES],
+    /// `keyed`: the span's tail probability under its key's model.
+    pub tail: f64,
+    /// `keyed`: the key's context, in standard deviations of its ordinary variation.
+    pub context_z: f64,
+    /// `keyed`: the key's context: its recent spans' mean position minus 0.5.
+    pub shift: f64,
+    /// `keyed`: the key is in an incident.
+    pub incident: bool,
+    /// `keyed`: far beyond the key's body.
+    pub extreme: bool,
+    /// `keyed`: the key's model is trusted.
+    pub established: bool,
 }
 
 /// Outputs of [`Engine::process_batch`]; reuse one across batches to avoid allocating.
@@ -123,14 +147,39 @@ pub struct Engine {
     stats: Stats,
     /// Feature names, once known.
     feature_names: Option<[String; 2]>,
-    /// Spans judged anomalous (keyed mode), for learning one in [`ANOMALY_LEARN_EVERY`].
-    anomalies_seen: u64,
+    /// Spans held back as part of an incident (keyed mode), for learning one in
+    /// [`INCIDENT_LEARN_EVERY`].
+    held: u64,
+    /// Moving share of rare spans (tail below [`RARE_TAIL`]) among the scored spans of
+    /// established keys, over about `1 / RARE_SHARE_WEIGHT` spans.
+    rare_share: f64,
+    /// The keep threshold, calibrated to `keep_budget` (unused with a fixed `min_score`).
+    calibrator: Calibrator,
+    #[serde(skip)]
+    last: ExplainSlot,
+    /// (experiment) learn the next span iff this says so.
+    #[serde(skip)]
+    pub debug_force_learn: Option<bool>,
 }
 
-/// In `keyed` mode, one span judged anomalous in this many is learned anyway (model and
-/// baseline), so that a lasting change of latency is absorbed about this many times slower than
-/// normal traffic. Latency rules (`duration_above`) keep counting it meanwhile.
-pub const ANOMALY_LEARN_EVERY: u64 = 8;
+/// [`Explain`] of the last span: not state, so it takes no part in equality.
+#[derive(Debug, Clone, Default)]
+struct ExplainSlot(Explain);
+
+impl PartialEq for ExplainSlot {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// In `keyed` mode, one span in this many of a key in an incident is learned anyway, so that a
+/// lasting change of latency is absorbed about this many times slower than ordinary traffic.
+/// Latency rules (`duration_above`) keep counting meanwhile.
+pub const INCIDENT_LEARN_EVERY: u64 = 8;
+/// Weight of each scored span in the moving share of rare spans.
+pub const RARE_SHARE_WEIGHT: f64 = 1.0 / 4096.0;
+/// Rare spans are in excess above this many times [`RARE_TAIL`].
+pub const RARE_EXCESS: f64 = 1.5;
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SCALESNP";
 /// Snapshot format version. Bump on any change to the serialized state.
@@ -162,7 +211,11 @@ impl Engine {
             learned: 0,
             stats: Stats::default(),
             feature_names,
-            anomalies_seen: 0,
+            held: 0,
+            rare_share: RARE_TAIL,
+            calibrator: Calibrator::with_half_life(cfg.sampler.keep_budget, cfg.keyed.cal_half_life),
+            last: ExplainSlot::default(),
+            debug_force_learn: None,
             cfg,
         }
     }
@@ -239,6 +292,17 @@ impl Engine {
         self.hst.is_warm()
     }
 
+    /// The score at or above which a span is kept now: `min_score` if set, else the threshold
+    /// calibrated to `keep_budget` (`None` until enough spans were scored).
+    pub fn keep_threshold(&self) -> Option<f64> {
+        self.cfg.sampler.min_score.or(self.calibrator.threshold())
+    }
+
+    /// Why the last span given to [`Engine::process_span`] scored as it did.
+    pub fn last_explain(&self) -> &Explain {
+        &self.last.0
+    }
+
     /// Counters.
     pub fn stats(&self) -> Stats {
         let mut s = self.stats.clone();
@@ -300,39 +364,76 @@ impl Engine {
             self.hst.build(&[(0.0, 1.0); N_FEATURES]);
         }
         let mut x = [0.0; N_FEATURES];
-        self.featurizer.features(key, d, &mut x);
+        let look = self.featurizer.features(key, d, now_ns, &mut x);
         self.learned += 1;
         let trained = self.learned > self.cfg.sampler.train_size;
-        let min_score = self.cfg.sampler.min_score;
-        // `learn`: whether this span also goes into its key's baseline (a no-op in paper mode).
-        let (score, anomalous, learn) = if self.cfg.mode == Mode::Paper || !trained {
-            // River: every span is learned.
-            let score = self.hst.score_learn(&x, true);
-            (
-                score,
-                trained && score.is_some_and(|s| s >= min_score),
-                true,
-            )
-        } else {
-            // Keyed: spans judged anomalous are mostly not learned, so a latency fault does not
-            // become the normal it is judged against; but a key still warming up learns every
-            // span (a new service must become known), and one anomalous span in
-            // ANOMALY_LEARN_EVERY is learned, so a lasting change is absorbed, slowly.
-            let established = self.featurizer.is_established(key, self.cfg.keys.max_keys);
-            let absorb = &mut self.anomalies_seen;
-            let mut learn = true;
-            let score = self.hst.score_then_learn_if(&x, |s| {
-                let anomalous = s.is_some_and(|s| s >= min_score);
-                if anomalous {
-                    *absorb += 1;
-                }
-                learn = !anomalous || !established || (*absorb).is_multiple_of(ANOMALY_LEARN_EVERY);
-                learn
-            });
-            (score, score.is_some_and(|s| s >= min_score), learn)
+        // `learn`: whether this span is taken as ordinary: learned by the forest and its key's
+        // model, and its score counted by the keep threshold's calibration.
+        self.last.0 = Explain {
+            features: x,
+            tail: look.tail,
+            context_z: look.context_z,
+            shift: look.shift,
+            incident: look.incident,
+            extreme: look.extreme,
+            established: look.established,
         };
+        let threshold = self.keep_threshold();
+        let keyed = self.cfg.mode == Mode::Keyed;
+        let incident = keyed && look.incident;
+        // Rare spans (tail below RARE_TAIL) make up RARE_TAIL of ordinary traffic on any system;
+        // far more of them than that, across the whole engine, is an incident too.
+        let rare = keyed && trained && look.established && look.tail < RARE_TAIL;
+        let excess = self.rare_share > RARE_EXCESS * RARE_TAIL;
+        let mut anomalous = false;
+        let mut learn = true;
+        let held = &mut self.held;
+        let force = self.debug_force_learn.take();
+        let k = &self.cfg.keyed;
+        let hold_rare = k.hold_rare;
+        let score = self.hst.score_then_learn_if(&x, |score| {
+            anomalous = trained && matches!((score, threshold), (Some(s), Some(t)) if s >= t);
+            // What is learned is what the engine takes as ordinary. River (paper mode) learns
+            // every span; training learns everything; a key still warming up learns every span
+            // (a new service must become known). Otherwise (keyed), a span of a key in an
+            // incident (its recent spans slower than usual as a whole), or a rare span while
+            // rare spans are in excess, is not learned, so that a fault does not become the
+            // normal it is judged against; one in INCIDENT_LEARN_EVERY is, so a lasting change
+            // is absorbed, slowly. Everything else is learned, the slowest ordinary spans
+            // included: a model that did not learn its own tail would find it rarer every
+            // time.
+            learn = if let Some(f) = force {
+                f
+            } else if !keyed || !trained || !look.established {
+                true
+            } else if incident || (hold_rare && rare && excess) {
+                *held += 1;
+                held.is_multiple_of(INCIDENT_LEARN_EVERY)
+            } else {
+                true
+            };
+            learn
+        });
         if learn {
-            self.featurizer.learn(key, d, self.cfg.keys.max_keys);
+            self.featurizer.learn(key, d, now_ns);
+        }
+        if let Some(s) = score
+            && !incident
+        {
+            // The threshold is calibrated on ordinary spans: not those of a key in an incident.
+            // While rare spans are in excess, each counts only as much as chance gives them
+            // (RARE_TAIL of the traffic), so an incident spread over many keys does not raise
+            // the threshold its own spans are judged by.
+            let w = if rare && excess {
+                (RARE_TAIL / self.rare_share) as f32
+            } else {
+                1.0
+            };
+            self.calibrator.add(s, w);
+        }
+        if keyed && trained && look.established {
+            self.rare_share += (f64::from(u8::from(look.tail < RARE_TAIL)) - self.rare_share)
+                * RARE_SHARE_WEIGHT;
         }
         if score.is_some() {
             self.stats.spans_scored += 1;
@@ -348,6 +449,7 @@ impl Engine {
                 trace_id: span.trace_id,
                 span_id: span.span_id,
                 span_index: index,
+                key,
             };
             if key == OVERFLOW {
                 // Overflow spans have no cached rule list: match by name when we have names.
@@ -370,6 +472,7 @@ impl Engine {
             score,
             keep: anomalous,
             skipped: None,
+            learned: learn,
         }
     }
 
@@ -379,6 +482,7 @@ impl Engine {
             score: None,
             keep: false,
             skipped: Some(r),
+            learned: false,
         }
     }
 

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{EngineConfig, KeyedConfig, Mode};
 use crate::keys::{KeyId, KeyTable, OVERFLOW};
+use crate::latency::{KeyModel, log_duration};
 
 /// Why a span was not scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -115,19 +116,40 @@ pub fn check_duration_ms(d: f64) -> Result<f64, SkipReason> {
 /// Number of features the forest sees (both modes use two).
 pub const N_FEATURES: usize = 2;
 
-/// Added to a key's deviation scale, in ln units. A key whose latency never varies would
-/// otherwise make every jitter infinitely surprising; on the paper's stream, values from 0.1 to 2
-/// change F1 by under 0.01, and 2 was best (BENCHMARKS.md).
-pub const KEYED_SCALE_FLOOR: f64 = 2.0;
-/// Deviations are squashed with `0.5 + z / (2 · (|z| + KEYED_SQUASH))`.
-pub const KEYED_SQUASH: f64 = 8.0;
+/// Decades of tail probability the surprise feature spans: `tail = 0.5` (the key's median)
+/// maps to 0, `tail = 0.5 · 10^−SURPRISE_DECADES` and rarer to 1.
+pub const SURPRISE_DECADES: f64 = 6.0;
+/// The context feature is 0 up to this many standard deviations of ordinary traffic (a key's
+/// recent spans are seldom this much slower than usual by chance), and rises over the next
+/// [`CONTEXT_SPAN`].
+pub const CONTEXT_FLOOR: f64 = 3.0;
+/// Standard deviations of context over [`CONTEXT_FLOOR`] that map to 1 in the context feature.
+pub const CONTEXT_SPAN: f64 = 16.0;
 
-/// A key's baseline in `keyed` mode.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-struct Baseline {
-    n: u32,
-    mean: f64,
-    mad: f64,
+/// Weight of each span of a key not in an incident in its estimate of how much the context
+/// varies in ordinary traffic.
+pub const CONTEXT_VAR_RATE: f64 = 1.0 / 4096.0;
+/// A key is in an incident only if its recent spans are, on average, this much slower in
+/// position than usual (a mean position of 0.6 instead of 0.5): a shift of 5 % of spans to far
+/// slower, however significant, is isolated anomalies, not an incident.
+pub const CONTEXT_MIN_SHIFT: f64 = 0.1;
+
+/// What the featurizer found out about one span in `keyed` mode, for the learning policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Look {
+    /// The key has a trusted model (`min_key_count` spans learned).
+    pub established: bool,
+    /// The span's tail probability under its key's model.
+    pub tail: f64,
+    /// The span is far beyond its key's body (see [`KeyModel::is_extreme`]).
+    pub extreme: bool,
+    /// The key's context in standard deviations of ordinary traffic.
+    pub context_z: f64,
+    /// The key's context: its recent spans' mean position minus 0.5.
+    pub shift: f64,
+    /// The key is in an incident: its recent spans as a whole are slower than usual, by more
+    /// than [`CONTEXT_MIN_SHIFT`] and more than `context_gate` standard deviations.
+    pub incident: bool,
 }
 
 /// Mode-specific featurization state.
@@ -139,8 +161,10 @@ pub struct Featurizer {
     /// `paper`: the key the first learned span had (the forest's one-hot feature), and whether
     /// its name sorts before `"duration"` (then it is feature 0).
     paper_key: Option<(KeyId, bool)>,
-    /// `keyed`: baselines by key id; the overflow key uses the last slot.
-    baselines: Vec<Baseline>,
+    /// `keyed`: models by key id.
+    models: Vec<KeyModel>,
+    /// `keyed`: the overflow key's model.
+    overflow: KeyModel,
 }
 
 impl Featurizer {
@@ -151,7 +175,8 @@ impl Featurizer {
             max_duration_ms: cfg.sampler.max_duration_ms,
             keyed: cfg.keyed,
             paper_key: None,
-            baselines: Vec::new(),
+            models: Vec::new(),
+            overflow: KeyModel::default(),
         }
     }
 
@@ -173,9 +198,27 @@ impl Featurizer {
         }
     }
 
-    /// Fill `x` for a span of `key` lasting `d` ms.
+    fn model_mut(&mut self, key: KeyId) -> &mut KeyModel {
+        if key == OVERFLOW {
+            return &mut self.overflow;
+        }
+        let i = key as usize;
+        if i >= self.models.len() {
+            self.models.resize_with(i + 1, KeyModel::default);
+        }
+        &mut self.models[i]
+    }
+
+    /// Fill `x` for a span of `key` lasting `d` ms. In `keyed` mode this also moves the key's
+    /// context, and says what the learning policy needs.
     #[inline]
-    pub fn features(&mut self, key: KeyId, d: f64, x: &mut [f64; N_FEATURES]) {
+    pub fn features(
+        &mut self,
+        key: KeyId,
+        d: f64,
+        now_ns: u64,
+        x: &mut [f64; N_FEATURES],
+    ) -> Look {
         match self.mode {
             Mode::Paper => {
                 let (pk, key_first) = self.paper_key.expect("paper features initialised");
@@ -186,81 +229,91 @@ impl Featurizer {
                 } else {
                     [dur, onehot]
                 };
+                Look {
+                    established: true,
+                    tail: 0.5,
+                    extreme: false,
+                    context_z: 0.0,
+                    shift: 0.0,
+                    incident: false,
+                }
             }
             Mode::Keyed => {
-                let b = self.baseline(key);
-                let ld = (d + 1e-3).ln();
-                x[0] = if b.n >= self.keyed.min_key_count {
-                    let z = (ld - b.mean) / (b.mad + KEYED_SCALE_FLOOR);
-                    0.5 + z / (2.0 * (z.abs() + KEYED_SQUASH))
+                let k = self.keyed;
+                let m = self.model_mut(key);
+                let ld = log_duration(d);
+                let j = m.judge(ld);
+                if m.count() < k.min_key_count {
+                    *x = [f64::NAN; N_FEATURES];
+                    return Look {
+                        established: false,
+                        tail: j.tail,
+                        extreme: false,
+                        context_z: 0.0,
+                        shift: 0.0,
+                        incident: false,
+                    };
+                }
+                let extreme = m.is_extreme(ld, k.extreme_spreads);
+                let c = m.context_mut();
+                c.add(j.position, j.tail, now_ns, k.context_window_ms * 1e6);
+                let (shift, z) = (c.shift(), c.z());
+                let incident = (shift > k.min_shift && z > k.context_gate)
+                    || (k.extreme_rate && {
+                        let (z, share) = c.rare_excess();
+                        z > k.context_gate && share > k.rare_share
+                    });
+                if !incident && k.inflate {
+                    c.learn_variation(CONTEXT_VAR_RATE);
+                }
+                let (tail, z, shift) = if k.slower_only {
+                    (j.tail, z, shift)
                 } else {
-                    f64::NAN
+                    (j.tail.min(1.0 - j.tail), z.abs(), shift.abs())
                 };
-                x[1] = ((1.0 + d.min(self.max_duration_ms)).ln()
-                    / (1.0 + self.max_duration_ms).ln())
-                .clamp(0.0, 1.0);
+                let tail = match k.surprise {
+                    0 => tail,
+                    1 => j.rarity,
+                    2 => tail.min(j.rarity),
+                    _ => (tail * j.rarity).sqrt(),
+                };
+                x[0] = ((0.5 / tail).log10() / SURPRISE_DECADES).clamp(0.0, 1.0);
+                x[1] = if z > CONTEXT_FLOOR {
+                    (2.0 * shift).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
+                Look {
+                    established: true,
+                    tail,
+                    extreme,
+                    context_z: z,
+                    shift,
+                    incident,
+                }
             }
         }
     }
 
-    fn slot(&self, key: KeyId) -> usize {
-        if key == OVERFLOW {
-            usize::MAX
-        } else {
-            key as usize
-        }
-    }
-
-    fn baseline(&mut self, key: KeyId) -> Baseline {
-        let i = self.slot(key);
-        self.baselines.get(i).copied().unwrap_or_default()
-    }
-
-    /// `keyed` mode: whether `key`'s baseline has seen `min_key_count` spans (before that the
-    /// engine learns every span of the key, anomalous or not: a new service must become known).
-    pub fn is_established(&self, key: KeyId, max_keys: u32) -> bool {
-        let i = if key == OVERFLOW {
-            max_keys as usize
-        } else {
-            key as usize
-        };
-        self.baselines
-            .get(i)
-            .is_some_and(|b| b.n >= self.keyed.min_key_count)
-    }
-
-    /// `keyed` mode: add a span to its key's baseline.
+    /// `keyed` mode: add a span to its key's model at engine time `now_ns`.
     #[inline]
-    pub fn learn(&mut self, key: KeyId, d: f64, max_keys: u32) {
+    pub fn learn(&mut self, key: KeyId, d: f64, now_ns: u64) {
         if self.mode != Mode::Keyed {
             return;
         }
-        let i = if key == OVERFLOW {
-            max_keys as usize
-        } else {
-            key as usize
-        };
-        if i >= self.baselines.len() {
-            self.baselines.resize(i + 1, Baseline::default());
-        }
-        let b = &mut self.baselines[i];
-        let ld = (d + 1e-3).ln();
-        b.n = b.n.saturating_add(1);
-        // Running mean for the first 1/rate spans, then exponentially weighted.
-        let rate = (1.0 / b.n as f64).max(self.keyed.baseline_rate);
-        let dev = (ld - b.mean).abs();
-        if b.n == 1 {
-            b.mean = ld;
-            b.mad = 0.0;
-        } else {
-            b.mad += rate * (dev - b.mad);
-            b.mean += rate * (ld - b.mean);
-        }
+        let memory = self.keyed.memory_ms * 1e6;
+        self.model_mut(key).learn(log_duration(d), now_ns, memory);
     }
 
     /// Heap bytes of per-key state.
     pub fn memory_bytes(&self) -> usize {
-        self.baselines.capacity() * std::mem::size_of::<Baseline>()
+        self.models.capacity() * std::mem::size_of::<KeyModel>()
+            + self
+                .models
+                .iter()
+                .chain([&self.overflow])
+                .map(KeyModel::memory_bytes)
+                .sum::<usize>()
     }
 }
 
@@ -308,35 +361,10 @@ mod tests {
             ["duration".to_string(), "otel-demo::ingress".to_string()]
         );
         let mut x = [0.0; 2];
-        f.features(a, 100_000.0, &mut x);
+        f.features(a, 100_000.0, 0, &mut x);
         assert_eq!(x, [1.0, 1.0]);
-        f.features(b, 5_000.0, &mut x);
+        f.features(b, 5_000.0, 0, &mut x);
         assert_eq!(x[0], 0.1);
         assert!(x[1].is_nan());
-    }
-
-    #[test]
-    fn keyed_features_are_scale_free() {
-        let cfg = EngineConfig::default();
-        let mut keys = KeyTable::new(10);
-        let (fast, _) = keys.intern("s", "fast");
-        let (slow, _) = keys.intern("s", "slow");
-        let mut f = Featurizer::new(&cfg);
-        for i in 0..100 {
-            let j = 1.0 + (i % 5) as f64 * 0.01;
-            f.learn(fast, 5.0 * j, 10);
-            f.learn(slow, 5_000.0 * j, 10);
-        }
-        let (mut xf, mut xs) = ([0.0; 2], [0.0; 2]);
-        f.features(fast, 50.0, &mut xf);
-        f.features(slow, 50_000.0, &mut xs);
-        assert!((xf[0] - xs[0]).abs() < 1e-3, "{xf:?} {xs:?}");
-        assert!(xf[0] > 0.55, "{xf:?}");
-        f.features(fast, 5.0, &mut xf);
-        assert!((xf[0] - 0.5).abs() < 0.05);
-        // Unknown keys have no deviation yet.
-        let (new, _) = keys.intern("s", "new");
-        f.features(new, 5.0, &mut xf);
-        assert!(xf[0].is_nan());
     }
 }

@@ -50,12 +50,14 @@
 
 #![deny(missing_docs)]
 
+pub mod calibrate;
 pub mod config;
 pub mod engine;
 mod error;
 pub mod features;
 pub mod hst;
 pub mod keys;
+pub mod latency;
 pub mod rng;
 pub mod rules;
 
@@ -64,7 +66,7 @@ pub use config::{
     SamplerConfig, Target,
 };
 pub use engine::{
-    BatchOutput, Clock, Engine, SNAPSHOT_VERSION, SpanKey, SpanRef, Stats, SystemClock, Timing,
+    BatchOutput, Clock, Engine, Explain, SNAPSHOT_VERSION, SpanKey, SpanRef, Stats, SystemClock, Timing,
     Verdict,
 };
 pub use error::{ConfigError, ConfigProblem, Error, Result};

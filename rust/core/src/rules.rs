@@ -30,7 +30,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ActionKind, Rule};
-use crate::keys::glob_match;
+use crate::keys::{KeyId, glob_match};
 
 /// Buckets per window for `auto` arrival counting.
 pub const AUTO_BUCKETS: usize = 8;
@@ -66,6 +66,8 @@ pub struct Decision {
     pub span_id: [u8; 8],
     /// Index of that span in its batch.
     pub span_index: u32,
+    /// That span's key (`service::operation`), as [`crate::Engine::intern`] numbers them.
+    pub key: KeyId,
     /// When the rule fired (engine clock, ns).
     pub time_ns: u64,
     /// Other decisions for the same target in the same batch that were merged into this one.
@@ -178,6 +180,8 @@ pub struct Observation {
     pub span_id: [u8; 8],
     /// Index in the batch.
     pub span_index: u32,
+    /// The span's key.
+    pub key: KeyId,
 }
 
 /// All rules and their windows.
@@ -256,6 +260,7 @@ impl RuleSet {
             trace_id: obs.trace_id,
             span_id: obs.span_id,
             span_index: obs.span_index,
+            key: obs.key,
             time_ns: now_ns,
             conflated: 0,
         })
@@ -309,6 +314,7 @@ mod tests {
             trace_id: [1; 16],
             span_id: [2; 8],
             span_index: 0,
+            key: 0,
         }
     }
 
@@ -414,6 +420,7 @@ mod tests {
             trace_id: [0; 16],
             span_id: [0; 8],
             span_index: i,
+            key: 0,
             time_ns: 0,
             conflated: 0,
         };

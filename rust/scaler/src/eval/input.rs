@@ -3,8 +3,11 @@
 //! # Formats
 //!
 //! * **CSV** with a header naming its columns: `operation` and `duration_ms` are required,
-//!   `service` (default `unknown_service`) and `label` (`0`/`1`/`true`/`false`) are optional, in any
-//!   order; other columns are ignored (so the paper's `seed_results.csv` reads too). Fields may be
+//!   `service` (default `unknown_service`), `label` (`0`/`1`/`true`/`false`) and
+//!   `start_unix_nano` (the span's start, ns since the Unix epoch: a timeline, see
+//!   [`super`]) are optional, in any order; other columns are ignored (so the paper's
+//!   `seed_results.csv` reads too). With `start_unix_nano` a row's timing is its start and its
+//!   end (start + duration); a start that does not parse makes the row a bad line. Fields may be
 //!   double-quoted (RFC 4180, one line per record). A duration that does not parse becomes
 //!   `NaN`, which the engine counts as skipped (`invalid_duration`), so stream positions are kept.
 //!   A row with the wrong number of fields or a bad label is a *bad line*: counted, not fed.
@@ -271,6 +274,8 @@ pub struct CsvColumns {
     pub duration: usize,
     /// `label`, if present.
     pub label: Option<usize>,
+    /// `start_unix_nano`, if present.
+    pub start: Option<usize>,
 }
 
 impl CsvColumns {
@@ -289,6 +294,7 @@ impl CsvColumns {
                 operation,
                 duration,
                 label: find("label"),
+                start: find("start_unix_nano"),
             }),
             (o, d) => Err([(o.is_none(), "operation"), (d.is_none(), "duration_ms")]
                 .iter()
@@ -345,6 +351,22 @@ fn read_csv(
             continue;
         };
         let duration = fields[c.duration].trim().parse::<f64>().unwrap_or(f64::NAN);
+        let timing = match c.start.map(|i| fields[i].trim().parse::<u64>()) {
+            None => Timing::DurationMs(duration),
+            Some(Err(_)) => {
+                summary.bad_lines += 1;
+                continue;
+            }
+            // A duration that is not a usable number stays one, so the engine counts the span
+            // as skipped (`invalid_duration`) at its place in the stream.
+            Some(Ok(start_ns)) => match scale_core::features::check_duration_ms(duration) {
+                Ok(d) => Timing::StartEnd {
+                    start_ns,
+                    end_ns: start_ns.saturating_add((d * 1e6).round() as u64),
+                },
+                Err(_) => Timing::DurationMs(duration),
+            },
+        };
         let service = c
             .service
             .map(|i| fields[i].as_ref())
@@ -354,7 +376,7 @@ fn read_csv(
         emit(&SpanRecord {
             service,
             operation: &fields[c.operation],
-            timing: Timing::DurationMs(duration),
+            timing,
             trace_id: [0; 16],
             span_id: [0; 8],
             label,
@@ -583,6 +605,21 @@ mod tests {
             ),
             ("s", "x", Some(4.0), None)
         );
+    }
+
+    #[test]
+    fn csv_with_start_times_is_a_timeline() {
+        let text = "start_unix_nano,service,operation,duration_ms,label\n\
+                    1661140339209875609,frontend,Recv,362.453,0\n\
+                    1661140339210020096,frontend,Get,-1,1\n\
+                    soon,frontend,Get,1,1\n";
+        let (v, s) = read(&temp("t.csv", text.as_bytes()));
+        assert_eq!((s.spans, s.bad_lines), (2, 1));
+        assert_eq!(
+            v[0].start_end,
+            Some((1_661_140_339_209_875_609, 1_661_140_339_572_328_609))
+        );
+        assert_eq!(v[1].duration, Some(-1.0), "a bad duration is kept for the engine to skip");
     }
 
     #[test]

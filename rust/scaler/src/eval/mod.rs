@@ -8,9 +8,14 @@
 //!    are fed to [`Engine::process_batch`] in batches of [`BATCH`], by key id ([`SpanKey::Id`],
 //!    names interned just before the call, as the C ABI's callers cache ids), with one
 //!    [`BatchOutput`] reused throughout. Batches run across file boundaries.
-//! 3. Rule windows need a clock: OTLP spans advance it to their end time (monotonic maximum so
-//!    far); CSV rows, which carry no time, advance it by 1 ms each. A batch is processed at the
-//!    clock's value after its last span.
+//! 3. **Timelines.** Spans with start and end times (OTLP, or CSV with `start_unix_nano`) reach
+//!    the engine when they *end*, as they reach a collector: a reorder buffer holds each span
+//!    until the input has moved past its end (exact for input ordered by start time, like the
+//!    recorded fault data; a span that ends before spans already given is counted as `late` and
+//!    goes in at once). The data's clock is the latest end so far; CSV rows without times advance
+//!    it by 1 ms each. A batch ends after [`BATCH`] spans or [`BATCH_SPAN_NS`] of the clock and
+//!    is processed at the clock's value after its last span, so rule windows run on the data's
+//!    own time.
 //! 4. Skipped spans (bad timing; see [`scale_core::SkipReason`]) are counted by the engine and
 //!    excluded from everything else. Of the rest, the first `train_size` are the training prefix
 //!    (the engine learns them and keeps none — the same count the engine uses); all later
@@ -28,6 +33,7 @@
 pub mod input;
 pub mod metrics;
 pub mod plot;
+pub mod timeline;
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -51,6 +57,9 @@ use metrics::{Confusion, Metrics, roc_auc};
 pub const BATCH: usize = 1_024;
 /// Show the progress bar once this many spans have been read (and stderr is a terminal).
 pub const PROGRESS_AFTER_SPANS: u64 = 100_000;
+/// A batch also ends once it spans this much of the data's clock (1 s), so that rule windows,
+/// which see a batch's spans at the batch's time, are replayed to the second.
+pub const BATCH_SPAN_NS: u64 = 1_000_000_000;
 
 /// `--mode` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,7 +92,10 @@ pub struct EvalArgs {
     /// Spans per mass window.
     #[arg(long, value_parser = value_parser!(u32).range(1..=10_000_000))]
     pub window_size: Option<u32>,
-    /// Keep a span iff its score is at least this (0-1).
+    /// Fraction of ordinary spans to keep (0-1, exclusive): the keep threshold is calibrated to it.
+    #[arg(long, value_parser = parse_budget, conflicts_with = "min_score")]
+    pub keep_budget: Option<f64>,
+    /// A fixed keep threshold instead of the budget: keep a span iff its score is at least this (0-1).
     #[arg(long, value_parser = parse_unit)]
     pub min_score: Option<f64>,
     /// Durations are capped here (ms, > 0).
@@ -102,18 +114,55 @@ pub struct EvalArgs {
     /// gzip) to compare against.
     #[arg(long, value_name = "FILE")]
     pub compare_seed: Option<PathBuf>,
-    /// Write the test stream's `index,score,keep,label` here (CSV).
+    /// Write the test stream's `index,score,keep,label,learned,arrival_unix_nano,service,operation`
+    /// here (CSV).
     #[arg(long, value_name = "FILE")]
     pub scores: Option<PathBuf>,
-    /// Write scores.svg, confusion.svg and durations.svg into this directory.
+    /// Write scores.svg, confusion.svg and durations.svg (and timeline.svg for a timeline) into
+    /// this directory.
     #[arg(long, value_name = "DIR")]
     pub plots: Option<PathBuf>,
+    /// Fault windows (CSV `fault_id,service,fault_type,start_unix_nano,end_unix_nano`): report
+    /// keep rates before, during and after them, and each fault's recall.
+    #[arg(long, value_name = "FILE")]
+    pub faults: Option<PathBuf>,
+    /// A rules file: replay its windows on the data's clock and report every decision (with
+    /// --faults: per fault, and the false ones). Rules may also be given in --config.
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+    /// Timeline buckets for the keep rate over time.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration_ns)]
+    pub bucket: u64,
+    /// How long after a fault window spans count as "after" it.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration_ns)]
+    pub after: u64,
+    /// A decision for a service counts for its fault up to this long after the window.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration_ns)]
+    pub grace: u64,
+    /// A fault is decided "in time" when its first decision comes within this of the onset.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration_ns)]
+    pub within: u64,
+}
+
+/// A duration in the configuration's grammar (`250us`, `1m30s`; a bare number is ms), in ns.
+fn parse_duration_ns(s: &str) -> Result<u64, String> {
+    match scale_core::config::parse_duration_ms(s)? {
+        ms if ms > 0.0 && ms.is_finite() => Ok((ms * 1e6) as u64),
+        ms => Err(format!("must be a positive duration, got {ms} ms")),
+    }
 }
 
 fn parse_unit(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
         _ => Err(format!("must be a number between 0 and 1, got {s:?}")),
+    }
+}
+
+fn parse_budget(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
+        _ => Err(format!("must be a number between 0 and 1 (exclusive), got {s:?}")),
     }
 }
 
@@ -149,6 +198,22 @@ pub enum EvalError {
     /// The options do not make a usable configuration.
     #[error("{0}")]
     Options(String),
+    /// The faults file is unusable.
+    #[error("--faults {path}: {message}")]
+    Faults {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The rules file could not be read.
+    #[error("--rules {path}: {message}")]
+    Rules {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The seed results file is unusable.
     #[error("--compare-seed {path}: {message}")]
     Seed {
@@ -180,6 +245,12 @@ pub struct TestSpan {
     pub label: Option<bool>,
     /// Duration in ms (for the duration plot).
     pub duration_ms: f64,
+    /// When it reached the engine on the data's clock (its end time for timed input), ns.
+    pub arrival_ns: u64,
+    /// Its key id in the engine (names from [`Engine::keys`]).
+    pub key: scale_core::KeyId,
+    /// The engine took it as ordinary and learned it.
+    pub learned: bool,
 }
 
 /// The configuration the run used.
@@ -213,6 +284,8 @@ pub struct SpanCounts {
     pub skipped_by_reason: BTreeMap<&'static str, u64>,
     /// Input lines/rows that could not be used (not given to the engine).
     pub bad_input_lines: u64,
+    /// Timed spans that ended before spans already processed (input not ordered by start).
+    pub late: u64,
 }
 
 /// Engine cost.
@@ -276,22 +349,29 @@ pub struct Report {
     pub performance: Performance,
     /// Engine counters.
     pub engine: EngineCounters,
+    /// For a timeline (spans with times): keep rates over time and around faults, decisions.
+    pub timeline: Option<timeline::TimelineReport>,
 }
 
-/// `paper` or `keyed`.
 /// The configuration: `--config` (or defaults) with the overrides applied and checked.
 pub fn build_config(args: &EvalArgs) -> Result<EngineConfig, EvalError> {
-    let mut cfg = match &args.config {
-        Some(p) => {
-            let path = p.display().to_string();
-            let text = std::fs::read_to_string(p).map_err(|source| EvalError::ReadConfig {
-                path: path.clone(),
-                source,
-            })?;
-            EngineConfig::from_yaml(&text).map_err(|source| EvalError::Config { path, source })?
-        }
-        None => EngineConfig::default(),
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|source| EvalError::ReadConfig {
+            path: p.display().to_string(),
+            source,
+        })
     };
+    let engine_text = args.config.as_deref().map(read).transpose()?;
+    let rules_text = args.rules.as_deref().map(read).transpose()?;
+    let mut cfg = EngineConfig::from_parts(engine_text.as_deref().unwrap_or(""), rules_text.as_deref())
+        .map_err(|source| EvalError::Config {
+            path: [&args.config, &args.rules]
+                .iter()
+                .filter_map(|p| p.as_ref().map(|p| p.display().to_string()))
+                .collect::<Vec<_>>()
+                .join(" + "),
+            source,
+        })?;
     if let Some(m) = args.mode {
         cfg.mode = match m {
             ModeArg::Paper => Mode::Paper,
@@ -302,7 +382,13 @@ pub fn build_config(args: &EvalArgs) -> Result<EngineConfig, EvalError> {
     s.n_trees = args.n_trees.unwrap_or(s.n_trees);
     s.height = args.height.unwrap_or(s.height);
     s.window_size = args.window_size.unwrap_or(s.window_size);
-    s.min_score = args.min_score.unwrap_or(s.min_score);
+    if let Some(b) = args.keep_budget {
+        s.keep_budget = b;
+        s.min_score = None;
+    }
+    if args.min_score.is_some() {
+        s.min_score = args.min_score;
+    }
     s.max_duration_ms = args.max_duration_ms.unwrap_or(s.max_duration_ms);
     s.train_size = args.train_size.unwrap_or(s.train_size);
     s.seed = args.seed.unwrap_or(s.seed);
@@ -319,7 +405,7 @@ pub fn build_config(args: &EvalArgs) -> Result<EngineConfig, EvalError> {
     Ok(cfg)
 }
 
-/// A reusable owned span in the batch buffer.
+/// An owned span waiting in the batch or the reorder buffer.
 #[derive(Debug, Default)]
 struct Slot {
     service: String,
@@ -328,6 +414,48 @@ struct Slot {
     trace_id: [u8; 16],
     span_id: [u8; 8],
     label: Option<bool>,
+    /// When the span reaches the engine (its end, for a timeline), ns; 0 without one.
+    arrival_ns: u64,
+}
+
+impl Slot {
+    fn fill(&mut self, r: &SpanRecord<'_>) {
+        self.service.clear();
+        self.service.push_str(r.service);
+        self.operation.clear();
+        self.operation.push_str(r.operation);
+        self.timing = Some(r.timing);
+        self.trace_id = r.trace_id;
+        self.span_id = r.span_id;
+        self.label = r.label;
+        self.arrival_ns = 0;
+    }
+}
+
+/// A timed span in the reorder buffer, ordered by end time, then by input order.
+#[derive(Debug)]
+struct Pending {
+    end_ns: u64,
+    seq: u64,
+    slot: Slot,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, o: &Self) -> bool {
+        (self.end_ns, self.seq) == (o.end_ns, o.seq)
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        // Reversed: BinaryHeap is a max-heap and the earliest end must come out first.
+        (o.end_ns, o.seq).cmp(&(self.end_ns, self.seq))
+    }
 }
 
 /// The progress bar: hidden until stderr is a terminal and the input proves long.
@@ -390,13 +518,29 @@ impl Progress {
     }
 }
 
-/// The engine loop: batches spans, times the engine, splits training from test.
+/// The engine loop: puts timed spans in arrival order, batches spans, times the engine, splits
+/// training from test.
 struct Runner {
     engine: Engine,
     out: BatchOutput,
     slots: Vec<Slot>,
     len: usize,
+    /// The data's clock: the latest arrival so far (ns).
     clock_ns: u64,
+    /// The clock when the current batch began.
+    batch_start_ns: u64,
+    /// Timed spans not yet arrived, and the latest start read so far: a span whose end is at
+    /// or before it has arrived, for every later span of a start-ordered input starts after it.
+    pending: std::collections::BinaryHeap<Pending>,
+    frontier_ns: u64,
+    seq: u64,
+    /// Timed spans that ended before spans already given to the engine (input not ordered by
+    /// start time): processed at the clock's time instead of their own.
+    late: u64,
+    /// Decisions so far, with the data's clock.
+    decisions: Vec<timeline::DecisionRow>,
+    /// Whether any span had times.
+    timed: bool,
     engine_time: Duration,
     fed: u64,
     unskipped: u64,
@@ -408,24 +552,70 @@ struct Runner {
 
 impl Runner {
     fn push(&mut self, r: &SpanRecord<'_>) {
-        self.clock_ns = match r.timing {
-            Timing::StartEnd { end_ns, .. } => self.clock_ns.max(end_ns),
-            Timing::DurationMs(_) => self.clock_ns.saturating_add(1_000_000),
-        };
+        match r.timing {
+            Timing::StartEnd { start_ns, end_ns } if start_ns > 0 && end_ns >= start_ns => {
+                self.timed = true;
+                let mut slot = Slot::default();
+                slot.fill(r);
+                self.seq += 1;
+                self.pending.push(Pending {
+                    end_ns,
+                    seq: self.seq,
+                    slot,
+                });
+                self.frontier_ns = self.frontier_ns.max(start_ns);
+                self.release(false);
+            }
+            // Untimed rows, and timing the engine will refuse, go in as read; CSV rows without
+            // a time advance the clock by 1 ms each.
+            timing => {
+                if matches!(timing, Timing::DurationMs(_)) {
+                    self.clock_ns = self.clock_ns.saturating_add(1_000_000);
+                }
+                let at = self.clock_ns;
+                let s = self.next_slot();
+                s.fill(r);
+                s.arrival_ns = at;
+                self.admit();
+            }
+        }
+    }
+
+    /// Give the engine every pending span that has arrived (all of them at the end).
+    fn release(&mut self, all: bool) {
+        while let Some(p) = self.pending.peek() {
+            if !all && p.end_ns > self.frontier_ns {
+                break;
+            }
+            let Pending { end_ns, slot, .. } = self.pending.pop().expect("peeked");
+            if end_ns < self.clock_ns {
+                self.late += 1;
+            }
+            self.clock_ns = self.clock_ns.max(end_ns);
+            let at = self.clock_ns;
+            let s = self.next_slot();
+            *s = slot;
+            s.arrival_ns = at;
+            self.admit();
+        }
+    }
+
+    fn next_slot(&mut self) -> &mut Slot {
         if self.len == self.slots.len() {
             self.slots.push(Slot::default());
         }
-        let s = &mut self.slots[self.len];
-        s.service.clear();
-        s.service.push_str(r.service);
-        s.operation.clear();
-        s.operation.push_str(r.operation);
-        s.timing = Some(r.timing);
-        s.trace_id = r.trace_id;
-        s.span_id = r.span_id;
-        s.label = r.label;
+        &mut self.slots[self.len]
+    }
+
+    /// The slot at `len` is filled: count it, and run the batch when it is full or spans more
+    /// than [`BATCH_SPAN_NS`] of the data's clock (rule windows see a batch's spans at one time).
+    fn admit(&mut self) {
+        if self.len == 0 {
+            self.batch_start_ns = self.clock_ns;
+        }
         self.len += 1;
-        if self.len == BATCH {
+        if self.len == BATCH || self.clock_ns.saturating_sub(self.batch_start_ns) >= BATCH_SPAN_NS
+        {
             self.flush();
         }
     }
@@ -449,7 +639,17 @@ impl Runner {
         self.engine
             .process_batch(&spans, self.clock_ns, &mut self.out);
         self.engine_time += t.elapsed();
-        for (i, (v, s)) in self.out.verdicts.iter().zip(batch).enumerate() {
+        for d in &self.out.decisions {
+            let service = self.engine.keys().names(d.key).map_or("", |n| n.0);
+            self.decisions.push(timeline::DecisionRow {
+                time_ns: d.time_ns,
+                rule: d.rule.clone(),
+                service: service.to_string(),
+                action: d.action.as_str(),
+                fault: None,
+            });
+        }
+        for (i, ((v, s), r)) in self.out.verdicts.iter().zip(batch).zip(&spans).enumerate() {
             if v.skipped.is_some() {
                 continue;
             }
@@ -465,12 +665,18 @@ impl Runner {
                 }
                 None => f64::NAN,
             };
+            let SpanKey::Id(key) = r.key else {
+                unreachable!("spans are given by id")
+            };
             self.test.push(TestSpan {
                 index: self.fed + i as u64,
                 score: v.score,
                 keep: v.keep,
                 label: s.label,
                 duration_ms,
+                arrival_ns: s.arrival_ns,
+                key,
+                learned: v.learned,
             });
         }
         self.fed += self.len as u64;
@@ -575,12 +781,15 @@ pub fn read_seed(path: &Path) -> Result<SeedReport, EvalError> {
 /// A one-line description of the configuration, for titles.
 fn describe(c: &ConfigReport) -> String {
     format!(
-        "{} mode, n_trees {}, height {}, window_size {}, min_score {}, train_size {}",
+        "{} mode, n_trees {}, height {}, window_size {}, {}, train_size {}",
         c.mode,
         c.sampler.n_trees,
         c.sampler.height,
         c.sampler.window_size,
-        c.sampler.min_score,
+        match c.sampler.min_score {
+            Some(t) => format!("min_score {t}"),
+            None => format!("keep_budget {}", c.sampler.keep_budget),
+        },
         c.sampler.train_size
     )
 }
@@ -598,13 +807,34 @@ fn write_file(
     body(&mut w).and_then(|_| w.flush()).map_err(werr)
 }
 
-fn write_scores(path: &Path, spans: &[TestSpan]) -> Result<(), EvalError> {
+fn write_scores(
+    path: &Path,
+    spans: &[TestSpan],
+    keys: &scale_core::keys::KeyTable,
+) -> Result<(), EvalError> {
     write_file(path, |w| {
-        writeln!(w, "index,score,keep,label")?;
+        writeln!(w, "index,score,keep,label,learned,arrival_unix_nano,service,operation")?;
         for s in spans {
             let score = s.score.map(|v| v.to_string()).unwrap_or_default();
             let label = s.label.map(|l| if l { "1" } else { "0" }).unwrap_or("");
-            writeln!(w, "{},{score},{},{label}", s.index, u8::from(s.keep))?;
+            let (svc, op) = keys.names(s.key).unwrap_or(("", ""));
+            let q = |t: &str| {
+                if t.contains([',', '"', '\n']) {
+                    format!("\"{}\"", t.replace('"', "\"\""))
+                } else {
+                    t.to_string()
+                }
+            };
+            writeln!(
+                w,
+                "{},{score},{},{label},{},{},{},{}",
+                s.index,
+                u8::from(s.keep),
+                u8::from(s.learned),
+                s.arrival_ns,
+                q(svc),
+                q(op)
+            )?;
         }
         Ok(())
     })
@@ -615,6 +845,7 @@ fn write_plots(
     spans: &[TestSpan],
     metrics: Option<&Metrics>,
     cfg: &ConfigReport,
+    threshold: &plot::Threshold,
 ) -> Result<(), EvalError> {
     std::fs::create_dir_all(dir).map_err(|source| EvalError::Write {
         path: dir.display().to_string(),
@@ -627,7 +858,7 @@ fn write_plots(
         "scores.svg",
         plot::scores_svg(
             spans,
-            cfg.sampler.min_score,
+            threshold,
             &format!("Anomaly scores of the test stream\n{d}"),
         ),
     )?;
@@ -635,7 +866,7 @@ fn write_plots(
         "durations.svg",
         plot::durations_svg(
             spans,
-            cfg.sampler.min_score,
+            threshold,
             &format!("Score vs duration\n{d}"),
         ),
     )?;
@@ -658,8 +889,14 @@ pub fn run(args: &EvalArgs) -> Result<Report, EvalError> {
         max_keys: cfg.keys.max_keys,
         rules: cfg.rules.len(),
     };
-    // Fail on an unusable seed file before the long run.
+    // Fail on an unusable seed or faults file before the long run.
     let seed = args.compare_seed.as_deref().map(read_seed).transpose()?;
+    let faults = args
+        .faults
+        .as_deref()
+        .map(timeline::read_faults)
+        .transpose()?
+        .unwrap_or_default();
     let progress = Progress::new(&args.files);
     let bytes = progress.bytes.clone();
     let mut r = Runner {
@@ -668,6 +905,13 @@ pub fn run(args: &EvalArgs) -> Result<Report, EvalError> {
         slots: Vec::with_capacity(BATCH),
         len: 0,
         clock_ns: 0,
+        batch_start_ns: 0,
+        pending: Default::default(),
+        frontier_ns: 0,
+        seq: 0,
+        late: 0,
+        decisions: Vec::new(),
+        timed: false,
         engine_time: Duration::ZERO,
         fed: 0,
         unskipped: 0,
@@ -689,6 +933,7 @@ pub fn run(args: &EvalArgs) -> Result<Report, EvalError> {
             "read"
         );
     }
+    r.release(true);
     r.flush();
     r.progress.bar.finish_and_clear();
     if bad_lines > 0 {
@@ -707,10 +952,49 @@ pub fn run(args: &EvalArgs) -> Result<Report, EvalError> {
         );
     }
     if let Some(p) = &args.scores {
-        write_scores(p, &r.test)?;
+        write_scores(p, &r.test, r.engine.keys())?;
+    }
+    let timeline = (r.timed || !faults.is_empty()).then(|| {
+        let has_rules = !r.engine.rules().rules().is_empty();
+        let keys = r.engine.keys();
+        timeline::report(
+            &r.test,
+            &faults,
+            has_rules.then(|| std::mem::take(&mut r.decisions)),
+            |k| keys.names(k).map_or("", |n| n.0),
+            timeline::Options {
+                bucket_ns: args.bucket,
+                after_ns: args.after,
+                grace_ns: args.grace,
+                within_ns: args.within,
+            },
+        )
+    });
+    if let (Some(dir), Some(t)) = (&args.plots, &timeline) {
+        std::fs::create_dir_all(dir).map_err(|source| EvalError::Write {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let title = format!(
+            "Keep rate over time ({}-s buckets)\n{}",
+            t.bucket_s,
+            describe(&config)
+        );
+        let path = dir.join("timeline.svg");
+        write_file(&path, |w| w.write_all(plot::timeline_svg(t, &title).as_bytes()))?;
     }
     if let Some(dir) = &args.plots {
-        write_plots(dir, &r.test, metrics.as_ref(), &config)?;
+        let threshold = match (config.sampler.min_score, r.engine.keep_threshold()) {
+            (Some(t), _) => plot::Threshold {
+                score: t,
+                name: "min_score",
+            },
+            (None, t) => plot::Threshold {
+                score: t.unwrap_or(1.0),
+                name: "calibrated threshold at the end",
+            },
+        };
+        write_plots(dir, &r.test, metrics.as_ref(), &config, &threshold)?;
     }
     let secs = r.engine_time.as_secs_f64();
     Ok(Report {
@@ -728,6 +1012,7 @@ pub fn run(args: &EvalArgs) -> Result<Report, EvalError> {
                 .map(|&k| (k.as_str(), stats.spans_skipped[k as usize]))
                 .collect(),
             bad_input_lines: bad_lines,
+            late: r.late,
         },
         metrics,
         seed,
@@ -748,7 +1033,85 @@ pub fn run(args: &EvalArgs) -> Result<Report, EvalError> {
             spans_scored: stats.spans_scored,
             spans_kept: stats.spans_kept,
         },
+        timeline,
     })
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.2} %", 100.0 * v)
+}
+
+fn render_timeline(o: &mut String, t: &timeline::TimelineReport) {
+    let _ = writeln!(
+        o,
+        "{:<10}{:>12}{:>10}{:>14}{:>10}{:>12}{:>10}",
+        "phase", "normal", "kept", "unaffected", "kept", "labelled", "kept"
+    );
+    for (name, r) in &t.phases {
+        let _ = writeln!(
+            o,
+            "{name:<10}{:>12}{:>10}{:>14}{:>10}{:>12}{:>10}",
+            r.normal,
+            pct(r.normal_rate()),
+            r.unaffected,
+            pct(r.unaffected_rate()),
+            r.labelled,
+            pct(r.labelled_rate())
+        );
+    }
+    let _ = writeln!(
+        o,
+        "(by the time spans reach the engine: during a fault window, within {} s after one, or \
+         before; \"unaffected\": services no fault names)",
+        t.after_s
+    );
+    if !t.faults.is_empty() {
+        o.push('\n');
+        let _ = write!(
+            o,
+            "{:<20} {:<24} {:<16} {:>9} {:>8} {:>11}",
+            "fault", "service", "type", "labelled", "recall", "first kept"
+        );
+        if t.rules.is_some() {
+            let _ = write!(o, " {:>10} {:>14}", "decisions", "first decision");
+        }
+        o.push('\n');
+        let secs = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} s"));
+        for f in &t.faults {
+            let _ = write!(
+                o,
+                "{:<20} {:<24} {:<16} {:>9} {:>8} {:>11}",
+                f.fault.id,
+                f.fault.service,
+                f.fault.fault_type,
+                f.labelled,
+                if f.labelled > 0 { format!("{:.3}", f.recall) } else { "-".into() },
+                secs(f.first_kept_after_s)
+            );
+            if let Some(n) = f.decisions {
+                let _ = write!(o, " {:>10} {:>14}", n, secs(f.first_decision_after_s));
+            }
+            o.push('\n');
+        }
+    }
+    if let Some(rules) = &t.rules {
+        o.push('\n');
+        let _ = writeln!(
+            o,
+            "decisions {} in all, {} false (for a service outside its fault windows + {} s)",
+            rules.decisions.len(),
+            rules.false_decisions,
+            rules.grace_s
+        );
+        for b in &rules.by_type {
+            let _ = writeln!(
+                o,
+                "  {:<16} {} faults, {} with labelled spans: {} decided within {} s, {} at all",
+                b.fault_type, b.faults, b.with_labelled_spans, b.decided_in_time, rules.within_s, b.decided
+            );
+        }
+    }
+    o.push('\n');
 }
 
 /// The report as a human-readable table.
@@ -831,6 +1194,9 @@ pub fn render_text(r: &Report) -> String {
         }
     }
     o.push('\n');
+    if let Some(t) = &r.timeline {
+        render_timeline(&mut o, t);
+    }
     let p = &r.performance;
     let e = &r.engine;
     let _ = writeln!(

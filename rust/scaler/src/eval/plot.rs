@@ -2,7 +2,7 @@
 //!
 //! * [`scores_svg`]: overlaid histograms (50 bins over `[0, 1]`) of the anomaly scores of normal
 //!   and anomalous spans, each as a share of its class so the rare class stays visible, with the
-//!   `min_score` threshold as a vertical line;
+//!   keep threshold as a vertical line;
 //! * [`confusion_svg`]: the 2×2 confusion matrix with counts and row percentages;
 //! * [`durations_svg`]: score against duration (log x), subsampled to at most
 //!   [`MAX_SCATTER_POINTS`] points by a fixed stride, coloured by label.
@@ -14,6 +14,15 @@
 use std::fmt::Write;
 
 use super::TestSpan;
+
+/// The keep threshold drawn on the score plots.
+#[derive(Debug, Clone, Copy)]
+pub struct Threshold {
+    /// Its value.
+    pub score: f64,
+    /// What it is (`min_score`, or the calibrated threshold at the end of the run).
+    pub name: &'static str,
+}
 use super::metrics::Confusion;
 
 /// Most points drawn by [`durations_svg`].
@@ -234,7 +243,8 @@ fn score_ticks() -> Vec<(f64, String)> {
 }
 
 /// Overlaid score histograms of normal and anomalous spans (or of all spans if none is labelled).
-pub fn scores_svg(spans: &[TestSpan], min_score: f64, title: &str) -> String {
+pub fn scores_svg(spans: &[TestSpan], threshold: &Threshold, title: &str) -> String {
+    let min_score = threshold.score;
     let mut svg = Svg::new(title);
     let labelled = spans.iter().any(|s| s.label.is_some());
     let classes: Vec<(&str, &str, Box<dyn Fn(&TestSpan) -> bool>)> = if labelled {
@@ -316,7 +326,7 @@ pub fn scores_svg(spans: &[TestSpan], min_score: f64, title: &str) -> String {
         H - BOTTOM,
         tx,
         TOP,
-        &format!("min_score {}", short(min_score)),
+        &format!("{} {}", threshold.name, short(min_score)),
         lx,
         TOP + 12.0,
         anchor,
@@ -418,7 +428,8 @@ pub fn confusion_svg(c: &Confusion, title: &str) -> String {
 }
 
 /// Score against duration (log x), at most [`MAX_SCATTER_POINTS`] points, coloured by label.
-pub fn durations_svg(spans: &[TestSpan], min_score: f64, title: &str) -> String {
+pub fn durations_svg(spans: &[TestSpan], threshold: &Threshold, title: &str) -> String {
+    let min_score = threshold.score;
     let mut svg = Svg::new(title);
     let usable: Vec<&TestSpan> = spans
         .iter()
@@ -481,7 +492,7 @@ pub fn durations_svg(spans: &[TestSpan], min_score: f64, title: &str) -> String 
         ty,
         W - RIGHT,
         ty,
-        &format!("min_score {}", short(min_score)),
+        &format!("{} {}", threshold.name, short(min_score)),
         LEFT + 6.0,
         ty - 5.0,
         "start",
@@ -506,6 +517,115 @@ pub fn durations_svg(spans: &[TestSpan], min_score: f64, title: &str) -> String 
             ),
         ));
     }
+    svg.legend(&legend);
+    svg.finish()
+}
+
+/// Keep rate over time: per bucket of the timeline (empty buckets left out, a gap in time drawn
+/// as a dashed line), the kept share of normal spans (and of the services no fault names) in the
+/// upper panel, of labelled spans in the lower one; buckets that overlap a fault window shaded.
+pub fn timeline_svg(t: &super::timeline::TimelineReport, title: &str) -> String {
+    let mut svg = Svg::new(title);
+    let n = t.buckets.len().max(1);
+    let (x0, x1) = (LEFT, W - RIGHT);
+    let xw = (x1 - x0) / n as f64;
+    let x_of = |i: usize| x0 + xw * (i as f64 + 0.5);
+    // Upper panel: normal keep rate, up to a round number above the largest.
+    let (u0, u1) = (TOP + 10.0, TOP + 200.0);
+    let (l0, l1) = (TOP + 236.0, H - BOTTOM);
+    let peak = t
+        .buckets
+        .iter()
+        .map(|b| b.rates.normal_rate())
+        .fold(0.0, f64::max);
+    let top = nice_ceil((peak * 100.0).max(0.5));
+    let y_up = |v: f64| u1 - (v * 100.0 / top).min(1.0) * (u1 - u0);
+    let y_lo = |v: f64| l1 - v.min(1.0) * (l1 - l0);
+    for (i, b) in t.buckets.iter().enumerate() {
+        if b.fault {
+            for (a, z) in [(u0, u1), (l0, l1)] {
+                svg.rect(
+                    x0 + xw * i as f64,
+                    a,
+                    xw,
+                    z - a,
+                    r##"fill="#d62728" fill-opacity="0.10""##,
+                );
+            }
+        }
+        if i > 0 && b.start_ns - t.buckets[i - 1].start_ns > (t.bucket_s * 1.5e9) as u64 {
+            let x = x0 + xw * i as f64;
+            svg.line(x, u0, x, l1, r##"stroke="#999999" stroke-dasharray="3 3""##);
+        }
+    }
+    for (a, z) in [(u0, u1), (l0, l1)] {
+        svg.line(x0, z, x1, z, r#"stroke="black""#);
+        svg.line(x0, a, x0, z, r#"stroke="black""#);
+    }
+    for k in 0..=4 {
+        let v = top * k as f64 / 4.0;
+        let y = y_up(v / 100.0);
+        svg.line(x0 - 4.0, y, x0, y, r#"stroke="black""#);
+        svg.text(x0 - 7.0, y + 4.0, "end", "", &format!("{} %", short(v)));
+        let y = y_lo(k as f64 / 4.0);
+        svg.line(x0 - 4.0, y, x0, y, r#"stroke="black""#);
+        svg.text(x0 - 7.0, y + 4.0, "end", "", &format!("{} %", 25 * k));
+    }
+    let path = |f: &dyn Fn(&super::timeline::Bucket) -> Option<f64>, y: &dyn Fn(f64) -> f64| {
+        let mut d = String::new();
+        let mut pen = false;
+        for (i, b) in t.buckets.iter().enumerate() {
+            match f(b) {
+                Some(v) => {
+                    let _ = write!(d, "{}{:.1},{:.1} ", if pen { "L" } else { "M" }, x_of(i), y(v));
+                    pen = true;
+                }
+                None => pen = false,
+            }
+        }
+        d
+    };
+    let series: [(&str, &str, &dyn Fn(&super::timeline::Bucket) -> Option<f64>, bool); 3] = [
+        (NORMAL, "normal spans", &|b| (b.rates.normal > 0).then(|| b.rates.normal_rate()), true),
+        (
+            "#2ca02c",
+            "normal spans of services no fault names",
+            &|b| (b.rates.unaffected > 0).then(|| b.rates.unaffected_rate()),
+            true,
+        ),
+        (
+            ANOMALOUS,
+            "labelled spans (lower panel)",
+            &|b| (b.rates.labelled > 0).then(|| b.rates.labelled_rate()),
+            false,
+        ),
+    ];
+    for (colour, _, f, upper) in &series {
+        let d = if *upper { path(*f, &y_up) } else { path(*f, &y_lo) };
+        if !d.is_empty() {
+            let _ = writeln!(
+                svg.0,
+                r#"<path d="{d}" fill="none" stroke="{colour}" stroke-width="1.5"/>"#
+            );
+        }
+    }
+    svg.text(x0 + 6.0, u0 + 12.0, "start", r#" font-weight="bold""#, "kept share of normal spans");
+    svg.text(x0 + 6.0, l0 + 12.0, "start", r#" font-weight="bold""#, "kept share of labelled spans");
+    svg.text(
+        (x0 + x1) / 2.0,
+        H - 20.0,
+        "middle",
+        "",
+        &format!(
+            "time, {} buckets of {} s with spans (dashed: a gap in time; shaded: a fault window)",
+            t.buckets.len(),
+            short(t.bucket_s)
+        ),
+    );
+    let legend: Vec<_> = series
+        .iter()
+        .map(|(c, name, _, _)| (*c, name.to_string()))
+        .collect();
     svg.legend(&legend);
     svg.finish()
 }
@@ -592,6 +712,13 @@ pub(crate) mod tests {
         }
     }
 
+    fn th(score: f64) -> Threshold {
+        Threshold {
+            score,
+            name: "min_score",
+        }
+    }
+
     fn spans() -> Vec<TestSpan> {
         (0..12_000u64)
             .map(|i| {
@@ -615,6 +742,8 @@ pub(crate) mod tests {
                     } else {
                         0.01 * (1 + i % 5000) as f64
                     },
+                    arrival_ns: i * 1_000_000,
+                    key: (i % 7) as u32,
                 }
             })
             .collect()
@@ -640,9 +769,9 @@ pub(crate) mod tests {
             tn: 9,
         };
         for doc in [
-            scores_svg(&s, 0.6, title),
+            scores_svg(&s, &th(0.6), title),
             confusion_svg(&c, title),
-            durations_svg(&s, 0.6, title),
+            durations_svg(&s, &th(0.6), title),
         ] {
             check_xml(&doc).unwrap_or_else(|e| panic!("{e}\n{}", &doc[..doc.len().min(2000)]));
             assert!(doc.contains("&lt;paper&gt; &amp; &quot;quotes&quot;"));
@@ -651,11 +780,11 @@ pub(crate) mod tests {
 
     #[test]
     fn scatter_is_subsampled_and_empty_inputs_work() {
-        let doc = durations_svg(&spans(), 0.6, "t");
+        let doc = durations_svg(&spans(), &th(0.6), "t");
         assert!(doc.matches("<circle").count() <= MAX_SCATTER_POINTS);
         for doc in [
-            scores_svg(&[], 0.5, "t"),
-            durations_svg(&[], 0.5, "t"),
+            scores_svg(&[], &th(0.5), "t"),
+            durations_svg(&[], &th(0.5), "t"),
             confusion_svg(&Confusion::default(), "t"),
         ] {
             check_xml(&doc).unwrap();
@@ -664,7 +793,7 @@ pub(crate) mod tests {
             .into_iter()
             .map(|s| TestSpan { label: None, ..s })
             .collect();
-        let doc = scores_svg(&unlabelled, 0.5, "t");
+        let doc = scores_svg(&unlabelled, &th(0.5), "t");
         assert!(doc.contains("unlabelled") && check_xml(&doc).is_ok());
     }
 
@@ -678,9 +807,11 @@ pub(crate) mod tests {
                 keep: false,
                 label: Some(false),
                 duration_ms: 1.0,
+                arrival_ns: 0,
+                key: 0,
             })
             .collect();
-        let doc = scores_svg(&s, 0.6, "t");
+        let doc = scores_svg(&s, &th(0.6), "t");
         // Three non-empty bins: 0, 25 and the last (1.0 falls in bin 49).
         assert_eq!(doc.matches("fill-opacity=\"0.5\"").count(), 3);
         assert_eq!(nice_ceil(0.34), 0.5);

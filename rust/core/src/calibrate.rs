@@ -1,0 +1,172 @@
+//! The keep budget: a score threshold calibrated online so that a set fraction of ordinary
+//! traffic is kept, whatever the scores look like on a given system.
+//!
+//! A [`Calibrator`] keeps a histogram of the scores of the spans the engine *learned* — the ones
+//! it took as ordinary; spans of an incident are not learned (see [`crate::Engine`]), so an
+//! incident cannot move the threshold and its spans are not "used up" by the budget. The
+//! threshold is the histogram's `1 − keep_budget` quantile, recomputed every
+//! [`RECOMPUTE_EVERY`] learned scores; old scores fade by half every [`HALF_LIFE_SCORES`].
+//!
+//! Scores are binned by `−log2(1 − score)` ([`BINS_PER_OCTAVE`] bins per halving), so the
+//! resolution is finest where anomalous scores lie (close to 1), and within a bin the quantile is
+//! interpolated. Until [`Calibrator::is_ready`] (enough scores to put `MIN_TAIL_SCORES` above the
+//! threshold) nothing is kept.
+//!
+//! Cost: one logarithm per learned span; the threshold costs one pass over the bins every
+//! [`RECOMPUTE_EVERY`] spans. Memory: `4 · BINS` bytes.
+
+use serde::{Deserialize, Serialize};
+
+/// Bins per halving of `1 − score`.
+pub const BINS_PER_OCTAVE: usize = 32;
+/// Octaves covered: `1 − score` down to `2^−40`.
+const OCTAVES: usize = 40;
+const BINS: usize = BINS_PER_OCTAVE * OCTAVES;
+/// Learned scores between two recomputations of the threshold.
+pub const RECOMPUTE_EVERY: u32 = 256;
+/// Learned scores after which an old score counts half.
+pub const HALF_LIFE_SCORES: f64 = 32_768.0;
+/// Scores the tail above the threshold must hold before the threshold is trusted.
+pub const MIN_TAIL_SCORES: f64 = 10.0;
+
+/// A threshold calibrated to a keep budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibrator {
+    budget: f64,
+    half_life: f64,
+    bins: Vec<f32>,
+    unit: f32,
+    total: f64,
+    since: u32,
+    threshold: Option<f64>,
+}
+
+#[inline]
+fn bin_of(score: f64) -> usize {
+    let t = (1.0 - score).max(f64::MIN_POSITIVE);
+    ((-t.log2() * BINS_PER_OCTAVE as f64) as usize).min(BINS - 1)
+}
+
+/// `1 − score` at the lower edge (towards 0) of bin `b` plus `frac` of the bin.
+#[inline]
+fn score_at(b: usize, frac: f64) -> f64 {
+    1.0 - (-(b as f64 + frac) / BINS_PER_OCTAVE as f64).exp2()
+}
+
+impl Calibrator {
+    /// A calibrator for `budget` (the fraction of ordinary spans to keep, in `(0, 1)`).
+    pub fn new(budget: f64) -> Self {
+        Self::with_half_life(budget, HALF_LIFE_SCORES)
+    }
+
+    /// (experiment)
+    pub fn with_half_life(budget: f64, half_life: f64) -> Self {
+        Self {
+            budget,
+            half_life,
+            bins: vec![0.0; BINS],
+            unit: 1.0,
+            total: 0.0,
+            since: 0,
+            threshold: None,
+        }
+    }
+
+    /// The keep budget.
+    pub fn budget(&self) -> f64 {
+        self.budget
+    }
+
+    /// Whether enough scores were seen for the threshold to mean something.
+    pub fn is_ready(&self) -> bool {
+        self.threshold.is_some()
+    }
+
+    /// The current threshold (keep iff `score ≥ threshold`), once ready.
+    pub fn threshold(&self) -> Option<f64> {
+        self.threshold
+    }
+
+    /// Add the score of an ordinary span, with `weight` (1 for a span that counts fully).
+    pub fn add(&mut self, score: f64, weight: f32) {
+        // Old scores fade per unit of weight added: 2^(weight / HALF_LIFE_SCORES).
+        self.unit *= (weight as f64 / self.half_life).exp2() as f32;
+        if self.unit > 1e30 {
+            for b in &mut self.bins {
+                *b *= 1e-30;
+            }
+            self.total *= 1e-30;
+            self.unit *= 1e-30;
+        }
+        self.bins[bin_of(score)] += self.unit * weight;
+        self.total += (self.unit * weight) as f64;
+        self.since += 1;
+        if self.since >= RECOMPUTE_EVERY {
+            self.since = 0;
+            self.recompute();
+        }
+    }
+
+    fn recompute(&mut self) {
+        let want = self.budget * self.total;
+        if want < MIN_TAIL_SCORES * self.unit as f64 {
+            return;
+        }
+        // From the anomalous end (the highest bins) down until the budget's weight is covered.
+        let mut acc = 0.0;
+        for b in (0..BINS).rev() {
+            let w = self.bins[b] as f64;
+            if acc + w >= want {
+                // Interpolate within the bin (uniform on its log scale): the part above the
+                // threshold is `want − acc` of `w`.
+                let frac = if w > 0.0 { (want - acc) / w } else { 0.0 };
+                self.threshold = Some(score_at(b, 1.0 - frac));
+                return;
+            }
+            acc += w;
+        }
+        self.threshold = Some(score_at(0, 0.0));
+    }
+
+    /// Heap bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.bins.capacity() * 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    #[test]
+    fn threshold_keeps_the_budget_whatever_the_distribution() {
+        for (budget, shape) in [(0.01, 1.0), (0.005, 8.0), (0.02, 0.2)] {
+            let mut c = Calibrator::new(budget);
+            let mut rng = SplitMix64::new(3);
+            let mut draw = || 1.0 - rng.next_f64().powf(shape) * 0.3;
+            for _ in 0..100_000 {
+                c.add(draw(), 1.0);
+            }
+            let t = c.threshold().unwrap();
+            let kept = (0..100_000).filter(|_| draw() >= t).count() as f64 / 1e5;
+            assert!(
+                (kept / budget - 1.0).abs() < 0.15,
+                "budget {budget} shape {shape}: kept {kept}"
+            );
+        }
+    }
+
+    #[test]
+    fn not_ready_until_the_tail_holds_enough_scores() {
+        let mut c = Calibrator::new(0.01);
+        for i in 0..900 {
+            c.add((i % 100) as f64 / 100.0, 1.0);
+        }
+        assert!(!c.is_ready());
+        for i in 0..2_000 {
+            c.add((i % 100) as f64 / 100.0, 1.0);
+        }
+        assert!(c.is_ready());
+    }
+}
