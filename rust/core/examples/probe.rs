@@ -6,7 +6,7 @@
 //! cargo run --workspace --release --example probe -- CONFIG.yaml SPANS.csv > probe.csv
 //! ```
 //!
-//! Columns: `index,key,duration_ms,label,x0,x1,tail,context_z,shift,incident,extreme,established,score,learned,keep,threshold`.
+//! Columns: `index,key,duration_ms,label,x0,x1,tail,context_z,shift,incident,established,score,learned,keep,threshold`.
 
 use std::io::{BufRead, BufReader, Write};
 
@@ -35,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut out = std::io::BufWriter::new(out.lock());
     writeln!(
         out,
-        "index,key,duration_ms,label,x0,x1,tail,context_z,shift,incident,extreme,established,score,learned,keep,threshold"
+        "index,key,duration_ms,label,x0,x1,tail,context_z,shift,incident,established,score,learned,keep,threshold"
     )?;
     let mut decisions = Vec::new();
     for (i, line) in lines.enumerate() {
@@ -56,15 +56,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             trace_id: [0; 16],
             span_id: [0; 8],
         };
-        if std::env::var_os("PROBE_CHEAT").is_some() {
-            engine.debug_force_learn = label.map(|l| f[l] == "0");
-        }
         let v = engine.process_span(&span, 0, now, &mut decisions);
         decisions.clear();
         let e = engine.last_explain();
         writeln!(
             out,
-            "{i},{}::{},{d},{},{:.5},{:.5},{:.3e},{:.2},{:.4},{},{},{},{},{},{},{}",
+            "{i},{}::{},{d},{},{:.5},{:.5},{:.3e},{:.2},{:.4},{},{},{},{},{},{}",
             svc,
             f[operation],
             label.map_or("", |l| f[l]),
@@ -74,7 +71,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             e.context_z,
             e.shift,
             u8::from(e.incident),
-            u8::from(e.extreme),
             u8::from(e.established),
             v.score.map(|s| format!("{s:.6}")).unwrap_or_default(),
             u8::from(v.learned),

@@ -1,19 +1,20 @@
 //! The keep budget: a score threshold calibrated online so that a set fraction of ordinary
 //! traffic is kept, whatever the scores look like on a given system.
 //!
-//! A [`Calibrator`] keeps a histogram of the scores of the spans the engine *learned* — the ones
-//! it took as ordinary; spans of an incident are not learned (see [`crate::Engine`]), so an
-//! incident cannot move the threshold and its spans are not "used up" by the budget. The
-//! threshold is the histogram's `1 − keep_budget` quantile, recomputed every
-//! [`RECOMPUTE_EVERY`] learned scores; old scores fade by half every [`HALF_LIFE_SCORES`].
+//! A [`Calibrator`] keeps a weighted histogram of scores and puts the threshold at its
+//! `1 − keep_budget` quantile, recomputed every [`RECOMPUTE_EVERY`] scores; old scores fade by
+//! half every [`HALF_LIFE_SCORES`] (of weight). The engine decides what each score weighs (see
+//! [`crate::Engine`]): ordinary spans count fully, the spans of an incident hardly at all, so an
+//! incident does not raise the threshold its own spans are judged by and its spans are not
+//! "used up" by the budget.
 //!
 //! Scores are binned by `−log2(1 − score)` ([`BINS_PER_OCTAVE`] bins per halving), so the
-//! resolution is finest where anomalous scores lie (close to 1), and within a bin the quantile is
-//! interpolated. Until [`Calibrator::is_ready`] (enough scores to put `MIN_TAIL_SCORES` above the
-//! threshold) nothing is kept.
+//! resolution is finest where anomalous scores lie (close to 1); within a bin the quantile is
+//! interpolated. Until [`Calibrator::is_ready`] (enough weight to put [`MIN_TAIL_SCORES`] above
+//! the threshold) there is no threshold and nothing is kept.
 //!
-//! Cost: one logarithm per learned span; the threshold costs one pass over the bins every
-//! [`RECOMPUTE_EVERY`] spans. Memory: `4 · BINS` bytes.
+//! Cost: one logarithm per score; the threshold costs one pass over the bins every
+//! [`RECOMPUTE_EVERY`] scores. Memory: `4 · BINS` bytes (5 KB).
 
 use serde::{Deserialize, Serialize};
 
@@ -22,9 +23,9 @@ pub const BINS_PER_OCTAVE: usize = 32;
 /// Octaves covered: `1 − score` down to `2^−40`.
 const OCTAVES: usize = 40;
 const BINS: usize = BINS_PER_OCTAVE * OCTAVES;
-/// Learned scores between two recomputations of the threshold.
+/// Scores between two recomputations of the threshold.
 pub const RECOMPUTE_EVERY: u32 = 256;
-/// Learned scores after which an old score counts half.
+/// Weight of scores after which an old score counts half.
 pub const HALF_LIFE_SCORES: f64 = 32_768.0;
 /// Scores the tail above the threshold must hold before the threshold is trusted.
 pub const MIN_TAIL_SCORES: f64 = 10.0;
@@ -33,7 +34,6 @@ pub const MIN_TAIL_SCORES: f64 = 10.0;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibrator {
     budget: f64,
-    half_life: f64,
     bins: Vec<f32>,
     unit: f32,
     total: f64,
@@ -56,14 +56,8 @@ fn score_at(b: usize, frac: f64) -> f64 {
 impl Calibrator {
     /// A calibrator for `budget` (the fraction of ordinary spans to keep, in `(0, 1)`).
     pub fn new(budget: f64) -> Self {
-        Self::with_half_life(budget, HALF_LIFE_SCORES)
-    }
-
-    /// (experiment)
-    pub fn with_half_life(budget: f64, half_life: f64) -> Self {
         Self {
             budget,
-            half_life,
             bins: vec![0.0; BINS],
             unit: 1.0,
             total: 0.0,
@@ -90,7 +84,7 @@ impl Calibrator {
     /// Add the score of an ordinary span, with `weight` (1 for a span that counts fully).
     pub fn add(&mut self, score: f64, weight: f32) {
         // Old scores fade per unit of weight added: 2^(weight / HALF_LIFE_SCORES).
-        self.unit *= (weight as f64 / self.half_life).exp2() as f32;
+        self.unit *= (weight as f64 / HALF_LIFE_SCORES).exp2() as f32;
         if self.unit > 1e30 {
             for b in &mut self.bins {
                 *b *= 1e-30;

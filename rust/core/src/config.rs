@@ -31,6 +31,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_saphyr::Spanned;
 
 use crate::error::{ConfigError, ConfigProblem};
+pub use crate::features::Sides;
 
 /// Featurization mode. See the crate docs for the evaluation behind the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -64,11 +65,13 @@ pub struct SamplerConfig {
     pub height: u32,
     /// Spans per tumbling mass window.
     pub window_size: u32,
-    /// Fraction of ordinary traffic to keep (0–1): the keep threshold is calibrated online to it
-    /// (see [`crate::calibrate`]). Ignored when `min_score` is set.
+    /// Fraction of ordinary traffic to keep, in `(0, 1)`: the keep threshold is calibrated
+    /// online so that this share of the spans not part of an incident is kept (see
+    /// [`crate::calibrate`]). Default 0.01. Not used with `min_score`.
     pub keep_budget: f64,
     /// A fixed keep threshold instead of the budget: a span is kept iff its score is at least
-    /// this (0–1).
+    /// this (0–1). Default: none (the budget decides). A fixed threshold does not transfer
+    /// between systems: the same value keeps very different shares of different traffic.
     pub min_score: Option<f64>,
     /// Durations are capped here, in milliseconds.
     pub max_duration_ms: f64,
@@ -80,8 +83,7 @@ pub struct SamplerConfig {
 
 impl SamplerConfig {
     /// Defaults: the forest River ships with (10 trees, height 8, window 250), the paper's
-    /// `max_duration` of 50 s, and the keep threshold and training prefix tuned for `keyed` mode
-    /// on the paper's stream (see BENCHMARKS.md).
+    /// `max_duration` of 50 s, a keep budget of 1 % and a training prefix of 1,000 spans.
     pub const DEFAULT: SamplerConfig = SamplerConfig {
         n_trees: 10,
         height: 8,
@@ -227,47 +229,19 @@ pub struct Rule {
     pub action: Action,
 }
 
-/// Tuning of the `keyed` featurization (see [`crate::features`]).
+/// Tuning of the `keyed` featurization (see [`crate::features`] and [`crate::latency`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct KeyedConfig {
-    /// Time constant of a key's latency memory, ms: a span learned this long ago counts `1/e`.
+    /// Time constant of a key's latency memory, ms: a span learned this long ago counts `1/e`
+    /// (but a key forgets at most one part in 256 per learned span). Default 10 minutes.
     pub memory_ms: f64,
-    /// Spans a key must have learned before its model is trusted.
+    /// Spans a key must have learned before it is judged. Default 8.
     pub min_key_count: u32,
-    /// Time constant of a key's context (the moving mean of its recent spans' positions), ms.
+    /// Time constant of a key's and a service's context (the moving mean of its recent spans'
+    /// positions), ms. Default 10 s.
     pub context_window_ms: f64,
-    /// A key whose context is this many standard deviations above ordinary is in an incident:
-    /// its spans are mostly not learned.
-    pub context_gate: f64,
-    /// A span slower than its key's 90th percentile by this many times the key's body width
-    /// (90th percentile − median, on a log scale) is extreme: mostly not learned.
-    pub extreme_spreads: f64,
-    /// Only slower than usual is anomalous (`true`); `false` also judges faster spans.
-    pub slower_only: bool,
-    /// (experiment) 0 tail, 1 rarity, 2 min, 3 geometric mean.
-    pub surprise: u32,
-    /// (experiment)
-    pub min_shift: f64,
-    /// (experiment)
-    pub inflate: bool,
-    /// (experiment)
-    pub extreme_rate: bool,
-    /// (experiment)
-    pub hold_kept: bool,
-    /// (experiment)
-    pub hold_rare: bool,
-    /// (experiment)
-    pub soft_freeze: bool,
-    /// (experiment)
-    pub rare_share: f64,
-    /// (experiment)
-    pub cal_half_life: f64,
-    /// (experiment)
-    pub freeze_ratio: f64,
-    /// (experiment)
-    pub freeze_weight: f64,
-    /// (experiment)
-    pub kept_window: f64,
+    /// Which side of a key's latency is anomalous. Default `slower`.
+    pub sides: Sides,
 }
 
 impl KeyedConfig {
@@ -276,21 +250,7 @@ impl KeyedConfig {
         memory_ms: 600_000.0,
         min_key_count: 8,
         context_window_ms: 10_000.0,
-        context_gate: 4.0,
-        extreme_spreads: 3.0,
-        slower_only: true,
-        surprise: 0,
-        min_shift: 0.3,
-        inflate: false,
-        extreme_rate: false,
-        hold_kept: false,
-        hold_rare: true,
-        soft_freeze: false,
-        rare_share: 0.03,
-        cal_half_life: 32768.0,
-        freeze_ratio: 1.5,
-        freeze_weight: 0.125,
-        kept_window: 4096.0,
+        sides: Sides::Slower,
     };
 }
 
@@ -405,21 +365,7 @@ struct RawKeyed {
     memory: Option<S<DurationMs>>,
     min_key_count: Option<S<i64>>,
     context_window: Option<S<DurationMs>>,
-    context_gate: Option<S<f64>>,
-    extreme_spreads: Option<S<f64>>,
-    slower_only: Option<S<bool>>,
-    surprise: Option<S<i64>>,
-    min_shift: Option<S<f64>>,
-    inflate: Option<S<bool>>,
-    extreme_rate: Option<S<bool>>,
-    hold_kept: Option<S<bool>>,
-    hold_rare: Option<S<bool>>,
-    soft_freeze: Option<S<bool>>,
-    rare_share: Option<S<f64>>,
-    cal_half_life: Option<S<f64>>,
-    freeze_ratio: Option<S<f64>>,
-    freeze_weight: Option<S<f64>>,
-    kept_window: Option<S<f64>>,
+    sides: Option<S<Sides>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -772,6 +718,13 @@ impl EngineConfig {
             ) as u64,
             seed: s.seed.as_ref().map(|v| v.value).unwrap_or(d.seed),
         };
+        if let (Some(b), Some(_)) = (&s.keep_budget, &s.min_score) {
+            p.push(
+                "sampler.keep_budget",
+                b,
+                "is given with sampler.min_score; use one (a fixed min_score replaces the budget)",
+            );
+        }
         if let (Some(h), Some(n)) = (&s.height, &s.n_trees) {
             // 24 bytes per node; refuse forests over 4 GiB.
             let bytes = 24u128
@@ -802,45 +755,19 @@ impl EngineConfig {
         let kd = KeyedConfig::DEFAULT;
         let keyed = KeyedConfig {
             memory_ms: p.duration("keyed.memory", &k.memory, kd.memory_ms),
-            context_window_ms: p.duration(
-                "keyed.context_window",
-                &k.context_window,
-                kd.context_window_ms,
-            ),
-            context_gate: p.float(
-                "keyed.context_gate",
-                &k.context_gate,
-                |x| x > 0.0,
-                "positive",
-                kd.context_gate,
-            ),
-            extreme_spreads: p.float(
-                "keyed.extreme_spreads",
-                &k.extreme_spreads,
-                |x| x > 0.0,
-                "positive",
-                kd.extreme_spreads,
-            ),
-            slower_only: k.slower_only.as_ref().map_or(kd.slower_only, |v| v.value),
-            surprise: p.int("keyed.surprise", &k.surprise, 0, 3, 0) as u32,
-            min_shift: p.float("keyed.min_shift", &k.min_shift, |x| x >= 0.0, "x", kd.min_shift),
-            inflate: k.inflate.as_ref().map_or(kd.inflate, |v| v.value),
-            extreme_rate: k.extreme_rate.as_ref().map_or(kd.extreme_rate, |v| v.value),
-            hold_kept: k.hold_kept.as_ref().map_or(kd.hold_kept, |v| v.value),
-            hold_rare: k.hold_rare.as_ref().map_or(kd.hold_rare, |v| v.value),
-            soft_freeze: k.soft_freeze.as_ref().map_or(kd.soft_freeze, |v| v.value),
-            rare_share: p.float("keyed.rare_share", &k.rare_share, |x| x >= 0.0, "x", kd.rare_share),
-            cal_half_life: p.float("keyed.cal_half_life", &k.cal_half_life, |x| x > 0.0, "x", kd.cal_half_life),
-            freeze_ratio: p.float("keyed.freeze_ratio", &k.freeze_ratio, |x| x > 0.0, "x", kd.freeze_ratio),
-            freeze_weight: p.float("keyed.freeze_weight", &k.freeze_weight, |x| x > 0.0, "x", kd.freeze_weight),
-            kept_window: p.float("keyed.kept_window", &k.kept_window, |x| x >= 1.0, "x", kd.kept_window),
             min_key_count: p.int(
                 "keyed.min_key_count",
                 &k.min_key_count,
                 1,
                 1_000_000,
-                KeyedConfig::DEFAULT.min_key_count as i64,
+                kd.min_key_count as i64,
             ) as u32,
+            context_window_ms: p.duration(
+                "keyed.context_window",
+                &k.context_window,
+                kd.context_window_ms,
+            ),
+            sides: k.sides.as_ref().map_or(kd.sides, |v| v.value),
         };
         let rules = validate_rules(&mut p, &raw.rules, "rules");
         if !p.0.is_empty() {

@@ -5,10 +5,9 @@ use serde::{Deserialize, Serialize};
 use crate::calibrate::Calibrator;
 use crate::config::{EngineConfig, Mode};
 use crate::error::{Error, Result};
-use crate::features::{self, Featurizer, N_FEATURES, SkipReason};
+use crate::features::{self, Featurizer, N_FEATURES, RARE_TAIL, SkipReason};
 use crate::hst::{Hst, HstParams};
 use crate::keys::{KeyId, KeyTable, OVERFLOW};
-use crate::latency::RARE_TAIL;
 use crate::rules::{Decision, Observation, RuleSet};
 
 /// How a span names its key.
@@ -79,8 +78,6 @@ pub struct Explain {
     pub shift: f64,
     /// `keyed`: the key is in an incident.
     pub incident: bool,
-    /// `keyed`: far beyond the key's body.
-    pub extreme: bool,
     /// `keyed`: the key's model is trusted.
     pub established: bool,
 }
@@ -150,16 +147,13 @@ pub struct Engine {
     /// Spans held back as part of an incident (keyed mode), for learning one in
     /// [`INCIDENT_LEARN_EVERY`].
     held: u64,
-    /// Moving share of rare spans (tail below [`RARE_TAIL`]) among the scored spans of
-    /// established keys, over about `1 / RARE_SHARE_WEIGHT` spans.
+    /// Moving share of rare spans (a tail probability below the keep budget) among the scored
+    /// spans of established keys, over about `1 / RARE_SHARE_WEIGHT` spans.
     rare_share: f64,
     /// The keep threshold, calibrated to `keep_budget` (unused with a fixed `min_score`).
     calibrator: Calibrator,
     #[serde(skip)]
     last: ExplainSlot,
-    /// (experiment) learn the next span iff this says so.
-    #[serde(skip)]
-    pub debug_force_learn: Option<bool>,
 }
 
 /// [`Explain`] of the last span: not state, so it takes no part in equality.
@@ -178,7 +172,7 @@ impl PartialEq for ExplainSlot {
 pub const INCIDENT_LEARN_EVERY: u64 = 8;
 /// Weight of each scored span in the moving share of rare spans.
 pub const RARE_SHARE_WEIGHT: f64 = 1.0 / 4096.0;
-/// Rare spans are in excess above this many times [`RARE_TAIL`].
+/// Rare spans are in excess above this many times their share in ordinary traffic.
 pub const RARE_EXCESS: f64 = 1.5;
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SCALESNP";
@@ -213,9 +207,8 @@ impl Engine {
             feature_names,
             held: 0,
             rare_share: RARE_TAIL,
-            calibrator: Calibrator::with_half_life(cfg.sampler.keep_budget, cfg.keyed.cal_half_life),
+            calibrator: Calibrator::new(cfg.sampler.keep_budget),
             last: ExplainSlot::default(),
-            debug_force_learn: None,
             cfg,
         }
     }
@@ -364,7 +357,8 @@ impl Engine {
             self.hst.build(&[(0.0, 1.0); N_FEATURES]);
         }
         let mut x = [0.0; N_FEATURES];
-        let look = self.featurizer.features(key, d, now_ns, &mut x);
+        let service = self.keys.service_of(key);
+        let look = self.featurizer.features(key, service, d, now_ns, &mut x);
         self.learned += 1;
         let trained = self.learned > self.cfg.sampler.train_size;
         // `learn`: whether this span is taken as ordinary: learned by the forest and its key's
@@ -375,60 +369,55 @@ impl Engine {
             context_z: look.context_z,
             shift: look.shift,
             incident: look.incident,
-            extreme: look.extreme,
             established: look.established,
         };
         let threshold = self.keep_threshold();
         let keyed = self.cfg.mode == Mode::Keyed;
         let incident = keyed && look.incident;
-        // Rare spans (tail below RARE_TAIL) make up RARE_TAIL of ordinary traffic on any system;
-        // far more of them than that, across the whole engine, is an incident too.
+        // Rare spans (a tail probability under their key's model below RARE_TAIL) make up
+        // RARE_TAIL of ordinary traffic on any system; many more of them across the engine is an
+        // incident too, spread over keys.
         let rare = keyed && trained && look.established && look.tail < RARE_TAIL;
         let excess = self.rare_share > RARE_EXCESS * RARE_TAIL;
         let mut anomalous = false;
         let mut learn = true;
         let held = &mut self.held;
-        let force = self.debug_force_learn.take();
-        let k = &self.cfg.keyed;
-        let hold_rare = k.hold_rare;
         let score = self.hst.score_then_learn_if(&x, |score| {
             anomalous = trained && matches!((score, threshold), (Some(s), Some(t)) if s >= t);
             // What is learned is what the engine takes as ordinary. River (paper mode) learns
             // every span; training learns everything; a key still warming up learns every span
             // (a new service must become known). Otherwise (keyed), a span of a key in an
-            // incident (its recent spans slower than usual as a whole), or a rare span while
-            // rare spans are in excess, is not learned, so that a fault does not become the
-            // normal it is judged against; one in INCIDENT_LEARN_EVERY is, so a lasting change
-            // is absorbed, slowly. Everything else is learned, the slowest ordinary spans
-            // included: a model that did not learn its own tail would find it rarer every
-            // time.
-            learn = if let Some(f) = force {
-                f
-            } else if !keyed || !trained || !look.established {
+            // incident, or a rare span while rare spans are in excess, is not learned, so that a
+            // fault does not become the normal it is judged against; one in INCIDENT_LEARN_EVERY
+            // is, so that a lasting change is absorbed, slowly. Everything else is learned, the
+            // slowest ordinary spans included: a model that did not learn its own tail would
+            // find the tail rarer every time it saw it.
+            learn = if !keyed || !trained || !look.established || !(incident || (rare && excess)) {
                 true
-            } else if incident || (hold_rare && rare && excess) {
+            } else {
                 *held += 1;
                 held.is_multiple_of(INCIDENT_LEARN_EVERY)
-            } else {
-                true
             };
             learn
         });
         if learn {
             self.featurizer.learn(key, d, now_ns);
         }
-        if let Some(s) = score
-            && !incident
-        {
-            // The threshold is calibrated on ordinary spans: not those of a key in an incident.
-            // While rare spans are in excess, each counts only as much as chance gives them
-            // (RARE_TAIL of the traffic), so an incident spread over many keys does not raise
-            // the threshold its own spans are judged by.
-            let w = if rare && excess {
+        if let Some(s) = score {
+            // The threshold is calibrated on ordinary spans. A span of a key in an incident
+            // counts 1 / INCIDENT_LEARN_EVERY: an incident keeps most of its spans beyond the
+            // budget, but a slowdown that keeps coming back does not escape it altogether. While
+            // rare spans are in excess, each counts only as much as chance gives them (RARE_TAIL
+            // of the traffic), so an incident spread over many keys does not raise the threshold
+            // its own spans are judged by either.
+            let mut w = if rare && excess {
                 (RARE_TAIL / self.rare_share) as f32
             } else {
                 1.0
             };
+            if incident {
+                w /= INCIDENT_LEARN_EVERY as f32;
+            }
             self.calibrator.add(s, w);
         }
         if keyed && trained && look.established {

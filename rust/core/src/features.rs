@@ -17,27 +17,42 @@
 //!
 //! # `keyed` mode (the default)
 //!
-//! Each key keeps a latency baseline: an exponentially weighted mean `m` and mean absolute
-//! deviation `s` of `ln(duration)`, learned from spans that were *not* judged anomalous (so a
-//! latency fault does not teach the baseline that slowness is normal), except that a key's first
-//! `min_key_count` spans are always learned and one anomalous span in
-//! [`crate::engine::ANOMALY_LEARN_EVERY`] is too (see [`crate::Engine`]). The forest sees two
-//! features in `[0, 1]`:
+//! Each key has a latency model ([`crate::latency`]): a decayed histogram of its durations, from
+//! which a span gets its *tail probability* (the share of the key's learned spans that were slower)
+//! and its *position* (the share that were faster). Each key, and each service, also has a
+//! *context*: the mean position of its recent spans (over about `context_window` of the
+//! engine's clock), 0.5 while it behaves as learned. The forest sees two features in `[0, 1]`:
 //!
-//! 1. the span's deviation from its own key's baseline, `(ln d − m) / (s + s0)`, squashed to
-//!    `[0, 1]` — a 5 ms call that now takes 50 ms and a 5 s call that now takes 50 s look alike;
-//! 2. the global log-duration, `ln(1 + d) / ln(1 + max_duration)`, so the forest also learns
-//!    which deviations are usual at which latency.
+//! 1. **surprise**: `log10(0.5 / tail) / SURPRISE_DECADES`, 0 at or below the key's median, 1 for
+//!    a tail probability of `5·10⁻⁷` or less. The tail probability is calibrated per key, so the
+//!    feature means the same on every key and every system: a 5 ms call that now takes 50 ms and
+//!    a 5 s call that now takes 50 s are alike, and a key with a heavy tail or several modes is
+//!    judged against its own shape.
+//! 2. **context**: twice the shift of the mean position (`0.5` → 0, every recent span slower
+//!    than anything learned → 1) of the span's key, or of its service if that says more, counted
+//!    only when the shift is beyond [`CONTEXT_FLOOR`] standard deviations of chance: a span of a
+//!    key that is slow as a whole is more anomalous than the same span on a quiet day, which is
+//!    what finds a CPU-starved service whose spans are each only a little slower.
 //!
-//! Until a key has `min_key_count` spans its deviation is absent (routed like River's missing
-//! features). Cost: one table look-up and a few floating-point operations per span, and 24 bytes
-//! per key.
+//! Only slower than usual counts (`sides: slower`, the default): a span faster than its key's
+//! median has surprise 0 and a key faster than usual has context 0. With `sides: both`, the
+//! smaller of the two tail probabilities and the absolute shift are used.
+//!
+//! A key also tells the engine when it is in an **incident** ([`Look::incident`]): its recent
+//! spans as a whole are slower than usual by a wide margin (a shift over [`INCIDENT_SHIFT`], a
+//! mean position over 0.8, and beyond [`INCIDENT_Z`] standard deviations of chance), or rare spans
+//! (a tail probability under [`RARE_TAIL`]) make up over [`INCIDENT_RARE_SHARE`] of them (and are
+//! beyond [`INCIDENT_Z`] of chance) where ordinary traffic has [`RARE_TAIL`]. What the engine
+//! does with that is in [`crate::Engine`].
+//!
+//! Until a key has `min_key_count` spans its features are absent (routed like River's missing
+//! features): there is no judging a key that is not known yet.
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{EngineConfig, KeyedConfig, Mode};
-use crate::keys::{KeyId, KeyTable, OVERFLOW};
-use crate::latency::{KeyModel, log_duration};
+use crate::keys::{KeyId, KeyTable, OVERFLOW, ServiceId};
+use crate::latency::{Context, KeyModel, log_duration};
 
 /// Why a span was not scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -119,36 +134,74 @@ pub const N_FEATURES: usize = 2;
 /// Decades of tail probability the surprise feature spans: `tail = 0.5` (the key's median)
 /// maps to 0, `tail = 0.5 · 10^−SURPRISE_DECADES` and rarer to 1.
 pub const SURPRISE_DECADES: f64 = 6.0;
-/// The context feature is 0 up to this many standard deviations of ordinary traffic (a key's
-/// recent spans are seldom this much slower than usual by chance), and rises over the next
-/// [`CONTEXT_SPAN`].
+/// The context feature is 0 unless the shift is beyond this many standard deviations of chance
+/// (a key's or service's recent spans are seldom this much slower than usual by chance).
 pub const CONTEXT_FLOOR: f64 = 3.0;
-/// Standard deviations of context over [`CONTEXT_FLOOR`] that map to 1 in the context feature.
-pub const CONTEXT_SPAN: f64 = 16.0;
+/// A span whose tail probability under its key's model is below this is *rare*: ordinary traffic
+/// has this share of rare spans on any system, and many more of them is evidence of an incident
+/// (see [`crate::Engine`]).
+pub const RARE_TAIL: f64 = 0.01;
+/// A key is in an incident when its recent spans are slower than usual by this much in mean
+/// position (0.8 instead of 0.5: most of them slower than 80 % of what it learned)...
+pub const INCIDENT_SHIFT: f64 = 0.3;
+/// ...or when rare spans make up this share of them (ten times their ordinary share)...
+pub const INCIDENT_RARE_SHARE: f64 = 0.1;
+/// ...and in either case beyond this many standard deviations of chance.
+pub const INCIDENT_Z: f64 = 4.0;
 
-/// Weight of each span of a key not in an incident in its estimate of how much the context
-/// varies in ordinary traffic.
-pub const CONTEXT_VAR_RATE: f64 = 1.0 / 4096.0;
-/// A key is in an incident only if its recent spans are, on average, this much slower in
-/// position than usual (a mean position of 0.6 instead of 0.5): a shift of 5 % of spans to far
-/// slower, however significant, is isolated anomalies, not an incident.
-pub const CONTEXT_MIN_SHIFT: f64 = 0.1;
+/// Which side of a key's latency is anomalous (`keyed.sides`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Sides {
+    /// Only slower than usual (the default): a fast span is not kept for being fast.
+    #[default]
+    Slower,
+    /// Slower or faster than usual.
+    Both,
+}
+
+/// What a context (a key's or a service's recent spans as a whole) says.
+#[derive(Debug, Clone, Copy)]
+struct ContextVerdict {
+    feature: f64,
+    shift: f64,
+    z: f64,
+    incident: bool,
+}
+
+fn judge_context(c: &Context, sides: Sides) -> ContextVerdict {
+    let (mut shift, mut z) = (c.shift(), c.z());
+    if sides == Sides::Both {
+        (shift, z) = (shift.abs(), z.abs());
+    }
+    let (rare_share, rare_z) = c.rare_excess(RARE_TAIL);
+    ContextVerdict {
+        feature: if z > CONTEXT_FLOOR {
+            (2.0 * shift).clamp(0.0, 1.0)
+        } else {
+            0.0
+        },
+        shift,
+        z,
+        incident: (shift > INCIDENT_SHIFT && z > INCIDENT_Z)
+            || (rare_share > INCIDENT_RARE_SHARE && rare_z > INCIDENT_Z),
+    }
+}
 
 /// What the featurizer found out about one span in `keyed` mode, for the learning policy.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Look {
     /// The key has a trusted model (`min_key_count` spans learned).
     pub established: bool,
-    /// The span's tail probability under its key's model.
+    /// The span's tail probability under its key's model (the smaller of the two with
+    /// `sides: both`).
     pub tail: f64,
-    /// The span is far beyond its key's body (see [`KeyModel::is_extreme`]).
-    pub extreme: bool,
-    /// The key's context in standard deviations of ordinary traffic.
-    pub context_z: f64,
-    /// The key's context: its recent spans' mean position minus 0.5.
+    /// The context the feature came from (the key's or its service's): its shift in mean
+    /// position...
     pub shift: f64,
-    /// The key is in an incident: its recent spans as a whole are slower than usual, by more
-    /// than [`CONTEXT_MIN_SHIFT`] and more than `context_gate` standard deviations.
+    /// ...and that shift in standard deviations of chance.
+    pub context_z: f64,
+    /// The key is in an incident (see the module docs).
     pub incident: bool,
 }
 
@@ -161,10 +214,13 @@ pub struct Featurizer {
     /// `paper`: the key the first learned span had (the forest's one-hot feature), and whether
     /// its name sorts before `"duration"` (then it is feature 0).
     paper_key: Option<(KeyId, bool)>,
-    /// `keyed`: models by key id.
+    /// `keyed`: models by key id, and the overflow key's.
     models: Vec<KeyModel>,
-    /// `keyed`: the overflow key's model.
     overflow: KeyModel,
+    /// `keyed`: the recent spans of each service as a whole, by service id, and of the overflow
+    /// key.
+    services: Vec<Context>,
+    overflow_service: Context,
 }
 
 impl Featurizer {
@@ -177,6 +233,8 @@ impl Featurizer {
             paper_key: None,
             models: Vec::new(),
             overflow: KeyModel::default(),
+            services: Vec::new(),
+            overflow_service: Context::default(),
         }
     }
 
@@ -209,89 +267,74 @@ impl Featurizer {
         &mut self.models[i]
     }
 
-    /// Fill `x` for a span of `key` lasting `d` ms. In `keyed` mode this also moves the key's
-    /// context, and says what the learning policy needs.
+    /// Fill `x` for a span of `key` (of `service`; `None` for the overflow key) lasting `d` ms,
+    /// at engine time `now_ns`. In `keyed` mode this also adds the span to its key's and
+    /// service's contexts, and says what the learning policy needs.
     #[inline]
     pub fn features(
         &mut self,
         key: KeyId,
+        service: Option<ServiceId>,
         d: f64,
         now_ns: u64,
         x: &mut [f64; N_FEATURES],
     ) -> Look {
-        match self.mode {
-            Mode::Paper => {
-                let (pk, key_first) = self.paper_key.expect("paper features initialised");
-                let dur = d.min(self.max_duration_ms) / self.max_duration_ms;
-                let onehot = if key == pk { 1.0 } else { f64::NAN };
-                *x = if key_first {
-                    [onehot, dur]
-                } else {
-                    [dur, onehot]
-                };
-                Look {
-                    established: true,
-                    tail: 0.5,
-                    extreme: false,
-                    context_z: 0.0,
-                    shift: 0.0,
-                    incident: false,
+        if self.mode == Mode::Paper {
+            let (pk, key_first) = self.paper_key.expect("paper features initialised");
+            let dur = d.min(self.max_duration_ms) / self.max_duration_ms;
+            let onehot = if key == pk { 1.0 } else { f64::NAN };
+            *x = if key_first {
+                [onehot, dur]
+            } else {
+                [dur, onehot]
+            };
+            return Look {
+                established: true,
+                tail: 0.5,
+                ..Look::default()
+            };
+        }
+        let k = self.keyed;
+        let window_ns = k.context_window_ms * 1e6;
+        let m = self.model_mut(key);
+        let j = m.judge(log_duration(d));
+        if m.count() < k.min_key_count {
+            *x = [f64::NAN; N_FEATURES];
+            return Look {
+                tail: j.tail,
+                ..Look::default()
+            };
+        }
+        let rare = j.tail < RARE_TAIL;
+        m.context_mut().add(j.position, rare, now_ns, window_ns);
+        let own = judge_context(m.context(), k.sides);
+        let sc = match service {
+            Some(s) => {
+                let s = s as usize;
+                if s >= self.services.len() {
+                    self.services.resize_with(s + 1, Context::default);
                 }
+                &mut self.services[s]
             }
-            Mode::Keyed => {
-                let k = self.keyed;
-                let m = self.model_mut(key);
-                let ld = log_duration(d);
-                let j = m.judge(ld);
-                if m.count() < k.min_key_count {
-                    *x = [f64::NAN; N_FEATURES];
-                    return Look {
-                        established: false,
-                        tail: j.tail,
-                        extreme: false,
-                        context_z: 0.0,
-                        shift: 0.0,
-                        incident: false,
-                    };
-                }
-                let extreme = m.is_extreme(ld, k.extreme_spreads);
-                let c = m.context_mut();
-                c.add(j.position, j.tail, now_ns, k.context_window_ms * 1e6);
-                let (shift, z) = (c.shift(), c.z());
-                let incident = (shift > k.min_shift && z > k.context_gate)
-                    || (k.extreme_rate && {
-                        let (z, share) = c.rare_excess();
-                        z > k.context_gate && share > k.rare_share
-                    });
-                if !incident && k.inflate {
-                    c.learn_variation(CONTEXT_VAR_RATE);
-                }
-                let (tail, z, shift) = if k.slower_only {
-                    (j.tail, z, shift)
-                } else {
-                    (j.tail.min(1.0 - j.tail), z.abs(), shift.abs())
-                };
-                let tail = match k.surprise {
-                    0 => tail,
-                    1 => j.rarity,
-                    2 => tail.min(j.rarity),
-                    _ => (tail * j.rarity).sqrt(),
-                };
-                x[0] = ((0.5 / tail).log10() / SURPRISE_DECADES).clamp(0.0, 1.0);
-                x[1] = if z > CONTEXT_FLOOR {
-                    (2.0 * shift).clamp(0.0, 1.0)
-                } else {
-                    0.0
-                };
-                Look {
-                    established: true,
-                    tail,
-                    extreme,
-                    context_z: z,
-                    shift,
-                    incident,
-                }
-            }
+            None => &mut self.overflow_service,
+        };
+        sc.add(j.position, rare, now_ns, window_ns);
+        let svc = judge_context(sc, k.sides);
+        let ctx = if svc.feature > own.feature { svc } else { own };
+        let tail = match k.sides {
+            Sides::Slower => j.tail,
+            Sides::Both => j.tail.min(1.0 - j.tail),
+        };
+        x[0] = ((0.5 / tail).log10() / SURPRISE_DECADES).clamp(0.0, 1.0);
+        x[1] = ctx.feature;
+        // Only the key's own context puts it in an incident: a service's context spreads over
+        // all its operations, most of which a fault in one dependency leaves alone.
+        Look {
+            established: true,
+            tail,
+            shift: ctx.shift,
+            context_z: ctx.z,
+            incident: own.incident,
         }
     }
 
@@ -305,9 +348,10 @@ impl Featurizer {
         self.model_mut(key).learn(log_duration(d), now_ns, memory);
     }
 
-    /// Heap bytes of per-key state.
+    /// Heap bytes of per-key and per-service state.
     pub fn memory_bytes(&self) -> usize {
         self.models.capacity() * std::mem::size_of::<KeyModel>()
+            + self.services.capacity() * std::mem::size_of::<Context>()
             + self
                 .models
                 .iter()
@@ -361,9 +405,9 @@ mod tests {
             ["duration".to_string(), "otel-demo::ingress".to_string()]
         );
         let mut x = [0.0; 2];
-        f.features(a, 100_000.0, 0, &mut x);
+        f.features(a, None, 100_000.0, 0, &mut x);
         assert_eq!(x, [1.0, 1.0]);
-        f.features(b, 5_000.0, 0, &mut x);
+        f.features(b, None, 5_000.0, 0, &mut x);
         assert_eq!(x[0], 0.1);
         assert!(x[1].is_nan());
     }

@@ -55,11 +55,18 @@ impl Hasher for PassThrough {
 
 type HashIndex = HashMap<u64, u32, BuildHasherDefault<PassThrough>>;
 
+/// A dense service id: the services of the keys held, numbered in order of appearance.
+pub type ServiceId = u32;
+
 /// Interned keys.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeyTable {
     max_keys: u32,
     names: Vec<(Box<str>, Box<str>)>,
+    /// Each key's service id.
+    key_service: Vec<ServiceId>,
+    /// Service name → id (at most one per key, so bounded like the keys).
+    services: std::collections::HashMap<Box<str>, ServiceId>,
     /// hash → first id with that hash; `next` chains ids sharing a hash.
     heads: HashIndex,
     next: Vec<u32>,
@@ -93,6 +100,9 @@ impl KeyTable {
             return (OVERFLOW, false);
         }
         let new = self.names.len() as u32;
+        let n = self.services.len() as ServiceId;
+        let sid = *self.services.entry(service.into()).or_insert(n);
+        self.key_service.push(sid);
         self.names.push((service.into(), operation.into()));
         self.next.push(head);
         self.heads.insert(h, new);
@@ -114,6 +124,16 @@ impl KeyTable {
             id = self.next[id as usize];
         }
         None
+    }
+
+    /// The service id of a key; `None` for [`OVERFLOW`] or an unknown id.
+    pub fn service_of(&self, id: KeyId) -> Option<ServiceId> {
+        self.key_service.get(id as usize).copied()
+    }
+
+    /// Distinct services of the keys held.
+    pub fn services(&self) -> usize {
+        self.services.len()
     }
 
     /// `(service, operation)` of a key; `None` for [`OVERFLOW`] or an unknown id.
@@ -154,6 +174,9 @@ impl KeyTable {
         let names: usize = self.names.iter().map(|(s, o)| s.len() + o.len()).sum();
         names
             + self.names.capacity() * std::mem::size_of::<(Box<str>, Box<str>)>()
+            + self.key_service.capacity() * 4
+            + self.services.capacity() * (16 + 4 + 8)
+            + self.services.keys().map(|s| s.len()).sum::<usize>()
             + self.next.capacity() * 4
             + self.heads.capacity() * (8 + 4 + 8)
     }
@@ -201,6 +224,8 @@ mod tests {
         assert_eq!(t.get("b", "x"), None);
         assert_eq!(t.display(1), "a::y");
         assert_eq!(t.display(OVERFLOW), OVERFLOW_NAME);
+        assert_eq!((t.service_of(0), t.service_of(1), t.services()), (Some(0), Some(0), 1));
+        assert_eq!(t.service_of(OVERFLOW), None);
     }
 
     #[test]
