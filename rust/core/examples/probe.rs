@@ -75,7 +75,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             v.score.map(|s| format!("{s:.6}")).unwrap_or_default(),
             u8::from(v.learned),
             u8::from(v.keep),
-            engine.keep_threshold().map(|t| format!("{t:.6}")).unwrap_or_default(),
+            engine
+                .keep_threshold()
+                .map(|t| format!("{t:.6}"))
+                .unwrap_or_default(),
         )?;
     }
     Ok(())

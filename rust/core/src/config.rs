@@ -153,7 +153,8 @@ pub struct Target {
     /// Namespace; default `default`.
     #[serde(default = "default_namespace")]
     pub namespace: String,
-    /// Object name.
+    /// Object name. `${service}` in it stands for the service of the spans the rule counts: the
+    /// rule then keeps one window per service and each decision is for its service's workload.
     pub name: String,
 }
 
@@ -210,7 +211,8 @@ pub struct Match {
     pub operation: String,
 }
 
-/// A latency rule: `Count(spans matching with duration > T [and anomalous], W) ≥ N`.
+/// A latency rule: `Count(spans matching with duration > T [and anomalous] [and in an incident],
+/// W) ≥ N`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rule {
     /// Unique name; carried by decisions (`scale.rule`).
@@ -219,8 +221,11 @@ pub struct Rule {
     pub matcher: Match,
     /// Breach if duration is above this, ms (`None`: any duration).
     pub duration_above_ms: Option<f64>,
-    /// Breach only if the span is also anomalous (score ≥ min_score).
+    /// Breach only if the span is also anomalous (kept by the sampler).
     pub anomalous: bool,
+    /// Breach only if the span's service is in an incident: its recent spans, all operations
+    /// together, are far slower than usual (see [`crate::features`]), not just this one.
+    pub incident: bool,
     /// N: breaches within the window that fire the rule.
     pub count: u32,
     /// W: the sliding window, ms.
@@ -380,6 +385,7 @@ struct RawMatch {
 struct RawWhen {
     duration_above: Option<S<DurationMs>>,
     anomalous: Option<S<bool>>,
+    incident: Option<S<bool>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -563,11 +569,12 @@ fn validate_rules(p: &mut Problems, raw: &[S<RawRule>], prefix: &str) -> Vec<Rul
             Some(s) => Some(s.value.0),
         };
         let anomalous = r.when.anomalous.as_ref().map(|s| s.value).unwrap_or(false);
-        if duration_above_ms.is_none() && !anomalous {
+        let incident = r.when.incident.as_ref().map(|s| s.value).unwrap_or(false);
+        if duration_above_ms.is_none() && !anomalous && !incident {
             p.push_at(
                 &at("when"),
                 sr.referenced.line(),
-                "needs duration_above, anomalous: true, or both",
+                "needs duration_above, anomalous: true or incident: true (or several)",
             );
         }
         let count = if r.count.value < 1 || r.count.value > 1_000_000 {
@@ -615,6 +622,30 @@ fn validate_rules(p: &mut Problems, raw: &[S<RawRule>], prefix: &str) -> Vec<Rul
         if t.name.is_empty() {
             p.push(&at("action.target.name"), &a.target, "must not be empty");
         }
+        if t.name
+            .replace(crate::rules::SERVICE_PLACEHOLDER, "")
+            .contains('$')
+        {
+            p.push(
+                &at("action.target.name"),
+                &a.target,
+                format!(
+                    "{:?}: the only placeholder is {} (the service of the spans counted)",
+                    t.name,
+                    crate::rules::SERVICE_PLACEHOLDER
+                ),
+            );
+        }
+        if t.namespace.contains('$') || t.kind.contains('$') {
+            p.push(
+                &at("action.target"),
+                &a.target,
+                format!(
+                    "{} may only be used in the target's name",
+                    crate::rules::SERVICE_PLACEHOLDER
+                ),
+            );
+        }
         let rv = a.vertical.as_ref();
         let dv = RawVertical::default();
         let rv = rv.unwrap_or(&dv);
@@ -647,6 +678,7 @@ fn validate_rules(p: &mut Problems, raw: &[S<RawRule>], prefix: &str) -> Vec<Rul
             matcher: Match { service, operation },
             duration_above_ms,
             anomalous,
+            incident,
             count,
             window_ms,
             action: Action {

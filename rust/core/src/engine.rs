@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::features::{self, Featurizer, N_FEATURES, RARE_TAIL, SkipReason};
 use crate::hst::{Hst, HstParams};
 use crate::keys::{KeyId, KeyTable, OVERFLOW};
-use crate::rules::{Decision, Observation, RuleSet};
+use crate::rules::{Decision, Observation, RuleSet, Slot};
 
 /// How a span names its key.
 #[derive(Debug, Clone, Copy)]
@@ -134,8 +134,8 @@ impl Clock for SystemClock {
 pub struct Engine {
     cfg: EngineConfig,
     keys: KeyTable,
-    /// Matching rule indices per key id (computed once per key).
-    key_rules: Vec<Vec<u16>>,
+    /// The rule windows each key's spans go to (computed once per key).
+    key_rules: Vec<Vec<Slot>>,
     featurizer: Featurizer,
     hst: Hst,
     rules: RuleSet,
@@ -177,7 +177,7 @@ pub const RARE_EXCESS: f64 = 1.5;
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SCALESNP";
 /// Snapshot format version. Bump on any change to the serialized state.
-pub const SNAPSHOT_VERSION: u32 = 2;
+pub const SNAPSHOT_VERSION: u32 = 3;
 
 impl Engine {
     /// A fresh engine. In `keyed` mode the trees are built now; in `paper` mode on the first
@@ -323,7 +323,7 @@ impl Engine {
         let (id, added) = self.keys.intern(service, operation);
         if added {
             debug_assert_eq!(id as usize, self.key_rules.len());
-            self.key_rules.push(self.rules.matching(service, operation));
+            self.key_rules.push(self.rules.slots(service, operation));
         }
         id
     }
@@ -421,8 +421,8 @@ impl Engine {
             self.calibrator.add(s, w);
         }
         if keyed && trained && look.established {
-            self.rare_share += (f64::from(u8::from(look.tail < RARE_TAIL)) - self.rare_share)
-                * RARE_SHARE_WEIGHT;
+            self.rare_share +=
+                (f64::from(u8::from(look.tail < RARE_TAIL)) - self.rare_share) * RARE_SHARE_WEIGHT;
         }
         if score.is_some() {
             self.stats.spans_scored += 1;
@@ -435,6 +435,7 @@ impl Engine {
                 duration_ms: d,
                 score,
                 anomalous,
+                incident: keyed && look.service_incident,
                 trace_id: span.trace_id,
                 span_id: span.span_id,
                 span_index: index,
@@ -442,17 +443,21 @@ impl Engine {
             };
             if key == OVERFLOW {
                 // Overflow spans have no cached rule list: match by name when we have names.
-                let matching = match names {
-                    Some((s, o)) => self.rules.matching(s, o),
-                    None => self.rules.matching("", ""),
+                // (A per-service rule gets a window for the service here too: services are at
+                // most as many as names seen, which the overflow key does not bound, so such a
+                // span only counts towards services that already have a window.)
+                let slots = match names {
+                    Some((s, o)) if self.rules.has_window_for(s) => self.rules.slots(s, o),
+                    Some((s, o)) => self.rules.fixed_slots(s, o),
+                    None => self.rules.fixed_slots("", ""),
                 };
-                for i in matching {
-                    decisions.extend(self.rules.observe(i as usize, &obs, now_ns));
+                for slot in slots {
+                    decisions.extend(self.rules.observe(slot, &obs, now_ns));
                 }
             } else {
                 let list = std::mem::take(&mut self.key_rules[key as usize]);
-                for &i in &list {
-                    decisions.extend(self.rules.observe(i as usize, &obs, now_ns));
+                for &slot in &list {
+                    decisions.extend(self.rules.observe(slot, &obs, now_ns));
                 }
                 self.key_rules[key as usize] = list;
             }
@@ -549,7 +554,7 @@ impl Engine {
             e.key_rules = (0..e.keys.len() as u32)
                 .map(|id| {
                     let (s, o) = e.keys.names(id).expect("known id");
-                    e.rules.matching(s, o)
+                    e.rules.slots(s, o)
                 })
                 .collect();
         }

@@ -203,6 +203,10 @@ pub struct Look {
     pub context_z: f64,
     /// The key is in an incident (see the module docs).
     pub incident: bool,
+    /// The key's service is in an incident: the service's recent spans, all its keys together,
+    /// are far slower than usual (a fault in the service itself slows them all; one in a service
+    /// it calls, only those that wait for it).
+    pub service_incident: bool,
 }
 
 /// Mode-specific featurization state.
@@ -335,6 +339,7 @@ impl Featurizer {
             shift: ctx.shift,
             context_z: ctx.z,
             incident: own.incident,
+            service_incident: svc.incident,
         }
     }
 

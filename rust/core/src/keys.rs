@@ -66,7 +66,7 @@ pub struct KeyTable {
     /// Each key's service id.
     key_service: Vec<ServiceId>,
     /// Service name → id (at most one per key, so bounded like the keys).
-    services: std::collections::HashMap<Box<str>, ServiceId>,
+    services: std::collections::BTreeMap<Box<str>, ServiceId>,
     /// hash → first id with that hash; `next` chains ids sharing a hash.
     heads: HashIndex,
     next: Vec<u32>,
@@ -175,7 +175,7 @@ impl KeyTable {
         names
             + self.names.capacity() * std::mem::size_of::<(Box<str>, Box<str>)>()
             + self.key_service.capacity() * 4
-            + self.services.capacity() * (16 + 4 + 8)
+            + self.services.len() * (16 + 4 + 32)
             + self.services.keys().map(|s| s.len()).sum::<usize>()
             + self.next.capacity() * 4
             + self.heads.capacity() * (8 + 4 + 8)
@@ -224,7 +224,10 @@ mod tests {
         assert_eq!(t.get("b", "x"), None);
         assert_eq!(t.display(1), "a::y");
         assert_eq!(t.display(OVERFLOW), OVERFLOW_NAME);
-        assert_eq!((t.service_of(0), t.service_of(1), t.services()), (Some(0), Some(0), 1));
+        assert_eq!(
+            (t.service_of(0), t.service_of(1), t.services()),
+            (Some(0), Some(0), 1)
+        );
         assert_eq!(t.service_of(OVERFLOW), None);
     }
 

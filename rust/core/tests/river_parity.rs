@@ -140,8 +140,9 @@ fn engine(fx: &Fixture) -> Engine {
             window_size: fx.window_size,
             max_duration_ms: fx.max_duration_ms,
             train_size: 0,
-            min_score: 0.6,
+            min_score: Some(0.6),
             seed: fx.seed,
+            ..SamplerConfig::DEFAULT
         },
         ..Default::default()
     };

@@ -978,7 +978,8 @@ fn bad_spans_are_skipped_with_reasons() {
 fn scores_and_keep_after_warm_up() {
     let e = new(SMALL);
     let k = intern(&e, "svc", "op");
-    let warm: Vec<(u32, f64)> = (0..200).map(|i| (k, 20.0 + (i % 5) as f64)).collect();
+    // Enough spans for the keep threshold to be calibrated to the 1 % budget.
+    let warm: Vec<(u32, f64)> = (0..1_200).map(|i| (k, 20.0 + (i % 5) as f64)).collect();
     let out = process(&e, T0, &warm);
     assert!(
         out.scores[..20].iter().all(|s| s.is_nan()),
@@ -989,7 +990,8 @@ fn scores_and_keep_after_warm_up() {
     let out = process(&e, T0, &[(k, 20_000.0)]);
     assert_eq!(out.keep, [1], "1000x slower is kept: {out:?}");
     let s = stats(&e);
-    assert_eq!((s.spans_seen, s.spans_kept), (201, 1));
+    assert_eq!(s.spans_seen, 1_201);
+    assert!(s.spans_kept >= 1 && s.spans_kept <= 30, "{s:?}");
 }
 
 const RULES: &str = "sampler: { window_size: 20, train_size: 1000000 }

@@ -619,7 +619,11 @@ mod tests {
             v[0].start_end,
             Some((1_661_140_339_209_875_609, 1_661_140_339_572_328_609))
         );
-        assert_eq!(v[1].duration, Some(-1.0), "a bad duration is kept for the engine to skip");
+        assert_eq!(
+            v[1].duration,
+            Some(-1.0),
+            "a bad duration is kept for the engine to skip"
+        );
     }
 
     #[test]

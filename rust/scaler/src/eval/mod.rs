@@ -162,7 +162,9 @@ fn parse_unit(s: &str) -> Result<f64, String> {
 fn parse_budget(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
-        _ => Err(format!("must be a number between 0 and 1 (exclusive), got {s:?}")),
+        _ => Err(format!(
+            "must be a number between 0 and 1 (exclusive), got {s:?}"
+        )),
     }
 }
 
@@ -363,15 +365,16 @@ pub fn build_config(args: &EvalArgs) -> Result<EngineConfig, EvalError> {
     };
     let engine_text = args.config.as_deref().map(read).transpose()?;
     let rules_text = args.rules.as_deref().map(read).transpose()?;
-    let mut cfg = EngineConfig::from_parts(engine_text.as_deref().unwrap_or(""), rules_text.as_deref())
-        .map_err(|source| EvalError::Config {
-            path: [&args.config, &args.rules]
-                .iter()
-                .filter_map(|p| p.as_ref().map(|p| p.display().to_string()))
-                .collect::<Vec<_>>()
-                .join(" + "),
-            source,
-        })?;
+    let mut cfg =
+        EngineConfig::from_parts(engine_text.as_deref().unwrap_or(""), rules_text.as_deref())
+            .map_err(|source| EvalError::Config {
+                path: [&args.config, &args.rules]
+                    .iter()
+                    .filter_map(|p| p.as_ref().map(|p| p.display().to_string()))
+                    .collect::<Vec<_>>()
+                    .join(" + "),
+                source,
+            })?;
     if let Some(m) = args.mode {
         cfg.mode = match m {
             ModeArg::Paper => Mode::Paper,
@@ -539,6 +542,8 @@ struct Runner {
     late: u64,
     /// Decisions so far, with the data's clock.
     decisions: Vec<timeline::DecisionRow>,
+    /// When the daemon would last have acted, by target.
+    acted: std::collections::HashMap<String, u64>,
     /// Whether any span had times.
     timed: bool,
     engine_time: Duration,
@@ -614,8 +619,7 @@ impl Runner {
             self.batch_start_ns = self.clock_ns;
         }
         self.len += 1;
-        if self.len == BATCH || self.clock_ns.saturating_sub(self.batch_start_ns) >= BATCH_SPAN_NS
-        {
+        if self.len == BATCH || self.clock_ns.saturating_sub(self.batch_start_ns) >= BATCH_SPAN_NS {
             self.flush();
         }
     }
@@ -641,11 +645,23 @@ impl Runner {
         self.engine_time += t.elapsed();
         for d in &self.out.decisions {
             let service = self.engine.keys().names(d.key).map_or("", |n| n.0);
+            let target = self.engine.rules().target_of(d).to_string();
+            let cooldown_ns = (self.engine.rules().rules()[d.rule_index as usize]
+                .action
+                .cooldown_ms
+                * 1e6) as u64;
+            let last = self.acted.get(&target).copied();
+            let acted = last.is_none_or(|t| d.time_ns.saturating_sub(t) >= cooldown_ns);
+            if acted {
+                self.acted.insert(target.clone(), d.time_ns);
+            }
             self.decisions.push(timeline::DecisionRow {
                 time_ns: d.time_ns,
                 rule: d.rule.clone(),
                 service: service.to_string(),
                 action: d.action.as_str(),
+                target,
+                acted,
                 fault: None,
             });
         }
@@ -813,7 +829,10 @@ fn write_scores(
     keys: &scale_core::keys::KeyTable,
 ) -> Result<(), EvalError> {
     write_file(path, |w| {
-        writeln!(w, "index,score,keep,label,learned,arrival_unix_nano,service,operation")?;
+        writeln!(
+            w,
+            "index,score,keep,label,learned,arrival_unix_nano,service,operation"
+        )?;
         for s in spans {
             let score = s.score.map(|v| v.to_string()).unwrap_or_default();
             let label = s.label.map(|l| if l { "1" } else { "0" }).unwrap_or("");
@@ -864,11 +883,7 @@ fn write_plots(
     )?;
     svg(
         "durations.svg",
-        plot::durations_svg(
-            spans,
-            threshold,
-            &format!("Score vs duration\n{d}"),
-        ),
+        plot::durations_svg(spans, threshold, &format!("Score vs duration\n{d}")),
     )?;
     match metrics {
         Some(m) => svg(
@@ -911,6 +926,7 @@ pub fn run(args: &EvalArgs) -> Result<Report, EvalError> {
         seq: 0,
         late: 0,
         decisions: Vec::new(),
+        acted: Default::default(),
         timed: false,
         engine_time: Duration::ZERO,
         fed: 0,
@@ -981,7 +997,9 @@ pub fn run(args: &EvalArgs) -> Result<Report, EvalError> {
             describe(&config)
         );
         let path = dir.join("timeline.svg");
-        write_file(&path, |w| w.write_all(plot::timeline_svg(t, &title).as_bytes()))?;
+        write_file(&path, |w| {
+            w.write_all(plot::timeline_svg(t, &title).as_bytes())
+        })?;
     }
     if let Some(dir) = &args.plots {
         let threshold = match (config.sampler.min_score, r.engine.keep_threshold()) {
@@ -1085,7 +1103,11 @@ fn render_timeline(o: &mut String, t: &timeline::TimelineReport) {
                 f.fault.service,
                 f.fault.fault_type,
                 f.labelled,
-                if f.labelled > 0 { format!("{:.3}", f.recall) } else { "-".into() },
+                if f.labelled > 0 {
+                    format!("{:.3}", f.recall)
+                } else {
+                    "-".into()
+                },
                 secs(f.first_kept_after_s)
             );
             if let Some(n) = f.decisions {
@@ -1098,16 +1120,25 @@ fn render_timeline(o: &mut String, t: &timeline::TimelineReport) {
         o.push('\n');
         let _ = writeln!(
             o,
-            "decisions {} in all, {} false (for a service outside its fault windows + {} s)",
+            "decisions {} in all ({} outside their rule's cooldown, which the daemon would act \
+             on), {} false (for a service outside its fault windows + {} s; {} outside the \
+             cooldown)",
             rules.decisions.len(),
+            rules.acted,
             rules.false_decisions,
-            rules.grace_s
+            rules.grace_s,
+            rules.false_acted
         );
         for b in &rules.by_type {
             let _ = writeln!(
                 o,
                 "  {:<16} {} faults, {} with labelled spans: {} decided within {} s, {} at all",
-                b.fault_type, b.faults, b.with_labelled_spans, b.decided_in_time, rules.within_s, b.decided
+                b.fault_type,
+                b.faults,
+                b.with_labelled_spans,
+                b.decided_in_time,
+                rules.within_s,
+                b.decided
             );
         }
     }
@@ -1266,7 +1297,7 @@ mod tests {
                 s.seed,
                 s.max_duration_ms
             ),
-            (16, 8, 175, 0.6, 5, 3, 100.0)
+            (16, 8, 175, Some(0.6), 5, 3, 100.0)
         );
         assert!(Cli::try_parse_from(["eval", "--min-score", "1.5", "x"]).is_err());
         assert!(Cli::try_parse_from(["eval", "--n-trees", "0", "x"]).is_err());

@@ -577,7 +577,13 @@ pub fn timeline_svg(t: &super::timeline::TimelineReport, title: &str) -> String 
         for (i, b) in t.buckets.iter().enumerate() {
             match f(b) {
                 Some(v) => {
-                    let _ = write!(d, "{}{:.1},{:.1} ", if pen { "L" } else { "M" }, x_of(i), y(v));
+                    let _ = write!(
+                        d,
+                        "{}{:.1},{:.1} ",
+                        if pen { "L" } else { "M" },
+                        x_of(i),
+                        y(v)
+                    );
                     pen = true;
                 }
                 None => pen = false,
@@ -585,8 +591,18 @@ pub fn timeline_svg(t: &super::timeline::TimelineReport, title: &str) -> String 
         }
         d
     };
-    let series: [(&str, &str, &dyn Fn(&super::timeline::Bucket) -> Option<f64>, bool); 3] = [
-        (NORMAL, "normal spans", &|b| (b.rates.normal > 0).then(|| b.rates.normal_rate()), true),
+    let series: [(
+        &str,
+        &str,
+        &dyn Fn(&super::timeline::Bucket) -> Option<f64>,
+        bool,
+    ); 3] = [
+        (
+            NORMAL,
+            "normal spans",
+            &|b| (b.rates.normal > 0).then(|| b.rates.normal_rate()),
+            true,
+        ),
         (
             "#2ca02c",
             "normal spans of services no fault names",
@@ -601,7 +617,11 @@ pub fn timeline_svg(t: &super::timeline::TimelineReport, title: &str) -> String 
         ),
     ];
     for (colour, _, f, upper) in &series {
-        let d = if *upper { path(*f, &y_up) } else { path(*f, &y_lo) };
+        let d = if *upper {
+            path(*f, &y_up)
+        } else {
+            path(*f, &y_lo)
+        };
         if !d.is_empty() {
             let _ = writeln!(
                 svg.0,
@@ -609,8 +629,20 @@ pub fn timeline_svg(t: &super::timeline::TimelineReport, title: &str) -> String 
             );
         }
     }
-    svg.text(x0 + 6.0, u0 + 12.0, "start", r#" font-weight="bold""#, "kept share of normal spans");
-    svg.text(x0 + 6.0, l0 + 12.0, "start", r#" font-weight="bold""#, "kept share of labelled spans");
+    svg.text(
+        x0 + 6.0,
+        u0 + 12.0,
+        "start",
+        r#" font-weight="bold""#,
+        "kept share of normal spans",
+    );
+    svg.text(
+        x0 + 6.0,
+        l0 + 12.0,
+        "start",
+        r#" font-weight="bold""#,
+        "kept share of labelled spans",
+    );
     svg.text(
         (x0 + x1) / 2.0,
         H - 20.0,
@@ -744,6 +776,7 @@ pub(crate) mod tests {
                     },
                     arrival_ns: i * 1_000_000,
                     key: (i % 7) as u32,
+                    learned: i % 5 != 0,
                 }
             })
             .collect()
@@ -809,6 +842,7 @@ pub(crate) mod tests {
                 duration_ms: 1.0,
                 arrival_ns: 0,
                 key: 0,
+                learned: true,
             })
             .collect();
         let doc = scores_svg(&s, &th(0.6), "t");

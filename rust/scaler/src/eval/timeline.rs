@@ -51,7 +51,10 @@ pub fn read_faults(path: &Path) -> Result<Vec<Fault>, EvalError> {
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let (_, header) = lines.next().ok_or_else(|| err("empty file".into()))?;
     let cols = input::split_csv(header.trim_start_matches('\u{feff}')).unwrap_or_default();
     let find = |n: &str| cols.iter().position(|c| c.trim().eq_ignore_ascii_case(n));
@@ -78,7 +81,10 @@ pub fn read_faults(path: &Path) -> Result<Vec<Fault>, EvalError> {
         };
         let (start_ns, end_ns) = (num(start)?, num(end)?);
         if end_ns <= start_ns {
-            return Err(err(format!("line {}: the window ends before it starts", i + 1)));
+            return Err(err(format!(
+                "line {}: the window ends before it starts",
+                i + 1
+            )));
         }
         out.push(Fault {
             id: f[id].trim().to_string(),
@@ -103,6 +109,11 @@ pub struct DecisionRow {
     pub service: String,
     /// `horizontal` or `vertical`.
     pub action: &'static str,
+    /// The workload it is for (`Kind/namespace/name`).
+    pub target: String,
+    /// Whether the daemon would act on it: the first for its target since the rule's cooldown
+    /// (later ones within the cooldown are refused as cooling down).
+    pub acted: bool,
     /// The fault it counts for (its service's, window + grace), if any.
     pub fault: Option<String>,
 }
@@ -214,6 +225,10 @@ pub struct RulesReport {
     pub decisions: Vec<DecisionRow>,
     /// Decisions for a service outside its fault windows (plus grace).
     pub false_decisions: u64,
+    /// Of those, the ones the daemon would act on (outside the rule's cooldown).
+    pub false_acted: u64,
+    /// Decisions the daemon would act on.
+    pub acted: u64,
     /// The grace after a fault window, s.
     pub grace_s: f64,
     /// "In time" means within this many seconds of the onset.
@@ -313,7 +328,9 @@ pub fn report<'a>(
             let end = start_ns + o.bucket_ns;
             Bucket {
                 start_ns,
-                fault: faults.iter().any(|f| f.start_ns < end && f.end_ns > start_ns),
+                fault: faults
+                    .iter()
+                    .any(|f| f.start_ns < end && f.end_ns > start_ns),
                 rates,
             }
         })
@@ -322,10 +339,12 @@ pub fn report<'a>(
     let rules = decisions.map(|mut rows| {
         let mut first: Vec<Option<u64>> = vec![None; faults.len()];
         let mut count = vec![0u32; faults.len()];
-        let mut false_decisions = 0;
+        let (mut false_decisions, mut false_acted) = (0, 0);
         for d in &mut rows {
             let hit = faults.iter().position(|f| {
-                f.service == d.service && d.time_ns >= f.start_ns && d.time_ns < f.end_ns + o.grace_ns
+                f.service == d.service
+                    && d.time_ns >= f.start_ns
+                    && d.time_ns < f.end_ns + o.grace_ns
             });
             match hit {
                 Some(i) => {
@@ -333,10 +352,13 @@ pub fn report<'a>(
                     count[i] += 1;
                     first[i] = Some(first[i].map_or(d.time_ns, |t| t.min(d.time_ns)));
                 }
-                None => false_decisions += 1,
+                None => {
+                    false_decisions += 1;
+                    false_acted += u64::from(d.acted);
+                }
             }
         }
-        (rows, first, count, false_decisions)
+        (rows, first, count, false_decisions, false_acted)
     });
     let faults_out: Vec<FaultReport> = faults
         .iter()
@@ -355,7 +377,7 @@ pub fn report<'a>(
             }
         })
         .collect();
-    let rules = rules.map(|(decisions, _, _, false_decisions)| {
+    let rules = rules.map(|(decisions, _, _, false_decisions, false_acted)| {
         let mut by_type: BTreeMap<&str, RulesByType> = BTreeMap::new();
         for fr in &faults_out {
             let e = by_type
@@ -379,8 +401,10 @@ pub fn report<'a>(
             }
         }
         RulesReport {
+            acted: decisions.iter().filter(|d| d.acted).count() as u64,
             decisions,
             false_decisions,
+            false_acted,
             grace_s: o.grace_ns as f64 / 1e9,
             within_s: o.within_ns as f64 / 1e9,
             by_type: by_type.into_values().collect(),
@@ -438,6 +462,8 @@ mod tests {
                 rule: "r".into(),
                 service: "a".into(),
                 action: "vertical",
+                target: "Deployment/default/a".into(),
+                acted: true,
                 fault: None,
             },
             DecisionRow {
@@ -445,6 +471,8 @@ mod tests {
                 rule: "r".into(),
                 service: "a".into(),
                 action: "vertical",
+                target: "Deployment/default/a".into(),
+                acted: true,
                 fault: None,
             },
         ];
@@ -471,7 +499,10 @@ mod tests {
         assert_eq!(f.first_kept_after_s, Some(50.0));
         assert_eq!(f.first_decision_after_s, Some(60.0));
         let rules = r.rules.unwrap();
-        assert_eq!(rules.false_decisions, 1);
+        assert_eq!(
+            (rules.false_decisions, rules.false_acted, rules.acted),
+            (1, 1, 2)
+        );
         assert_eq!(rules.decisions[0].fault.as_deref(), Some("f1"));
         assert_eq!(rules.by_type[0].decided_in_time, 1);
         assert_eq!(r.buckets.len(), 5);
@@ -483,10 +514,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("scale-faults-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("f.csv");
-        std::fs::write(&p, "fault_id,service,fault_type,start_unix_nano,end_unix_nano\nx,a,t,5,3\n").unwrap();
+        std::fs::write(
+            &p,
+            "fault_id,service,fault_type,start_unix_nano,end_unix_nano\nx,a,t,5,3\n",
+        )
+        .unwrap();
         assert!(read_faults(&p).unwrap_err().to_string().contains("line 2"));
         std::fs::write(&p, "id,service\n").unwrap();
-        assert!(read_faults(&p).unwrap_err().to_string().contains("needs columns"));
+        assert!(
+            read_faults(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("needs columns")
+        );
         std::fs::write(
             &p,
             "fault_id,service,fault_type,start_unix_nano,end_unix_nano,extra\nb,s,t,20,30,x\na,s,t,1,2,y\n",

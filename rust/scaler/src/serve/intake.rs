@@ -5,7 +5,9 @@
 //! `scale.window_ms`, `scale.threshold_ms`, `scale.observed_ms`, …; the span is the evidence).
 //! Each such event becomes a [`Received`] decision; the target is *not* read from the span but
 //! looked up by rule name in the daemon's own rules, and a decision naming an unknown rule is
-//! refused and counted.
+//! refused and counted. A rule whose target name contains `${service}` is resolved with the
+//! `service.name` of the span's resource, which must match the rule's service pattern and make a
+//! valid object name (else refused as `bad_service`).
 //!
 //! Backpressure: decisions go into a bounded channel with `try_send`; when it is full the whole
 //! request is answered `UNAVAILABLE` (the exporter retries) and counted. gzip is accepted and the
@@ -47,6 +49,9 @@ pub struct Received {
     pub count: i64,
     /// `scale.observed_ms`.
     pub observed_ms: f64,
+    /// The workload: the rule's target (named after the span's service for a rule with
+    /// `${service}` in its target's name).
+    pub target: scale_core::Target,
     /// Evidence trace id, hex.
     pub trace_id: String,
     /// When it was received.
@@ -94,20 +99,19 @@ impl Intake {
         let log_spans =
             tracing::enabled!(target: "scale_scaler::serve::intake::spans", tracing::Level::DEBUG);
         for rs in &req.resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| str_attr(&r.attributes, "service.name"));
             for ss in &rs.scope_spans {
                 for span in &ss.spans {
                     spans += 1;
                     if log_spans {
                         // The spans the collector kept, for operators (and the demo) to watch:
                         // SCALE_LOG=info,scale_scaler::serve::intake::spans=debug
-                        let service = rs
-                            .resource
-                            .as_ref()
-                            .and_then(|r| str_attr(&r.attributes, "service.name"))
-                            .unwrap_or("");
                         tracing::debug!(
                             target: "scale_scaler::serve::intake::spans",
-                            service,
+                            service = service.unwrap_or(""),
                             operation = %span.name,
                             duration_ms = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) as f64 / 1e6,
                             score = f64_attr(&span.attributes, "scale.anomaly.score").unwrap_or(f64::NAN),
@@ -117,10 +121,14 @@ impl Intake {
                         );
                     }
                     for ev in span.events.iter().filter(|e| e.name == DECISION_EVENT) {
-                        match self.resolve(&ev.attributes, &span.trace_id, now) {
+                        match self.resolve(&ev.attributes, service, &span.trace_id, now) {
                             Ok(d) => {
-                                tracing::info!(rule = %d.rule, action = ?d.action, count = d.count, observed_ms = d.observed_ms, trace_id = %d.trace_id, "Decision received.");
+                                tracing::info!(rule = %d.rule, target = %d.target, action = ?d.action, count = d.count, observed_ms = d.observed_ms, trace_id = %d.trace_id, "Decision received.");
                                 out.push(d)
+                            }
+                            Err(Refusal::BadService(why)) => {
+                                self.metrics.refuse_decision("bad_service");
+                                tracing::warn!(reason = %why, "Refused a decision for a service its rule does not cover.");
                             }
                             Err(Refusal::UnknownRule(name)) => {
                                 self.metrics.refuse_decision("unknown_rule");
@@ -141,6 +149,7 @@ impl Intake {
     fn resolve(
         &self,
         attrs: &[KeyValue],
+        service: Option<&str>,
         trace_id: &[u8],
         now: Instant,
     ) -> Result<Received, Refusal> {
@@ -159,9 +168,13 @@ impl Intake {
                 ));
             }
         };
+        let target = self.rules[rule_index]
+            .resolve_target(service)
+            .map_err(Refusal::BadService)?;
         Ok(Received {
             rule_index,
             rule: rule.to_string(),
+            target,
             action,
             count: int_attr(attrs, "scale.count").unwrap_or(0),
             observed_ms: f64_attr(attrs, "scale.observed_ms").unwrap_or(f64::NAN),
@@ -200,6 +213,7 @@ pub fn check_token(
 enum Refusal {
     UnknownRule(String),
     Malformed(&'static str),
+    BadService(String),
 }
 
 fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {

@@ -251,9 +251,18 @@ impl LocalEngine {
             .iter()
             .filter_map(|d| {
                 let rule_index = d.rule_index as usize;
-                (rule_index < self.rules.len()).then(|| Received {
+                let target = self.rules.get(rule_index)?.resolve_target(d.service.as_deref());
+                let target = match target {
+                    Ok(t) => t,
+                    Err(why) => {
+                        tracing::warn!(reason = %why, "Refused a decision for a service its rule does not cover.");
+                        return None;
+                    }
+                };
+                Some(Received {
                     rule_index,
                     rule: d.rule.clone(),
+                    target,
                     action: d.action,
                     count: i64::from(d.count),
                     observed_ms: d.observed_ms,

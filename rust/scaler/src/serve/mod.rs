@@ -50,6 +50,9 @@ use self::planner::{History, Hold, Intent, Plan};
 /// Decisions the queue holds before the intake answers UNAVAILABLE.
 pub const QUEUE_CAPACITY: usize = 4_096;
 
+/// Most targets the daemon keeps (rules named after the service make them from decisions).
+pub const MAX_TARGETS: usize = 4096;
+
 /// Decisions remembered per target while an action is pending (the oldest are dropped beyond
 /// this; they would all conflate into one step anyway).
 pub const PENDING_CAP: usize = 256;
@@ -171,7 +174,7 @@ async fn run_actor<O: Orchestrator>(
     // One action (the first rule's) per target: rules naming the same workload share its bounds.
     let mut targets: Vec<(Target, usize)> = Vec::new();
     for (i, r) in rules.iter().enumerate() {
-        if !targets.iter().any(|(t, _)| *t == r.action.target) {
+        if !r.per_service() && !targets.iter().any(|(t, _)| *t == r.action.target) {
             targets.push((r.action.target.clone(), i));
         }
     }
@@ -203,8 +206,27 @@ async fn run_actor<O: Orchestrator>(
             _ = ticker.tick() => true,
         };
         for d in batch {
-            let target = rules[d.rule_index].action.target.clone();
-            let st = state.entry(target).or_default();
+            // A rule named after the service makes its targets as decisions come, up to
+            // MAX_TARGETS: a new one starts as if just decided on (no scale-down before a quiet
+            // period).
+            if !targets.iter().any(|(t, _)| *t == d.target) {
+                if targets.len() >= MAX_TARGETS {
+                    metrics.refuse_decision("too_many_targets");
+                    tracing::warn!(target = %d.target, max = MAX_TARGETS, "Refused a decision for a new target: too many targets.");
+                    continue;
+                }
+                targets.push((d.target.clone(), d.rule_index));
+                state
+                    .entry(d.target.clone())
+                    .or_insert_with(|| TargetState {
+                        history: History {
+                            last_decision: Some(now_ns()),
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    });
+            }
+            let st = state.entry(d.target.clone()).or_default();
             if st.pending.len() >= PENDING_CAP {
                 st.pending.remove(0);
             }
