@@ -19,13 +19,15 @@ const (
 	defaultNTrees           = 10
 	defaultHeight           = 8
 	defaultWindowSize       = 250
-	defaultMinScore         = 0.925
+	defaultKeepBudget       = 0.01
 	defaultMaxDuration      = 50 * time.Second
 	defaultTrainSize        = 1000
 	defaultSeed             = 42
 	defaultMaxKeys          = 10_000
-	defaultBaselineRate     = 0.02
+	defaultMemory           = 10 * time.Minute
 	defaultMinKeyCount      = 8
+	defaultContextWindow    = 5 * time.Second
+	defaultSides            = SidesSlower
 	defaultSnapshotInterval = 5 * time.Minute
 )
 
@@ -37,6 +39,14 @@ const (
 	maxWindowSize  = 10_000_000
 	maxMaxKeys     = 10_000_000
 	maxMinKeyCount = 1_000_000
+)
+
+// Which side of a key's latency is anomalous (`keyed.sides`).
+const (
+	// SidesSlower judges only spans slower than their key usually is.
+	SidesSlower = "slower"
+	// SidesBoth judges slower and faster spans.
+	SidesBoth = "both"
 )
 
 // Featurization modes (`mode`).
@@ -94,8 +104,12 @@ type SamplerConfig struct {
 	Height int `mapstructure:"height"`
 	// WindowSize is the number of spans per tumbling mass window (1-10,000,000). Default 250.
 	WindowSize int `mapstructure:"window_size"`
-	// MinScore keeps a span iff its anomaly score is at least this (0-1). Default 0.925.
-	MinScore float64 `mapstructure:"min_score"`
+	// KeepBudget is the share of ordinary traffic to keep (0 < x < 1): the keep threshold is
+	// calibrated online to it, on any system. Default 0.01. Not used when MinScore is set.
+	KeepBudget float64 `mapstructure:"keep_budget"`
+	// MinScore, when set, is a fixed keep threshold instead of the budget: a span is kept iff
+	// its anomaly score is at least this (0-1). Default: unset.
+	MinScore *float64 `mapstructure:"min_score"`
 	// MaxDuration caps span durations (a duration, > 0). Default 50s.
 	MaxDuration time.Duration `mapstructure:"max_duration"`
 	// TrainSize is the number of spans only learned before any keep decision (>= 0). Default 1000.
@@ -117,12 +131,17 @@ type KeysConfig struct {
 
 // KeyedConfig tunes `keyed` mode.
 type KeyedConfig struct {
-	// BaselineRate is the weight of a new span in its key's latency baseline (0 < x <= 1).
-	// Default 0.02.
-	BaselineRate float64 `mapstructure:"baseline_rate"`
-	// MinKeyCount is the number of spans a key needs before its baseline is trusted
+	// Memory is the time constant of a key's latency memory (> 0); a key forgets at most one
+	// part in 256 per span, whatever the time. Default 10m.
+	Memory time.Duration `mapstructure:"memory"`
+	// MinKeyCount is the number of spans a key must have learned before it is judged
 	// (1-1,000,000). Default 8.
 	MinKeyCount int `mapstructure:"min_key_count"`
+	// ContextWindow is how far back a key's and a service's recent spans are taken together
+	// (time constant, > 0). Default 5s.
+	ContextWindow time.Duration `mapstructure:"context_window"`
+	// Sides is which side of a key's latency is anomalous: `slower` (default) or `both`.
+	Sides string `mapstructure:"sides"`
 	// prevent unkeyed literal initialization
 	_ struct{}
 }
@@ -151,8 +170,11 @@ func (cfg *Config) Validate() error {
 	intIn("sampler.n_trees", int64(s.NTrees), 1, maxNTrees)
 	intIn("sampler.height", int64(s.Height), 1, maxHeight)
 	intIn("sampler.window_size", int64(s.WindowSize), 1, maxWindowSize)
-	if math.IsNaN(s.MinScore) || math.IsInf(s.MinScore, 0) || s.MinScore < 0 || s.MinScore > 1 {
-		bad("sampler.min_score", "must be between 0 and 1, got %v", s.MinScore)
+	if math.IsNaN(s.KeepBudget) || s.KeepBudget <= 0 || s.KeepBudget >= 1 {
+		bad("sampler.keep_budget", "must be greater than 0 and less than 1, got %v", s.KeepBudget)
+	}
+	if m := s.MinScore; m != nil && (math.IsNaN(*m) || math.IsInf(*m, 0) || *m < 0 || *m > 1) {
+		bad("sampler.min_score", "must be between 0 and 1, got %v", *m)
 	}
 	if s.MaxDuration <= 0 {
 		bad("sampler.max_duration", "must be a positive duration, got %v", s.MaxDuration)
@@ -162,10 +184,18 @@ func (cfg *Config) Validate() error {
 	}
 	intIn("keys.max_keys", int64(cfg.Keys.MaxKeys), 1, maxMaxKeys)
 	k := cfg.Keyed
-	if math.IsNaN(k.BaselineRate) || math.IsInf(k.BaselineRate, 0) || k.BaselineRate <= 0 || k.BaselineRate > 1 {
-		bad("keyed.baseline_rate", "must be greater than 0 and at most 1, got %v", k.BaselineRate)
+	if k.Memory <= 0 {
+		bad("keyed.memory", "must be a positive duration, got %v", k.Memory)
 	}
 	intIn("keyed.min_key_count", int64(k.MinKeyCount), 1, maxMinKeyCount)
+	if k.ContextWindow <= 0 {
+		bad("keyed.context_window", "must be a positive duration, got %v", k.ContextWindow)
+	}
+	switch k.Sides {
+	case SidesSlower, SidesBoth:
+	default:
+		bad("keyed.sides", "must be %q or %q, got %q", SidesSlower, SidesBoth, k.Sides)
+	}
 	if len(cfg.Rules) > 0 && cfg.RulesFile != "" {
 		bad("rules_file", "rules are given both inline (rules) and in rules_file; use one")
 	}

@@ -27,9 +27,10 @@ func TestLoadConfig(t *testing.T) {
 
 	custom := createDefaultConfig().(*Config)
 	custom.Mode = ModePaper
-	custom.Sampler = SamplerConfig{NTrees: 16, Height: 8, WindowSize: 175, MinScore: 0.6, MaxDuration: 50 * time.Second, TrainSize: 5000, Seed: 7}
+	minScore := 0.6
+	custom.Sampler = SamplerConfig{NTrees: 16, Height: 8, WindowSize: 175, KeepBudget: 0.01, MinScore: &minScore, MaxDuration: 50 * time.Second, TrainSize: 5000, Seed: 7}
 	custom.Keys = KeysConfig{MaxKeys: 2000}
-	custom.Keyed = KeyedConfig{BaselineRate: 0.05, MinKeyCount: 4}
+	custom.Keyed = KeyedConfig{Memory: 30 * time.Minute, MinKeyCount: 4, ContextWindow: 5 * time.Second, Sides: SidesBoth}
 	custom.RulesFile = "testdata/rules.yaml"
 	custom.SnapshotPath = "/var/lib/otelcol/scale/model.snapshot"
 	custom.SnapshotInterval = time.Minute
@@ -117,7 +118,21 @@ func TestEngineYAMLFromConfig(t *testing.T) {
 	assert.Equal(t, "keyed", doc["mode"])
 	sampler := doc["sampler"].(map[string]any)
 	assert.Equal(t, 1.5, sampler["max_duration"], "milliseconds")
-	assert.Equal(t, 0.925, sampler["min_score"])
+	assert.Equal(t, 0.01, sampler["keep_budget"])
+	assert.NotContains(t, sampler, "min_score", "the budget unless min_score is set")
+	keyed := doc["keyed"].(map[string]any)
+	assert.EqualValues(t, 600000, keyed["memory"], "milliseconds")
+	assert.EqualValues(t, 5000, keyed["context_window"], "milliseconds")
+	minScore := 0.9
+	cfg.Sampler.MinScore = &minScore
+	spec, err = cfg.engineSpec()
+	require.NoError(t, err)
+	doc = nil
+	require.NoError(t, yaml.Unmarshal(spec.settings, &doc))
+	sampler = doc["sampler"].(map[string]any)
+	assert.Equal(t, 0.9, sampler["min_score"])
+	assert.NotContains(t, sampler, "keep_budget")
+	cfg.Sampler.MinScore = nil
 	assert.NotContains(t, doc, "rules")
 	assert.Nil(t, spec.rules)
 
@@ -140,6 +155,8 @@ func TestDefaultsMatchTheEngine(t *testing.T) {
 	var raw map[string]any
 	require.NoError(t, yaml.Unmarshal(text, &raw))
 	delete(raw["sampler"].(map[string]any), "max_duration")
+	delete(raw["keyed"].(map[string]any), "memory")
+	delete(raw["keyed"].(map[string]any), "context_window")
 	fixed, _ := yaml.Marshal(raw)
 	require.NoError(t, yaml.Unmarshal(fixed, &doc))
 	cfg := createDefaultConfig().(*Config)
@@ -147,12 +164,17 @@ func TestDefaultsMatchTheEngine(t *testing.T) {
 	assert.Equal(t, doc.Sampler.NTrees, cfg.Sampler.NTrees)
 	assert.Equal(t, doc.Sampler.Height, cfg.Sampler.Height)
 	assert.Equal(t, doc.Sampler.WindowSize, cfg.Sampler.WindowSize)
-	assert.Equal(t, doc.Sampler.MinScore, cfg.Sampler.MinScore)
+	assert.Equal(t, doc.Sampler.KeepBudget, cfg.Sampler.KeepBudget)
+	assert.Nil(t, cfg.Sampler.MinScore)
 	assert.Equal(t, doc.Sampler.TrainSize, cfg.Sampler.TrainSize)
 	assert.Equal(t, doc.Sampler.Seed, cfg.Sampler.Seed)
 	assert.Equal(t, doc.Keys.MaxKeys, cfg.Keys.MaxKeys)
-	assert.Equal(t, doc.Keyed.BaselineRate, cfg.Keyed.BaselineRate)
 	assert.Equal(t, doc.Keyed.MinKeyCount, cfg.Keyed.MinKeyCount)
+	assert.Equal(t, doc.Keyed.Sides, cfg.Keyed.Sides)
+	assert.Contains(t, string(text), "memory: 10m")
+	assert.Equal(t, 10*time.Minute, cfg.Keyed.Memory)
+	assert.Contains(t, string(text), "context_window: 5s")
+	assert.Equal(t, 5*time.Second, cfg.Keyed.ContextWindow)
 	assert.Contains(t, string(text), "max_duration: 50s")
 	assert.Equal(t, 50*time.Second, cfg.Sampler.MaxDuration)
 }

@@ -269,8 +269,9 @@ type engineYAML struct {
 		NTrees      int     `yaml:"n_trees"`
 		Height      int     `yaml:"height"`
 		WindowSize  int     `yaml:"window_size"`
-		MinScore    float64 `yaml:"min_score"`
-		MaxDuration float64 `yaml:"max_duration"` // milliseconds
+		KeepBudget  float64  `yaml:"keep_budget,omitempty"`
+		MinScore    *float64 `yaml:"min_score,omitempty"`
+		MaxDuration float64  `yaml:"max_duration"` // milliseconds
 		TrainSize   int64   `yaml:"train_size"`
 		Seed        uint64  `yaml:"seed"`
 	} `yaml:"sampler"`
@@ -278,8 +279,10 @@ type engineYAML struct {
 		MaxKeys int `yaml:"max_keys"`
 	} `yaml:"keys"`
 	Keyed struct {
-		BaselineRate float64 `yaml:"baseline_rate"`
-		MinKeyCount  int     `yaml:"min_key_count"`
+		Memory        float64 `yaml:"memory"` // milliseconds
+		MinKeyCount   int     `yaml:"min_key_count"`
+		ContextWindow float64 `yaml:"context_window"` // milliseconds
+		Sides         string  `yaml:"sides"`
 	} `yaml:"keyed"`
 	Rules any `yaml:"rules,omitempty"`
 }
@@ -291,13 +294,20 @@ func (cfg *Config) engineSpec() (engineSpec, error) {
 	doc.Sampler.NTrees = cfg.Sampler.NTrees
 	doc.Sampler.Height = cfg.Sampler.Height
 	doc.Sampler.WindowSize = cfg.Sampler.WindowSize
-	doc.Sampler.MinScore = cfg.Sampler.MinScore
+	// A fixed min_score replaces the budget (the engine refuses both).
+	if cfg.Sampler.MinScore != nil {
+		doc.Sampler.MinScore = cfg.Sampler.MinScore
+	} else {
+		doc.Sampler.KeepBudget = cfg.Sampler.KeepBudget
+	}
 	doc.Sampler.MaxDuration = float64(cfg.Sampler.MaxDuration.Nanoseconds()) / 1e6
 	doc.Sampler.TrainSize = cfg.Sampler.TrainSize
 	doc.Sampler.Seed = cfg.Sampler.Seed
 	doc.Keys.MaxKeys = cfg.Keys.MaxKeys
-	doc.Keyed.BaselineRate = cfg.Keyed.BaselineRate
+	doc.Keyed.Memory = float64(cfg.Keyed.Memory.Nanoseconds()) / 1e6
 	doc.Keyed.MinKeyCount = cfg.Keyed.MinKeyCount
+	doc.Keyed.ContextWindow = float64(cfg.Keyed.ContextWindow.Nanoseconds()) / 1e6
+	doc.Keyed.Sides = cfg.Keyed.Sides
 	if len(cfg.Rules) > 0 {
 		doc.Rules = cfg.Rules
 	}

@@ -32,13 +32,18 @@ func createDefaultConfig() component.Config {
 			NTrees:      defaultNTrees,
 			Height:      defaultHeight,
 			WindowSize:  defaultWindowSize,
-			MinScore:    defaultMinScore,
+			KeepBudget:  defaultKeepBudget,
 			MaxDuration: defaultMaxDuration,
 			TrainSize:   defaultTrainSize,
 			Seed:        defaultSeed,
 		},
 		Keys:             KeysConfig{MaxKeys: defaultMaxKeys},
-		Keyed:            KeyedConfig{BaselineRate: defaultBaselineRate, MinKeyCount: defaultMinKeyCount},
+		Keyed: KeyedConfig{
+			Memory:        defaultMemory,
+			MinKeyCount:   defaultMinKeyCount,
+			ContextWindow: defaultContextWindow,
+			Sides:         defaultSides,
+		},
 		SnapshotInterval: defaultSnapshotInterval,
 	}
 }

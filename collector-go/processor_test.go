@@ -370,7 +370,8 @@ func TestSnapshotWrittenOnShutdownAndRestored(t *testing.T) {
 
 	h := newHarness(t, cfg)
 	w := newWorkload(5)
-	for range 10 {
+	// Training, then enough spans for the keep threshold to be calibrated to the budget.
+	for range 30 {
 		h.consume(makeTraces(w.batch(100)...))
 	}
 	require.NoError(t, h.proc.Shutdown(ctx))

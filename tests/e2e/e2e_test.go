@@ -35,8 +35,9 @@ const (
 	slowTraces     = 35 // 2 spans each, 500 ms: 35 breaches of the rule, decisions at 10, 20, 30
 	slowDuration   = 500 * time.Millisecond
 
-	inflated        = "productcatalogservice" // the demo service whose durations are inflated
-	inflateFactor   = 20
+	inflated        = "productcatalogservice" // the demo service whose spans are delayed
+	inflateDelay    = 200 * time.Millisecond  // added to each of its spans in the faulty pass
+	demoPass        = 10 * time.Second        // one pass over the recording takes this long
 	tracesPerPost   = 25   // demo traces merged into one OTLP/HTTP request
 	demoTrainSize   = 1000 // demo scenario: the engine's defaults
 	demoWindowSize  = 250
@@ -274,9 +275,11 @@ func telemetrygen(t *testing.T, bin string, c *collector, phase string, args ...
 }
 
 // replayDemo posts the recorded OpenTelemetry demo traces to the OTLP/HTTP JSON endpoint with
-// timestamps shifted so that the first span starts now, tagged with e2e.phase; the inflated
-// service's span durations are multiplied by factor. Returns the spans sent per service.
-func replayDemo(t *testing.T, c *collector, path, phase string, factor int64) map[string]int {
+// timestamps shifted so that the first span starts now, tagged with e2e.phase, spread over
+// demoPass (the engine's contexts average over seconds of its clock, so a pass takes seconds, as
+// in life); delay is added to every span of the inflated service. Returns the spans sent per
+// service.
+func replayDemo(t *testing.T, c *collector, path, phase string, delay time.Duration) map[string]int {
 	t.Helper()
 	traces, minStart, err := demoTraces(path)
 	if err != nil {
@@ -285,14 +288,18 @@ func replayDemo(t *testing.T, c *collector, path, phase string, factor int64) ma
 	shift := time.Now().UnixNano() - minStart
 	sent := map[string]int{}
 	client := &http.Client{Timeout: 30 * time.Second}
-	deadline := time.Now().Add(3 * time.Minute)
+	began := time.Now()
+	deadline := began.Add(3 * time.Minute)
 	for i := 0; i < len(traces); i += tracesPerPost {
+		if due := began.Add(demoPass * time.Duration(i) / time.Duration(len(traces))); time.Now().Before(due) {
+			time.Sleep(time.Until(due))
+		}
 		var rss []any
 		for _, tr := range traces[i:min(i+tracesPerPost, len(traces))] {
 			forEachSpan(tr, func(svc string, sp map[string]any) {
 				st, en := nanos(sp["startTimeUnixNano"]), nanos(sp["endTimeUnixNano"])
-				if svc == inflated && en > st {
-					en = st + (en-st)*factor
+				if svc == inflated && en >= st {
+					en += delay.Nanoseconds()
 				}
 				sp["startTimeUnixNano"] = strconv.FormatInt(st+shift, 10)
 				sp["endTimeUnixNano"] = strconv.FormatInt(en+shift, 10)
@@ -460,9 +467,10 @@ func TestTelemetrygenSlowSpansAndDecisions(t *testing.T) {
 	if slow.all != 2*slowTraces {
 		t.Errorf("slow spans received: %d, want %d", slow.all, 2*slowTraces)
 	}
-	// Most normal spans are dropped (the first 500 only train the model).
-	if !(normal.frac() < 0.05) {
-		t.Errorf("normal spans: %v, want < 5 %% kept", normal)
+	// A steady load keeps at most 1.5 × the keep budget (1 %; the first 500 spans only train
+	// the model).
+	if !(normal.frac() <= 0.015) {
+		t.Errorf("normal spans: %v, want <= 1.5 %% kept (the keep budget is 1 %%)", normal)
 	}
 	// Every slow span is kept, with its anomaly score.
 	if slow.kept != slow.all {
@@ -511,16 +519,16 @@ func TestTelemetrygenSlowSpansAndDecisions(t *testing.T) {
 }
 
 // TestDemoReplayInflatedService replays the 1,876 recorded OpenTelemetry demo traces (24,023
-// spans, 17 services) twice through OTLP/HTTP JSON, timestamps shifted to now: a normal pass
-// (the model trains on it), then a pass in which productcatalogservice's span durations are
-// multiplied by 20. The inflated service's spans must be mostly kept, the others mostly not.
+// spans, 17 services) twice through OTLP/HTTP JSON, timestamps shifted to now, 10 s a pass: a
+// normal pass (the model trains on it), then a pass in which every productcatalogservice span is
+// 200 ms slower. The delayed service's spans must be mostly kept, the others mostly not.
 func TestDemoReplayInflatedService(t *testing.T) {
 	began := time.Now()
 	demo := binary(t, "SCALE_DEMO_TRACES", "../../data/otel-demo/traces.jsonl.gz", "check out data/")
 	var sent map[string]int
 	o := scenario(t, demoTrainSize, demoWindowSize, func(c *collector) {
-		replayDemo(t, c, demo, "demo-train", 1)
-		sent = replayDemo(t, c, demo, "demo-inflated", inflateFactor)
+		replayDemo(t, c, demo, "demo-train", 0)
+		sent = replayDemo(t, c, demo, "demo-inflated", inflateDelay)
 	})
 	for _, s := range o.all {
 		key := s.Phase
@@ -536,23 +544,25 @@ func TestDemoReplayInflatedService(t *testing.T) {
 	}
 	train, pc, others := o.get("demo-train"), o.get("demo-inflated:"+inflated), o.get("demo-inflated:others")
 	t.Logf("normal pass (training from span 1 to %d): %v", demoTrainSize, train)
-	t.Logf("inflated pass, %s (× %d): %v", inflated, inflateFactor, pc)
+	t.Logf("faulty pass, %s (+%v): %v", inflated, inflateDelay, pc)
 	t.Logf("inflated pass, the other 16 services:     %v", others)
 
 	if train.all != demoSpansPerRun || pc.all+others.all != demoSpansPerRun || pc.all != sent[inflated] {
 		t.Errorf("spans received: normal pass %d, inflated pass %d (%s %d); want %d each (%s %d)",
 			train.all, pc.all+others.all, inflated, pc.all, demoSpansPerRun, inflated, sent[inflated])
 	}
-	// Thresholds from the measured behaviour of the engine's defaults on this stream (about
-	// 95 % and 20 %; BENCHMARKS.md has the offline evaluation), with a margin.
-	if !(pc.frac() >= 0.85) {
-		t.Errorf("%s (durations × %d): %v, want >= 85 %% kept", inflated, inflateFactor, pc)
+	// Thresholds from the measured behaviour of the engine's defaults on this stream (86 % and
+	// about 1 % offline, `scale eval` on the same replay), with a margin: the delayed service's
+	// spans are rare for their keys (productcatalogservice's GetProduct usually takes 0.1 ms, and
+	// 99 % of its spans under 100 ms) and are kept beyond the budget; the others stay near it.
+	if !(pc.frac() >= 0.70) {
+		t.Errorf("%s (+%v): %v, want >= 70 %% kept", inflated, inflateDelay, pc)
 	}
-	if !(others.frac() <= 0.30) {
-		t.Errorf("the services not inflated: %v, want <= 30 %% kept", others)
+	if !(others.frac() <= 0.05) {
+		t.Errorf("the services not delayed: %v, want <= 5 %% kept", others)
 	}
-	if !(pc.frac() >= 3*others.frac()) {
-		t.Errorf("%s kept %.1f %%, not 3 × the others' %.1f %%", inflated, 100*pc.frac(), 100*others.frac())
+	if !(pc.frac() >= 10*others.frac()) {
+		t.Errorf("%s kept %.1f %%, not 10 × the others' %.1f %%", inflated, 100*pc.frac(), 100*others.frac())
 	}
 	t.Logf("wall time %.1f s", time.Since(began).Seconds())
 }
@@ -568,8 +578,8 @@ func TestNewServiceAfterTraining(t *testing.T) {
 	o := scenario(t, trainSize, windowSize, func(c *collector) {
 		telemetrygen(t, tgen, c, "normal", "--traces", strconv.Itoa(normalTraces), "--rate", "2000",
 			"--span-duration", normalDuration.String())
-		replayDemo(t, c, demo, "demo-1", 1)
-		replayDemo(t, c, demo, "demo-2", 1)
+		replayDemo(t, c, demo, "demo-1", 0)
+		replayDemo(t, c, demo, "demo-2", 0)
 	})
 	for _, s := range o.all {
 		o.tally(s.Phase, s)

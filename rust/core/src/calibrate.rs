@@ -111,6 +111,13 @@ impl Calibrator {
         for b in (0..BINS).rev() {
             let w = self.bins[b] as f64;
             if acc + w >= want {
+                if w > 2.0 * want {
+                    // Many spans share this bin's score (traffic so regular that they score
+                    // alike): keeping part of a tie is not possible, and keeping all of it would
+                    // be many times the budget, so none of it is kept.
+                    self.threshold = Some(score_at(b + 1, 0.0));
+                    return;
+                }
                 // Interpolate within the bin (uniform on its log scale): the part above the
                 // threshold is `want − acc` of `w`.
                 let frac = if w > 0.0 { (want - acc) / w } else { 0.0 };
@@ -149,6 +156,15 @@ mod tests {
                 "budget {budget} shape {shape}: kept {kept}"
             );
         }
+    }
+
+    #[test]
+    fn a_tie_at_the_threshold_is_not_kept() {
+        let mut c = Calibrator::new(0.01);
+        for i in 0..20_000 {
+            c.add(if i % 100 == 0 { 0.5 } else { 0.9 }, 1.0);
+        }
+        assert!(c.threshold().unwrap() > 0.9);
     }
 
     #[test]

@@ -243,7 +243,7 @@ pub struct KeyedConfig {
     /// Spans a key must have learned before it is judged. Default 8.
     pub min_key_count: u32,
     /// Time constant of a key's and a service's context (the moving mean of its recent spans'
-    /// positions), ms. Default 10 s.
+    /// positions), ms. Default 5 s.
     pub context_window_ms: f64,
     /// Which side of a key's latency is anomalous. Default `slower`.
     pub sides: Sides,
@@ -254,7 +254,7 @@ impl KeyedConfig {
     pub const DEFAULT: KeyedConfig = KeyedConfig {
         memory_ms: 600_000.0,
         min_key_count: 8,
-        context_window_ms: 10_000.0,
+        context_window_ms: 5_000.0,
         sides: Sides::Slower,
     };
 }

@@ -64,8 +64,9 @@
 //!   faster than its key's median has no surprise (`keyed.sides: both` to judge both).
 //! * **Context, for faults no single span shows.** A CPU-starved service makes every call a
 //!   little slower; the mean position of a key's (and its service's) spans over the last
-//!   `context_window` (10 s: a busy key shows a shift within a second, and a fault lasts
-//!   minutes) shows it plainly. It is a feature only beyond three standard deviations of chance,
+//!   `context_window` (5 s: a busy key shows a shift within a second and a fault lasts minutes,
+//!   while load waves of a few seconds average out; 3 s let the demo's ordinary waves through,
+//!   10 s answered more slowly on the fault data) shows it plainly. It is a feature only beyond three standard deviations of chance,
 //!   so quiet keys (a few spans per window) never get one by luck.
 //! * **Incidents are not ordinary traffic.** A key is in an incident when its recent spans as a
 //!   whole are far slower than usual ([`features`]: a mean position above 0.8, or one span in ten
