@@ -193,6 +193,7 @@ impl Engine {
         let mut hst = Hst::new(params, N_FEATURES);
         let mut feature_names = None;
         if cfg.mode == Mode::Keyed {
+            hst.set_leaf_learning(true);
             hst.build(&[(0.0, 1.0); N_FEATURES]);
             feature_names = Some(["deviation".to_string(), "log_duration".to_string()]);
         }
@@ -401,7 +402,7 @@ impl Engine {
             learn
         });
         if learn {
-            self.featurizer.learn(key, d, now_ns);
+            self.featurizer.learn(key, look.ld, now_ns);
         }
         if let Some(s) = score {
             // The threshold is calibrated on ordinary spans. A span of a key in an incident

@@ -165,26 +165,36 @@ pub enum Sides {
 struct ContextVerdict {
     feature: f64,
     shift: f64,
-    z: f64,
     incident: bool,
 }
 
 fn judge_context(c: &Context, sides: Sides) -> ContextVerdict {
-    let (mut shift, mut z) = (c.shift(), c.z());
-    if sides == Sides::Both {
-        (shift, z) = (shift.abs(), z.abs());
-    }
-    let (rare_share, rare_z) = c.rare_excess(RARE_TAIL);
+    let raw = c.shift();
+    let z2 = c.z_squared();
+    // A significant shift in the judged direction (`z > k` is `z² > k²` on that side).
+    let beyond = |k: f64| {
+        z2 > k * k
+            && match sides {
+                Sides::Slower => raw > 0.0,
+                Sides::Both => true,
+            }
+    };
+    let shift = match sides {
+        Sides::Slower => raw,
+        Sides::Both => raw.abs(),
+    };
+    let rare_incident = || {
+        let (share, z) = c.rare_excess(RARE_TAIL);
+        share > INCIDENT_RARE_SHARE && z > INCIDENT_Z
+    };
     ContextVerdict {
-        feature: if z > CONTEXT_FLOOR {
+        feature: if beyond(CONTEXT_FLOOR) {
             (2.0 * shift).clamp(0.0, 1.0)
         } else {
             0.0
         },
         shift,
-        z,
-        incident: (shift > INCIDENT_SHIFT && z > INCIDENT_Z)
-            || (rare_share > INCIDENT_RARE_SHARE && rare_z > INCIDENT_Z),
+        incident: (shift > INCIDENT_SHIFT && beyond(INCIDENT_Z)) || rare_incident(),
     }
 }
 
@@ -193,6 +203,8 @@ fn judge_context(c: &Context, sides: Sides) -> ContextVerdict {
 pub struct Look {
     /// The key has a trusted model (`min_key_count` spans learned).
     pub established: bool,
+    /// The span's log-duration ([`log_duration`]), for [`Featurizer::learn`].
+    pub ld: f64,
     /// The span's tail probability under its key's model (the smaller of the two with
     /// `sides: both`).
     pub tail: f64,
@@ -300,11 +312,13 @@ impl Featurizer {
         }
         let k = self.keyed;
         let window_ns = k.context_window_ms * 1e6;
+        let ld = log_duration(d);
         let m = self.model_mut(key);
-        let j = m.judge(log_duration(d));
+        let j = m.judge(ld);
         if m.count() < k.min_key_count {
             *x = [f64::NAN; N_FEATURES];
             return Look {
+                ld,
                 tail: j.tail,
                 ..Look::default()
             };
@@ -324,7 +338,13 @@ impl Featurizer {
         };
         sc.add(j.position, rare, now_ns, window_ns);
         let svc = judge_context(sc, k.sides);
-        let ctx = if svc.feature > own.feature { svc } else { own };
+        let use_service = svc.feature > own.feature;
+        let ctx = if use_service { svc } else { own };
+        let z = if use_service {
+            sc.z()
+        } else {
+            self.model_mut(key).context().z()
+        };
         let tail = match k.sides {
             Sides::Slower => j.tail,
             Sides::Both => j.tail.min(1.0 - j.tail),
@@ -335,22 +355,27 @@ impl Featurizer {
         // all its operations, most of which a fault in one dependency leaves alone.
         Look {
             established: true,
+            ld,
             tail,
             shift: ctx.shift,
-            context_z: ctx.z,
+            context_z: match k.sides {
+                Sides::Slower => z,
+                Sides::Both => z.abs(),
+            },
             incident: own.incident,
             service_incident: svc.incident,
         }
     }
 
-    /// `keyed` mode: add a span to its key's model at engine time `now_ns`.
+    /// `keyed` mode: add a span of log-duration `ld` ([`Look::ld`]) to its key's model at
+    /// engine time `now_ns`.
     #[inline]
-    pub fn learn(&mut self, key: KeyId, d: f64, now_ns: u64) {
+    pub fn learn(&mut self, key: KeyId, ld: f64, now_ns: u64) {
         if self.mode != Mode::Keyed {
             return;
         }
         let memory = self.keyed.memory_ms * 1e6;
-        self.model_mut(key).learn(log_duration(d), now_ns, memory);
+        self.model_mut(key).learn(ld, now_ns, memory);
     }
 
     /// Heap bytes of per-key and per-service state.
