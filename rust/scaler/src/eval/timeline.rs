@@ -32,6 +32,7 @@ use super::{EvalError, TestSpan, input};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Fault {
     /// Its id.
+    #[serde(rename = "fault_id")]
     pub id: String,
     /// The faulted service.
     pub service: String,
