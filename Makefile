@@ -4,6 +4,7 @@
 #   make test      every test (the README's test command; .ci/run calls it)
 #   make bench     benchmarks (criterion + River comparison); results go to BENCHMARKS.md by hand
 #   make eval      the paper's Table 2 with `scale eval`
+#   make detection detection at the defaults on every data set, side by side (BENCHMARKS.md)
 #   make demo      trace-driven scaling on a real kube-apiserver, a few minutes (docs/demo/)
 #
 # Caches live outside the repository, under $(SCALE_CACHE).
@@ -12,7 +13,7 @@ SHELL := /bin/bash
 export SCALE_CACHE ?= $(HOME)/.cache/scale
 CARGO ?= cargo
 
-.PHONY: build test test-rust k8s-bins bench bench-core bench-river bench-daemon eval check-fmt demo
+.PHONY: build test test-rust k8s-bins bench bench-core bench-river bench-daemon eval detection check-fmt demo
 
 build:
 	$(CARGO) build --workspace --release
@@ -45,6 +46,11 @@ bench-daemon: k8s-bins
 
 eval: build
 	scripts/table2.sh
+
+# The paper's stream, the real fault data (NEZHA_DIR, default ../shared/data/nezha-ob), the demo
+# replay and synthetic timelines, at keep budgets of 0.5, 1 and 2 %; reports under docs/eval/detection.
+detection: build
+	python3 scripts/detection.py
 
 # The demo: builds what it needs (cached), then scripts/demo.py (Python standard library) starts
 # scale-testcluster (etcd + kube-apiserver), `scale serve` and otelcol-scale on 127.0.0.1,
