@@ -92,7 +92,11 @@ fn r11_slowdowns_of_regular_traffic_are_kept_speedups_are_not() {
 
     let fast = regular(1.0 / 3.0, 600);
     let keep = run(&mut engine(""), &fast);
-    assert_eq!(share(&keep, &fast, |e| e.3 == 1), 0.0, "3x faster is not kept");
+    assert_eq!(
+        share(&keep, &fast, |e| e.3 == 1),
+        0.0,
+        "3x faster is not kept"
+    );
     let both = run(&mut engine("keyed: { sides: both }"), &fast);
     assert!(
         share(&both, &fast, |e| e.3 == 1) > 0.9,
@@ -116,7 +120,12 @@ fn ordinary(seconds: u64, seed: u64) -> Vec<Event> {
             t += (S as f64 * -r.next_f64().max(1e-12).ln() / rate) as u64;
             let (u1, u2) = (r.next_f64().max(1e-12), r.next_f64());
             let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
-            let m = mu + if two_modes && r.next_f64() < 0.3 { 2.0 } else { 0.0 };
+            let m = mu
+                + if two_modes && r.next_f64() < 0.3 {
+                    2.0
+                } else {
+                    0.0
+                };
             let d = (m + sigma * z).exp();
             ev.push((t + (d * 1e6) as u64, k, d, 0));
         }

@@ -443,20 +443,27 @@ fn r11_eval_on_real_fault_data_timeline_faults_and_rules() {
     let t = &v["timeline"];
     let before = &t["phases"]["before"];
     let kept = before["normal_kept"].as_f64().unwrap() / before["normal"].as_f64().unwrap();
-    assert!(kept <= 0.015, "ordinary traffic kept {kept} of the 1 % budget's: {before}");
+    assert!(
+        kept <= 0.015,
+        "ordinary traffic kept {kept} of the 1 % budget's: {before}"
+    );
     let f = &t["faults"][0];
     assert_eq!(f["fault_id"], "ob-2022-08-23#05");
     assert!(f["recall"].as_f64().unwrap() >= 0.4, "{f}");
     assert!(f["first_kept_after_s"].as_f64().unwrap() < 10.0, "{f}");
-    let first = f["first_decision_after_s"].as_f64().expect("a decision for cartservice");
+    let first = f["first_decision_after_s"]
+        .as_f64()
+        .expect("a decision for cartservice");
     assert!(first < 60.0, "{f}");
     let r = &t["rules"];
     assert_eq!(r["false_decisions"], 0, "{r}");
-    assert!(r["decisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|d| d["target"] == "Deployment/online-boutique/cartservice"));
+    assert!(
+        r["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["target"] == "Deployment/online-boutique/cartservice")
+    );
     let m = &v["metrics"];
     assert!(m["fpr"].as_f64().unwrap() <= 0.01, "{m}");
 }
