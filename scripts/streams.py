@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
 S = 1_000_000_000
+PLACE_ORDER = "oteldemo.CheckoutService/PlaceOrder"
 
 
 def write(path: Path, rows: list[tuple[int, str, str, float, int]]) -> None:
@@ -56,7 +57,15 @@ def demo(out: Path) -> None:
                         spans.append((svc, sp["name"], int(sp["startTimeUnixNano"]), int(sp["endTimeUnixNano"])))
             if spans:
                 traces.append(spans)
+    # The order scripts/demo.py sends them in: the recording's, with the traces holding a
+    # PlaceOrder spread evenly over the pass.
     traces.sort(key=lambda t: min(s[2] for s in t))
+    po = [t for t in traces if any(s[1] == PLACE_ORDER for s in t)]
+    rest = [t for t in traces if not any(s[1] == PLACE_ORDER for s in t)]
+    every = len(traces) / max(1, len(po))
+    slots = {int(i * every + every / 2) for i in range(len(po))}
+    pi, ri = iter(po), iter(rest)
+    traces = [(next(pi, None) if i in slots else next(ri, None)) or next(ri, None) or next(pi) for i in range(len(traces))]
     loop_s, passes_before, fault_s, after_s, factor = 60.0, 2, 40.0, 120.0, 10
     rate = len(traces) / loop_s
     fault = (T0 + int(passes_before * loop_s * S), T0 + int((passes_before * loop_s + fault_s) * S))

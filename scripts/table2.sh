@@ -35,5 +35,5 @@ print("|---|---|---|---|---|---|---|---|---|")
 print(row("paper's published result (seed_results.csv)", p["seed"]))
 print(row("SCALE `paper` mode (16, 8, 175, min_score 0.6)", p["metrics"]))
 c = k["config"]
-print(row(f"SCALE `keyed` mode, defaults ({c['n_trees']}, {c['height']}, {c['window_size']}, min_score {c['min_score']})", k["metrics"]))
+print(row(f"SCALE `keyed` mode, defaults ({c['n_trees']}, {c['height']}, {c['window_size']}, keep_budget {c['keep_budget']})", k["metrics"]))
 PY

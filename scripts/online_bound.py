@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""What an online, per-key latency detector can reach on the paper's stream, told the labels of the past.
+
+scripts/oracle_bound.py bounds any per-span detector that may look at the whole test stream with
+its labels. SCALE's engine is more constrained: it sees each span once, in order, and knows only
+the spans before it. This script plays a generous version of that: for every test span it takes
+the histogram (log-duration bins of width --bin, in ln µs) of the *normal* spans of the same
+`service::operation` seen so far (the labels of the past are given, so no anomaly ever poisons
+the baseline, which no real detector can promise), and scores the span by the probability of its
+key being at least this slow (mid-bin, +0.5 smoothing). It then reports F1 at the threshold where
+1 % and 0.5 % of the normal test spans are kept, and the best F1 at any threshold.
+
+The keyed engine's score is of this kind (its x0 is the same tail probability, from a time-decayed
+sketch; see rust/core/src/lib.rs), so this is the ceiling the default design works under on this
+stream; BENCHMARKS.md ("Detection") has the numbers.
+
+Usage: scripts/online_bound.py [--bin 0.25] [--train 19302]
+"""
+import argparse
+import bisect
+import collections
+import csv
+import gzip
+import math
+import os
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--bin", type=float, nargs="*", default=[0.1, 0.173, 0.25, 0.35],
+                help="bin widths in ln(µs) (0.173 = the engine's 2^(1/4) bins)")
+ap.add_argument("--train", type=int, default=19302, help="rows learned only (the paper's protocol)")
+ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "data", "seed-tracemesh", "spans.csv.gz"))
+args = ap.parse_args()
+
+with gzip.open(args.data, "rt") as f:
+    rows = [(r["service"] + "::" + r["operation"], math.log1p(float(r["duration_ms"]) * 1000.0), r["label"] == "1")
+            for r in csv.DictReader(f)]
+
+
+def f1_at(scored: list[tuple[float, bool]], fpr: float | None) -> tuple[float, float, float]:
+    """(F1, recall, FPR) keeping the spans scoring above the threshold that keeps at most `fpr` of
+    the normal spans (None: the best F1 at any threshold)."""
+    P = sum(1 for _, y in scored if y)
+    N = len(scored) - P
+    order = sorted(scored, key=lambda s: -s[0])
+    tp = fp = 0
+    best = (0.0, 0.0, 0.0)
+    i = 0
+    while i < len(order):
+        j = i  # keep the whole tie group or none of it
+        while j < len(order) and order[j][0] == order[i][0]:
+            tp += order[j][1]
+            fp += not order[j][1]
+            j += 1
+        if fpr is not None and fp > fpr * N:
+            break
+        f1 = 2 * tp / (2 * tp + fp + (P - tp)) if tp else 0.0
+        if fpr is not None or f1 > best[0]:
+            best = (f1, tp / P, fp / N)
+        i = j
+    return best
+
+
+print(f"{len(rows) - args.train} test spans after {args.train} learned; per-key past normal spans only")
+print("| bin (ln µs) | F1 at FPR ≤ 1 % (recall, FPR) | F1 at FPR ≤ 0.5 % | best F1 (FPR) |")
+print("| ---: | ---: | ---: | ---: |")
+for width in args.bin:
+    hist: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    sorted_bins: dict[str, list[int]] = collections.defaultdict(list)
+    total: collections.Counter = collections.Counter()
+    scored = []
+    for i, (key, ld, anomalous) in enumerate(rows):
+        b = int(ld / width)
+        h, n = hist[key], total[key]
+        if i >= args.train:
+            if n == 0:
+                tail = 1.0
+            else:
+                bins = sorted_bins[key]
+                above = sum(h[x] for x in bins[bisect.bisect_right(bins, b):])
+                tail = (above + 0.5 * h.get(b, 0) + 0.5) / (n + 1)
+            scored.append((-math.log(tail), anomalous))
+        if not anomalous:
+            if b not in h:
+                bisect.insort(sorted_bins[key], b)
+            h[b] += 1
+            total[key] += 1
+    a, c, best = f1_at(scored, 0.01), f1_at(scored, 0.005), f1_at(scored, None)
+    print(f"| {width} | {a[0]:.3f} ({a[1]:.3f}, {100 * a[2]:.2f} %) | {c[0]:.3f} | {best[0]:.3f} ({100 * best[2]:.2f} %) |")
