@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -63,9 +64,13 @@ def main() -> None:
     if not SCALE.exists():
         subprocess.run(["cargo", "build", "--workspace", "--release"], cwd=ROOT, check=True)
     st = a.streams
-    if not (st / "services.csv.gz").exists():
-        subprocess.run([sys.executable, str(ROOT / "scripts/streams.py"), str(st)], check=True,
-                       stdout=subprocess.DEVNULL)
+    # The streams are a cache of scripts/streams.py's output: made again when the script changes.
+    gen = ROOT / "scripts/streams.py"
+    stamp = st / "streams.py.sha256"
+    digest = hashlib.sha256(gen.read_bytes()).hexdigest()
+    if not (st / "services.csv.gz").exists() or not stamp.exists() or stamp.read_text() != digest:
+        subprocess.run([sys.executable, str(gen), str(st)], check=True, stdout=subprocess.DEVNULL)
+        stamp.write_text(digest)
     sets: dict[str, list[str]] = {
         "paper": ["--train-size", "19302", str(ROOT / "data/seed-tracemesh/spans.csv.gz")],
         "demo": ["--faults", str(st / "demo-faults.csv"), "--after", "120s", str(st / "demo.csv.gz")],

@@ -374,7 +374,11 @@ impl Engine {
         };
         let threshold = self.keep_threshold();
         let keyed = self.cfg.mode == Mode::Keyed;
-        let incident = keyed && look.incident;
+        // A span of a key in an incident, or a slow span (SERVICE_INCIDENT_TAIL) of a service in
+        // an incident, is evidence of the incident, not of the key's ordinary latency.
+        let incident = keyed
+            && (look.incident
+                || (look.service_incident && look.tail < features::SERVICE_INCIDENT_TAIL));
         // Rare spans (a tail probability under their key's model below RARE_TAIL) make up
         // RARE_TAIL of ordinary traffic on any system; many more of them across the engine is an
         // incident too, spread over keys.

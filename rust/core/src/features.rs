@@ -148,6 +148,12 @@ pub const INCIDENT_SHIFT: f64 = 0.3;
 pub const INCIDENT_RARE_SHARE: f64 = 0.1;
 /// ...and in either case beyond this many standard deviations of chance.
 pub const INCIDENT_Z: f64 = 4.0;
+/// While its *service* is in an incident, a span slower than this share of its key's learned
+/// spans is held back like a span of a key in an incident: a key with a span every few seconds
+/// never shows an incident of its own within `context_window`, and would otherwise learn the
+/// fault its service is in, one slow span at a time. The fault's spans are slower than 90 % of
+/// what the key learned; most of the service's other spans are not, and are learned as usual.
+pub const SERVICE_INCIDENT_TAIL: f64 = 0.1;
 
 /// Which side of a key's latency is anomalous (`keyed.sides`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

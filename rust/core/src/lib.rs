@@ -75,9 +75,13 @@
 //!   half a minute at a time), and those must stay within the budget. And rare spans, one in a
 //!   hundred of ordinary traffic by construction, in excess across the engine (over 1.5 % of
 //!   the last ~4,000 scored spans) are an incident spread over keys.
-//! * **No poisoning.** The spans of a key in an incident, and rare spans while they are in
-//!   excess, are not learned (one in [`INCIDENT_LEARN_EVERY`] is, so that a lasting change is
-//!   absorbed, in about an hour at the default memory), and they count little towards the keep
+//! * **No poisoning.** The spans of a key in an incident, the slow spans (slower than 90 % of
+//!   their key) of a service in an incident, and rare spans while they are in excess, are not
+//!   learned (one in [`INCIDENT_LEARN_EVERY`] is, so that a lasting change is absorbed, in about
+//!   an hour at the default memory). A key with a span every few seconds never shows an
+//!   incident of its own within `context_window`, while its service, all its operations
+//!   together, does: without the service's view such a key learned the fault one slow span at a
+//!   time (the demo's PlaceOrder). These spans also count little towards the keep
 //!   threshold, so an incident is kept beyond the budget and does not raise the threshold its
 //!   own spans are judged by. Everything else is learned, the slowest ordinary spans included:
 //!   a model that did not learn its own tail would find that tail rarer every time it saw it,
