@@ -26,8 +26,9 @@ check-fmt:
 
 # The daemon's integration tests (rust/scaler/tests/k8s.rs) start a real kube-apiserver + etcd,
 # built once per machine from the Go module proxy into $(SCALE_CACHE)/k8s/bin (~14 min cold).
-test-rust: k8s-bins
-	$(CARGO) test --workspace --release
+# rust/scaler/tests/evidence.rs also runs the ocb-built collector, so it is built first.
+test-rust: k8s-bins collector
+	SCALE_OTELCOL=$(CURDIR)/$(COLLECTOR) $(CARGO) test --workspace --release
 
 k8s-bins:
 	scripts/k8s-bins.sh >/dev/null

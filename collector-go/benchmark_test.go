@@ -119,9 +119,10 @@ func (e keepEveryEngine) process(_ uint64, b *batch) (int, error) {
 	}
 	return 0, nil
 }
-func (keepEveryEngine) ruleNames() ([]string, error) { return []string{"rule"}, nil }
-func (keepEveryEngine) snapshotToFile(string) error  { return nil }
-func (keepEveryEngine) Close()                       {}
+func (keepEveryEngine) ruleNames() ([]string, error)             { return []string{"rule"}, nil }
+func (keepEveryEngine) ruleReports(uint64) ([]ruleReport, error) { return nil, nil }
+func (keepEveryEngine) snapshotToFile(string) error              { return nil }
+func (keepEveryEngine) Close()                                   {}
 
 func benchGoSide(b *testing.B, inputs []ptrace.Traces) {
 	fake := engineFactory{

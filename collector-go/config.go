@@ -29,6 +29,7 @@ const (
 	defaultContextWindow    = 5 * time.Second
 	defaultSides            = SidesSlower
 	defaultSnapshotInterval = 5 * time.Minute
+	defaultReportInterval   = 10 * time.Second
 )
 
 // Limits the engine enforces (rust/core/src/config.rs); checked here first so that the
@@ -90,6 +91,12 @@ type Config struct {
 	// SnapshotInterval is how often a snapshot is written while running (one is always written
 	// at shutdown). 0 writes only at shutdown. Default 5m. Needs SnapshotPath.
 	SnapshotInterval time.Duration `mapstructure:"snapshot_interval"`
+
+	// ReportInterval is how often every rule's evidence (spans matched, breaches, their
+	// latency) is sent downstream as `scale.report` spans, so that the daemon scales down on
+	// evidence of healthy latency rather than on silence. Default 10s; 0 sends none (the daemon
+	// then never scales down the rules' targets). Only with rules.
+	ReportInterval time.Duration `mapstructure:"report_interval"`
 
 	// prevent unkeyed literal initialization
 	_ struct{}
@@ -175,6 +182,9 @@ func (cfg *Config) Validate() error {
 	}
 	if m := s.MinScore; m != nil && (math.IsNaN(*m) || math.IsInf(*m, 0) || *m < 0 || *m > 1) {
 		bad("sampler.min_score", "must be between 0 and 1, got %v", *m)
+	}
+	if cfg.ReportInterval < 0 {
+		bad("report_interval", "must not be negative, got %v", cfg.ReportInterval)
 	}
 	if s.MaxDuration <= 0 {
 		bad("sampler.max_duration", "must be a positive duration, got %v", s.MaxDuration)

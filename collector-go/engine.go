@@ -160,6 +160,24 @@ type decision struct {
 	action      uint8
 }
 
+// ruleReport is a Go copy of `scale_rule_report`, its service name copied out.
+type ruleReport struct {
+	ruleIndex   uint32
+	count       uint32
+	inWindow    uint32
+	service     string // "" for a rule with a fixed target
+	sinceNs     uint64
+	untilNs     uint64
+	matched     uint64
+	breaches    uint64
+	windowMs    float64
+	thresholdMs float64 // NaN: none
+	p50Ms       float64 // NaN: nothing matched
+	p90Ms       float64
+	p99Ms       float64
+	maxMs       float64
+}
+
 // batch holds the flat arrays of one engine batch; reused across batches (see scaleProcessor's
 // pool), so nothing is allocated per span once the arrays have grown to the largest batch.
 type batch struct {
@@ -220,6 +238,8 @@ type engine interface {
 	process(nowNs uint64, b *batch) (lost int, err error)
 	// ruleNames lists the configuration's rule names by index.
 	ruleNames() ([]string, error)
+	// ruleReports drains every rule window's evidence since the last call, at nowNs.
+	ruleReports(nowNs uint64) ([]ruleReport, error)
 	// snapshotToFile writes the engine's state to path atomically.
 	snapshotToFile(path string) error
 	// Close frees the engine; idempotent, waits for calls in flight.
@@ -266,14 +286,14 @@ type engineSpec struct {
 type engineYAML struct {
 	Mode    string `yaml:"mode"`
 	Sampler struct {
-		NTrees      int     `yaml:"n_trees"`
-		Height      int     `yaml:"height"`
-		WindowSize  int     `yaml:"window_size"`
+		NTrees      int      `yaml:"n_trees"`
+		Height      int      `yaml:"height"`
+		WindowSize  int      `yaml:"window_size"`
 		KeepBudget  float64  `yaml:"keep_budget,omitempty"`
 		MinScore    *float64 `yaml:"min_score,omitempty"`
 		MaxDuration float64  `yaml:"max_duration"` // milliseconds
-		TrainSize   int64   `yaml:"train_size"`
-		Seed        uint64  `yaml:"seed"`
+		TrainSize   int64    `yaml:"train_size"`
+		Seed        uint64   `yaml:"seed"`
 	} `yaml:"sampler"`
 	Keys struct {
 		MaxKeys int `yaml:"max_keys"`

@@ -335,6 +335,54 @@ func (e *nativeEngine) ruleNames() ([]string, error) {
 	return names, nil
 }
 
+func (e *nativeEngine) ruleReports(nowNs uint64) ([]ruleReport, error) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e._ptr == nil {
+		return nil, errClosed
+	}
+	raw := make([]C.scale_rule_report_t, 16)
+	names := make([]byte, 1024)
+	var n, nl C.size_t
+	// Sizes can grow between two calls (a new service's window): retry with what was asked.
+	for range 4 {
+		st := C.scale_engine_rule_reports(e.ptr(), C.uint64_t(nowNs),
+			(*C.scale_rule_report_t)(unsafe.Pointer(&raw[0])), C.size_t(len(raw)),
+			(*C.uint8_t)(unsafe.Pointer(&names[0])), C.size_t(len(names)), &n, &nl)
+		if st == C.SCALE_STATUS_BUFFER_TOO_SMALL {
+			raw = make([]C.scale_rule_report_t, max(int(n), 1)+16)
+			names = make([]byte, max(int(nl), 1)+1024)
+			continue
+		}
+		if st != C.SCALE_STATUS_OK {
+			return nil, statusError(st)
+		}
+		out := make([]ruleReport, int(n))
+		for i := range out {
+			r := &raw[i]
+			out[i] = ruleReport{
+				ruleIndex:   uint32(r.rule_index),
+				count:       uint32(r.count),
+				inWindow:    uint32(r.in_window),
+				service:     string(names[int(r.service_offset) : int(r.service_offset)+int(r.service_len)]),
+				sinceNs:     uint64(r.since_ns),
+				untilNs:     uint64(r.until_ns),
+				matched:     uint64(r.matched),
+				breaches:    uint64(r.breaches),
+				windowMs:    float64(r.window_ms),
+				thresholdMs: float64(r.threshold_ms),
+				p50Ms:       float64(r.p50_ms),
+				p90Ms:       float64(r.p90_ms),
+				p99Ms:       float64(r.p99_ms),
+				maxMs:       float64(r.max_ms),
+			}
+		}
+		runtime.KeepAlive(e)
+		return out, nil
+	}
+	return nil, statusError(C.SCALE_STATUS_BUFFER_TOO_SMALL)
+}
+
 func (e *nativeEngine) snapshotToFile(path string) error {
 	e.mu.RLock()
 	defer e.mu.RUnlock()

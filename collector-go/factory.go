@@ -37,7 +37,7 @@ func createDefaultConfig() component.Config {
 			TrainSize:   defaultTrainSize,
 			Seed:        defaultSeed,
 		},
-		Keys:             KeysConfig{MaxKeys: defaultMaxKeys},
+		Keys: KeysConfig{MaxKeys: defaultMaxKeys},
 		Keyed: KeyedConfig{
 			Memory:        defaultMemory,
 			MinKeyCount:   defaultMinKeyCount,
@@ -45,6 +45,7 @@ func createDefaultConfig() component.Config {
 			Sides:         defaultSides,
 		},
 		SnapshotInterval: defaultSnapshotInterval,
+		ReportInterval:   defaultReportInterval,
 	}
 }
 
@@ -58,6 +59,7 @@ func newTracesProcessor(ctx context.Context, set processor.Settings, cfg *Config
 	if err != nil {
 		return nil, err
 	}
+	p.next = next
 	return processorhelper.NewTraces(ctx, set, cfg, next, p.processTraces,
 		processorhelper.WithCapabilities(consumer.Capabilities{MutatesData: true}),
 		processorhelper.WithStart(p.start),

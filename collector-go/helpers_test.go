@@ -243,8 +243,9 @@ type fakeEngine struct {
 	closed atomic.Bool
 }
 
-func (f *fakeEngine) intern(string, string) (uint32, error) { return 0, nil }
-func (f *fakeEngine) process(uint64, *batch) (int, error)   { return 0, f.err }
-func (f *fakeEngine) ruleNames() ([]string, error)          { return nil, nil }
-func (f *fakeEngine) snapshotToFile(string) error           { return f.err }
-func (f *fakeEngine) Close()                                { f.closed.Store(true) }
+func (f *fakeEngine) intern(string, string) (uint32, error)    { return 0, nil }
+func (f *fakeEngine) process(uint64, *batch) (int, error)      { return 0, f.err }
+func (f *fakeEngine) ruleNames() ([]string, error)             { return nil, nil }
+func (f *fakeEngine) ruleReports(uint64) ([]ruleReport, error) { return nil, f.err }
+func (f *fakeEngine) snapshotToFile(string) error              { return f.err }
+func (f *fakeEngine) Close()                                   { f.closed.Store(true) }

@@ -18,6 +18,7 @@ import (
 	"unicode/utf8"
 
 	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/consumer"
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/ptrace"
 	"go.opentelemetry.io/collector/processor"
@@ -136,13 +137,22 @@ type scaleProcessor struct {
 	shutdownDone chan struct{}
 	shutdownErr  error
 
-	lastErrLog    atomic.Int64 // unix ns of the last engine-error log
-	suppressed    atomic.Int64 // engine errors not logged since then
-	lastRecreate  atomic.Int64 // unix ns of the last re-creation attempt
-	skipOpts      [len(skipReasons)]metric.AddOption
-	actionOpts    [3]metric.AddOption
-	statusOptsMu  sync.Mutex
-	statusOptsMap map[string]metric.AddOption
+	// next receives the evidence reports (the pipeline's next consumer); serviceName and
+	// instanceID name this collector on them.
+	next        consumer.Traces
+	serviceName string
+	instanceID  string
+	stopReport  chan struct{}
+	reportDone  chan struct{}
+
+	lastErrLog       atomic.Int64 // unix ns of the last engine-error log
+	lastReportErrLog atomic.Int64 // unix ns of the last report-error log
+	suppressed       atomic.Int64 // engine errors not logged since then
+	lastRecreate     atomic.Int64 // unix ns of the last re-creation attempt
+	skipOpts         [len(skipReasons)]metric.AddOption
+	actionOpts       [3]metric.AddOption
+	statusOptsMu     sync.Mutex
+	statusOptsMap    map[string]metric.AddOption
 }
 
 func newScaleProcessor(set processor.Settings, cfg *Config, opts ...option) (*scaleProcessor, error) {
@@ -166,6 +176,16 @@ func newScaleProcessor(set processor.Settings, cfg *Config, opts ...option) (*sc
 		return nil, err
 	}
 	p.tb = tb
+	p.serviceName, p.instanceID = set.BuildInfo.Command, ""
+	if v, ok := set.TelemetrySettings.Resource.Attributes().Get(AttrCollector); ok {
+		p.instanceID = v.AsString()
+	}
+	if p.serviceName == "" {
+		p.serviceName = "otelcol"
+	}
+	if p.instanceID == "" {
+		p.instanceID = newInstanceID()
+	}
 	p.batches.New = func() any { return new(batch) }
 	for i, r := range skipReasons {
 		p.skipOpts[i] = metric.WithAttributeSet(attribute.NewSet(attribute.String("reason", r)))
@@ -197,6 +217,10 @@ func (p *scaleProcessor) start(_ context.Context, _ component.Host) error {
 	if p.cfg.SnapshotPath != "" && p.cfg.SnapshotInterval > 0 {
 		p.stopSnap, p.snapDone = make(chan struct{}), make(chan struct{})
 		go p.snapshotLoop(p.cfg.SnapshotInterval, p.stopSnap, p.snapDone)
+	}
+	if p.cfg.ReportInterval > 0 && len(run.rules) > 0 {
+		p.stopReport, p.reportDone = make(chan struct{}), make(chan struct{})
+		go p.reportLoop(p.cfg.ReportInterval, p.stopReport, p.reportDone)
 	}
 	return nil
 }
@@ -282,6 +306,10 @@ func (p *scaleProcessor) stopAndSave() error {
 	p.lifecycle.Lock()
 	defer p.lifecycle.Unlock()
 	p.stopped = true
+	if p.stopReport != nil {
+		close(p.stopReport)
+		<-p.reportDone
+	}
 	if p.stopSnap != nil {
 		close(p.stopSnap)
 		<-p.snapDone

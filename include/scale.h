@@ -570,6 +570,118 @@ scale_engine_rule_name (
     size_t * len);
 
 /** \brief
+ *  One window's evidence over one reporting interval.
+ *
+ *  Plain data, written by `scale_engine_rule_reports` into the caller's array; the service name
+ *  (for a rule whose target is named after the service) is in the caller's names buffer at
+ *  `service_offset`, `service_len` bytes of UTF-8 (`service_len` 0: a rule with a fixed target).
+ */
+typedef struct scale_rule_report {
+    /** \brief
+     *  Index of the rule in the configuration's `rules:` list (name: `scale_engine_rule_name`).
+     */
+    uint32_t rule_index;
+
+    /** \brief
+     *  The rule's `count`.
+     */
+    uint32_t count;
+
+    /** \brief
+     *  Breaches inside the rule's window at `until_ns`.
+     */
+    uint32_t in_window;
+
+    /** \brief
+     *  Offset of the service's name in the names buffer.
+     */
+    uint32_t service_offset;
+
+    /** \brief
+     *  Length of the service's name; 0 for a rule with a fixed target.
+     */
+    uint32_t service_len;
+
+    /** \brief
+     *  Start of the interval (the engine's clock, ns).
+     */
+    uint64_t since_ns;
+
+    /** \brief
+     *  End of the interval: the call's `now_ns`.
+     */
+    uint64_t until_ns;
+
+    /** \brief
+     *  Spans the window matched in the interval.
+     */
+    uint64_t matched;
+
+    /** \brief
+     *  Of them, breaches (what the rule counts).
+     */
+    uint64_t breaches;
+
+    /** \brief
+     *  The rule's window, ms.
+     */
+    double window_ms;
+
+    /** \brief
+     *  The rule's duration threshold, ms; NaN if the rule has none.
+     */
+    double threshold_ms;
+
+    /** \brief
+     *  Median latency of the matched spans, ms (at most 25 % high); NaN if none matched.
+     */
+    double p50_ms;
+
+    /** \brief
+     *  90th percentile, ms; NaN if none matched.
+     */
+    double p90_ms;
+
+    /** \brief
+     *  99th percentile, ms; NaN if none matched.
+     */
+    double p99_ms;
+
+    /** \brief
+     *  The largest, ms; NaN if none matched.
+     */
+    double max_ms;
+} scale_rule_report_t;
+
+/** \brief
+ *  Every rule window's evidence since the last call (what it matched, its breaches, their
+ *  latency), and a new reporting interval from `now_ns` (the engine's clock, as the batches').
+ *
+ *  One report per rule with a fixed target and one per service seen for a rule named after the
+ *  service (`${service}`), written to `reports_out[0..reports_cap]`, their count in
+ *  `*reports_len`; the services' names (UTF-8, no NUL) are written one after the other to
+ *  `names_out[0..names_cap]`, their total length in `*names_len`, each report naming its slice.
+ *
+ *  If either buffer is too small, returns `SCALE_STATUS_BUFFER_TOO_SMALL` with the sizes needed
+ *  in `*reports_len` and `*names_len`, writes nothing else and starts no new interval (call
+ *  again with larger buffers: nothing is lost). `reports_out` / `names_out` may be NULL if
+ *  their capacity is 0.
+ *
+ *  Cost: O(windows · 128); no allocation per span. Thread safety: safe to call concurrently
+ *  with any call but `scale_engine_free`; it takes its turn between batches.
+ */
+scale_status_t
+scale_engine_rule_reports (
+    scale_engine_t * engine,
+    uint64_t now_ns,
+    scale_rule_report_t * reports_out,
+    size_t reports_cap,
+    uint8_t * names_out,
+    size_t names_cap,
+    size_t * reports_len,
+    size_t * names_len);
+
+/** \brief
  *  Serialise the whole engine state (model, keys, baselines, rule windows, counters) into
  *  `buf[0..cap]`, with its length in `*len`; `scale_engine_restore` reads it back.
  *

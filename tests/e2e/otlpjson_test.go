@@ -158,6 +158,11 @@ func readSpans(path string) ([]span, error) {
 				phase := rs.Resource.Attributes.str("e2e.phase")
 				for _, ss := range rs.ScopeSpans {
 					for _, s := range ss.Spans {
+						if s.Name == "scale.report" {
+							// The processor's evidence reports for the daemon, not spans of the
+							// workload (rust/scaler/tests/evidence.rs tests them end to end).
+							continue
+						}
 						st, _ := strconv.ParseInt(s.Start, 10, 64)
 						en, _ := strconv.ParseInt(s.End, 10, 64)
 						out = append(out, span{

@@ -30,6 +30,8 @@ type TelemetryBuilder struct {
 	ProcessorScaleDecisions      metric.Int64Counter
 	ProcessorScaleDecisionsLost  metric.Int64Counter
 	ProcessorScaleEngineErrors   metric.Int64Counter
+	ProcessorScaleReportErrors   metric.Int64Counter
+	ProcessorScaleReports        metric.Int64Counter
 	ProcessorScaleSnapshotErrors metric.Int64Counter
 	ProcessorScaleSnapshots      metric.Int64Counter
 	ProcessorScaleSpansDropped   metric.Int64Counter
@@ -91,6 +93,18 @@ func NewTelemetryBuilder(settings component.TelemetrySettings, options ...Teleme
 		"otelcol_processor_scale_engine_errors",
 		metric.WithDescription("Engine calls that failed after start; each lets its batch through unscored. [Development]"),
 		metric.WithUnit("{errors}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ProcessorScaleReportErrors, err = builder.meter.Int64Counter(
+		"otelcol_processor_scale_report_errors",
+		metric.WithDescription("Report intervals whose evidence could not be sent (the next report covers the time since the last one sent). [Development]"),
+		metric.WithUnit("{errors}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ProcessorScaleReports, err = builder.meter.Int64Counter(
+		"otelcol_processor_scale_reports",
+		metric.WithDescription("Rule evidence reports (one per rule window and interval) sent downstream as scale.report spans. [Development]"),
+		metric.WithUnit("{reports}"),
 	)
 	errs = errors.Join(errs, err)
 	builder.ProcessorScaleSnapshotErrors, err = builder.meter.Int64Counter(

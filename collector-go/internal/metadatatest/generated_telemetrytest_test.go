@@ -23,6 +23,8 @@ func TestSetupTelemetry(t *testing.T) {
 	tb.ProcessorScaleDecisions.Add(context.Background(), 1)
 	tb.ProcessorScaleDecisionsLost.Add(context.Background(), 1)
 	tb.ProcessorScaleEngineErrors.Add(context.Background(), 1)
+	tb.ProcessorScaleReportErrors.Add(context.Background(), 1)
+	tb.ProcessorScaleReports.Add(context.Background(), 1)
 	tb.ProcessorScaleSnapshotErrors.Add(context.Background(), 1)
 	tb.ProcessorScaleSnapshots.Add(context.Background(), 1)
 	tb.ProcessorScaleSpansDropped.Add(context.Background(), 1)
@@ -40,6 +42,12 @@ func TestSetupTelemetry(t *testing.T) {
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 	AssertEqualProcessorScaleEngineErrors(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualProcessorScaleReportErrors(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualProcessorScaleReports(t, testTel,
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 	AssertEqualProcessorScaleSnapshotErrors(t, testTel,

@@ -276,6 +276,18 @@ impl Engine {
         &self.rules
     }
 
+    /// How many reports [`Engine::rule_reports`] would return now, and the total length of
+    /// their services' names (changes nothing).
+    pub fn rule_report_sizes(&self) -> (usize, usize) {
+        self.rules.report_sizes()
+    }
+
+    /// What every rule's windows saw since the last call (see [`RuleSet::reports`]), at `now_ns`
+    /// on the engine's clock; starts a new reporting interval.
+    pub fn rule_reports(&mut self, now_ns: u64) -> Vec<crate::RuleReport> {
+        self.rules.reports(now_ns)
+    }
+
     /// Names of the forest's features, once known.
     pub fn feature_names(&self) -> Option<&[String; 2]> {
         self.feature_names.as_ref()

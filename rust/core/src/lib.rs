@@ -131,4 +131,4 @@ pub use engine::{
 pub use error::{ConfigError, ConfigProblem, Error, Result};
 pub use features::SkipReason;
 pub use keys::{KeyId, OVERFLOW};
-pub use rules::Decision;
+pub use rules::{Decision, RuleReport};

@@ -19,6 +19,17 @@
 //! span of that service). Windows are made when a key of a new service is first seen, so there
 //! are at most as many as keys.
 //!
+//! # Evidence between decisions
+//!
+//! A rule that has not fired says nothing by itself: no decision may mean healthy latency or no
+//! input at all. So every window also keeps what it saw since it was last reported
+//! ([`RuleSet::reports`]): the spans it matched, the breaches among them, and their latency in a
+//! [`LatencyBins`] histogram (quarter-octave bins, read off the float's exponent and mantissa:
+//! no logarithm on the hot path) from which the report's quantiles come. The collector sends
+//! these reports to the daemon at a fixed interval, and the daemon scales down only on reports
+//! that show healthy latency ([`RuleReport::healthy`]). The evidence is not part of snapshots:
+//! a restart starts a new reporting interval.
+//!
 //! # `auto` actions
 //!
 //! A rule with `kind: auto` also counts *every* span it matches (breach or not) in 8 buckets of
@@ -104,6 +115,139 @@ struct RuleState {
     closed_buckets: u64,
     /// Whether the current bucket saw a breach (such buckets do not update the baseline).
     bucket_breached: bool,
+    /// What the window saw since its last report (not snapshotted).
+    #[serde(skip)]
+    evidence: Evidence,
+}
+
+/// Bins of [`LatencyBins`]: quarter octaves from 1 µs, so the last bin starts at about 71 min.
+pub const LATENCY_BINS: usize = 128;
+
+/// A histogram of durations in quarter-octave bins (each bin's upper edge is at most 25 % above
+/// its lower one), starting at 1 µs; shorter durations fall in the first bin, longer than the
+/// last bin's start in the last. Allocated on the first duration added.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencyBins {
+    bins: Vec<u32>,
+    n: u64,
+    max_ms: f64,
+}
+
+impl LatencyBins {
+    /// The bin of a duration in ms: the exponent and the top two mantissa bits of the duration
+    /// in µs (four linear sub-bins per octave).
+    fn bin(d_ms: f64) -> usize {
+        let us = d_ms * 1000.0;
+        if us.is_nan() || us < 1.0 {
+            return 0;
+        }
+        let bits = us.to_bits();
+        let exp = ((bits >> 52) & 0x7ff) as i64 - 1023;
+        let sub = ((bits >> 50) & 3) as i64;
+        (exp * 4 + sub).clamp(0, LATENCY_BINS as i64 - 1) as usize
+    }
+
+    /// Upper edge of bin `b`, ms.
+    fn upper_ms(b: usize) -> f64 {
+        let (exp, sub) = ((b / 4) as i32, (b % 4) as f64);
+        2f64.powi(exp) * (1.0 + (sub + 1.0) / 4.0) / 1000.0
+    }
+
+    /// Add a duration (ms).
+    pub fn add(&mut self, d_ms: f64) {
+        if self.bins.is_empty() {
+            self.bins = vec![0; LATENCY_BINS];
+        }
+        let b = &mut self.bins[Self::bin(d_ms)];
+        *b = b.saturating_add(1);
+        self.n += 1;
+        if d_ms > self.max_ms {
+            self.max_ms = d_ms;
+        }
+    }
+
+    /// Durations added.
+    pub fn count(&self) -> u64 {
+        self.n
+    }
+
+    /// The `q` quantile (0–1), as the upper edge of its bin (never above the largest duration
+    /// added): at most 25 % above the true value. None when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.n == 0 {
+            return None;
+        }
+        let want = (q.clamp(0.0, 1.0) * self.n as f64).ceil().max(1.0) as u64;
+        let mut acc = 0u64;
+        for (b, &c) in self.bins.iter().enumerate() {
+            acc += u64::from(c);
+            if acc >= want {
+                return Some(Self::upper_ms(b).min(self.max_ms));
+            }
+        }
+        Some(self.max_ms)
+    }
+
+    /// The largest duration added, ms. None when empty.
+    pub fn max_ms(&self) -> Option<f64> {
+        (self.n > 0).then_some(self.max_ms)
+    }
+}
+
+/// What one window saw since its last report.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Evidence {
+    since_ns: u64,
+    matched: u64,
+    breaches: u64,
+    latency: LatencyBins,
+}
+
+/// One window's evidence over one reporting interval ([`RuleSet::reports`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleReport {
+    /// Index of the rule in the configuration.
+    pub rule_index: u32,
+    /// The rule's name.
+    pub rule: String,
+    /// For a rule whose target is named after the service (`${service}`): the service.
+    pub service: Option<String>,
+    /// Start of the interval (engine clock, ns): the previous report, or the first span seen.
+    pub since_ns: u64,
+    /// End of the interval: when the report was made.
+    pub until_ns: u64,
+    /// Spans the window matched in the interval.
+    pub matched: u64,
+    /// Of them, breaches (what the rule counts).
+    pub breaches: u64,
+    /// Breaches inside the rule's window at `until_ns` (the rule fires at its `count`).
+    pub in_window: u32,
+    /// The rule's `count`.
+    pub count: u32,
+    /// The rule's window, ms.
+    pub window_ms: f64,
+    /// The rule's duration threshold, ms.
+    pub threshold_ms: Option<f64>,
+    /// Latency of the matched spans, ms: median, 90th and 99th percentiles (the upper edge of
+    /// a quarter-octave bin: at most 25 % high) and the largest. None when nothing matched.
+    pub p50_ms: Option<f64>,
+    /// See `p50_ms`.
+    pub p90_ms: Option<f64>,
+    /// See `p50_ms`.
+    pub p99_ms: Option<f64>,
+    /// See `p50_ms`.
+    pub max_ms: Option<f64>,
+}
+
+impl RuleReport {
+    /// Whether this interval is evidence of healthy latency: spans were matched (no input is
+    /// no evidence), and breaches came slower than the rate at which the rule fires (`count`
+    /// per `window`), so the rule would not fire at this interval's rate.
+    pub fn healthy(&self) -> bool {
+        let interval_ms = (self.until_ns.saturating_sub(self.since_ns) as f64 / 1e6).max(1.0);
+        self.matched > 0
+            && (self.breaches as f64) * self.window_ms < f64::from(self.count) * interval_ms
+    }
 }
 
 impl RuleState {
@@ -118,7 +262,19 @@ impl RuleState {
             baseline_per_bucket: 0.0,
             closed_buckets: 0,
             bucket_breached: false,
+            evidence: Evidence::default(),
         }
+    }
+
+    /// Breaches still inside the window at `now`.
+    fn in_window(&self, now: u64, window_ns: u64) -> u32 {
+        let cap = self.ring.len();
+        (0..self.len)
+            .filter(|k| {
+                let t = self.ring[(self.head + cap - 1 - k) % cap];
+                now.saturating_sub(t) < window_ns
+            })
+            .count() as u32
     }
 
     /// Record a breach at `now`; true when the window now holds `N` breaches.
@@ -358,6 +514,13 @@ impl RuleSet {
         if breach {
             st.bucket_breached = true;
         }
+        let ev = &mut st.evidence;
+        if ev.since_ns == 0 {
+            ev.since_ns = now_ns;
+        }
+        ev.matched += 1;
+        ev.breaches += u64::from(breach);
+        ev.latency.add(obs.duration_ms);
         if !breach || !st.breach(now_ns, window_ns.max(1)) {
             return None;
         }
@@ -435,11 +598,69 @@ impl RuleSet {
         }
     }
 
+    /// How many reports [`RuleSet::reports`] would return, and the total length of their
+    /// services' names.
+    pub fn report_sizes(&self) -> (usize, usize) {
+        self.windows.iter().fold((0, 0), |(n, b), w| match w {
+            Windows::One(_) => (n + 1, b),
+            Windows::PerService(l) => (
+                n + l.len(),
+                b + l.iter().map(|(s, _)| s.len()).sum::<usize>(),
+            ),
+        })
+    }
+
+    /// Every window's evidence since its last report, and a new interval from `now_ns`: one
+    /// report per rule with a fixed target, one per service seen for a rule named after the
+    /// service.
+    pub fn reports(&mut self, now_ns: u64) -> Vec<RuleReport> {
+        let mut out = Vec::new();
+        for (i, (rule, windows)) in self.rules.iter().zip(&self.windows).enumerate() {
+            let list: Vec<(Option<&str>, u32)> = match windows {
+                Windows::One(slot) => vec![(None, *slot)],
+                Windows::PerService(l) => l.iter().map(|(s, w)| (Some(s.as_str()), *w)).collect(),
+            };
+            let window_ns = ((rule.window_ms * 1e6) as u64).max(1);
+            for (service, slot) in list {
+                let st = &mut self.state[slot as usize];
+                let ev = std::mem::take(&mut st.evidence);
+                st.evidence.since_ns = now_ns;
+                let since_ns = if ev.since_ns == 0 {
+                    now_ns
+                } else {
+                    ev.since_ns
+                };
+                out.push(RuleReport {
+                    rule_index: i as u32,
+                    rule: rule.name.clone(),
+                    service: service.map(str::to_string),
+                    since_ns: since_ns.min(now_ns),
+                    until_ns: now_ns,
+                    matched: ev.matched,
+                    breaches: ev.breaches,
+                    in_window: st.in_window(now_ns, window_ns),
+                    count: rule.count,
+                    window_ms: rule.window_ms,
+                    threshold_ms: rule.duration_above_ms,
+                    p50_ms: ev.latency.quantile(0.5),
+                    p90_ms: ev.latency.quantile(0.9),
+                    p99_ms: ev.latency.quantile(0.99),
+                    max_ms: ev.latency.max_ms(),
+                });
+            }
+        }
+        out
+    }
+
     /// Approximate heap bytes of the windows.
     pub fn memory_bytes(&self) -> usize {
         self.state
             .iter()
-            .map(|s| s.ring.capacity() * 8 + std::mem::size_of::<RuleState>())
+            .map(|s| {
+                s.ring.capacity() * 8
+                    + s.evidence.latency.bins.capacity() * 4
+                    + std::mem::size_of::<RuleState>()
+            })
             .sum()
     }
 }
@@ -467,6 +688,92 @@ mod tests {
     }
 
     const MS: u64 = 1_000_000;
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn latency_bins_quantiles_are_within_a_quarter_octave() {
+        let mut b = LatencyBins::default();
+        assert_eq!(b.quantile(0.5), None);
+        for i in 1..=1000 {
+            b.add(i as f64); // 1..1000 ms
+        }
+        for (q, want) in [(0.5, 500.0), (0.9, 900.0), (0.99, 990.0)] {
+            let got = b.quantile(q).unwrap();
+            assert!(got >= want && got <= want * 1.25, "q{q}: {got} vs {want}");
+        }
+        assert_eq!(b.max_ms(), Some(1000.0));
+        assert_eq!(b.quantile(1.0), Some(1000.0));
+        // Out of range and bad values land in the end bins, never panic.
+        for d in [0.0, -1.0, f64::NAN, 1e-9, 1e12, f64::INFINITY] {
+            b.add(d);
+        }
+        assert_eq!(b.count(), 1006);
+    }
+
+    #[test]
+    fn reports_say_what_each_window_saw_and_start_a_new_interval() {
+        let mut r = rules(
+            r#"
+rules:
+  - name: slow
+    match: { service: "*" }
+    when: { duration_above: 100ms }
+    count: 3
+    window: 10s
+    action: { kind: horizontal, target: { kind: Deployment, name: "${service}" }, max: 3 }
+  - name: fixed
+    match: { service: a }
+    when: { duration_above: 100ms }
+    count: 3
+    window: 10s
+    action: { kind: horizontal, target: { kind: Deployment, name: a }, max: 3 }
+"#,
+        );
+        // Nothing seen yet: one report for the fixed rule, none per service.
+        let first = r.reports(SEC);
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].rule.as_str(), first[0].matched), ("fixed", 0));
+        assert!(!first[0].healthy(), "no input is no evidence");
+        let a = r.slots("a", "op");
+        let b = r.slots("b", "op");
+        for k in 0..10u64 {
+            let t = 2 * SEC + k * SEC / 10;
+            for &s in &a {
+                r.observe(s, &obs(if k == 0 { 500.0 } else { 20.0 }), t);
+            }
+            for &s in &b {
+                r.observe(s, &obs(500.0), t);
+            }
+        }
+        let rep = r.reports(12 * SEC);
+        assert_eq!(rep.len(), 3);
+        let find = |rule: &str, svc: Option<&str>| {
+            rep.iter()
+                .find(|x| x.rule == rule && x.service.as_deref() == svc)
+                .unwrap()
+                .clone()
+        };
+        let slow_a = find("slow", Some("a"));
+        assert_eq!((slow_a.matched, slow_a.breaches), (10, 1));
+        assert_eq!(slow_a.since_ns, 2 * SEC);
+        assert_eq!(slow_a.until_ns, 12 * SEC);
+        assert!(slow_a.p50_ms.unwrap() >= 20.0 && slow_a.p50_ms.unwrap() <= 25.0);
+        assert_eq!(slow_a.max_ms, Some(500.0));
+        assert!(
+            slow_a.healthy(),
+            "1 breach in 10 s, the rule fires at 3 in 10 s"
+        );
+        let slow_b = find("slow", Some("b"));
+        assert_eq!((slow_b.matched, slow_b.breaches), (10, 10));
+        assert!(!slow_b.healthy());
+        assert_eq!(find("fixed", None).matched, 10);
+        // A new interval: nothing matched since.
+        let next = r.reports(20 * SEC);
+        assert!(
+            next.iter()
+                .all(|x| x.matched == 0 && x.since_ns == 12 * SEC)
+        );
+    }
 
     #[test]
     fn fires_at_n_within_window_and_resets() {

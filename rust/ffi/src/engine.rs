@@ -14,6 +14,7 @@ use scale_core::{
 use crate::decision::scale_decision;
 use crate::ffi::{self, FfiResult, MsgOut};
 use crate::panic;
+use crate::report::scale_rule_report;
 use crate::skip::scale_skip;
 use crate::stats::scale_stats;
 use crate::status::scale_status;
@@ -947,6 +948,66 @@ pub unsafe fn scale_engine_rule_name(
             for (d, &b) in buf.iter_mut().zip(name) {
                 d.write(c_char(b));
             }
+            Ok(scale_status::Ok)
+        })
+    }
+}
+
+/// Every rule window's evidence since the last call (what it matched, its breaches, their
+/// latency), and a new reporting interval from `now_ns` (the engine's clock, as the batches').
+///
+/// One report per rule with a fixed target and one per service seen for a rule named after the
+/// service (`${service}`), written to `reports_out[0..reports_cap]`, their count in
+/// `*reports_len`; the services' names (UTF-8, no NUL) are written one after the other to
+/// `names_out[0..names_cap]`, their total length in `*names_len`, each report naming its slice.
+///
+/// If either buffer is too small, returns `SCALE_STATUS_BUFFER_TOO_SMALL` with the sizes needed
+/// in `*reports_len` and `*names_len`, writes nothing else and starts no new interval (call
+/// again with larger buffers: nothing is lost). `reports_out` / `names_out` may be NULL if
+/// their capacity is 0.
+///
+/// Cost: O(windows · 128); no allocation per span. Thread safety: safe to call concurrently
+/// with any call but `scale_engine_free`; it takes its turn between batches.
+#[ffi_export]
+pub unsafe fn scale_engine_rule_reports(
+    engine: *mut scale_engine,
+    now_ns: u64,
+    reports_out: *mut scale_rule_report,
+    reports_cap: usize,
+    names_out: *mut u8,
+    names_cap: usize,
+    reports_len: *mut usize,
+    names_len: *mut usize,
+) -> scale_status {
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        on_engine(engine, |e| {
+            let reports_len = ffi::out_ref(reports_len)?;
+            let names_len = ffi::out_ref(names_len)?;
+            let out = ffi::out_slice(reports_out, reports_cap)?;
+            let names = ffi::out_slice(names_out, names_cap)?;
+            let mut l = e.lock()?;
+            let engine = &mut l.state().engine;
+            // Sizes first, from a look that changes nothing: the buffers must hold them all.
+            let (n, bytes) = engine.rule_report_sizes();
+            if n > out.len() || bytes > names.len() || bytes > u32::MAX as usize {
+                reports_len.write(n);
+                names_len.write(bytes);
+                return Ok(scale_status::BufferTooSmall);
+            }
+            let reports = engine.rule_reports(now_ns);
+            let mut at = 0usize;
+            for (slot, r) in out.iter_mut().zip(&reports) {
+                slot.write(scale_rule_report::new(r, at as u32));
+                if let Some(s) = &r.service {
+                    for (d, &b) in names[at..at + s.len()].iter_mut().zip(s.as_bytes()) {
+                        d.write(b);
+                    }
+                    at += s.len();
+                }
+            }
+            reports_len.write(reports.len());
+            names_len.write(at);
             Ok(scale_status::Ok)
         })
     }

@@ -103,6 +103,7 @@ mod decision;
 mod engine;
 mod ffi;
 mod panic;
+mod report;
 mod skip;
 mod stats;
 mod status;
@@ -116,6 +117,7 @@ pub mod header;
 
 pub use decision::{scale_action, scale_decision};
 pub use engine::*;
+pub use report::scale_rule_report;
 pub use skip::scale_skip;
 pub use stats::scale_stats;
 pub use status::{scale_status, scale_status_str};

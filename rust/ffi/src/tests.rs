@@ -11,6 +11,7 @@ use crate::*;
 
 const T0: u64 = 1_700_000_000_000_000_000;
 const MS: u64 = 1_000_000;
+const SEC: u64 = 1_000 * MS;
 
 /// A handle freed on drop.
 struct H(*mut scale_engine);
@@ -208,7 +209,7 @@ fn every_call(e: *mut scale_engine) -> Vec<(&'static str, scale_status)> {
     (0..N_CALLS).map(|i| one_call(e, i)).collect()
 }
 
-const N_CALLS: usize = 10;
+const N_CALLS: usize = 11;
 
 /// Export number `i` of [`every_call`].
 fn one_call(e: *mut scale_engine, i: usize) -> (&'static str, scale_status) {
@@ -313,6 +314,39 @@ fn one_call(e: *mut scale_engine, i: usize) -> (&'static str, scale_status) {
                     &mut nd,
                 ),
             ),
+            10 => {
+                let mut reports = [scale_rule_report {
+                    rule_index: 0,
+                    count: 0,
+                    in_window: 0,
+                    service_offset: 0,
+                    service_len: 0,
+                    since_ns: 0,
+                    until_ns: 0,
+                    matched: 0,
+                    breaches: 0,
+                    window_ms: 0.0,
+                    threshold_ms: 0.0,
+                    p50_ms: 0.0,
+                    p90_ms: 0.0,
+                    p99_ms: 0.0,
+                    max_ms: 0.0,
+                }; 4];
+                let mut nl = 0usize;
+                (
+                    "rule_reports",
+                    scale_engine_rule_reports(
+                        e,
+                        T0,
+                        reports.as_mut_ptr(),
+                        reports.len(),
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                        &mut len,
+                        &mut nl,
+                    ),
+                )
+            }
             _ => unreachable!(),
         }
     }
@@ -1106,6 +1140,139 @@ fn rule_names() {
         );
         assert_eq!(len, 1, "the size needed");
     }
+}
+
+#[test]
+fn rule_reports_carry_each_window_and_never_lose_one_to_a_small_buffer() {
+    let per_service = "sampler: { window_size: 20, train_size: 1000000 }
+rules:
+- name: a
+  match: { service: a }
+  when: { duration_above: 100ms }
+  count: 3
+  window: 10s
+  action: { kind: horizontal, target: { kind: Deployment, name: a }, max: 5 }
+- name: each
+  match: { service: \"*\" }
+  when: { duration_above: 100ms }
+  count: 3
+  window: 10s
+  action: { kind: horizontal, target: { kind: Deployment, name: \"${service}\" }, max: 5 }
+";
+    let e = new(per_service);
+    let (a, svc) = (intern(&e, "a", "op"), intern(&e, "checkout", "op"));
+    process(&e, T0 + SEC, &[(a, 20.0), (a, 500.0), (svc, 30.0)]);
+    let blank = scale_rule_report {
+        rule_index: 0,
+        count: 0,
+        in_window: 0,
+        service_offset: 0,
+        service_len: 0,
+        since_ns: 0,
+        until_ns: 0,
+        matched: 0,
+        breaches: 0,
+        window_ms: 0.0,
+        threshold_ms: 0.0,
+        p50_ms: 0.0,
+        p90_ms: 0.0,
+        p99_ms: 0.0,
+        max_ms: 0.0,
+    };
+    let mut reports = [blank; 8];
+    let mut names = [0u8; 64];
+    let (mut n, mut nl) = (0usize, 0usize);
+    // SAFETY: valid buffers.
+    unsafe {
+        // Too small: the sizes needed, and nothing drained.
+        assert_eq!(
+            scale_engine_rule_reports(
+                e.0,
+                T0 + 2 * SEC,
+                reports.as_mut_ptr(),
+                1,
+                names.as_mut_ptr(),
+                64,
+                &mut n,
+                &mut nl
+            ),
+            scale_status::BufferTooSmall
+        );
+        // a (fixed), each/a, each/checkout
+        assert_eq!((n, nl), (3, 1 + 8));
+        assert_eq!(
+            scale_engine_rule_reports(
+                e.0,
+                T0 + 2 * SEC,
+                reports.as_mut_ptr(),
+                8,
+                null_mut(),
+                0,
+                &mut n,
+                &mut nl
+            ),
+            scale_status::BufferTooSmall
+        );
+        assert_eq!(
+            scale_engine_rule_reports(
+                e.0,
+                T0 + 2 * SEC,
+                reports.as_mut_ptr(),
+                8,
+                names.as_mut_ptr(),
+                64,
+                &mut n,
+                &mut nl
+            ),
+            scale_status::Ok
+        );
+    }
+    assert_eq!((n, nl), (3, 9));
+    let name = |r: &scale_rule_report| {
+        std::str::from_utf8(
+            &names[r.service_offset as usize..(r.service_offset + r.service_len) as usize],
+        )
+        .unwrap()
+        .to_string()
+    };
+    let fixed = reports[..n].iter().find(|r| r.rule_index == 0).unwrap();
+    assert_eq!(
+        (fixed.matched, fixed.breaches, fixed.service_len),
+        (2, 1, 0)
+    );
+    assert_eq!(fixed.max_ms, 500.0);
+    assert_eq!((fixed.since_ns, fixed.until_ns), (T0 + SEC, T0 + 2 * SEC));
+    let each: Vec<(String, u64)> = reports[..n]
+        .iter()
+        .filter(|r| r.rule_index == 1)
+        .map(|r| (name(r), r.matched))
+        .collect();
+    assert_eq!(
+        each,
+        vec![("a".to_string(), 2), ("checkout".to_string(), 1)]
+    );
+    // A new interval: nothing matched, NaN quantiles.
+    // SAFETY: valid buffers.
+    unsafe {
+        assert_eq!(
+            scale_engine_rule_reports(
+                e.0,
+                T0 + 3 * SEC,
+                reports.as_mut_ptr(),
+                8,
+                names.as_mut_ptr(),
+                64,
+                &mut n,
+                &mut nl
+            ),
+            scale_status::Ok
+        );
+    }
+    assert!(
+        reports[..n]
+            .iter()
+            .all(|r| r.matched == 0 && r.p50_ms.is_nan())
+    );
 }
 
 #[test]

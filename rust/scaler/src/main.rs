@@ -86,6 +86,11 @@ struct ServeArgs {
     /// How often targets are reconsidered without news (scale-down after quiet, retries).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     tick: std::time::Duration,
+    /// Scale-downs need the collectors' evidence reports (`scale.report` spans, sent every
+    /// `report_interval` by the `scale` processor): a target with none for this long holds its
+    /// scale. Must exceed the collectors' report_interval (default 10s).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    evidence_timeout: std::time::Duration,
     /// Kubernetes: compete for this Lease (namespace/name) and act only while holding it.
     #[arg(long, env = "SCALE_LEASE")]
     lease: Option<String>,
@@ -145,6 +150,7 @@ fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         .rules;
     let mut opts = serve::ServeOptions {
         tick: args.tick,
+        evidence_timeout: args.evidence_timeout,
         ..Default::default()
     };
     if let Some(engine) = &args.engine {

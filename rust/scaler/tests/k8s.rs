@@ -126,29 +126,50 @@ async fn a_flood_never_passes_max_and_cooldown_holds() {
 }
 
 /// Must show 3: without decisions the workload is scaled down one step per quiet period, never
-/// below min, and not before a quiet period has passed since the daemon started.
+/// below min, and not before a quiet period has passed since the daemon started — and only on
+/// evidence (issue 15): while no report of healthy latency arrives, silence is not calm and the
+/// scale holds, said by a metric and a Warning Event; with healthy reports flowing it steps down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scale_down_after_quiet_never_below_min() {
+async fn scale_down_after_quiet_only_on_healthy_reports_never_below_min() {
     let (c, admin) = cluster().await;
     deployment(&admin, "checkout", 4).await;
-    let started = std::time::Instant::now();
     let d = Daemon::start(
         &c,
         &rules(", min: 2, max: 5, step: 1, cooldown: 1s, scale_down_after: 2s"),
-        &[],
+        &["--evidence-timeout", "1500ms"],
     );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // No reports: held well past three quiet periods.
+    tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(
         replicas(&admin, "checkout").await,
         4,
-        "nothing happens before the quiet period"
+        "no scale-down without evidence:\n{}",
+        d.logs()
     );
+    assert_eq!(
+        d.metric("scale_evidence_missing{target=\"Deployment/otel-demo/checkout\"}"),
+        1.0
+    );
+    let held: Vec<_> = events(&admin, "checkout")
+        .await
+        .into_iter()
+        .filter(|e| reason(e) == "ScaleDownHeld")
+        .collect();
+    assert_eq!(held.len(), 1, "one Event per episode");
+    assert!(
+        note(&held[0]).contains("silence is not calm"),
+        "{}",
+        note(&held[0])
+    );
+    // Healthy reports flow: one step per quiet period (the first a full period after they began).
+    let reports_began = std::time::Instant::now();
+    let reporter = healthy_reports(d.otlp, "checkout-latency", Duration::from_millis(300));
     assert!(
         eventually(LONG, || async { replicas(&admin, "checkout").await == 3 }).await,
         "{}",
         d.logs()
     );
-    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(reports_began.elapsed() >= Duration::from_secs(2));
     assert!(
         eventually(LONG, || async { replicas(&admin, "checkout").await == 2 }).await,
         "{}",
@@ -156,7 +177,12 @@ async fn scale_down_after_quiet_never_below_min() {
     );
     // Several more quiet periods: it stays at min.
     tokio::time::sleep(Duration::from_secs(5)).await;
+    reporter.abort();
     assert_eq!(replicas(&admin, "checkout").await, 2, "never below min");
+    assert_eq!(
+        d.metric("scale_evidence_missing{target=\"Deployment/otel-demo/checkout\"}"),
+        0.0
+    );
     let downs: Vec<_> = events(&admin, "checkout")
         .await
         .into_iter()
@@ -164,7 +190,7 @@ async fn scale_down_after_quiet_never_below_min() {
         .collect();
     assert_eq!(downs.len(), 2);
     assert!(
-        note(&downs[0]).contains("quiet for 2 s"),
+        note(&downs[0]).contains("quiet for 2 s, latency healthy (checkout-latency: "),
         "{}",
         note(&downs[0])
     );

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
+use super::evidence::EvidenceStore;
 use super::metrics::Metrics;
 
 /// Largest accepted (decoded) OTLP message.
@@ -35,6 +36,28 @@ pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 /// Name of the span event that carries a decision.
 pub const DECISION_EVENT: &str = "scale.decision";
+
+/// Name of the span that carries a rule's evidence report ([`super::evidence`]); its start and
+/// end are the reporting interval. Attributes: `scale.rule`, `scale.service` (a rule named after
+/// the service), `scale.count`, `scale.window_ms`, `scale.threshold_ms`, and the `REPORT_*`
+/// names below. The collector's resource attribute `service.instance.id` names the collector.
+pub const REPORT_SPAN: &str = "scale.report";
+/// Report attribute: the service, for a rule whose target is named after it.
+pub const REPORT_SERVICE: &str = "scale.service";
+/// Report attribute (int): spans the rule's window matched in the interval.
+pub const REPORT_MATCHED: &str = "scale.report.matched";
+/// Report attribute (int): of them, breaches.
+pub const REPORT_BREACHES: &str = "scale.report.breaches";
+/// Report attribute (int): breaches inside the rule's window at the end of the interval.
+pub const REPORT_IN_WINDOW: &str = "scale.report.in_window";
+/// Report attributes (double, ms; absent when nothing matched): latency of the matched spans.
+pub const REPORT_P50_MS: &str = "scale.report.p50_ms";
+/// See [`REPORT_P50_MS`].
+pub const REPORT_P90_MS: &str = "scale.report.p90_ms";
+/// See [`REPORT_P50_MS`].
+pub const REPORT_P99_MS: &str = "scale.report.p99_ms";
+/// See [`REPORT_P50_MS`].
+pub const REPORT_MAX_MS: &str = "scale.report.max_ms";
 
 /// A decision as received.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +87,7 @@ pub struct Intake {
     tx: mpsc::Sender<Received>,
     metrics: Arc<Metrics>,
     token: Option<Arc<str>>,
+    evidence: Option<Arc<EvidenceStore>>,
 }
 
 impl Intake {
@@ -74,7 +98,14 @@ impl Intake {
             tx,
             metrics,
             token: None,
+            evidence: None,
         }
+    }
+
+    /// Record the collectors' `scale.report` spans into `store` (without one they are ignored).
+    pub fn with_evidence(mut self, store: Arc<EvidenceStore>) -> Self {
+        self.evidence = Some(store);
+        self
     }
 
     /// Require `authorization: Bearer <token>` on every request (UNAUTHENTICATED otherwise).
@@ -106,6 +137,12 @@ impl Intake {
             for ss in &rs.scope_spans {
                 for span in &ss.spans {
                     spans += 1;
+                    if span.name == REPORT_SPAN
+                        && str_attr(&span.attributes, "scale.rule").is_some()
+                    {
+                        self.report(span, now);
+                        continue;
+                    }
                     if log_spans {
                         // The spans the collector kept, for operators (and the demo) to watch:
                         // SCALE_LOG=info,scale_scaler::serve::intake::spans=debug
@@ -144,6 +181,57 @@ impl Intake {
             }
         }
         (out, spans)
+    }
+
+    /// Record one `scale.report` span; refused ones are counted.
+    fn report(&self, span: &opentelemetry_proto::tonic::trace::v1::Span, now: Instant) {
+        let Some(store) = &self.evidence else { return };
+        let a = &span.attributes;
+        let rule = str_attr(a, "scale.rule").unwrap_or_default();
+        let Some(rule_index) = self.rules.iter().position(|r| r.name == rule) else {
+            self.metrics.refuse_report("unknown_rule");
+            tracing::debug!(
+                rule,
+                "Refused a report naming a rule this daemon does not have."
+            );
+            return;
+        };
+        let r = &self.rules[rule_index];
+        let service = str_attr(a, REPORT_SERVICE);
+        let target = match r.resolve_target(service) {
+            Ok(t) => t,
+            Err(why) => {
+                self.metrics.refuse_report("bad_service");
+                tracing::debug!(rule, reason = %why, "Refused a report for a service its rule does not cover.");
+                return;
+            }
+        };
+        let count = |k: &str| int_attr(a, k).and_then(|v| u64::try_from(v).ok());
+        let (Some(matched), Some(breaches)) = (count(REPORT_MATCHED), count(REPORT_BREACHES))
+        else {
+            self.metrics.refuse_report("malformed");
+            tracing::debug!(rule, "Refused a report without its span and breach counts.");
+            return;
+        };
+        let report = scale_core::RuleReport {
+            rule_index: rule_index as u32,
+            rule: r.name.clone(),
+            service: service.map(str::to_string),
+            since_ns: span.start_time_unix_nano,
+            until_ns: span.end_time_unix_nano,
+            matched,
+            breaches,
+            in_window: count(REPORT_IN_WINDOW).unwrap_or(0) as u32,
+            count: r.count,
+            window_ms: r.window_ms,
+            threshold_ms: r.duration_above_ms,
+            p50_ms: f64_attr(a, REPORT_P50_MS),
+            p90_ms: f64_attr(a, REPORT_P90_MS),
+            p99_ms: f64_attr(a, REPORT_P99_MS),
+            max_ms: f64_attr(a, REPORT_MAX_MS),
+        };
+        self.metrics.reports.inc();
+        store.record(target, rule_index, &report, now);
     }
 
     fn resolve(

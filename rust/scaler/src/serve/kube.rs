@@ -670,6 +670,26 @@ impl Orchestrator for Kube {
         .await;
     }
 
+    async fn report_hold(&mut self, target: &Target, note: &str) {
+        if self.ensure_leader("event").await.is_err() {
+            return;
+        }
+        let uid = self
+            .get_scale(target)
+            .await
+            .ok()
+            .and_then(|s| s.metadata.uid);
+        self.event(
+            target,
+            uid,
+            EventType::Warning,
+            "ScaleDownHeld",
+            "Scale",
+            note.to_string(),
+        )
+        .await;
+    }
+
     async fn reconcile(
         &mut self,
         target: &Target,

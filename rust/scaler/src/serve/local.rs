@@ -55,6 +55,7 @@ use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError, http};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
+use super::evidence::EvidenceStore;
 use super::intake::{MAX_MESSAGE_BYTES, Received, check_token};
 use super::metrics::{Metrics, OutcomeLabel};
 use super::walk;
@@ -169,7 +170,13 @@ struct Scorer {
     engine: Engine,
     out: BatchOutput,
     keys: KeyCache,
+    /// When the rules' evidence was last drained into the store.
+    last_report: Option<Instant>,
 }
+
+/// How often local-engine mode turns its rules' windows into evidence reports (the collector's
+/// default `report_interval`), checked as batches arrive: no spans, no evidence.
+pub const LOCAL_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The OTLP trace receiver that scores raw spans in the daemon.
 pub struct LocalEngine {
@@ -179,6 +186,7 @@ pub struct LocalEngine {
     tx: mpsc::Sender<Received>,
     metrics: Arc<Metrics>,
     token: Option<Arc<str>>,
+    evidence: Option<Arc<EvidenceStore>>,
 }
 
 impl LocalEngine {
@@ -201,6 +209,7 @@ impl LocalEngine {
             engine: Engine::new(cfg),
             out: BatchOutput::default(),
             keys: KeyCache::default(),
+            last_report: None,
         };
         Ok(Self {
             scorer: parking_lot::Mutex::new(scorer),
@@ -209,7 +218,14 @@ impl LocalEngine {
             tx,
             metrics,
             token: None,
+            evidence: None,
         })
+    }
+
+    /// Record the rules' evidence into `store` every [`LOCAL_REPORT_INTERVAL`].
+    pub fn with_evidence(mut self, store: Arc<EvidenceStore>) -> Self {
+        self.evidence = Some(store);
+        self
     }
 
     /// Require a bearer token.
@@ -240,9 +256,35 @@ impl LocalEngine {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         let mut guard = self.scorer.lock();
-        let Scorer { engine, out, keys } = &mut *guard;
+        let Scorer {
+            engine,
+            out,
+            keys,
+            last_report,
+        } = &mut *guard;
         keys.resolve(engine, self.max_keys, &mut spans, &resources);
         engine.process_batch(&spans, now_ns, out);
+        if let Some(store) = &self.evidence {
+            let at = Instant::now();
+            match last_report {
+                None => *last_report = Some(at),
+                Some(l) if at.duration_since(*l) >= LOCAL_REPORT_INTERVAL => {
+                    *last_report = Some(at);
+                    for r in engine.rule_reports(now_ns) {
+                        let i = r.rule_index as usize;
+                        if let Some(Ok(t)) = self
+                            .rules
+                            .get(i)
+                            .map(|x| x.resolve_target(r.service.as_deref()))
+                        {
+                            self.metrics.reports.inc();
+                            store.record(t, i, &r, at);
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+        }
         let kept = out.verdicts.iter().filter(|v| v.keep).count() as u64;
         let skipped = out.verdicts.iter().filter(|v| v.skipped.is_some()).count() as u64;
         let now = Instant::now();

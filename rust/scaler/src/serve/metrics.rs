@@ -15,6 +15,9 @@
 //! | `scale_api_errors_total` | `op`, `kind` | Kubernetes API errors (`conflict`, `unavailable`, `forbidden`, …) |
 //! | `scale_decision_to_request_seconds` | | decision received → scaling request sent |
 //! | `scale_engine_spans_total` | `outcome` | local-engine mode: spans `scored`, `kept`, `skipped` |
+//! | `scale_reports_received_total` | | rule evidence reports (`scale.report` spans) accepted |
+//! | `scale_reports_refused_total` | `reason` | reports refused: `unknown_rule`, `bad_service`, `malformed` |
+//! | `scale_evidence_missing` | `target` | 1 while a target that would scale down holds because its reports do not show healthy latency for the quiet period (none, no spans, or breaches) |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -68,6 +72,13 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+/// Label: a target.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    /// `Kind/namespace/name`.
+    pub target: String,
+}
+
 /// Every metric of the daemon, registered once.
 #[derive(Debug)]
 pub struct Metrics {
@@ -89,6 +100,12 @@ pub struct Metrics {
     pub decision_to_request: Histogram,
     /// Local-engine span outcomes.
     pub engine_spans: Family<OutcomeLabel, Counter>,
+    /// Evidence reports accepted.
+    pub reports: Counter,
+    /// Evidence reports refused, by reason.
+    pub reports_refused: Family<ReasonLabel, Counter>,
+    /// 1 while a target holds for want of evidence of healthy latency.
+    pub evidence_missing: Family<TargetLabel, Gauge>,
     /// Whether this replica may act (leader, or no election).
     pub ready: AtomicBool,
     registry: Registry,
@@ -117,6 +134,9 @@ impl Metrics {
                 prometheus_client::metrics::histogram::exponential_buckets(0.00025, 1.25, 50),
             ),
             engine_spans: Family::default(),
+            reports: Counter::default(),
+            reports_refused: Family::default(),
+            evidence_missing: Family::default(),
             ready: AtomicBool::new(true),
             registry: Registry::default(),
         };
@@ -161,7 +181,40 @@ impl Metrics {
             "Local-engine mode: spans by outcome",
             m.engine_spans.clone(),
         );
+        registry.register(
+            "reports_received",
+            "Rule evidence reports (scale.report spans) accepted",
+            m.reports.clone(),
+        );
+        registry.register(
+            "reports_refused",
+            "Rule evidence reports refused, by reason",
+            m.reports_refused.clone(),
+        );
+        registry.register(
+            "evidence_missing",
+            "1 while a target that would scale down holds: its reports do not show healthy latency for the quiet period",
+            m.evidence_missing.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Count a refused report.
+    pub fn refuse_report(&self, reason: &str) {
+        self.reports_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Set whether `target` holds for want of evidence.
+    pub fn set_evidence_missing(&self, target: &str, missing: bool) {
+        self.evidence_missing
+            .get_or_create(&TargetLabel {
+                target: target.to_string(),
+            })
+            .set(i64::from(missing));
     }
 
     /// Count a refused decision.

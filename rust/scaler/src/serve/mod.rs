@@ -23,6 +23,7 @@
 //!
 //! Tested against a real kube-apiserver + etcd in `tests/k8s.rs` (scale-testcluster).
 
+pub mod evidence;
 pub mod intake;
 pub mod kube;
 pub mod leader;
@@ -42,6 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use self::evidence::{EvidenceStore, Quiet};
 use self::intake::{Intake, Received};
 use self::metrics::Metrics;
 use self::orchestrator::{Observed, Orchestrator, OrchestratorError, Why};
@@ -68,6 +70,9 @@ pub struct ServeOptions {
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     /// Local-engine mode: score raw spans in the daemon with this engine configuration.
     pub engine: Option<scale_core::EngineConfig>,
+    /// A target whose rules have sent no evidence report for this long holds its scale
+    /// ([`evidence`]); must exceed the collectors' `report_interval`.
+    pub evidence_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -77,6 +82,7 @@ impl Default for ServeOptions {
             token: None,
             tls: None,
             engine: None,
+            evidence_timeout: evidence::DEFAULT_EVIDENCE_TIMEOUT,
         }
     }
 }
@@ -92,11 +98,13 @@ pub async fn serve<O: Orchestrator>(
 ) -> anyhow::Result<()> {
     let rules = Arc::new(rules);
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    let store = Arc::new(EvidenceStore::new(opts.evidence_timeout));
     let actor = tokio::spawn(run_actor(
         rules.clone(),
         orchestrator,
         rx,
         metrics.clone(),
+        store.clone(),
         opts.tick,
         shutdown.clone(),
     ));
@@ -111,11 +119,13 @@ pub async fn serve<O: Orchestrator>(
         Some(cfg) => builder.add_service(
             local::LocalEngine::new(cfg.clone(), rules.clone(), tx, metrics.clone())?
                 .with_token(opts.token.clone())
+                .with_evidence(store.clone())
                 .into_service(),
         ),
         None => builder.add_service(
             Intake::new(rules.clone(), tx, metrics.clone())
                 .with_token(opts.token.clone())
+                .with_evidence(store.clone())
                 .into_service(),
         ),
     };
@@ -157,6 +167,8 @@ struct TargetState {
     last_error: Option<&'static str>,
     /// Consecutive reads refused (403, 404, …) while decisions were pending.
     refused_reads: u32,
+    /// A scale-down is held for want of evidence (said once per episode).
+    evidence_hold: bool,
 }
 
 /// Decisions survive this many consecutive refused reads (ticks) before they are dropped: an
@@ -168,6 +180,7 @@ async fn run_actor<O: Orchestrator>(
     mut orch: O,
     mut rx: mpsc::Receiver<Received>,
     metrics: Arc<Metrics>,
+    evidence: Arc<EvidenceStore>,
     tick: Duration,
     shutdown: CancellationToken,
 ) {
@@ -249,7 +262,13 @@ async fn run_actor<O: Orchestrator>(
                 continue;
             }
             let action = &rules[*rule_index].action;
-            step_target(&mut orch, target, action, st, &metrics).await;
+            let quiet = evidence.quiet(
+                target,
+                &rules,
+                Duration::from_secs_f64(action.scale_down_after_ms / 1e3),
+                std::time::Instant::now(),
+            );
+            step_target(&mut orch, target, action, st, &quiet, &metrics).await;
             if ticked {
                 if let Err(e) = orch.reconcile(target, action).await {
                     tracing::debug!(target = %target, error = %e, "Reconcile failed; next tick retries.");
@@ -284,6 +303,7 @@ async fn step_target<O: Orchestrator>(
     target: &Target,
     action: &Action,
     st: &mut TargetState,
+    quiet: &Quiet,
     metrics: &Metrics,
 ) {
     let tname = target.to_string();
@@ -348,8 +368,26 @@ async fn step_target<O: Orchestrator>(
             action,
             observed.controlled_by.as_deref(),
             &st.history,
+            quiet,
             now,
         );
+        // Say once per episode that a scale-down waits for evidence, and when it is over.
+        let holding = matches!(&plan, Plan::Hold(Hold::NoEvidence(_)));
+        if holding != st.evidence_hold {
+            st.evidence_hold = holding;
+            metrics.set_evidence_missing(&tname, holding);
+            if let Plan::Hold(Hold::NoEvidence(q)) = &plan {
+                let note = format!(
+                    "Holding at {} replicas: {}",
+                    observed.scale.replicas,
+                    evidence::describe(q)
+                );
+                tracing::warn!(target = %target, replicas = observed.scale.replicas, reason = %note, "Not scaling down without evidence of healthy latency.");
+                orch.report_hold(target, &note).await;
+            } else {
+                tracing::info!(target = %target, "Evidence of the rules' latency is back.");
+            }
+        }
         let started = st.pending.iter().map(|d| d.received).min();
         let result = match &plan {
             Plan::Replicas { from, to, reason } => {
@@ -401,6 +439,7 @@ async fn step_target<O: Orchestrator>(
                         Hold::AtMax => "at_max",
                         Hold::Cooldown { .. } => "cooldown",
                         Hold::AtMin | Hold::Idle => "idle",
+                        Hold::NoEvidence(_) => "no_evidence",
                     };
                     tracing::debug!(target = %target, ?hold, decisions = st.pending.len(), "Holding.");
                     metrics.action_refused(reason, &tname);

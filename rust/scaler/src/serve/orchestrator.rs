@@ -141,6 +141,11 @@ pub trait Orchestrator: Send + 'static {
         controller: &str,
         why: &Why,
     ) -> impl Future<Output = ()> + Send;
+    /// Report that a scale-down waits for evidence of healthy latency (`note` says why).
+    /// Default: nothing (the daemon logs it and sets a metric either way).
+    fn report_hold(&mut self, _target: &Target, _note: &str) -> impl Future<Output = ()> + Send {
+        async {}
+    }
     /// Periodic upkeep for a target (the Kubernetes one applies recorded vertical sizes to pods
     /// created since). Default: nothing.
     fn reconcile(

@@ -16,9 +16,13 @@
 //! 5. **Scale down** (no decision): one `step` down, never below `min`, once the target has been
 //!    quiet (no decision) for `scale_down_after`, and no sooner than `scale_down_after` after the
 //!    last scale-down (the stabilization window: a scale-up is never undone by a blip of
-//!    silence, and down-steps are spaced out).
+//!    silence, and down-steps are spaced out) — and only if the collectors' reports show healthy
+//!    latency for that whole period ([`Quiet::Healthy`], see [`super::evidence`]): no decision
+//!    is not evidence of calm, and without reports the planner holds ([`Hold::NoEvidence`]).
 
 use scale_core::{Action, ActionKind};
+
+pub use super::evidence::Quiet;
 
 /// Nanoseconds since the Unix epoch.
 pub type Nanos = u64;
@@ -59,7 +63,7 @@ pub struct History {
 }
 
 /// Why nothing happens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Hold {
     /// No decision and not quiet long enough to scale down (or nothing to scale down).
     Idle,
@@ -72,6 +76,9 @@ pub enum Hold {
         /// Time left.
         remaining_ms: u64,
     },
+    /// Quiet long enough to scale down, but the reports do not show healthy latency for the
+    /// quiet period (none arrived, no spans, or breaches at the firing rate): holding.
+    NoEvidence(Quiet),
 }
 
 /// The planner's verdict.
@@ -105,14 +112,17 @@ pub enum Plan {
 }
 
 /// Plan for one target. `intents` are the decisions received since the last call; `controlled_by`
-/// names an HPA or KEDA object managing the workload, if any. Returns the plan and the history
-/// to keep *if the plan is applied* (the caller keeps the old history when applying fails).
+/// names an HPA or KEDA object managing the workload, if any; `quiet` is what the collectors'
+/// reports say about the last `scale_down_after` (consulted only for a scale-down). Returns the
+/// plan and the history to keep *if the plan is applied* (the caller keeps the old history when
+/// applying fails).
 pub fn plan(
     intents: &[Intent],
     current: Scale,
     action: &Action,
     controlled_by: Option<&str>,
     history: &History,
+    quiet_evidence: &Quiet,
     now: Nanos,
 ) -> (Plan, History) {
     let mut next = history.clone();
@@ -215,13 +225,21 @@ pub fn plan(
     if since_decision < quiet || since_change < quiet {
         return (Plan::Hold(Hold::Idle), next);
     }
+    let summary = match quiet_evidence {
+        Quiet::Healthy { summary } => summary,
+        other => return (Plan::Hold(Hold::NoEvidence(other.clone())), next),
+    };
     let to = current.replicas.saturating_sub(action.step).max(action.min);
     next.last_down = Some(now);
+    let mut reason = format!("quiet for {} s", quiet / 1_000 / MS);
+    if !summary.is_empty() {
+        reason.push_str(&format!(", latency healthy ({summary})"));
+    }
     (
         Plan::Replicas {
             from: current.replicas,
             to,
-            reason: format!("quiet for {} s", quiet / 1_000 / MS),
+            reason,
         },
         next,
     )
@@ -230,6 +248,12 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ok() -> Quiet {
+        Quiet::Healthy {
+            summary: String::new(),
+        }
+    }
     use scale_core::RulesFile;
 
     const S: u64 = 1_000 * MS;
@@ -265,6 +289,7 @@ mod tests {
             &action(""),
             None,
             &History::default(),
+            &ok(),
             100 * S,
         );
         assert_eq!(
@@ -288,24 +313,33 @@ mod tests {
             &a,
             None,
             &History::default(),
+            &ok(),
             100 * S,
         );
-        let (p, _) = plan(&[up(0)], replicas(3), &a, None, &h, 159 * S);
+        let (p, _) = plan(&[up(0)], replicas(3), &a, None, &h, &ok(), 159 * S);
         assert_eq!(
             p,
             Plan::Hold(Hold::Cooldown {
                 remaining_ms: 1_000
             })
         );
-        let (p, _) = plan(&[up(0)], replicas(3), &a, None, &h, 160 * S);
+        let (p, _) = plan(&[up(0)], replicas(3), &a, None, &h, &ok(), 160 * S);
         assert!(matches!(p, Plan::Replicas { to: 4, .. }));
-        let (p, _) = plan(&[up(0)], replicas(5), &a, None, &History::default(), 0);
+        let (p, _) = plan(
+            &[up(0)],
+            replicas(5),
+            &a,
+            None,
+            &History::default(),
+            &ok(),
+            0,
+        );
         assert_eq!(p, Plan::Hold(Hold::AtMax));
         // A flood never passes max.
         let mut h = History::default();
         let mut cur = 2;
         for t in 0..1_000u64 {
-            let (p, nh) = plan(&[up(t * S)], replicas(cur), &a, None, &h, t * S);
+            let (p, nh) = plan(&[up(t * S)], replicas(cur), &a, None, &h, &ok(), t * S);
             if let Plan::Replicas { to, .. } = p {
                 cur = to;
                 h = nh;
@@ -323,6 +357,7 @@ mod tests {
             &action(", step: 3"),
             None,
             &History::default(),
+            &ok(),
             0,
         );
         assert!(matches!(p, Plan::Replicas { from: 4, to: 5, .. }));
@@ -336,6 +371,7 @@ mod tests {
             &action(""),
             Some("HorizontalPodAutoscaler shop/x"),
             &History::default(),
+            &ok(),
             0,
         );
         assert_eq!(
@@ -350,6 +386,7 @@ mod tests {
             &action(""),
             Some("hpa"),
             &History::default(),
+            &ok(),
             10_000 * S,
         );
         assert_eq!(
@@ -367,17 +404,49 @@ mod tests {
             last_decision: Some(100 * S),
             last_down: None,
         };
-        let (p, _) = plan(&[], replicas(4), &a, None, &h, 399 * S);
+        let (p, _) = plan(&[], replicas(4), &a, None, &h, &ok(), 399 * S);
         assert_eq!(p, Plan::Hold(Hold::Idle));
-        let (p, h2) = plan(&[], replicas(4), &a, None, &h, 400 * S);
+        let (p, h2) = plan(&[], replicas(4), &a, None, &h, &ok(), 400 * S);
         assert!(matches!(p, Plan::Replicas { from: 4, to: 3, .. }), "{p:?}");
         // Stabilization: the next step down waits another quiet period.
-        let (p, _) = plan(&[], replicas(3), &a, None, &h2, 500 * S);
+        let (p, _) = plan(&[], replicas(3), &a, None, &h2, &ok(), 500 * S);
         assert_eq!(p, Plan::Hold(Hold::Idle));
-        let (p, h3) = plan(&[], replicas(3), &a, None, &h2, 700 * S);
+        let (p, h3) = plan(&[], replicas(3), &a, None, &h2, &ok(), 700 * S);
         assert!(matches!(p, Plan::Replicas { to: 2, .. }));
-        let (p, _) = plan(&[], replicas(2), &a, None, &h3, 10_000 * S);
+        let (p, _) = plan(&[], replicas(2), &a, None, &h3, &ok(), 10_000 * S);
         assert_eq!(p, Plan::Hold(Hold::AtMin));
+    }
+
+    #[test]
+    fn no_scale_down_without_evidence_of_healthy_latency() {
+        let a = action("");
+        let h = History {
+            last_up: Some(100 * S),
+            last_decision: Some(100 * S),
+            last_down: None,
+        };
+        for q in [
+            Quiet::Missing { since_last: None },
+            Quiet::NoTraffic,
+            Quiet::Unhealthy {
+                summary: "r: 10 spans, 9 breaches".into(),
+            },
+        ] {
+            let (p, h2) = plan(&[], replicas(4), &a, None, &h, &q, 1_000 * S);
+            assert_eq!(p, Plan::Hold(Hold::NoEvidence(q)));
+            assert_eq!(h2, h, "holding changes nothing");
+        }
+        // Evidence matters only for a scale-down: decisions still scale up without it.
+        let (p, _) = plan(
+            &[up(0)],
+            replicas(4),
+            &a,
+            None,
+            &h,
+            &Quiet::Missing { since_last: None },
+            1_000 * S,
+        );
+        assert!(matches!(p, Plan::Replicas { from: 4, to: 5, .. }), "{p:?}");
     }
 
     #[test]
@@ -394,6 +463,7 @@ mod tests {
             &a,
             Some("hpa"),
             &History::default(),
+            &ok(),
             0,
         );
         assert_eq!(
@@ -409,7 +479,7 @@ mod tests {
             cpu_millis: 200,
             memory_mib: 200,
         };
-        let (p, _) = plan(&[v.clone()], cur, &a, None, &h, 120 * S);
+        let (p, _) = plan(&[v.clone()], cur, &a, None, &h, &ok(), 120 * S);
         assert_eq!(
             p,
             Plan::Resize {
@@ -423,7 +493,7 @@ mod tests {
             cpu_millis: 300,
             memory_mib: 200,
         };
-        let (p, _) = plan(&[v], cur, &a, None, &h, 240 * S);
+        let (p, _) = plan(&[v], cur, &a, None, &h, &ok(), 240 * S);
         assert_eq!(p, Plan::Hold(Hold::AtMax));
     }
 }

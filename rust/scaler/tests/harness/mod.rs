@@ -298,6 +298,79 @@ pub fn decision(rule: &str, trace_byte: u8) -> ExportTraceServiceRequest {
     }
 }
 
+/// An export request with one `scale.report` span for `rule` (a fixed target): `matched` spans,
+/// `breaches` of them, over the last `interval`, as the collector's `scale` processor sends them.
+pub fn report(
+    rule: &str,
+    matched: i64,
+    breaches: i64,
+    interval: Duration,
+) -> ExportTraceServiceRequest {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let span = Span {
+        trace_id: vec![7; 16],
+        span_id: vec![1; 8],
+        name: "scale.report".into(),
+        start_time_unix_nano: now - interval.as_nanos() as u64,
+        end_time_unix_nano: now,
+        attributes: vec![
+            kv("scale.rule", any_value::Value::StringValue(rule.into())),
+            kv("scale.count", any_value::Value::IntValue(5)),
+            kv("scale.window_ms", any_value::Value::DoubleValue(30_000.0)),
+            kv("scale.report.matched", any_value::Value::IntValue(matched)),
+            kv(
+                "scale.report.breaches",
+                any_value::Value::IntValue(breaches),
+            ),
+            kv("scale.report.in_window", any_value::Value::IntValue(0)),
+            kv("scale.report.p90_ms", any_value::Value::DoubleValue(120.0)),
+        ],
+        ..Default::default()
+    };
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
+                attributes: vec![
+                    kv(
+                        "service.name",
+                        any_value::Value::StringValue("otelcol-scale".into()),
+                    ),
+                    kv(
+                        "service.instance.id",
+                        any_value::Value::StringValue("test".into()),
+                    ),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![span],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// Send healthy reports (100 spans, no breach) for `rule` every `every` until the returned
+/// handle is aborted.
+pub fn healthy_reports(
+    addr: SocketAddr,
+    rule: &'static str,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if let Ok(mut c) = TraceServiceClient::connect(format!("http://{addr}")).await {
+                let _ = c.export(report(rule, 100, 0, every)).await;
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
+}
+
 /// Send one decision for `rule` to the daemon at `addr`.
 pub async fn send(addr: SocketAddr, rule: &str, trace_byte: u8) -> Result<(), tonic::Status> {
     let mut c = TraceServiceClient::connect(format!("http://{addr}"))

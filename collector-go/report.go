@@ -1,0 +1,159 @@
+// Copyright The SCALE Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package scaleprocessor // import "github.com/scale-autoscaler/scale/collector-go"
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"math"
+	"time"
+
+	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.opentelemetry.io/collector/pdata/ptrace"
+	"go.uber.org/zap"
+)
+
+// Evidence reports: every report_interval, what each rule's window saw since the last report,
+// as one `scale.report` span per window, sent downstream like the pipeline's spans (to the
+// daemon). Silence is not calm: the daemon scales down only on reports of healthy latency, and
+// holds when none arrive. The names below are part of the contract with the daemon
+// (rust/scaler/src/serve/intake.rs reads them).
+const (
+	// SpanReport is the name of an evidence report span; its start and end are the interval.
+	SpanReport = "scale.report"
+	// ScopeReport is the instrumentation scope of report spans.
+	ScopeReport = "scale"
+	// Attributes of a scale.report span (with AttrRule, AttrCount, AttrWindowMs and
+	// AttrThresholdMs as on decisions).
+	AttrService        = "scale.service"          // string: the service, for a rule named after it (absent otherwise)
+	AttrReportMatched  = "scale.report.matched"   // int: spans the rule's window matched in the interval
+	AttrReportBreaches = "scale.report.breaches"  // int: of them, breaches
+	AttrReportInWindow = "scale.report.in_window" // int: breaches inside the rule's window at the end
+	AttrReportP50Ms    = "scale.report.p50_ms"    // double: median latency of the matched spans, ms (absent if none)
+	AttrReportP90Ms    = "scale.report.p90_ms"    // double: 90th percentile, ms (absent if none)
+	AttrReportP99Ms    = "scale.report.p99_ms"    // double: 99th percentile, ms (absent if none)
+	AttrReportMaxMs    = "scale.report.max_ms"    // double: the largest, ms (absent if none)
+	// AttrCollector is the resource attribute naming the collector that sent a report (its
+	// service.instance.id), so that the daemon can merge reports from several collectors.
+	AttrCollector = "service.instance.id"
+)
+
+// reportLoop sends the rules' evidence every `every` until stop is closed.
+func (p *scaleProcessor) reportLoop(every time.Duration, stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			_ = p.sendReports(context.Background())
+		}
+	}
+}
+
+// sendReports drains the engine's rule reports and sends them to the next consumer as one
+// batch of `scale.report` spans. Errors are counted and logged at most every logEvery; the
+// next interval's report covers the time since the last one that was drained.
+func (p *scaleProcessor) sendReports(ctx context.Context) error {
+	run := p.running.Load()
+	if run == nil || p.next == nil {
+		return nil
+	}
+	reports, err := run.eng.ruleReports(uint64(p.now().UnixNano()))
+	if err == nil && len(reports) == 0 {
+		return nil
+	}
+	if err == nil {
+		err = p.next.ConsumeTraces(ctx, p.reportTraces(reports, run.rules))
+	}
+	if err != nil {
+		p.tb.ProcessorScaleReportErrors.Add(ctx, 1)
+		now := time.Now().UnixNano()
+		if last := p.lastReportErrLog.Load(); now-last >= int64(p.logEvery) && p.lastReportErrLog.CompareAndSwap(last, now) {
+			p.logger.Warn("Rule evidence report not sent; the daemon holds its targets' scale until reports arrive.", zap.Error(err))
+		}
+		return err
+	}
+	p.tb.ProcessorScaleReports.Add(ctx, int64(len(reports)))
+	return nil
+}
+
+// reportTraces builds one resource (this collector) with one `scale.report` span per report.
+func (p *scaleProcessor) reportTraces(reports []ruleReport, rules []string) ptrace.Traces {
+	td := ptrace.NewTraces()
+	rs := td.ResourceSpans().AppendEmpty()
+	res := rs.Resource().Attributes()
+	res.PutStr(serviceNameKey, p.serviceName)
+	res.PutStr(AttrCollector, p.instanceID)
+	ss := rs.ScopeSpans().AppendEmpty()
+	ss.Scope().SetName(ScopeReport)
+	spans := ss.Spans()
+	spans.EnsureCapacity(len(reports))
+	traceID := newTraceID()
+	for i := range reports {
+		r := &reports[i]
+		sp := spans.AppendEmpty()
+		sp.SetName(SpanReport)
+		sp.SetKind(ptrace.SpanKindInternal)
+		sp.SetTraceID(traceID)
+		var sid [8]byte
+		binary.BigEndian.PutUint64(sid[:], uint64(i)+1)
+		sp.SetSpanID(pcommon.SpanID(sid))
+		sp.SetStartTimestamp(pcommon.Timestamp(r.sinceNs))
+		sp.SetEndTimestamp(pcommon.Timestamp(r.untilNs))
+		a := sp.Attributes()
+		name := ""
+		if int(r.ruleIndex) < len(rules) {
+			name = rules[r.ruleIndex]
+		}
+		a.PutStr(AttrRule, name)
+		if r.service != "" {
+			a.PutStr(AttrService, r.service)
+		}
+		a.PutInt(AttrCount, int64(r.count))
+		a.PutDouble(AttrWindowMs, r.windowMs)
+		putFinite(a, AttrThresholdMs, r.thresholdMs)
+		a.PutInt(AttrReportMatched, clampInt64(r.matched))
+		a.PutInt(AttrReportBreaches, clampInt64(r.breaches))
+		a.PutInt(AttrReportInWindow, int64(r.inWindow))
+		putFinite(a, AttrReportP50Ms, r.p50Ms)
+		putFinite(a, AttrReportP90Ms, r.p90Ms)
+		putFinite(a, AttrReportP99Ms, r.p99Ms)
+		putFinite(a, AttrReportMaxMs, r.maxMs)
+	}
+	return td
+}
+
+func putFinite(a pcommon.Map, k string, v float64) {
+	if !math.IsNaN(v) && !math.IsInf(v, 0) {
+		a.PutDouble(k, v)
+	}
+}
+
+func clampInt64(v uint64) int64 {
+	if v > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return int64(v)
+}
+
+// newTraceID is a random trace id for one batch of reports (a report is not part of any
+// request's trace).
+func newTraceID() pcommon.TraceID {
+	var id [16]byte
+	_, _ = rand.Read(id[:])
+	return pcommon.TraceID(id)
+}
+
+// newInstanceID is a random id for a collector whose telemetry resource has no
+// service.instance.id.
+func newInstanceID() string {
+	var id [16]byte
+	_, _ = rand.Read(id[:])
+	return hex.EncodeToString(id[:])
+}
