@@ -168,6 +168,34 @@ impl fmt::Display for Target {
     }
 }
 
+/// What the daemon does when a pod cannot be resized in place (`vertical.fallback`): the
+/// cluster has no `pods/resize` subresource (Kubernetes < 1.33, or the feature is off), or the
+/// API server refuses this change in place (HTTP 422, e.g. it would change the pod's QoS class).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum VerticalFallback {
+    /// Patch the workload's pod template with the new requests (the default): the workload
+    /// rolls out, so its pods restart with the new size.
+    #[default]
+    Rollout,
+    /// Never restart pods: report the refusal (a Warning Event, a metric, a log line) and leave
+    /// the pod template alone.
+    None,
+}
+
+impl VerticalFallback {
+    /// Every value, in the order the documentation lists them.
+    pub const ALL: [VerticalFallback; 2] = [VerticalFallback::Rollout, VerticalFallback::None];
+
+    /// The lowercase name used in YAML, logs and Events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerticalFallback::Rollout => "rollout",
+            VerticalFallback::None => "none",
+        }
+    }
+}
+
 /// Resource steps for vertical actions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct VerticalConfig {
@@ -179,6 +207,8 @@ pub struct VerticalConfig {
     pub max_cpu_millis: u64,
     /// Upper bound for memory, in MiB (default 8192).
     pub max_memory_mib: u64,
+    /// When a pod cannot be resized in place (default [`VerticalFallback::Rollout`]).
+    pub fallback: VerticalFallback,
 }
 
 /// A rule's action: what to scale, and the limits the daemon plans within.
@@ -395,6 +425,9 @@ struct RawVertical {
     factor: Option<S<f64>>,
     max_cpu_millis: Option<S<i64>>,
     max_memory_mib: Option<S<i64>>,
+    // A string, not the enum: a wrong value is then a validation problem with its key path,
+    // reported with every other problem, instead of a parse error that stops at the first.
+    fallback: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -672,6 +705,29 @@ fn validate_rules(p: &mut Problems, raw: &[S<RawRule>], prefix: &str) -> Vec<Rul
                 16_777_216,
                 8_192,
             ) as u64,
+            fallback: match &rv.fallback {
+                None => VerticalFallback::default(),
+                Some(f) => match VerticalFallback::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == f.value)
+                {
+                    Some(v) => v,
+                    None => {
+                        p.push(
+                            &at("action.vertical.fallback"),
+                            f,
+                            format!(
+                                "must be {}, got {:?}",
+                                VerticalFallback::ALL
+                                    .map(VerticalFallback::as_str)
+                                    .join(" or "),
+                                f.value
+                            ),
+                        );
+                        VerticalFallback::default()
+                    }
+                },
+            },
         };
         out.push(Rule {
             name,
@@ -956,6 +1012,56 @@ rules:
             assert!(s.contains(needle), "missing {needle} in\n{s}");
         }
         assert!(e.problems().iter().all(|p| p.line > 0), "{s}");
+    }
+
+    #[test]
+    fn vertical_fallback_defaults_to_rollout_and_accepts_none() {
+        let rule = |vertical: &str| {
+            format!(
+                "rules:\n- name: r\n  when: {{ duration_above: 1s }}\n  count: 1\n  window: 1s\n  action:\n    kind: vertical\n    target: {{ kind: Deployment, name: x }}\n    max: 2\n{vertical}"
+            )
+        };
+        let fallback = |vertical: &str| {
+            RulesFile::from_yaml(&rule(vertical)).unwrap().rules[0]
+                .action
+                .vertical
+                .fallback
+        };
+        assert_eq!(fallback(""), VerticalFallback::Rollout);
+        assert_eq!(
+            fallback("    vertical: { fallback: rollout }\n"),
+            VerticalFallback::Rollout
+        );
+        assert_eq!(
+            fallback("    vertical: { fallback: none }\n"),
+            VerticalFallback::None
+        );
+        // A wrong value names the key and its line, and is reported with the other problems.
+        let e = RulesFile::from_yaml(&rule(
+            "    vertical:\n      factor: 0.5\n      fallback: restart\n",
+        ))
+        .unwrap_err();
+        let problems: Vec<_> = e
+            .problems()
+            .iter()
+            .map(|p| (p.path.as_str(), p.line, p.message.as_str()))
+            .collect();
+        assert_eq!(
+            problems,
+            vec![
+                (
+                    "rules[0].action.vertical.factor",
+                    11,
+                    "must be greater than 1 and at most 10, got 0.5"
+                ),
+                (
+                    "rules[0].action.vertical.fallback",
+                    12,
+                    "must be rollout or none, got \"restart\""
+                ),
+            ],
+            "{e}"
+        );
     }
 
     #[test]

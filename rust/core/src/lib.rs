@@ -122,7 +122,7 @@ pub mod rules;
 
 pub use config::{
     Action, ActionKind, EngineConfig, KeyedConfig, KeysConfig, Match, Mode, Rule, RulesFile,
-    SamplerConfig, Target,
+    SamplerConfig, Target, VerticalConfig, VerticalFallback,
 };
 pub use engine::{
     BatchOutput, Clock, Engine, Explain, INCIDENT_LEARN_EVERY, SNAPSHOT_VERSION, SpanKey, SpanRef,

@@ -271,8 +271,26 @@ fn spawn_signal_handlers(shutdown: &tokio_util::sync::CancellationToken) {
     }
 }
 
+/// kube_client's HTTP layer logs an ERROR for every failed request, without context: with the
+/// API server down that is several lines a second. The daemon classifies, counts and logs API
+/// failures itself, at a limited rate (`serve::throttle`), so this target is off unless
+/// `SCALE_LOG` names `kube_client` (e.g. `info,kube_client=debug` shows every request).
+const KUBE_CLIENT_HTTP_TARGET: &str = "kube_client::client::builder";
+
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("SCALE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let spec = std::env::var("SCALE_LOG").unwrap_or_default();
+    // Unset, empty or invalid: `info`, as before.
+    let mut filter = Some(spec.as_str())
+        .filter(|s| !s.trim().is_empty())
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    if !spec.contains("kube_client") {
+        filter = filter.add_directive(
+            format!("{KUBE_CLIENT_HTTP_TARGET}=off")
+                .parse()
+                .expect("a valid directive"),
+        );
+    }
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

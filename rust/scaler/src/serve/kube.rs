@@ -7,19 +7,47 @@
 //!   size SCALE last chose, recorded in the [`RESOURCES_ANNOTATION`] annotation).
 //! - **Horizontal**: `PUT …/scale` with the `resourceVersion` that was read. A concurrent writer
 //!   makes it fail with 409 ([`OrchestratorError::Conflict`]); the actor re-reads and re-plans.
-//! - **Vertical**: the chosen requests are recorded on the workload (annotation), then every pod
-//!   of the workload is resized in place through the `resize` subresource (Kubernetes ≥ 1.33).
-//!   [`Orchestrator::reconcile`] re-applies the recorded size to pods created later. Where the
-//!   `resize` subresource is unavailable (older clusters: 404/405) the fallback patches the pod
-//!   template's requests instead, which rolls the workload out.
+//! - **Vertical**: every pod of the workload is resized in place through the `resize`
+//!   subresource (Kubernetes ≥ 1.33), then the chosen requests are recorded on the workload
+//!   (annotation); [`Orchestrator::reconcile`] re-applies the recorded size to pods created
+//!   later. When a pod cannot be resized in place — no `resize` subresource (older clusters:
+//!   404/405) or the API server refuses the change in place (422, e.g. it would change the pod's
+//!   QoS class) — `vertical.fallback` decides: `rollout` (the default) patches the pod
+//!   template's requests instead, which rolls the workload out (its pods restart); `none` never
+//!   restarts pods: the refusal is reported (Warning Event [`REASON_RESIZE_REFUSED`],
+//!   `scale_actions_refused_total{reason="in_place_refused"}`, an ERROR line) and nothing is
+//!   recorded, so the next decision tries again.
+//! - **Which pods**: the workload's own, exactly. The full label selector (`matchLabels` *and*
+//!   `matchExpressions`, through kube's [`Selector`]) narrows the list on the server, and owner
+//!   references decide: a Deployment's pods are those whose controller is a ReplicaSet whose
+//!   controller is that Deployment (by uid), a StatefulSet's those it controls itself. Labels
+//!   alone are not enough: a canary Deployment or a second workload can carry the same labels
+//!   (`app: checkout`), and resizing its pods would be acting on a workload no rule names.
+//! - **Other controllers**: a workload that a HorizontalPodAutoscaler or KEDA ScaledObject
+//!   targets is not scaled horizontally (the planner refuses). A workload that a
+//!   VerticalPodAutoscaler (`autoscaling.k8s.io/v1`) targets in an active mode
+//!   (`spec.updatePolicy.updateMode` absent or anything but `Off`) is not resized:
+//!   [`Orchestrator::resize`] answers [`OrchestratorError::Controlled`] before writing anything,
+//!   and the actor reports it like an HPA (Warning Event [`REASON_SCALING_REFUSED`],
+//!   `scale_actions_refused_total{reason="controlled"}`); horizontal actions on it go ahead. The
+//!   recorded size is not pushed onto new pods either while such a VPA exists. An optional API
+//!   (the KEDA or VPA CRD) that answers 404 is taken as absent and not asked again for
+//!   [`ABSENT_API_RECHECK`]: a CRD installed later is noticed within that time.
 //! - **Leadership**: with a [`Leader`], every write is preceded by [`Leader::confirm`].
 //! - **Events**: every action and refusal is published as a Kubernetes Event
 //!   (`events.k8s.io/v1`) on the workload, with the rule, observed latency, window count and an
 //!   evidence trace id.
+//! - **An unreachable API server**: every call fails (each tick reads every target), so failures
+//!   are counted (`scale_api_errors_total{op,kind}`) every time but logged through
+//!   [`ApiFailures`]: one ERROR line per kind of failure per [`REPORT_EVERY`], with the number
+//!   of failed calls since the previous line, and one INFO line when a call succeeds again.
+//!   (kube_client's own per-request ERROR line is filtered out in `main.rs`.)
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v1::{Scale as K8sScale, ScaleSpec};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodSpec, PodTemplateSpec};
@@ -29,14 +57,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{
     ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
+use kube::core::Selector;
 use kube::{Api, Client};
-use scale_core::{Action, ActionKind, Target};
+use scale_core::{Action, ActionKind, Target, VerticalFallback};
 use serde_json::json;
 
 use super::leader::Leader;
 use super::metrics::Metrics;
 use super::orchestrator::{Observed, Orchestrator, OrchestratorError, Why};
 use super::planner::Scale;
+use super::throttle::{ApiFailures, REPORT_EVERY};
 
 /// Annotation on the workload holding the requests SCALE chose for it, as JSON
 /// `{"container": "...", "cpu_millis": n, "memory_mib": n}`.
@@ -44,6 +74,28 @@ pub const RESOURCES_ANNOTATION: &str = "scale.autoscaler.dev/resources";
 
 /// Field manager of every write.
 pub const FIELD_MANAGER: &str = "scale-autoscaler";
+
+/// Reason of the Warning Event when another controller (HPA, KEDA ScaledObject, VPA) owns what
+/// an action would change.
+pub const REASON_SCALING_REFUSED: &str = "ScalingRefused";
+
+/// Reason of the Warning Event when a pod cannot be resized in place and `vertical.fallback`
+/// is `none`.
+pub const REASON_RESIZE_REFUSED: &str = "ResizeRefused";
+
+/// The VerticalPodAutoscaler API: group, version, kind.
+pub const VPA_API: (&str, &str, &str) = ("autoscaling.k8s.io", "v1", "VerticalPodAutoscaler");
+
+/// The KEDA ScaledObject API: group, version, kind.
+pub const KEDA_API: (&str, &str, &str) = ("keda.sh", "v1alpha1", "ScaledObject");
+
+/// The VPA update mode that leaves pods alone; any other (or none: the default is `Auto`) is
+/// active.
+pub const VPA_MODE_OFF: &str = "Off";
+
+/// How long an optional API (a CRD) that answered 404 is taken as absent before it is asked
+/// again: a CRD installed later is noticed within this time.
+pub const ABSENT_API_RECHECK: Duration = Duration::from_secs(300);
 
 /// Who reports Events: the controller name and this replica's identity.
 #[derive(Debug, Clone)]
@@ -63,6 +115,57 @@ pub enum EventType {
     Warning,
 }
 
+/// An optional API (a CRD that may or may not be installed): whether it answered 404 recently.
+#[derive(Debug, Default)]
+struct OptionalApi {
+    /// When it last answered 404.
+    absent_since: Option<Instant>,
+}
+
+impl OptionalApi {
+    /// Whether to skip asking: it answered 404 less than `recheck` ago.
+    fn skip(&self, now: Instant, recheck: Duration) -> bool {
+        self.absent_since
+            .is_some_and(|t| now.saturating_duration_since(t) < recheck)
+    }
+
+    /// It answered 404.
+    fn absent(&mut self, now: Instant) {
+        self.absent_since = Some(now);
+    }
+
+    /// It answered; returns whether it had been absent (so its arrival can be logged once).
+    fn present(&mut self) -> bool {
+        self.absent_since.take().is_some()
+    }
+}
+
+/// The optional APIs the orchestrator looks at.
+#[derive(Debug, Clone, Copy)]
+enum OptionalKind {
+    /// KEDA ScaledObjects.
+    Keda,
+    /// VerticalPodAutoscalers.
+    Vpa,
+}
+
+impl OptionalKind {
+    fn api(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            OptionalKind::Keda => KEDA_API,
+            OptionalKind::Vpa => VPA_API,
+        }
+    }
+
+    /// The `op` label of its errors in `scale_api_errors_total`.
+    fn op(self) -> &'static str {
+        match self {
+            OptionalKind::Keda => "list_scaledobject",
+            OptionalKind::Vpa => "list_vpa",
+        }
+    }
+}
+
 /// The Kubernetes orchestrator.
 pub struct Kube {
     client: Client,
@@ -70,23 +173,18 @@ pub struct Kube {
     events_sent: u64,
     leader: Option<Leader>,
     metrics: Arc<Metrics>,
-    keda_absent: bool,
+    keda: OptionalApi,
+    vpa: OptionalApi,
+    absent_api_recheck: Duration,
+    failures: Mutex<ApiFailures>,
 }
 
-fn classify(op: &str, e: kube::Error, metrics: &Metrics) -> OrchestratorError {
-    let err = match e {
-        kube::Error::Api(s) if s.is_conflict() => OrchestratorError::Conflict(s.message.clone()),
-        kube::Error::Api(s) if s.is_forbidden() => OrchestratorError::Forbidden(s.message.clone()),
-        kube::Error::Api(s) if s.code == 404 => OrchestratorError::NotFound(s.message.clone()),
-        kube::Error::Api(s) if s.code == 429 || s.code >= 500 => {
-            OrchestratorError::Unavailable(format!("{} ({})", s.message, s.code))
-        }
-        kube::Error::Api(s) => OrchestratorError::Other(format!("{} ({})", s.message, s.code)),
-        // Transport, TLS, timeouts: the API server is unreachable.
-        other => OrchestratorError::Unavailable(other.to_string()),
-    };
-    metrics.api_error(op, err.kind());
-    err
+/// What an in-place resize of a workload's pods came to.
+enum InPlace {
+    /// Every pod that needed it was resized (`n` of them).
+    Resized(usize),
+    /// A pod cannot be resized in place: `reason`; `resized` pods had been before it.
+    Refused { reason: String, resized: usize },
 }
 
 /// Parse a Kubernetes CPU quantity into millicores ("250m", "1", "0.5", "2k" is not a CPU).
@@ -128,19 +226,27 @@ pub fn memory_mib(q: &str) -> Option<u64> {
         .map(|v| (v / (1024.0 * 1024.0)).round() as u64)
 }
 
-fn selector_string(sel: &LabelSelector) -> Option<String> {
-    // matchLabels only; matchExpressions are rare for workloads and would need the full syntax.
-    let labels = sel.match_labels.as_ref()?;
-    if labels.is_empty() {
-        return None;
-    }
-    Some(
-        labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(","),
-    )
+/// The uid of the object's controller (its owner reference with `controller: true`), if that
+/// controller is a `kind`.
+fn controller_uid<'a>(meta: &'a ObjectMeta, kind: &str) -> Option<&'a str> {
+    meta.owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == kind)
+        .map(|o| o.uid.as_str())
+}
+
+/// The objects among `items` whose controller is a `kind` with one of the `owners` uids.
+fn controlled_by<T>(
+    items: Vec<T>,
+    meta: impl Fn(&T) -> &ObjectMeta,
+    kind: &str,
+    owners: &HashSet<String>,
+) -> Vec<T> {
+    items
+        .into_iter()
+        .filter(|i| controller_uid(meta(i), kind).is_some_and(|u| owners.contains(u)))
+        .collect()
 }
 
 /// The container a vertical action resizes: the configured one, else the template's first.
@@ -178,6 +284,30 @@ fn requests_of(template: &PodTemplateSpec, container: &str) -> (u64, u64) {
     (cpu.unwrap_or(0), mem.unwrap_or(0))
 }
 
+/// The VPA (`VerticalPodAutoscaler ns/name (updateMode m)`) among `vpas` that targets
+/// `target` in an active mode, if any.
+fn active_vpa(vpas: &[DynamicObject], target: &Target) -> Option<String> {
+    vpas.iter().find_map(|v| {
+        let r = &v.data["spec"]["targetRef"];
+        if r["kind"].as_str() != Some(target.kind.as_str())
+            || r["name"].as_str() != Some(target.name.as_str())
+        {
+            return None;
+        }
+        let mode = v.data["spec"]["updatePolicy"]["updateMode"].as_str();
+        if mode == Some(VPA_MODE_OFF) {
+            return None;
+        }
+        Some(format!(
+            "{} {}/{} (updateMode {})",
+            VPA_API.2,
+            target.namespace,
+            v.metadata.name.as_deref().unwrap_or_default(),
+            mode.unwrap_or("Auto, the default")
+        ))
+    })
+}
+
 /// What a workload looks like to the vertical path.
 struct Workload {
     meta: ObjectMeta,
@@ -200,7 +330,72 @@ impl Kube {
             events_sent: 0,
             leader,
             metrics,
-            keda_absent: false,
+            keda: OptionalApi::default(),
+            vpa: OptionalApi::default(),
+            absent_api_recheck: ABSENT_API_RECHECK,
+            failures: Mutex::new(ApiFailures::new(REPORT_EVERY)),
+        }
+    }
+
+    /// Ask an optional API (KEDA, VPA) that answered 404 again after `every` instead of
+    /// [`ABSENT_API_RECHECK`] (tests).
+    pub fn with_absent_api_recheck(mut self, every: Duration) -> Self {
+        self.absent_api_recheck = every;
+        self
+    }
+
+    /// Turn a kube error into an [`OrchestratorError`]; count it; log an unreachable API server
+    /// at a limited rate (see [`ApiFailures`]). The callers log the rest with their context.
+    fn classify(&self, op: &str, e: kube::Error) -> OrchestratorError {
+        let err = match e {
+            kube::Error::Api(s) if s.is_conflict() => {
+                OrchestratorError::Conflict(s.message.clone())
+            }
+            kube::Error::Api(s) if s.is_forbidden() => {
+                OrchestratorError::Forbidden(s.message.clone())
+            }
+            kube::Error::Api(s) if s.code == 404 => OrchestratorError::NotFound(s.message.clone()),
+            kube::Error::Api(s) if s.code == 429 || s.code >= 500 => {
+                OrchestratorError::Unavailable(format!("{} ({})", s.message, s.code))
+            }
+            kube::Error::Api(s) => OrchestratorError::Other(format!("{} ({})", s.message, s.code)),
+            // Transport, TLS, timeouts: the API server is unreachable.
+            other => OrchestratorError::Unavailable(other.to_string()),
+        };
+        self.metrics.api_error(op, err.kind());
+        if let OrchestratorError::Unavailable(m) = &err {
+            let due = self
+                .failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .failure(err.kind(), Instant::now());
+            if let Some(d) = due {
+                tracing::error!(
+                    op,
+                    error = %m,
+                    suppressed = d.suppressed,
+                    failing_for_s = d.failing_for.as_secs(),
+                    "The Kubernetes API is unavailable; actions stay pending and are retried every tick (logged at most every {} s, with the failed calls not logged since as `suppressed`).",
+                    REPORT_EVERY.as_secs()
+                );
+            }
+        }
+        err
+    }
+
+    /// A call succeeded: if the API had been failing, say once that it is back.
+    fn reachable(&self) {
+        let back = self
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .success(Instant::now());
+        if let Some(r) = back {
+            tracing::info!(
+                failed_calls = r.failed_calls,
+                failed_for_s = r.failed_for.as_secs(),
+                "The Kubernetes API is reachable again."
+            );
         }
     }
 
@@ -210,7 +405,7 @@ impl Kube {
             Some(l) => match l.confirm().await {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(OrchestratorError::NotLeader),
-                Err(e) => Err(classify(op, e, &self.metrics)),
+                Err(e) => Err(self.classify(op, e)),
             },
         }
     }
@@ -233,7 +428,9 @@ impl Kube {
                 )));
             }
         };
-        r.map_err(|e| classify("get_scale", e, &self.metrics))
+        let scale = r.map_err(|e| self.classify("get_scale", e))?;
+        self.reachable();
+        Ok(scale)
     }
 
     async fn workload(&self, target: &Target) -> Result<Workload, OrchestratorError> {
@@ -242,18 +439,19 @@ impl Kube {
                 let d = Api::<Deployment>::namespaced(self.client.clone(), &target.namespace)
                     .get(&target.name)
                     .await
-                    .map_err(|e| classify("get_workload", e, &self.metrics))?;
+                    .map_err(|e| self.classify("get_workload", e))?;
                 (d.metadata, (d.spec.template, d.spec.selector))
             }
             "StatefulSet" => {
                 let d = Api::<StatefulSet>::namespaced(self.client.clone(), &target.namespace)
                     .get(&target.name)
                     .await
-                    .map_err(|e| classify("get_workload", e, &self.metrics))?;
+                    .map_err(|e| self.classify("get_workload", e))?;
                 (d.metadata, (d.spec.template, d.spec.selector))
             }
             k => return Err(OrchestratorError::Other(format!("unsupported kind {k}"))),
         };
+        self.reachable();
         let (template, selector) = spec;
         Ok(Workload {
             meta,
@@ -274,7 +472,7 @@ impl Kube {
             Api::<HorizontalPodAutoscaler>::namespaced(self.client.clone(), &target.namespace)
                 .list(&ListParams::default().match_any())
                 .await
-                .map_err(|e| classify("list_hpa", e, &self.metrics))?;
+                .map_err(|e| self.classify("list_hpa", e))?;
         for h in hpas.items {
             let r = &h.spec.scale_target_ref;
             if r.kind == target.kind && r.name == target.name {
@@ -285,39 +483,69 @@ impl Kube {
                 )));
             }
         }
-        if self.keda_absent {
+        let objects = self.list_optional(target, OptionalKind::Keda).await?;
+        Ok(objects.unwrap_or_default().into_iter().find_map(|so| {
+            let r = &so.data["spec"]["scaleTargetRef"];
+            let kind = r["kind"].as_str().unwrap_or("Deployment");
+            (kind == target.kind && r["name"].as_str() == Some(target.name.as_str())).then(|| {
+                format!(
+                    "KEDA ScaledObject {}/{}",
+                    target.namespace,
+                    so.metadata.name.unwrap_or_default()
+                )
+            })
+        }))
+    }
+
+    fn optional(&mut self, which: OptionalKind) -> &mut OptionalApi {
+        match which {
+            OptionalKind::Keda => &mut self.keda,
+            OptionalKind::Vpa => &mut self.vpa,
+        }
+    }
+
+    /// The objects of an optional API (KEDA's ScaledObjects, VPAs) in the target's namespace,
+    /// or `None` when this cluster does not serve it. A 404 is remembered for
+    /// [`Kube::with_absent_api_recheck`] (default [`ABSENT_API_RECHECK`]), then asked again.
+    async fn list_optional(
+        &mut self,
+        target: &Target,
+        which: OptionalKind,
+    ) -> Result<Option<Vec<DynamicObject>>, OrchestratorError> {
+        let now = Instant::now();
+        let recheck = self.absent_api_recheck;
+        if self.optional(which).skip(now, recheck) {
             return Ok(None);
         }
-        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
-            "keda.sh",
-            "v1alpha1",
-            "ScaledObject",
-        ));
+        let (group, version, kind) = which.api();
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &target.namespace, &ar);
         match api.list(&ListParams::default().match_any()).await {
             Ok(list) => {
-                for so in list.items {
-                    let r = &so.data["spec"]["scaleTargetRef"];
-                    let kind = r["kind"].as_str().unwrap_or("Deployment");
-                    if kind == target.kind && r["name"].as_str() == Some(target.name.as_str()) {
-                        return Ok(Some(format!(
-                            "KEDA ScaledObject {}/{}",
-                            target.namespace,
-                            so.metadata.name.unwrap_or_default()
-                        )));
-                    }
+                if self.optional(which).present() {
+                    tracing::info!(api = %format!("{group}/{version}"), kind, "An API that was absent is now served; its objects are checked again.");
                 }
-                Ok(None)
+                Ok(Some(list.items))
             }
-            // No KEDA CRD in this cluster: remember and stop asking.
+            // The CRD is not installed: remember, and ask again later.
             Err(kube::Error::Api(s)) if s.code == 404 => {
-                tracing::debug!("No KEDA ScaledObject API in this cluster.");
-                self.keda_absent = true;
+                if self.optional(which).absent_since.is_none() {
+                    tracing::debug!(api = %format!("{group}/{version}"), kind, recheck_s = recheck.as_secs(), "API not served in this cluster; taken as absent until the next check.");
+                }
+                self.optional(which).absent(now);
                 Ok(None)
             }
-            Err(e) => Err(classify("list_scaledobject", e, &self.metrics)),
+            Err(e) => Err(self.classify(which.op(), e)),
         }
+    }
+
+    /// The VerticalPodAutoscaler that targets the workload in an active mode, if any.
+    async fn vpa_of(&mut self, target: &Target) -> Result<Option<String>, OrchestratorError> {
+        Ok(self
+            .list_optional(target, OptionalKind::Vpa)
+            .await?
+            .and_then(|vpas| active_vpa(&vpas, target)))
     }
 
     fn reference(target: &Target, uid: Option<String>) -> ObjectReference {
@@ -384,24 +612,62 @@ impl Kube {
             )
             .await
         {
-            let kind = classify("event", e, &self.metrics);
+            let kind = self.classify("event", e);
             tracing::warn!(target = %target, error = %kind, "Could not publish the Kubernetes Event.");
         }
     }
 
+    /// The workload's own pods: those its full label selector selects (on the server) and that
+    /// it controls (through a ReplicaSet it controls, for a Deployment). See the module docs.
     async fn pods(&self, target: &Target, w: &Workload) -> Result<Vec<Pod>, OrchestratorError> {
-        let Some(sel) = selector_string(&w.selector) else {
-            return Ok(Vec::new());
+        let selector = Selector::try_from(w.selector.clone()).map_err(|e| {
+            OrchestratorError::Other(format!("{target}: unusable spec.selector: {e}"))
+        })?;
+        // apps/v1 refuses an empty selector; were one ever read, it must not mean "every pod".
+        if selector.selects_all() {
+            return Err(OrchestratorError::Other(format!(
+                "{target}: empty spec.selector"
+            )));
+        }
+        let Some(uid) = w.meta.uid.clone() else {
+            return Err(OrchestratorError::Other(format!(
+                "{target}: no metadata.uid"
+            )));
         };
+        let lp = ListParams::default().match_any().labels_from(&selector);
+        let (owner_kind, owners) = match target.kind.as_str() {
+            "Deployment" => {
+                let sets = Api::<ReplicaSet>::namespaced(self.client.clone(), &target.namespace)
+                    .list(&lp)
+                    .await
+                    .map_err(|e| self.classify("list_replicasets", e))?;
+                let own = HashSet::from([uid]);
+                let sets = controlled_by(sets.items, |r| &r.metadata, "Deployment", &own);
+                let uids: HashSet<String> =
+                    sets.into_iter().filter_map(|r| r.metadata.uid).collect();
+                ("ReplicaSet", uids)
+            }
+            "StatefulSet" => ("StatefulSet", HashSet::from([uid])),
+            k => return Err(OrchestratorError::Other(format!("unsupported kind {k}"))),
+        };
+        if owners.is_empty() {
+            return Ok(Vec::new());
+        }
         let pods = Api::<Pod>::namespaced(self.client.clone(), &target.namespace)
-            .list(&ListParams::default().match_any().labels(&sel))
+            .list(&lp)
             .await
-            .map_err(|e| classify("list_pods", e, &self.metrics))?;
-        Ok(pods.items)
+            .map_err(|e| self.classify("list_pods", e))?;
+        Ok(controlled_by(
+            pods.items,
+            |p| &p.metadata,
+            owner_kind,
+            &owners,
+        ))
     }
 
-    /// Resize `pods` in place; returns how many were resized, or `Ok(None)` when the `resize`
-    /// subresource does not exist on this cluster.
+    /// Resize `pods` in place (those that do not have the size yet). Stops at the first pod that
+    /// cannot be resized in place: no `resize` subresource on this cluster (404/405), or the
+    /// change refused in place (422).
     async fn resize_pods(
         &self,
         target: &Target,
@@ -409,7 +675,7 @@ impl Kube {
         container: &str,
         cpu: u64,
         mem: u64,
-    ) -> Result<Option<usize>, OrchestratorError> {
+    ) -> Result<InPlace, OrchestratorError> {
         let api = Api::<Pod>::namespaced(self.client.clone(), &target.namespace);
         let mut n = 0;
         for p in pods {
@@ -457,12 +723,26 @@ impl Kube {
                 Err(kube::Error::Api(s))
                     if (s.code == 404 && s.message.contains("resize")) || s.code == 405 =>
                 {
-                    return Ok(None);
+                    self.metrics.api_error("resize", "in_place_unavailable");
+                    return Ok(InPlace::Refused {
+                        reason: format!(
+                            "this cluster has no pods/resize subresource ({}: {})",
+                            s.code, s.message
+                        ),
+                        resized: n,
+                    });
                 }
-                Err(e) => return Err(classify("resize", e, &self.metrics)),
+                Err(kube::Error::Api(s)) if s.code == 422 => {
+                    self.metrics.api_error("resize", "in_place_refused");
+                    return Ok(InPlace::Refused {
+                        reason: format!("pod {name}: {}", s.message),
+                        resized: n,
+                    });
+                }
+                Err(e) => return Err(self.classify("resize", e)),
             }
         }
-        Ok(Some(n))
+        Ok(InPlace::Resized(n))
     }
 
     async fn patch_workload(
@@ -486,7 +766,7 @@ impl Kube {
                 .map(|_| ()),
             k => return Err(OrchestratorError::Other(format!("unsupported kind {k}"))),
         };
-        r.map_err(|e| classify(op, e, &self.metrics))
+        r.map_err(|e| self.classify(op, e))
     }
 }
 
@@ -583,7 +863,7 @@ impl Orchestrator for Kube {
             }
             k => return Err(OrchestratorError::Other(format!("unsupported kind {k}"))),
         };
-        let written = r.map_err(|e| classify("set_replicas", e, &self.metrics))?;
+        let written = r.map_err(|e| self.classify("set_replicas", e))?;
         let from = observed.scale.replicas;
         let (reason, what) = if to > from {
             ("ScaledUp", "Scaled up")
@@ -611,8 +891,51 @@ impl Orchestrator for Kube {
         why: &Why,
     ) -> Result<(), OrchestratorError> {
         self.ensure_leader("resize").await?;
+        // Before any write: a VPA in an active mode owns the pods' requests.
+        if let Some(vpa) = self.vpa_of(target).await? {
+            return Err(OrchestratorError::Controlled(format!(
+                "{vpa} controls this workload's pod resources"
+            )));
+        }
         let w = self.workload(target).await?;
         let container = container_name(action, &w.template);
+        let pods = self.pods(target, &w).await?;
+        let size = format!("cpu {cpu}m, memory {mem}Mi");
+        let how = match self
+            .resize_pods(target, &pods, &container, cpu, mem)
+            .await?
+        {
+            InPlace::Resized(n) => format!("resized {n} pod(s) in place"),
+            InPlace::Refused { reason, resized } => match action.vertical.fallback {
+                VerticalFallback::Rollout => {
+                    // Change the template instead: the workload rolls out (its pods restart).
+                    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": container, "resources": {"requests": {"cpu": format!("{cpu}m"), "memory": format!("{mem}Mi")}}}]}}}});
+                    self.patch_workload(target, patch, "patch_template").await?;
+                    format!(
+                        "in-place resize refused ({reason}); vertical.fallback is {}: pod template patched (rollout)",
+                        VerticalFallback::Rollout.as_str()
+                    )
+                }
+                VerticalFallback::None => {
+                    let note = why.message(&format!(
+                        "Not resized to {size} (container {container}): in-place resize refused ({reason}); {resized} pod(s) had been resized before; vertical.fallback is {}, so the pod template is left alone (no restart)",
+                        VerticalFallback::None.as_str()
+                    ));
+                    self.event(
+                        target,
+                        w.meta.uid,
+                        EventType::Warning,
+                        REASON_RESIZE_REFUSED,
+                        "Resize",
+                        note,
+                    )
+                    .await;
+                    return Err(OrchestratorError::InPlaceRefused(reason));
+                }
+            },
+        };
+        // Recorded once applied, so that a refused resize (fallback none) records nothing and
+        // the next decision starts from the size the pods really have.
         let record =
             json!({"container": container, "cpu_millis": cpu, "memory_mib": mem}).to_string();
         self.patch_workload(
@@ -621,19 +944,6 @@ impl Orchestrator for Kube {
             "record_resources",
         )
         .await?;
-        let pods = self.pods(target, &w).await?;
-        let how = match self
-            .resize_pods(target, &pods, &container, cpu, mem)
-            .await?
-        {
-            Some(n) => format!("resized {n} pod(s) in place"),
-            None => {
-                // No in-place resize on this cluster: change the template (rolls the pods out).
-                let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": container, "resources": {"requests": {"cpu": format!("{cpu}m"), "memory": format!("{mem}Mi")}}}]}}}});
-                self.patch_workload(target, patch, "patch_template").await?;
-                "in-place resize unavailable: pod template patched (rollout)".to_string()
-            }
-        };
         self.event(
             target,
             w.meta.uid,
@@ -641,14 +951,14 @@ impl Orchestrator for Kube {
             "Resized",
             "Resize",
             why.message(&format!(
-                "Requests of container {container} set to cpu {cpu}m, memory {mem}Mi; {how}"
+                "Requests of container {container} set to {size}; {how}"
             )),
         )
         .await;
         Ok(())
     }
 
-    async fn report_refusal(&mut self, target: &Target, controller: &str, why: &Why) {
+    async fn report_refusal(&mut self, target: &Target, _controller: &str, why: &Why) {
         if self.ensure_leader("event").await.is_err() {
             return;
         }
@@ -657,15 +967,14 @@ impl Orchestrator for Kube {
             .await
             .ok()
             .and_then(|s| s.metadata.uid);
+        // `why.reason` names the controller and what it controls (replicas, pod resources).
         self.event(
             target,
             uid,
             EventType::Warning,
-            "ScalingRefused",
+            REASON_SCALING_REFUSED,
             "Scale",
-            why.message(&format!(
-                "Not scaled: {controller} controls this workload's replicas"
-            )),
+            why.message("Not scaled"),
         )
         .await;
     }
@@ -710,12 +1019,22 @@ impl Orchestrator for Kube {
             return Ok(());
         }
         self.ensure_leader("resize").await?;
+        // A VPA installed since owns the pods' requests now: leave them to it.
+        if let Some(vpa) = self.vpa_of(target).await? {
+            tracing::debug!(target = %target, vpa = %vpa, "Not applying the recorded size: a VPA controls this workload's pod resources.");
+            return Ok(());
+        }
         // resize_pods skips the pods that already have the size.
-        if let Some(n) = self
+        match self
             .resize_pods(target, &pods, &container, cpu, mem)
             .await?
         {
-            tracing::info!(target = %target, pods = n, cpu_millis = cpu, memory_mib = mem, "Applied the recorded size to new pods.");
+            InPlace::Resized(n) => {
+                tracing::info!(target = %target, pods = n, cpu_millis = cpu, memory_mib = mem, "Applied the recorded size to new pods.");
+            }
+            InPlace::Refused { reason, .. } => {
+                tracing::debug!(target = %target, reason = %reason, "A new pod cannot be resized in place; next tick retries.");
+            }
         }
         Ok(())
     }
@@ -736,6 +1055,109 @@ mod tests {
         assert_eq!(memory_mib("1048576"), Some(1));
         assert_eq!(memory_mib("500M"), Some(477));
         assert_eq!(memory_mib("lots"), None);
+    }
+
+    fn meta(name: &str, uid: &str, owner: Option<(&str, &str, bool)>) -> ObjectMeta {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        ObjectMeta {
+            name: Some(name.into()),
+            uid: Some(uid.into()),
+            owner_references: owner.map(|(kind, uid, controller)| {
+                vec![OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: kind.into(),
+                    name: "owner".into(),
+                    uid: uid.into(),
+                    controller: Some(controller),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_objects_whose_controller_is_an_owner_are_kept() {
+        let items = vec![
+            meta("mine", "p1", Some(("ReplicaSet", "rs-1", true))),
+            meta("other-rs", "p2", Some(("ReplicaSet", "rs-2", true))),
+            meta("not-controller", "p3", Some(("ReplicaSet", "rs-1", false))),
+            meta(
+                "same-uid-other-kind",
+                "p4",
+                Some(("StatefulSet", "rs-1", true)),
+            ),
+            meta("bare", "p5", None),
+        ];
+        let owners = HashSet::from(["rs-1".to_string()]);
+        let kept: Vec<_> = controlled_by(items, |m| m, "ReplicaSet", &owners)
+            .into_iter()
+            .filter_map(|m| m.name)
+            .collect();
+        assert_eq!(kept, ["mine"]);
+    }
+
+    fn vpa(name: &str, kind: &str, target: &str, mode: Option<&str>) -> DynamicObject {
+        let mut spec =
+            json!({"targetRef": {"apiVersion": "apps/v1", "kind": kind, "name": target}});
+        if let Some(m) = mode {
+            spec["updatePolicy"] = json!({"updateMode": m});
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "autoscaling.k8s.io/v1", "kind": "VerticalPodAutoscaler",
+            "metadata": {"name": name, "namespace": "shop"}, "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_vpa_is_active_unless_its_update_mode_is_off() {
+        let target = Target {
+            kind: "Deployment".into(),
+            namespace: "shop".into(),
+            name: "checkout".into(),
+        };
+        let off = vpa("a", "Deployment", "checkout", Some("Off"));
+        let other_name = vpa("b", "Deployment", "cart", None);
+        let other_kind = vpa("c", "StatefulSet", "checkout", None);
+        assert_eq!(
+            active_vpa(
+                &[off.clone(), other_name.clone(), other_kind.clone()],
+                &target
+            ),
+            None
+        );
+        assert_eq!(
+            active_vpa(
+                &[off.clone(), vpa("d", "Deployment", "checkout", None)],
+                &target
+            )
+            .as_deref(),
+            Some("VerticalPodAutoscaler shop/d (updateMode Auto, the default)")
+        );
+        for mode in ["Auto", "Recreate", "Initial", "InPlaceOrRecreate"] {
+            assert_eq!(
+                active_vpa(&[vpa("e", "Deployment", "checkout", Some(mode))], &target),
+                Some(format!("VerticalPodAutoscaler shop/e (updateMode {mode})"))
+            );
+        }
+    }
+
+    #[test]
+    fn an_absent_api_is_asked_again_after_the_recheck_interval() {
+        let mut api = OptionalApi::default();
+        let t0 = Instant::now();
+        let every = Duration::from_secs(300);
+        assert!(!api.skip(t0, every), "never asked: ask");
+        api.absent(t0);
+        assert!(api.skip(t0 + Duration::from_secs(299), every));
+        assert!(
+            !api.skip(t0 + every, every),
+            "asked again after the interval"
+        );
+        assert!(api.present(), "its arrival is reported once");
+        assert!(!api.present());
+        assert!(!api.skip(t0 + Duration::from_secs(1), every));
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //! | `scale_decisions_received_total` | | decisions accepted into the queue |
 //! | `scale_decisions_refused_total` | `reason` | `unknown_rule`, `malformed`, `queue_full`, `not_leader`, `unauthenticated` |
 //! | `scale_actions_total` | `action`, `target` | `scale_up`, `scale_down`, `resize` applied |
-//! | `scale_actions_refused_total` | `reason`, `target` | `controlled` (HPA/KEDA), `at_max`, `cooldown`, `forbidden`, `not_found`, `not_leader` |
-//! | `scale_api_errors_total` | `op`, `kind` | Kubernetes API errors (`conflict`, `unavailable`, `forbidden`, …) |
+//! | `scale_actions_refused_total` | `reason`, `target` | `controlled` (HPA/KEDA; VPA for vertical actions), `at_max`, `cooldown`, `forbidden`, `not_found`, `not_leader`, `in_place_refused` (`vertical.fallback: none`) |
+//! | `scale_api_errors_total` | `op`, `kind` | Kubernetes API errors (`conflict`, `unavailable`, `forbidden`, …; `resize` also `in_place_unavailable`, `in_place_refused`) |
 //! | `scale_decision_to_request_seconds` | | decision received → scaling request sent |
 //! | `scale_engine_spans_total` | `outcome` | local-engine mode: spans `scored`, `kept`, `skipped` |
 //! | `scale_reports_received_total` | | rule evidence reports (`scale.report` spans) accepted |

@@ -15,11 +15,14 @@
 //!   one target never race. It wakes for each batch of decisions and every `tick` to consider
 //!   scale-downs, retry pending actions and reconcile vertical sizes. Error handling: 409 →
 //!   re-read and re-plan at once; unreachable API → keep everything pending, and recognise a
-//!   write whose answer was lost; 403/404 on read → keep decisions for
+//!   write whose answer was lost; another controller found by the orchestrator (a VPA, on a
+//!   resize) → reported and counted like the planner's refusal, without starting the cooldown;
+//!   403/404 on read → keep decisions for
 //!   [`REFUSED_READS_BEFORE_DROP`] ticks (a restarted API server refuses until its RBAC cache is
 //!   warm), then drop and count them.
 //! - [`orchestrator`]: the trait and the dry run; [`kube`]: Kubernetes; [`leader`]: the Lease
-//!   (re-checked before every write); [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
+//!   (re-checked before every write); [`metrics`]: `/metrics`, `/healthz`, `/readyz`;
+//!   [`throttle`]: API failures logged at a limited rate.
 //!
 //! Tested against a real kube-apiserver + etcd in `tests/k8s.rs` (scale-testcluster).
 
@@ -31,6 +34,7 @@ pub mod local;
 pub mod metrics;
 pub mod orchestrator;
 pub mod planner;
+pub mod throttle;
 pub mod walk;
 
 use std::collections::HashMap;
@@ -459,6 +463,21 @@ async fn step_target<O: Orchestrator>(
             Err(OrchestratorError::Conflict(m)) => {
                 tracing::info!(target = %target, conflict = %m, "The workload changed under us; re-reading and re-planning.");
                 continue;
+            }
+            Err(OrchestratorError::Controlled(by)) => {
+                // The orchestrator found another controller (a VPA, for a resize) before
+                // writing: reported and counted like the planner's refusal of an HPA-owned
+                // workload; nothing changed, so the cooldown does not start.
+                let why = why_of(&by, &st.pending);
+                tracing::warn!(target = %target, reason = %by, "Refused to scale a workload another controller owns.");
+                orch.report_refusal(target, &by, &why).await;
+                metrics.action_refused("controlled", &tname);
+                st.history = History {
+                    last_up: st.history.last_up,
+                    ..next
+                };
+                st.pending.clear();
+                return;
             }
             Err(e @ OrchestratorError::Unavailable(_)) => {
                 tracing::warn!(target = %target, error = %e, "The API failed during the write; the action stays pending.");

@@ -14,10 +14,12 @@ use super::planner::Scale;
 
 /// Errors of an orchestrator. The actor treats them differently: a [`Conflict`] is re-read and
 /// re-planned at once; [`Unavailable`] keeps the action pending and retries on the next tick;
-/// the rest are reported and the decisions dropped.
+/// [`Controlled`] is reported through [`Orchestrator::report_refusal`] like the planner's
+/// refusal; the rest are reported and the decisions dropped.
 ///
 /// [`Conflict`]: OrchestratorError::Conflict
 /// [`Unavailable`]: OrchestratorError::Unavailable
+/// [`Controlled`]: OrchestratorError::Controlled
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
     /// The audit file could not be written.
@@ -44,6 +46,13 @@ pub enum OrchestratorError {
     /// This replica does not hold the Lease: it must not write.
     #[error("not the leader")]
     NotLeader,
+    /// Another controller owns what the action would change (a VerticalPodAutoscaler, for a
+    /// vertical action): who, and what it controls. Reported like a planner refusal.
+    #[error("controlled: {0}")]
+    Controlled(String),
+    /// A pod cannot be resized in place and `vertical.fallback` is `none`: why.
+    #[error("in-place resize refused: {0}")]
+    InPlaceRefused(String),
     /// Anything else the API refused (HTTP 4xx), or an unsupported workload.
     #[error("{0}")]
     Other(String),
@@ -59,6 +68,8 @@ impl OrchestratorError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::NotLeader => "not_leader",
+            Self::Controlled(_) => "controlled",
+            Self::InPlaceRefused(_) => "in_place_refused",
             Self::Other(_) => "other",
         }
     }
@@ -134,7 +145,8 @@ pub trait Orchestrator: Send + 'static {
         memory_mib: u64,
         why: &Why,
     ) -> impl Future<Output = Result<(), OrchestratorError>> + Send;
-    /// Report that an action was refused because another controller owns the workload.
+    /// Report that an action was refused because another controller owns the workload:
+    /// `controller` names it, and `why.reason` says what it controls.
     fn report_refusal(
         &mut self,
         target: &Target,
