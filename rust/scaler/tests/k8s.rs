@@ -1022,11 +1022,16 @@ async fn vertical_fallback_none_reports_a_refused_resize_and_never_patches_the_t
         "{}",
         d.logs()
     );
-    let ev = events(&admin, "product-catalog").await;
+    // The Event is written after the patch: wait for it too.
     assert!(
-        ev.iter()
-            .any(|e| reason(e) == "Resized" && note(e).contains("pod template patched (rollout)")),
-        "{ev:?}"
+        eventually(LONG, || async {
+            events(&admin, "product-catalog").await.iter().any(|e| {
+                reason(e) == "Resized" && note(e).contains("pod template patched (rollout)")
+            })
+        })
+        .await,
+        "{:?}",
+        events(&admin, "product-catalog").await
     );
     assert_eq!(d.metric("scale_actions_total{action=\"resize\""), 1.0);
 }
