@@ -1,6 +1,10 @@
 //! The daemon's operator surface over HTTP: Prometheus `/metrics`, `/healthz` (the process is
-//! up) and `/readyz` (this replica is the leader, or leader election is off — point the
-//! Service's readiness probe here so decisions reach the replica that acts).
+//! up) and `/readyz` (this process serves: its OTLP listener is bound and its planner runs).
+//!
+//! Readiness is not leadership. Both replicas of a two-replica Deployment are ready, so the
+//! Deployment becomes Available and a rolling update proceeds; which one acts is shown by the
+//! `scale_leader` gauge and by the leader's pod label ([`super::leader::LEADER_LABEL`]), which
+//! the OTLP Service selects on so that decisions reach the replica that acts.
 //!
 //! Metric names (all prefixed `scale_`):
 //!
@@ -9,12 +13,13 @@
 //! | `scale_otlp_requests_total` | | export requests answered OK |
 //! | `scale_otlp_spans_total` | | spans in those requests |
 //! | `scale_decisions_received_total` | | decisions accepted into the queue |
-//! | `scale_decisions_refused_total` | `reason` | `unknown_rule`, `malformed`, `queue_full`, `not_leader`, `unauthenticated` |
+//! | `scale_decisions_refused_total` | `reason` | `unknown_rule`, `malformed`, `stale`, `bad_service`, `queue_full`, `not_leader`, `unauthenticated`, `too_many_targets` |
 //! | `scale_actions_total` | `action`, `target` | `scale_up`, `scale_down`, `resize` applied |
 //! | `scale_actions_refused_total` | `reason`, `target` | `controlled` (HPA/KEDA), `at_max`, `cooldown`, `forbidden`, `not_found`, `not_leader` |
 //! | `scale_api_errors_total` | `op`, `kind` | Kubernetes API errors (`conflict`, `unavailable`, `forbidden`, …) |
 //! | `scale_decision_to_request_seconds` | | decision received → scaling request sent |
 //! | `scale_engine_spans_total` | `outcome` | local-engine mode: spans `scored`, `kept`, `skipped` |
+//! | `scale_leader` | | 1 while this replica acts (holds the Lease, or runs without one), else 0 |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -89,8 +95,10 @@ pub struct Metrics {
     pub decision_to_request: Histogram,
     /// Local-engine span outcomes.
     pub engine_spans: Family<OutcomeLabel, Counter>,
-    /// Whether this replica may act (leader, or no election).
-    pub ready: AtomicBool,
+    /// 1 while this replica may act (holds the Lease, or runs without election), else 0.
+    pub leader: Gauge,
+    /// Whether this process serves (`/readyz`): set by [`super::serve`] while it runs.
+    pub serving: AtomicBool,
     registry: Registry,
 }
 
@@ -117,9 +125,12 @@ impl Metrics {
                 prometheus_client::metrics::histogram::exponential_buckets(0.00025, 1.25, 50),
             ),
             engine_spans: Family::default(),
-            ready: AtomicBool::new(true),
+            leader: Gauge::default(),
+            serving: AtomicBool::new(false),
             registry: Registry::default(),
         };
+        // Without leader election this replica acts; `Leader::start` takes over the gauge.
+        m.leader.set(1);
         registry.register(
             "otlp_requests",
             "OTLP export requests answered OK",
@@ -160,6 +171,11 @@ impl Metrics {
             "engine_spans",
             "Local-engine mode: spans by outcome",
             m.engine_spans.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica acts (holds the Lease, or runs without one), else 0",
+            m.leader.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -249,9 +265,19 @@ impl Metrics {
         s
     }
 
-    /// Whether this replica may act.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+    /// Whether this replica may act (the `scale_leader` gauge).
+    pub fn is_leader(&self) -> bool {
+        self.leader.get() == 1
+    }
+
+    /// Set the `scale_leader` gauge.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Whether this process serves (`/readyz`).
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
     }
 }
 
@@ -287,10 +313,10 @@ pub async fn serve_http(
             get(move || {
                 let r = r.clone();
                 async move {
-                    if r.is_ready() {
+                    if r.is_serving() {
                         (StatusCode::OK, "ok\n")
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not the leader\n")
+                        (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
                     }
                 }
             }),
