@@ -228,8 +228,34 @@ pub struct Action {
     pub cooldown_ms: f64,
     /// Quiet time (no decision) after which the daemon scales back down one step, ms (default 300 s).
     pub scale_down_after_ms: f64,
+    /// Oldest decision the daemon acts on, ms: a decision whose window completed longer ago than
+    /// this when it reaches the daemon is refused (counted as `stale`). Default
+    /// [`default_max_decision_age_ms`] of the rule's window: `max(2 × window, 10 s)`.
+    pub max_decision_age_ms: f64,
     /// Vertical settings.
     pub vertical: VerticalConfig,
+}
+
+/// The default `action.max_decision_age` is this many of the rule's windows: the decision's
+/// evidence covers the window that ended at its timestamp, and while a breach lasts the rule
+/// fires again at least once a window, so a decision more than one further window late has
+/// been overtaken (or the breach is over).
+pub const DECISION_AGE_WINDOWS: f64 = 2.0;
+
+/// The default `action.max_decision_age` is never below this, ms: with a short window the
+/// bound would otherwise be eaten by ordinary delivery (batching at each collector hop, one
+/// exporter retry) and small clock differences between the collector and the daemon.
+pub const MIN_DEFAULT_DECISION_AGE_MS: f64 = 10_000.0;
+
+/// Default `action.max_decision_age` of a rule with window `window_ms`:
+/// `max(DECISION_AGE_WINDOWS × window, MIN_DEFAULT_DECISION_AGE_MS)`.
+///
+/// ```
+/// assert_eq!(scale_core::config::default_max_decision_age_ms(30_000.0), 60_000.0);
+/// assert_eq!(scale_core::config::default_max_decision_age_ms(1_000.0), 10_000.0);
+/// ```
+pub fn default_max_decision_age_ms(window_ms: f64) -> f64 {
+    (DECISION_AGE_WINDOWS * window_ms).max(MIN_DEFAULT_DECISION_AGE_MS)
 }
 
 /// Matching of a span's service and operation; `*` and `?` globs allowed.
@@ -440,6 +466,7 @@ struct RawAction {
     step: Option<S<i64>>,
     cooldown: Option<S<DurationMs>>,
     scale_down_after: Option<S<DurationMs>>,
+    max_decision_age: Option<S<DurationMs>>,
     vertical: Option<RawVertical>,
 }
 
@@ -644,6 +671,11 @@ fn validate_rules(p: &mut Problems, raw: &[S<RawRule>], prefix: &str) -> Vec<Rul
             &a.scale_down_after,
             300_000.0,
         );
+        let max_decision_age_ms = p.duration(
+            &at("action.max_decision_age"),
+            &a.max_decision_age,
+            default_max_decision_age_ms(window_ms),
+        );
         let t = &a.target.value;
         if t.kind != "Deployment" && t.kind != "StatefulSet" {
             p.push(
@@ -745,6 +777,7 @@ fn validate_rules(p: &mut Problems, raw: &[S<RawRule>], prefix: &str) -> Vec<Rul
                 step,
                 cooldown_ms,
                 scale_down_after_ms,
+                max_decision_age_ms,
                 vertical,
             },
         });
@@ -1082,6 +1115,32 @@ rules:
         assert!(s.contains("rules file: line 4: rules[0].count"), "{s}");
         let both = format!("{rules}");
         assert!(EngineConfig::from_parts(&both, Some(rules)).is_err());
+    }
+
+    #[test]
+    fn max_decision_age_defaults_to_two_windows_and_names_its_key() {
+        let rule = |extra: &str, window: &str| {
+            format!(
+                "rules:\n- name: r\n  when: {{ duration_above: 1s }}\n  count: 2\n  window: {window}\n  action: {{ kind: horizontal, target: {{ kind: Deployment, name: x }}, max: 3{extra} }}\n"
+            )
+        };
+        let age = |y: &str| {
+            RulesFile::from_yaml(y).unwrap().rules[0]
+                .action
+                .max_decision_age_ms
+        };
+        assert_eq!(age(&rule("", "30s")), 60_000.0, "2 × window");
+        assert_eq!(age(&rule("", "1s")), MIN_DEFAULT_DECISION_AGE_MS, "floor");
+        assert_eq!(age(&rule(", max_decision_age: 5m", "1s")), 300_000.0);
+        assert_eq!(age(&rule(", max_decision_age: 2s", "30s")), 2_000.0);
+        let e = RulesFile::from_yaml(&rule(", max_decision_age: 0s", "30s")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("line 6: rules[0].action.max_decision_age: must be a positive duration"),
+            "{e}"
+        );
+        let e = RulesFile::from_yaml(&rule(", max_decision_age: soon", "30s")).unwrap_err();
+        assert!(e.to_string().contains("soon"), "{e}");
     }
 
     #[test]

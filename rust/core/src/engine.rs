@@ -176,8 +176,9 @@ pub const RARE_SHARE_WEIGHT: f64 = 1.0 / 4096.0;
 pub const RARE_EXCESS: f64 = 1.5;
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SCALESNP";
-/// Snapshot format version. Bump on any change to the serialized state.
-pub const SNAPSHOT_VERSION: u32 = 3;
+/// Snapshot format version. Bump on any change to the serialized state (4: a rule's action
+/// carries `max_decision_age`).
+pub const SNAPSHOT_VERSION: u32 = 4;
 
 impl Engine {
     /// A fresh engine. In `keyed` mode the trees are built now; in `paper` mode on the first

@@ -100,6 +100,13 @@ struct ServeArgs {
     /// Lease duration.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     lease_duration: std::time::Duration,
+    /// Kubernetes: this replica's pod (downward API); while this replica acts its pod carries
+    /// the leader label that the OTLP Service selects on. No label unless both pod flags are set.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Kubernetes: namespace of this replica's pod (downward API).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
     /// Require `authorization: Bearer <token>` on OTLP requests; the token is read from this
     /// file (or the SCALE_TOKEN environment variable).
     #[arg(long, env = "SCALE_TOKEN_FILE")]
@@ -211,6 +218,12 @@ fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
                     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "scale".into());
                     format!("{host}-{}", std::process::id())
                 });
+                let pod = match (&args.pod_name, &args.pod_namespace) {
+                    (Some(name), Some(namespace)) => Some(serve::leader::PodRef { name: name.clone(), namespace: namespace.clone() }),
+                    _ => None,
+                };
+                // Ends after shutdown, once the leader label is removed and the Lease released.
+                let leadership;
                 let leader = match &args.lease {
                     Some(l) => {
                         let (ns, name) = l.split_once('/').with_context(|| format!("--lease {l:?}: give namespace/name"))?;
@@ -222,14 +235,25 @@ fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
                             duration_s: secs,
                             grace_s: (secs / 3).max(1),
                         };
-                        Some(serve::leader::Leader::start(client.clone(), cfg, metrics.clone(), shutdown.clone()).await.context("starting leader election")?)
+                        let (leader, task) = serve::leader::Leader::start(client.clone(), cfg, pod, metrics.clone(), shutdown.clone()).await.context("starting leader election")?;
+                        leadership = task;
+                        Some(leader)
                     }
-                    None => None,
+                    None => {
+                        leadership = serve::leader::label_without_election(client.clone(), pod, shutdown.clone());
+                        None
+                    }
                 };
                 let reporter = serve::kube::Reporter { controller: "scale-autoscaler".into(), instance: identity.clone() };
                 let orch = serve::kube::Kube::new(client, reporter, leader, metrics.clone());
                 tracing::info!(listen = %addr, rules = rules.len(), identity = %identity, lease = ?args.lease, local_engine = opts.engine.is_some(), "Serving.");
-                serve::serve(listener, rules, orch, metrics, opts, shutdown).await
+                let served = serve::serve(listener, rules, orch, metrics, opts, shutdown.clone()).await;
+                // Let the leader label go and the Lease be released before the process exits.
+                shutdown.cancel();
+                if tokio::time::timeout(std::time::Duration::from_secs(10), leadership).await.is_err() {
+                    tracing::warn!("Leader label and Lease not released within 10 s; exiting anyway.");
+                }
+                served
             }
         }
     })

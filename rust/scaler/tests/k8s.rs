@@ -14,11 +14,14 @@ use std::time::Duration;
 use harness::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v1::Scale as K8sScale;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, ListParams, PostParams};
 use scale_core::{Action, Target};
-use scale_scaler::serve::kube::Kube;
+use scale_scaler::serve::kube::{HISTORY_ANNOTATION, Kube};
+use scale_scaler::serve::leader::{LEADER_LABEL, LEADER_LABEL_VALUE};
 use scale_scaler::serve::metrics::Metrics;
 use scale_scaler::serve::orchestrator::{Observed, Orchestrator, OrchestratorError, Why};
+use scale_scaler::serve::planner::History;
 use scale_scaler::serve::{ServeOptions, bind, serve};
 
 const LONG: Duration = Duration::from_secs(20);
@@ -215,6 +218,7 @@ impl Orchestrator for ConcurrentWriter {
         o: &Observed,
         to: u32,
         why: &Why,
+        history: &History,
     ) -> Result<(), OrchestratorError> {
         if !self.fired {
             self.fired = true;
@@ -226,7 +230,7 @@ impl Orchestrator for ConcurrentWriter {
                 .await
                 .unwrap();
         }
-        self.inner.set_replicas(t, o, to, why).await
+        self.inner.set_replicas(t, o, to, why, history).await
     }
     async fn resize(
         &mut self,
@@ -235,8 +239,9 @@ impl Orchestrator for ConcurrentWriter {
         cpu: u64,
         mem: u64,
         why: &Why,
+        history: &History,
     ) -> Result<(), OrchestratorError> {
-        self.inner.resize(t, a, cpu, mem, why).await
+        self.inner.resize(t, a, cpu, mem, why, history).await
     }
     async fn report_refusal(&mut self, t: &Target, c: &str, why: &Why) {
         self.inner.report_refusal(t, c, why).await
@@ -375,30 +380,125 @@ async fn an_api_outage_delays_the_action_and_applies_it_exactly_once() {
     );
 }
 
-/// Must show 6: two daemons compete for the Lease; only the holder is ready and acts, the
-/// standby refuses decisions (UNAVAILABLE). When the holder dies, the standby takes over.
+/// Namespace of the daemon (`configs/k8s/scale-daemon.yaml`).
+const DAEMON_NS: &str = "scale-system";
+
+/// A Pod object for a daemon replica in [`DAEMON_NS`], as its Deployment would make it (there
+/// is no kubelet: the object just exists, for the daemon to label).
+async fn daemon_pod(admin: &kube::Client, name: &str) {
+    let p: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": DAEMON_NS, "labels": {"app.kubernetes.io/name": "scale"}},
+        "spec": {"serviceAccountName": "scale", "containers": [{"name": "scale", "image": "scale-autoscaler/scale:0.1.0"}]}
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(admin.clone(), DAEMON_NS)
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap();
+}
+
+/// Whether the daemon pod `name` carries the leader label.
+async fn labelled(admin: &kube::Client, name: &str) -> bool {
+    let p = Api::<Pod>::namespaced(admin.clone(), DAEMON_NS)
+        .get(name)
+        .await
+        .unwrap();
+    p.metadata
+        .labels
+        .unwrap_or_default()
+        .get(LEADER_LABEL)
+        .map(String::as_str)
+        == Some(LEADER_LABEL_VALUE)
+}
+
+/// The pods that the OTLP Service of configs/k8s/scale-daemon.yaml (as applied to the API
+/// server) selects, by name.
+async fn service_pods(admin: &kube::Client) -> Vec<String> {
+    let svc = Api::<Service>::namespaced(admin.clone(), DAEMON_NS)
+        .get("scale")
+        .await
+        .unwrap();
+    let selector = svc
+        .spec
+        .unwrap()
+        .selector
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut names: Vec<String> = Api::<Pod>::namespaced(admin.clone(), DAEMON_NS)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    names.sort();
+    names
+}
+
+fn ready(d: &Daemon) -> bool {
+    d.http_get("/readyz")
+        .map(|(code, _)| code == 200)
+        .unwrap_or(false)
+}
+
+fn leads(d: &Daemon) -> bool {
+    d.metric("scale_leader ") == 1.0
+}
+
+/// Must show 6 (issue 5) and issue 15's must show 6: two daemons compete for the Lease; both
+/// are ready (so a two-replica Deployment is Available and can roll), exactly one shows
+/// `scale_leader 1` and has its pod labelled, so the OTLP Service of configs/k8s/ selects that
+/// pod only; only the holder acts, the standby refuses decisions (UNAVAILABLE). When the
+/// holder is SIGKILLed, the standby takes over, moves the label to its own pod and acts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_lease_holder_acts() {
     let (c, admin) = cluster().await;
     deployment(&admin, "checkout", 1).await;
+    daemon_pod(&admin, "scale-a").await;
+    daemon_pod(&admin, "scale-b").await;
     let r = rules(", min: 1, max: 5, cooldown: 1s, scale_down_after: 10m");
     let lease = ["--lease", "scale-system/scale", "--lease-duration", "3s"];
-    let mut a = Daemon::start(&c, &r, &[&lease[..], &["--identity", "scale-a"]].concat());
-    let b = Daemon::start(&c, &r, &[&lease[..], &["--identity", "scale-b"]].concat());
-    let ready = |d: &Daemon| {
-        d.http_get("/readyz")
-            .map(|(code, _)| code == 200)
-            .unwrap_or(false)
+    let start = |pod: &str| {
+        Daemon::start_with_env(
+            &c,
+            &r,
+            &[&lease[..], &["--identity", pod]].concat(),
+            &[("POD_NAME", pod), ("POD_NAMESPACE", DAEMON_NS)],
+        )
     };
+    let a = start("scale-a");
+    let b = start("scale-b");
     assert!(
-        eventually(LONG, || async { ready(&a) ^ ready(&b) }).await,
-        "exactly one leader:\n{}\n{}",
+        eventually(LONG, || async {
+            ready(&a) && ready(&b) && (leads(&a) ^ leads(&b))
+        })
+        .await,
+        "both ready, exactly one leader:\n{}\n{}",
         a.logs(),
         b.logs()
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(ready(&a) ^ ready(&b), "still exactly one leader");
-    let (leader, standby) = if ready(&a) { (&a, &b) } else { (&b, &a) };
+    assert!(ready(&a) && ready(&b), "both stay ready");
+    assert!(leads(&a) ^ leads(&b), "still exactly one leader");
+    let (mut leader, standby, leader_pod, standby_pod) = if leads(&a) {
+        (a, b, "scale-a", "scale-b")
+    } else {
+        (b, a, "scale-b", "scale-a")
+    };
+    assert_eq!(standby.metric("scale_leader "), 0.0);
+    assert!(
+        eventually(LONG, || async {
+            labelled(&admin, leader_pod).await && !labelled(&admin, standby_pod).await
+        })
+        .await,
+        "the leader's pod alone is labelled:\n{}",
+        leader.logs()
+    );
+    assert_eq!(service_pods(&admin).await, vec![leader_pod.to_string()]);
     let refused = send(standby.otlp, "checkout-latency", 1).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     send(leader.otlp, "checkout-latency", 2).await.unwrap();
@@ -414,25 +514,265 @@ async fn only_the_lease_holder_acts() {
         standby.metric("scale_decisions_refused_total{reason=\"not_leader\"}"),
         1.0
     );
-    // Failover: the leader dies without releasing; the standby takes the Lease after it expires.
-    let a_leads = ready(&a);
-    let survivor = if a_leads {
-        a.kill();
-        &b
-    } else {
-        drop(b);
-        &a
-    };
+    // Failover: the leader dies without releasing the Lease or removing its label; the
+    // standby takes the Lease after it expires and moves the label to its own pod.
+    leader.kill();
+    let survivor = standby;
     assert!(
-        eventually(Duration::from_secs(30), || async { ready(survivor) }).await,
+        eventually(Duration::from_secs(30), || async { leads(&survivor) }).await,
         "{}",
         survivor.logs()
     );
+    assert!(ready(&survivor));
+    assert!(
+        eventually(LONG, || async {
+            labelled(&admin, standby_pod).await && !labelled(&admin, leader_pod).await
+        })
+        .await,
+        "the label moves to the new leader's pod:\n{}",
+        survivor.logs()
+    );
+    assert_eq!(service_pods(&admin).await, vec![standby_pod.to_string()]);
     send(survivor.otlp, "checkout-latency", 3).await.unwrap();
     assert!(
         eventually(LONG, || async { replicas(&admin, "checkout").await == 3 }).await,
         "{}",
         survivor.logs()
+    );
+    // A graceful stop removes the label (the Service then selects no pod until the next leader
+    // labels its own).
+    drop(survivor);
+    assert!(!labelled(&admin, standby_pod).await);
+}
+
+/// Times of the ScaledUp Events of `name`, ns since the epoch (set by the daemon's clock when
+/// it wrote each step).
+async fn scale_up_times(admin: &kube::Client, name: &str) -> Vec<i128> {
+    events(admin, name)
+        .await
+        .into_iter()
+        .filter(|e| reason(e) == "ScaledUp")
+        .map(|e| e.event_time.unwrap().0.as_nanosecond())
+        .collect()
+}
+
+/// The planner's history recorded on a Deployment.
+async fn recorded_history(admin: &kube::Client, name: &str) -> Option<History> {
+    let d = Api::<Deployment>::namespaced(admin.clone(), NS)
+        .get(name)
+        .await
+        .unwrap();
+    let text = d.metadata.annotations?.get(HISTORY_ANNOTATION)?.clone();
+    Some(History::from_record(&text).expect("a readable history record"))
+}
+
+/// Issue 15, must show 2: a decision whose window completed 5 minutes before it arrives (held
+/// back, then replayed by an exporter) causes no action and is counted as stale; a fresh one
+/// right after it still scales.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r15_a_decision_five_minutes_late_is_refused_and_counted() {
+    let (c, admin) = cluster().await;
+    deployment(&admin, "checkout", 1).await;
+    // window: 30s, so the default max_decision_age is 60 s.
+    let d = Daemon::start(
+        &c,
+        &rules(", min: 1, max: 5, cooldown: 1s, scale_down_after: 10m"),
+        &[],
+    );
+    let five_minutes_ago = now_ns() - 300_000_000_000;
+    send_at(d.otlp, "checkout-latency", 1, five_minutes_ago)
+        .await
+        .unwrap();
+    assert!(
+        eventually(LONG, || async {
+            d.metric("scale_decisions_refused_total{reason=\"stale\"}") == 1.0
+        })
+        .await,
+        "{}",
+        d.logs()
+    );
+    // Several ticks: nothing happens.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(replicas(&admin, "checkout").await, 1, "no action");
+    assert!(events(&admin, "checkout").await.is_empty());
+    assert_eq!(d.metric("scale_actions_total"), 0.0);
+    assert_eq!(d.metric("scale_decisions_received_total"), 0.0);
+    assert!(
+        d.logs().contains("Refused a stale decision"),
+        "{}",
+        d.logs()
+    );
+    send(d.otlp, "checkout-latency", 2).await.unwrap();
+    assert!(
+        eventually(LONG, || async { replicas(&admin, "checkout").await == 2 }).await,
+        "{}",
+        d.logs()
+    );
+    assert_eq!(
+        d.metric("scale_decisions_refused_total{reason=\"stale\"}"),
+        1.0
+    );
+}
+
+/// Send a decision for `rule` to each of `daemons` every 250 ms (errors ignored: a daemon may
+/// be dead or a standby) until `done` or `timeout`; calls `each` after every round.
+async fn keep_deciding<F, Fut>(daemons: &[&Daemon], rule: &str, timeout: Duration, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    let mut i = 0u8;
+    while std::time::Instant::now() < deadline {
+        for d in daemons {
+            let _ = send(d.otlp, rule, i).await;
+        }
+        i = i.wrapping_add(1);
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Issue 15, must show 3 (restart): the daemon scales up and is killed; a new process starts,
+/// decisions keep arriving, and it does not scale again before the cooldown since the first
+/// scale-up has passed (it reads the history back from the workload) — then it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r15_the_cooldown_survives_a_restart() {
+    const COOLDOWN_S: f64 = 8.0;
+    let (c, admin) = cluster().await;
+    deployment(&admin, "checkout", 1).await;
+    let r = rules(", min: 1, max: 5, cooldown: 8s, scale_down_after: 10m");
+    let mut first = Daemon::start(&c, &r, &[]);
+    send(first.otlp, "checkout-latency", 1).await.unwrap();
+    assert!(
+        eventually(LONG, || async { replicas(&admin, "checkout").await == 2 }).await,
+        "{}",
+        first.logs()
+    );
+    // The Event follows the write; wait for it, so the kill does not cut it off.
+    assert!(
+        eventually(LONG, || async {
+            scale_up_times(&admin, "checkout").await.len() == 1
+        })
+        .await
+    );
+    let h = recorded_history(&admin, "checkout")
+        .await
+        .expect("the scale-up is recorded on the workload");
+    let up = h.last_up.expect("last scale-up");
+    assert_eq!(up.cause, "latency rule checkout-latency");
+    first.kill();
+    let second = Daemon::start(&c, &r, &[]);
+    let restarted = now_ns();
+    keep_deciding(
+        &[&second],
+        "checkout-latency",
+        Duration::from_secs(30),
+        || async { replicas(&admin, "checkout").await == 3 },
+    )
+    .await;
+    assert_eq!(replicas(&admin, "checkout").await, 3, "{}", second.logs());
+    let ups = scale_up_times(&admin, "checkout").await;
+    assert_eq!(
+        ups.len(),
+        2,
+        "1→2 by the first process, 2→3 by the second: {:?}\n{}",
+        events(&admin, "checkout")
+            .await
+            .iter()
+            .map(note)
+            .collect::<Vec<_>>(),
+        second.logs()
+    );
+    // The cooldown runs from the first scale-up as recorded (its plan time, just before the
+    // write and the Event).
+    let first_up = up.at as i128;
+    assert!(
+        (restarted as i128 - first_up) < (COOLDOWN_S as i128 - 4) * 1_000_000_000,
+        "the restart came well within the cooldown"
+    );
+    let gap = (ups[1] - first_up) as f64 / 1e9;
+    assert!(
+        gap >= COOLDOWN_S,
+        "second scale-up {gap:.2} s after the first, cooldown {COOLDOWN_S} s:\n{}",
+        second.logs()
+    );
+    assert!(
+        second.metric("scale_actions_refused_total{reason=\"cooldown\"") >= 1.0,
+        "the new process held decisions for the cooldown"
+    );
+}
+
+/// Issue 15, must show 3 (failover): the leader scales up and is SIGKILLed; decisions keep
+/// arriving (sent to both); the standby takes the Lease and does not scale again before the
+/// cooldown since the first scale-up has passed — then it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r15_a_new_leader_keeps_the_cooldown_of_the_old_one() {
+    const COOLDOWN_S: f64 = 12.0;
+    let (c, admin) = cluster().await;
+    deployment(&admin, "checkout", 1).await;
+    let r = rules(", min: 1, max: 5, cooldown: 12s, scale_down_after: 10m");
+    let lease = ["--lease", "scale-system/scale", "--lease-duration", "3s"];
+    let a = Daemon::start(&c, &r, &[&lease[..], &["--identity", "scale-a"]].concat());
+    let b = Daemon::start(&c, &r, &[&lease[..], &["--identity", "scale-b"]].concat());
+    assert!(
+        eventually(LONG, || async { leads(&a) ^ leads(&b) }).await,
+        "exactly one leader:\n{}\n{}",
+        a.logs(),
+        b.logs()
+    );
+    let (mut leader, standby) = if leads(&a) { (a, b) } else { (b, a) };
+    send(leader.otlp, "checkout-latency", 1).await.unwrap();
+    assert!(
+        eventually(LONG, || async {
+            scale_up_times(&admin, "checkout").await.len() == 1
+        })
+        .await,
+        "{}",
+        leader.logs()
+    );
+    assert_eq!(replicas(&admin, "checkout").await, 2);
+    let first_up = recorded_history(&admin, "checkout")
+        .await
+        .and_then(|h| h.last_up)
+        .expect("the scale-up is recorded on the workload")
+        .at as i128;
+    leader.kill();
+    let mut took_over: Option<u64> = None;
+    keep_deciding(
+        &[&leader, &standby],
+        "checkout-latency",
+        Duration::from_secs(40),
+        || {
+            if took_over.is_none() && leads(&standby) {
+                took_over = Some(now_ns());
+            }
+            let admin = admin.clone();
+            async move { replicas(&admin, "checkout").await == 3 }
+        },
+    )
+    .await;
+    assert_eq!(replicas(&admin, "checkout").await, 3, "{}", standby.logs());
+    let ups = scale_up_times(&admin, "checkout").await;
+    assert_eq!(ups.len(), 2, "1→2 by the old leader, 2→3 by the new one");
+    let took_over = took_over.expect("the standby took over") as i128;
+    assert!(
+        took_over - first_up < (COOLDOWN_S as i128 - 3) * 1_000_000_000,
+        "the standby took over {:.1} s after the first scale-up, well within the cooldown",
+        (took_over - first_up) as f64 / 1e9
+    );
+    let gap = (ups[1] - first_up) as f64 / 1e9;
+    assert!(
+        gap >= COOLDOWN_S,
+        "second scale-up {gap:.2} s after the first, cooldown {COOLDOWN_S} s:\n{}",
+        standby.logs()
+    );
+    assert!(
+        standby.metric("scale_actions_refused_total{reason=\"cooldown\"") >= 1.0,
+        "the new leader held decisions for the cooldown:\n{}",
+        standby.logs()
     );
 }
 

@@ -33,6 +33,10 @@ fn decision_request() -> ExportTraceServiceRequest {
         name: "PlaceOrder".into(),
         events: vec![Event {
             name: "scale.decision".into(),
+            time_unix_nano: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64,
             attributes: vec![
                 kv(
                     "scale.rule",

@@ -9,12 +9,28 @@
 //! `service.name` of the span's resource, which must match the rule's service pattern and make a
 //! valid object name (else refused as `bad_service`).
 //!
+//! # Stale decisions
+//!
+//! The event's `time_unix_nano` is when the rule's window completed, by the collector's clock
+//! (the local engine stamps its own). A decision whose age on arrival (the daemon's clock minus
+//! that time) exceeds its rule's `action.max_decision_age` (default
+//! [`scale_core::config::default_max_decision_age_ms`]: two windows, at least 10 s) is refused
+//! and counted (`reason="stale"`), logged at most once per [`STALE_LOG_EVERY`] with the number
+//! held back: the exporter retries for minutes, and a breach reported that late is history
+//! (while it lasts the rule fires again at least once a window, so a fresh decision follows).
+//! The age is judged once, on arrival: a decision accepted in time stays pending through an API
+//! outage, since that delay is the daemon's own. A time in the future (the collector's clock
+//! ahead of the daemon's) counts as now; beyond [`CLOCK_SKEW_ALLOWANCE`] that is also logged
+//! (at the same rate), since both clocks should be synchronised. An event without a time
+//! (`0`) is refused as `malformed`: its age cannot be judged.
+//!
 //! Backpressure: decisions go into a bounded channel with `try_send`; when it is full the whole
 //! request is answered `UNAVAILABLE` (the exporter retries) and counted. gzip is accepted and the
 //! largest decoded message is [`MAX_MESSAGE_BYTES`].
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -23,6 +39,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::span::Event;
 use scale_core::{ActionKind, Rule};
 use tokio::sync::mpsc;
 use tonic::codec::CompressionEncoding;
@@ -59,6 +76,51 @@ pub const REPORT_P99_MS: &str = "scale.report.p99_ms";
 /// See [`REPORT_P50_MS`].
 pub const REPORT_MAX_MS: &str = "scale.report.max_ms";
 
+/// A decision this far in the future (the collector's clock ahead of the daemon's) is taken as
+/// of now without a word; further ahead, it is too, but logged.
+pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(5);
+
+/// Refusals of stale decisions are logged at most this often (each one is counted).
+pub const STALE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Lets a log line through at most once per period and counts the ones held back, so a flood
+/// of one kind of event (say, a backlog of stale decisions replayed by an exporter) is one
+/// line per period. Time comes from the caller.
+#[derive(Debug)]
+pub struct LogLimiter {
+    every_ns: u64,
+    /// When a line was last let through, ns since the epoch, plus one (0: never).
+    last: AtomicU64,
+    held: AtomicU64,
+}
+
+impl LogLimiter {
+    /// At most one line per `every`.
+    pub const fn new(every: Duration) -> Self {
+        LogLimiter {
+            every_ns: every.as_nanos() as u64,
+            last: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` if a line may be logged at `now_ns`.
+    pub fn allow(&self, now_ns: u64) -> Option<u64> {
+        let last = self.last.load(Ordering::Relaxed);
+        let due = last == 0 || now_ns.saturating_sub(last - 1) >= self.every_ns;
+        if due
+            && self
+                .last
+                .compare_exchange(last, now_ns + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::Relaxed));
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
 /// A decision as received.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Received {
@@ -77,6 +139,9 @@ pub struct Received {
     pub target: scale_core::Target,
     /// Evidence trace id, hex.
     pub trace_id: String,
+    /// When the rule's window completed (the event's `time_unix_nano`), ns since the epoch, by
+    /// the clock of whoever counted it.
+    pub window_end_ns: u64,
     /// When it was received.
     pub received: Instant,
 }
@@ -88,6 +153,8 @@ pub struct Intake {
     metrics: Arc<Metrics>,
     token: Option<Arc<str>>,
     evidence: Option<Arc<EvidenceStore>>,
+    stale_log: LogLimiter,
+    skew_log: LogLimiter,
 }
 
 impl Intake {
@@ -99,6 +166,8 @@ impl Intake {
             metrics,
             token: None,
             evidence: None,
+            stale_log: LogLimiter::new(STALE_LOG_EVERY),
+            skew_log: LogLimiter::new(STALE_LOG_EVERY),
         }
     }
 
@@ -122,9 +191,15 @@ impl Intake {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// Every decision in a request, resolved against the rules; unknown or malformed ones are
-    /// counted and left out.
-    pub fn decisions(&self, req: &ExportTraceServiceRequest, now: Instant) -> (Vec<Received>, u64) {
+    /// Every decision in a request, resolved against the rules; unknown, malformed and stale
+    /// ones are counted and left out. `now` and `now_ns` (since the epoch) are the time of
+    /// arrival.
+    pub fn decisions(
+        &self,
+        req: &ExportTraceServiceRequest,
+        now: Instant,
+        now_ns: u64,
+    ) -> (Vec<Received>, u64) {
         let mut out = Vec::new();
         let mut spans = 0u64;
         let log_spans =
@@ -158,10 +233,21 @@ impl Intake {
                         );
                     }
                     for ev in span.events.iter().filter(|e| e.name == DECISION_EVENT) {
-                        match self.resolve(&ev.attributes, service, &span.trace_id, now) {
+                        match self.resolve(ev, service, &span.trace_id, now, now_ns) {
                             Ok(d) => {
-                                tracing::info!(rule = %d.rule, target = %d.target, action = ?d.action, count = d.count, observed_ms = d.observed_ms, trace_id = %d.trace_id, "Decision received.");
+                                let age_ms = now_ns.saturating_sub(d.window_end_ns) as f64 / 1e6;
+                                tracing::info!(rule = %d.rule, target = %d.target, action = ?d.action, count = d.count, observed_ms = d.observed_ms, age_ms, trace_id = %d.trace_id, "Decision received.");
                                 out.push(d)
+                            }
+                            Err(Refusal::Stale {
+                                rule,
+                                age_ms,
+                                max_age_ms,
+                            }) => {
+                                self.metrics.refuse_decision("stale");
+                                if let Some(held_back) = self.stale_log.allow(now_ns) {
+                                    tracing::warn!(rule = %rule, age_s = age_ms / 1e3, max_age_s = max_age_ms / 1e3, held_back, "Refused a stale decision: its window completed longer ago than the rule's max_decision_age.");
+                                }
                             }
                             Err(Refusal::BadService(why)) => {
                                 self.metrics.refuse_decision("bad_service");
@@ -236,11 +322,13 @@ impl Intake {
 
     fn resolve(
         &self,
-        attrs: &[KeyValue],
+        ev: &Event,
         service: Option<&str>,
         trace_id: &[u8],
         now: Instant,
+        now_ns: u64,
     ) -> Result<Received, Refusal> {
+        let attrs = &ev.attributes[..];
         let rule = str_attr(attrs, "scale.rule").ok_or(Refusal::Malformed("no scale.rule"))?;
         let rule_index = self
             .rules
@@ -256,6 +344,26 @@ impl Intake {
                 ));
             }
         };
+        if ev.time_unix_nano == 0 {
+            return Err(Refusal::Malformed(
+                "no time_unix_nano (when the window completed)",
+            ));
+        }
+        let ahead = ev.time_unix_nano.saturating_sub(now_ns);
+        if ahead > CLOCK_SKEW_ALLOWANCE.as_nanos() as u64 {
+            if let Some(held_back) = self.skew_log.allow(now_ns) {
+                tracing::warn!(rule = %rule, ahead_s = ahead as f64 / 1e9, held_back, "A decision is timed in the future: the collector's clock is ahead of the daemon's; taken as of now.");
+            }
+        }
+        let age_ms = now_ns.saturating_sub(ev.time_unix_nano) as f64 / 1e6;
+        let max_age_ms = self.rules[rule_index].action.max_decision_age_ms;
+        if age_ms > max_age_ms {
+            return Err(Refusal::Stale {
+                rule: rule.to_string(),
+                age_ms,
+                max_age_ms,
+            });
+        }
         let target = self.rules[rule_index]
             .resolve_target(service)
             .map_err(Refusal::BadService)?;
@@ -267,6 +375,7 @@ impl Intake {
             count: int_attr(attrs, "scale.count").unwrap_or(0),
             observed_ms: f64_attr(attrs, "scale.observed_ms").unwrap_or(f64::NAN),
             trace_id: trace_id.iter().map(|b| format!("{b:02x}")).collect(),
+            window_end_ns: ev.time_unix_nano.min(now_ns),
             received: now,
         })
     }
@@ -302,6 +411,11 @@ enum Refusal {
     UnknownRule(String),
     Malformed(&'static str),
     BadService(String),
+    Stale {
+        rule: String,
+        age_ms: f64,
+        max_age_ms: f64,
+    },
 }
 
 fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
@@ -342,13 +456,13 @@ impl TraceService for Intake {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         check_token(self.token.as_deref(), request.metadata(), &self.metrics)?;
-        if !self.metrics.is_ready() {
+        if !self.metrics.is_leader() {
             self.metrics.refuse_decision("not_leader");
             return Err(Status::unavailable(
                 "this replica is not the leader; retry (the Service routes to the leader)",
             ));
         }
-        let (decisions, spans) = self.decisions(request.get_ref(), Instant::now());
+        let (decisions, spans) = self.decisions(request.get_ref(), Instant::now(), super::now_ns());
         // Reserve room for every decision first, so a request is taken whole or refused whole.
         let mut permits = Vec::with_capacity(decisions.len());
         for _ in 0..decisions.len() {
@@ -371,5 +485,112 @@ impl TraceService for Intake {
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+    const NOW: u64 = 1_764_237_600 * S;
+
+    fn intake(rules: &str) -> (Intake, Arc<Metrics>) {
+        let rules = Arc::new(scale_core::RulesFile::from_yaml(rules).unwrap().rules);
+        let (tx, _rx) = mpsc::channel(16);
+        let m = Arc::new(Metrics::new());
+        (Intake::new(rules, tx, m.clone()), m)
+    }
+
+    fn request(times: &[u64]) -> ExportTraceServiceRequest {
+        let kv = |k: &str, v: &str| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        };
+        let spans = times
+            .iter()
+            .map(|&t| Span {
+                trace_id: vec![1; 16],
+                events: vec![Event {
+                    name: DECISION_EVENT.into(),
+                    time_unix_nano: t,
+                    attributes: vec![kv("scale.rule", "r"), kv("scale.action", "horizontal")],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect();
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn rules(extra: &str) -> String {
+        format!(
+            "rules:\n- name: r\n  when: {{ duration_above: 1ms }}\n  count: 1\n  window: 30s\n  action: {{ kind: horizontal, target: {{ kind: Deployment, name: x }}, max: 4{extra} }}\n"
+        )
+    }
+
+    #[test]
+    fn decisions_older_than_the_bound_are_refused_as_stale() {
+        // window 30 s: the default bound is 60 s.
+        let (i, m) = intake(&rules(""));
+        let (got, spans) = i.decisions(
+            &request(&[NOW - 300 * S, NOW - 60 * S - 1, NOW - 60 * S, NOW - S]),
+            Instant::now(),
+            NOW,
+        );
+        assert_eq!(spans, 4);
+        assert_eq!(
+            got.iter().map(|d| d.window_end_ns).collect::<Vec<_>>(),
+            vec![NOW - 60 * S, NOW - S],
+            "exactly at the bound is still accepted"
+        );
+        assert_eq!(m.decisions_refused_count("stale"), 2);
+        // A rule's own bound.
+        let (i, m) = intake(&rules(", max_decision_age: 10m"));
+        let (got, _) = i.decisions(&request(&[NOW - 300 * S]), Instant::now(), NOW);
+        assert_eq!(got.len(), 1);
+        assert_eq!(m.decisions_refused_count("stale"), 0);
+    }
+
+    #[test]
+    fn a_time_in_the_future_counts_as_now_and_no_time_is_malformed() {
+        let (i, m) = intake(&rules(""));
+        let (got, _) = i.decisions(
+            &request(&[NOW + 2 * S, NOW + 3_600 * S, 0]),
+            Instant::now(),
+            NOW,
+        );
+        assert_eq!(
+            got.iter().map(|d| d.window_end_ns).collect::<Vec<_>>(),
+            vec![NOW, NOW]
+        );
+        assert_eq!(m.decisions_refused_count("malformed"), 1);
+        assert_eq!(m.decisions_refused_count("stale"), 0);
+    }
+
+    #[test]
+    fn the_log_limiter_lets_one_line_through_per_period_and_counts_the_rest() {
+        let l = LogLimiter::new(Duration::from_secs(10));
+        assert_eq!(l.allow(NOW), Some(0));
+        assert_eq!(l.allow(NOW + S), None);
+        assert_eq!(l.allow(NOW + 9 * S), None);
+        assert_eq!(l.allow(NOW + 10 * S), Some(2));
+        assert_eq!(l.allow(NOW + 11 * S), None);
+        assert_eq!(l.allow(NOW + 25 * S), Some(1));
+        // Time 0 is a valid first time too.
+        assert_eq!(LogLimiter::new(Duration::from_secs(1)).allow(0), Some(0));
     }
 }

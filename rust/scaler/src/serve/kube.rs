@@ -1,12 +1,17 @@
 //! The Kubernetes orchestrator (kube 5).
 //!
-//! - **Read**: the `scale` subresource of the Deployment or StatefulSet (replicas and the
-//!   `resourceVersion` every write is conditioned on); the HorizontalPodAutoscalers and, when the
-//!   CRD exists, KEDA ScaledObjects of the namespace, to find another controller; for actions
-//!   that can be vertical, the workload's pod template (requests of `vertical.container`, or the
-//!   size SCALE last chose, recorded in the [`RESOURCES_ANNOTATION`] annotation).
-//! - **Horizontal**: `PUT …/scale` with the `resourceVersion` that was read. A concurrent writer
+//! - **Read**: the Deployment or StatefulSet (replicas, the `resourceVersion` every write is
+//!   conditioned on, and the planner's history in the [`HISTORY_ANNOTATION`] annotation); the
+//!   HorizontalPodAutoscalers and, when the CRD exists, KEDA ScaledObjects of the namespace, to
+//!   find another controller; for actions that can be vertical, the pod template (requests of
+//!   `vertical.container`, or the size SCALE last chose, recorded in the
+//!   [`RESOURCES_ANNOTATION`] annotation).
+//! - **Horizontal**: one merge patch of the workload sets `spec.replicas` *and* the history
+//!   annotation, with the `resourceVersion` that was read as a precondition. A concurrent writer
 //!   makes it fail with 409 ([`OrchestratorError::Conflict`]); the actor re-reads and re-plans.
+//!   Not `PUT …/scale`: the scale subresource cannot carry an annotation, and a second write
+//!   after it would leave a moment in which a crash loses the cooldown (a new leader would then
+//!   scale again at once). One request makes the change and its memory atomic.
 //! - **Vertical**: every pod of the workload is resized in place through the `resize`
 //!   subresource (Kubernetes ≥ 1.33), then the chosen requests are recorded on the workload
 //!   (annotation); [`Orchestrator::reconcile`] re-applies the recorded size to pods created
@@ -48,7 +53,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::autoscaling::v1::{Scale as K8sScale, ScaleSpec};
+use k8s_openapi::api::autoscaling::v1::Scale as K8sScale;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodSpec, PodTemplateSpec};
 use k8s_openapi::api::events::v1::Event;
@@ -65,12 +70,17 @@ use serde_json::json;
 use super::leader::Leader;
 use super::metrics::Metrics;
 use super::orchestrator::{Observed, Orchestrator, OrchestratorError, Why};
-use super::planner::Scale;
+use super::planner::{History, Scale};
 use super::throttle::{ApiFailures, REPORT_EVERY};
 
 /// Annotation on the workload holding the requests SCALE chose for it, as JSON
 /// `{"container": "...", "cpu_millis": n, "memory_mib": n}`.
 pub const RESOURCES_ANNOTATION: &str = "scale.autoscaler.dev/resources";
+
+/// Annotation on the workload holding the planner's memory of it — last scale-up, scale-down
+/// and decision with their causes — as versioned JSON ([`History::to_record`]). Written with
+/// every change, read before every plan.
+pub const HISTORY_ANNOTATION: &str = "scale.autoscaler.dev/history";
 
 /// Field manager of every write.
 pub const FIELD_MANAGER: &str = "scale-autoscaler";
@@ -177,6 +187,8 @@ pub struct Kube {
     vpa: OptionalApi,
     absent_api_recheck: Duration,
     failures: Mutex<ApiFailures>,
+    /// Targets whose history annotation could not be read (warned about once).
+    bad_history: std::collections::HashSet<Target>,
 }
 
 /// What an in-place resize of a workload's pods came to.
@@ -308,9 +320,10 @@ fn active_vpa(vpas: &[DynamicObject], target: &Target) -> Option<String> {
     })
 }
 
-/// What a workload looks like to the vertical path.
+/// What a workload looks like to the planner and the vertical path.
 struct Workload {
     meta: ObjectMeta,
+    replicas: u32,
     template: PodTemplateSpec,
     selector: LabelSelector,
 }
@@ -334,6 +347,7 @@ impl Kube {
             vpa: OptionalApi::default(),
             absent_api_recheck: ABSENT_API_RECHECK,
             failures: Mutex::new(ApiFailures::new(REPORT_EVERY)),
+            bad_history: Default::default(),
         }
     }
 
@@ -440,24 +454,54 @@ impl Kube {
                     .get(&target.name)
                     .await
                     .map_err(|e| self.classify("get_workload", e))?;
-                (d.metadata, (d.spec.template, d.spec.selector))
+                (
+                    d.metadata,
+                    (d.spec.replicas, d.spec.template, d.spec.selector),
+                )
             }
             "StatefulSet" => {
                 let d = Api::<StatefulSet>::namespaced(self.client.clone(), &target.namespace)
                     .get(&target.name)
                     .await
                     .map_err(|e| self.classify("get_workload", e))?;
-                (d.metadata, (d.spec.template, d.spec.selector))
+                (
+                    d.metadata,
+                    (d.spec.replicas, d.spec.template, d.spec.selector),
+                )
             }
-            k => return Err(OrchestratorError::Other(format!("unsupported kind {k}"))),
+            k => {
+                return Err(OrchestratorError::Other(format!(
+                    "unsupported kind {k} (Deployment or StatefulSet)"
+                )));
+            }
         };
         self.reachable();
-        let (template, selector) = spec;
+        let (replicas, template, selector) = spec;
         Ok(Workload {
             meta,
+            // The API server defaults an absent `spec.replicas` to 1.
+            replicas: replicas.unwrap_or(1).max(0) as u32,
             template,
             selector,
         })
+    }
+
+    /// The planner's history recorded on the workload; an unreadable record is warned about
+    /// once (until it is readable again) and read as none — the next change overwrites it.
+    fn history_of(&mut self, target: &Target, meta: &ObjectMeta) -> Option<History> {
+        let text = meta.annotations.as_ref()?.get(HISTORY_ANNOTATION)?;
+        match History::from_record(text) {
+            Ok(h) => {
+                self.bad_history.remove(target);
+                Some(h)
+            }
+            Err(e) => {
+                if self.bad_history.insert(target.clone()) {
+                    tracing::warn!(target = %target, annotation = HISTORY_ANNOTATION, error = %e, "Ignoring the workload's history record; the next change rewrites it.");
+                }
+                None
+            }
+        }
     }
 
     /// The HPA or KEDA ScaledObject targeting the workload. Lists are served from the API
@@ -797,18 +841,13 @@ impl Orchestrator for Kube {
         target: &Target,
         action: &Action,
     ) -> Result<Observed, OrchestratorError> {
-        let scale = self.get_scale(target).await?;
-        let replicas = scale
-            .spec
-            .as_ref()
-            .and_then(|s| s.replicas)
-            .unwrap_or(0)
-            .max(0) as u32;
-        let version = scale.metadata.resource_version.clone();
+        let w = self.workload(target).await?;
+        let replicas = w.replicas;
+        let version = w.meta.resource_version.clone();
+        let history = self.history_of(target, &w.meta);
         let controlled_by = self.controller_of(target).await?;
         let (mut cpu, mut mem) = (0, 0);
         if action.kind != ActionKind::Horizontal {
-            let w = self.workload(target).await?;
             let container = container_name(action, &w.template);
             (cpu, mem) = match recorded(&w.meta) {
                 Some((c, cpu, mem)) if c == container => (cpu, mem),
@@ -823,6 +862,7 @@ impl Orchestrator for Kube {
             },
             controlled_by,
             version,
+            history,
         })
     }
 
@@ -832,38 +872,33 @@ impl Orchestrator for Kube {
         observed: &Observed,
         to: u32,
         why: &Why,
+        history: &History,
     ) -> Result<(), OrchestratorError> {
         self.ensure_leader("set_replicas").await?;
-        let body = K8sScale {
-            metadata: ObjectMeta {
-                name: Some(target.name.clone()),
-                namespace: Some(target.namespace.clone()),
-                resource_version: observed.version.clone(),
-                ..Default::default()
-            },
-            spec: Some(ScaleSpec {
-                replicas: Some(to as i32),
-            }),
-            status: None,
-        };
-        let pp = PostParams {
+        let mut patch = json!({
+            "metadata": {"annotations": {HISTORY_ANNOTATION: history.to_record()}},
+            "spec": {"replicas": to},
+        });
+        if let Some(v) = &observed.version {
+            // A precondition: 409 if the workload changed since it was read.
+            patch["metadata"]["resourceVersion"] = json!(v);
+        }
+        let pp = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
         };
-        let r = match target.kind.as_str() {
-            "Deployment" => {
-                Api::<Deployment>::namespaced(self.client.clone(), &target.namespace)
-                    .replace_scale(&target.name, &pp, &body)
-                    .await
-            }
-            "StatefulSet" => {
-                Api::<StatefulSet>::namespaced(self.client.clone(), &target.namespace)
-                    .replace_scale(&target.name, &pp, &body)
-                    .await
-            }
+        let uid = match target.kind.as_str() {
+            "Deployment" => Api::<Deployment>::namespaced(self.client.clone(), &target.namespace)
+                .patch(&target.name, &pp, &Patch::Merge(&patch))
+                .await
+                .map(|d| d.metadata.uid),
+            "StatefulSet" => Api::<StatefulSet>::namespaced(self.client.clone(), &target.namespace)
+                .patch(&target.name, &pp, &Patch::Merge(&patch))
+                .await
+                .map(|d| d.metadata.uid),
             k => return Err(OrchestratorError::Other(format!("unsupported kind {k}"))),
-        };
-        let written = r.map_err(|e| self.classify("set_replicas", e))?;
+        }
+        .map_err(|e| self.classify("set_replicas", e))?;
         let from = observed.scale.replicas;
         let (reason, what) = if to > from {
             ("ScaledUp", "Scaled up")
@@ -872,7 +907,7 @@ impl Orchestrator for Kube {
         };
         self.event(
             target,
-            written.metadata.uid,
+            uid,
             EventType::Normal,
             reason,
             "Scale",
@@ -889,6 +924,7 @@ impl Orchestrator for Kube {
         cpu: u64,
         mem: u64,
         why: &Why,
+        history: &History,
     ) -> Result<(), OrchestratorError> {
         self.ensure_leader("resize").await?;
         // Before any write: a VPA in an active mode owns the pods' requests.
@@ -940,7 +976,10 @@ impl Orchestrator for Kube {
             json!({"container": container, "cpu_millis": cpu, "memory_mib": mem}).to_string();
         self.patch_workload(
             target,
-            json!({"metadata": {"annotations": {RESOURCES_ANNOTATION: record}}}),
+            json!({"metadata": {"annotations": {
+                RESOURCES_ANNOTATION: record,
+                HISTORY_ANNOTATION: history.to_record(),
+            }}}),
             "record_resources",
         )
         .await?;

@@ -1,24 +1,57 @@
 //! Leader election over a Kubernetes Lease (kube-lease-manager), so that two replicas of the
-//! daemon never both act.
+//! daemon never both act, and how the leader shows itself.
 //!
 //! The lease manager runs in the background and keeps the Lease renewed while this replica
-//! holds it; its state drives `/readyz` (the Service sends decisions to the leader only) and
-//! the intake (a standby answers UNAVAILABLE). That state can be stale — a replica cut off from
-//! the API server still believes it leads until its task notices — so every write is preceded
-//! by [`Leader::confirm`], which re-reads the Lease from the API server and checks that this
+//! holds it; its state drives the `scale_leader` gauge and the intake (a standby answers
+//! UNAVAILABLE). That state can be stale — a replica cut off from the API server still
+//! believes it leads until its task notices — so every write is preceded by
+//! [`Leader::confirm`], which re-reads the Lease from the API server and checks that this
 //! replica is the holder and that the lease has not expired by the server's own record.
+//!
+//! # Showing who leads: a metric and a pod label
+//!
+//! Readiness (`/readyz`) means "this process serves", so both replicas of a Deployment are
+//! ready and a rolling update can proceed. Leadership is shown by the `scale_leader` gauge and,
+//! when the daemon knows its own pod (`POD_NAME` and `POD_NAMESPACE` from the downward API), by
+//! the label [`LEADER_LABEL`]` = `[`LEADER_LABEL_VALUE`] on that pod: the OTLP Service selects
+//! on it, so decisions reach the replica that acts. The label follows the Lease state:
+//!
+//! - on becoming leader, this replica labels its own pod, then removes the label from every
+//!   other pod of its namespace that has it (a leader that was SIGKILLed, or cut off from the
+//!   API server, cannot remove its own);
+//! - on losing the Lease, at start-up as a standby, and on shutdown, it removes the label from
+//!   its own pod (a restarted container does not inherit a stale label).
+//!
+//! A label write that fails is retried every [`LABEL_RETRY`] until it succeeds (the first
+//! failure is logged as a warning, later ones at debug). Without `POD_NAME`/`POD_NAMESPACE`
+//! (outside a pod) there is no label, only the gauge. Without a Lease (`--lease` not given) the
+//! replica always leads: gauge 1, label on its pod. What this costs in RBAC: `list` and `patch`
+//! of pods in the daemon's own namespace (`configs/k8s/scale-daemon.yaml`).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube_lease_manager::LeaseManagerBuilder;
+use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::kube::FIELD_MANAGER;
 use super::metrics::Metrics;
+
+/// Label the leader puts on its own pod (and removes from any other); the OTLP Service of
+/// `configs/k8s/scale-daemon.yaml` selects on it.
+pub const LEADER_LABEL: &str = "scale.autoscaler.dev/leader";
+
+/// Value of [`LEADER_LABEL`] on the leader's pod.
+pub const LEADER_LABEL_VALUE: &str = "true";
+
+/// How often a failed label write is retried.
+pub const LABEL_RETRY: Duration = Duration::from_secs(2);
 
 /// Leader-election settings.
 #[derive(Debug, Clone)]
@@ -35,6 +68,16 @@ pub struct LeaseConfig {
     pub grace_s: u64,
 }
 
+/// This replica's own pod (from the downward API), which carries [`LEADER_LABEL`] while it
+/// leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRef {
+    /// `metadata.namespace` (`POD_NAMESPACE`).
+    pub namespace: String,
+    /// `metadata.name` (`POD_NAME`).
+    pub name: String,
+}
+
 /// This replica's view of the Lease.
 #[derive(Clone)]
 pub struct Leader {
@@ -44,14 +87,18 @@ pub struct Leader {
 }
 
 impl Leader {
-    /// Start competing for the Lease; `metrics.ready` follows the lease state. Stops (and
-    /// releases the Lease) when `shutdown` is cancelled.
+    /// Start competing for the Lease; the `scale_leader` gauge and the label on `pod` (if
+    /// given) follow the lease state. Stops when `shutdown` is cancelled: the returned task
+    /// ends once the label is removed and the Lease released (await it before exiting; the
+    /// Lease is released when every clone of this `Leader` is dropped too).
     pub async fn start(
         client: kube::Client,
         cfg: LeaseConfig,
+        pod: Option<PodRef>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
+        metrics.set_leader(false);
         let manager = LeaseManagerBuilder::new(client.clone(), cfg.name.clone())
             .with_namespace(cfg.namespace.clone())
             .with_identity(cfg.identity.clone())
@@ -60,10 +107,11 @@ impl Leader {
             .build()
             .await?;
         let (mut rx, task) = manager.watch().await;
-        metrics.ready.store(*rx.borrow(), Ordering::Relaxed);
+        metrics.set_leader(*rx.borrow());
         let state = rx.clone();
+        let labels = spawn_pod_label(client.clone(), pod, rx.clone(), shutdown.clone());
         let identity = cfg.identity.clone();
-        tokio::spawn(async move {
+        let stopped = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -72,21 +120,24 @@ impl Leader {
                             break;
                         }
                         let leading = *rx.borrow_and_update();
-                        metrics.ready.store(leading, Ordering::Relaxed);
+                        metrics.set_leader(leading);
                         tracing::info!(identity = %identity, leading, "Lease state changed.");
                     }
                 }
             }
-            metrics.ready.store(false, Ordering::Relaxed);
+            metrics.set_leader(false);
+            // The label goes first, so the Service stops routing here before the Lease is free.
+            let _ = labels.await;
             // Dropping the receiver makes the manager release the Lease and end.
             drop(rx);
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         });
-        Ok(Leader {
+        let leader = Leader {
             api: Api::namespaced(client, &cfg.namespace),
             cfg,
             state,
-        })
+        };
+        Ok((leader, stopped))
     }
 
     /// Whether the background task believes this replica leads (may be stale; see
@@ -116,6 +167,126 @@ impl Leader {
         };
         let age = age_seconds(renewed);
         Ok(age < duration)
+    }
+}
+
+/// Without leader election this replica always acts: label `pod` (if given) as the leader's
+/// until `shutdown`, then remove the label (the returned task ends then). The `scale_leader`
+/// gauge is 1 from the start.
+pub fn label_without_election(
+    client: kube::Client,
+    pod: Option<PodRef>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (tx, rx) = watch::channel(true);
+    let task = spawn_pod_label(client, pod, rx, shutdown);
+    tokio::spawn(async move {
+        let _ = task.await;
+        drop(tx);
+    })
+}
+
+/// Keep [`LEADER_LABEL`] on `pod` in step with `leading` until `shutdown` (then remove it).
+fn spawn_pod_label(
+    client: kube::Client,
+    pod: Option<PodRef>,
+    mut leading: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(pod) = pod else {
+            tracing::info!(
+                "POD_NAME or POD_NAMESPACE not set: leadership is shown by the scale_leader metric only, not by a pod label."
+            );
+            return;
+        };
+        let labeler = PodLabel {
+            api: Api::namespaced(client, &pod.namespace),
+            pod,
+        };
+        let mut want = *leading.borrow_and_update();
+        let mut failed = false;
+        loop {
+            match labeler.reconcile(want).await {
+                Ok(()) => {
+                    if std::mem::take(&mut failed) {
+                        tracing::info!(pod = %labeler.pod.name, leading = want, "Pod label updated after all.");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        changed = leading.changed() => if changed.is_err() { break },
+                    }
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut failed, true) {
+                        tracing::warn!(pod = %labeler.pod.name, leading = want, error = %e, retry_s = LABEL_RETRY.as_secs(), "Cannot update the leader label of this pod; retrying.");
+                    } else {
+                        tracing::debug!(pod = %labeler.pod.name, error = %e, "Leader label still not updated.");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        changed = leading.changed() => if changed.is_err() { break },
+                        _ = tokio::time::sleep(LABEL_RETRY) => {}
+                    }
+                }
+            }
+            want = *leading.borrow_and_update();
+        }
+        match tokio::time::timeout(Duration::from_secs(2), labeler.reconcile(false)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(pod = %labeler.pod.name, error = %e, "Could not remove the leader label on shutdown.")
+            }
+            Err(_) => {
+                tracing::warn!(pod = %labeler.pod.name, "Timed out removing the leader label on shutdown.")
+            }
+        }
+    })
+}
+
+struct PodLabel {
+    api: Api<Pod>,
+    pod: PodRef,
+}
+
+impl PodLabel {
+    async fn set(&self, name: &str, on: bool) -> Result<(), kube::Error> {
+        let value = if on {
+            json!(LEADER_LABEL_VALUE)
+        } else {
+            json!(null)
+        };
+        let patch = json!({"metadata": {"labels": {LEADER_LABEL: value}}});
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        self.api.patch(name, &pp, &Patch::Merge(patch)).await?;
+        Ok(())
+    }
+
+    /// Label this pod if `leading` (and unlabel every other pod that has the label), else
+    /// unlabel it.
+    async fn reconcile(&self, leading: bool) -> Result<(), kube::Error> {
+        if !leading {
+            return self.set(&self.pod.name, false).await;
+        }
+        self.set(&self.pod.name, true).await?;
+        let labelled = self
+            .api
+            .list(&ListParams::default().labels(LEADER_LABEL))
+            .await?;
+        for p in labelled.items {
+            let Some(name) = p.metadata.name else {
+                continue;
+            };
+            if name != self.pod.name {
+                self.set(&name, false).await?;
+                tracing::info!(pod = %name, "Removed the leader label from a former leader's pod.");
+            }
+        }
+        tracing::info!(pod = %self.pod.name, "This pod is labelled as the leader's.");
+        Ok(())
     }
 }
 

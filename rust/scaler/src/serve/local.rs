@@ -309,6 +309,8 @@ impl LocalEngine {
                     count: i64::from(d.count),
                     observed_ms: d.observed_ms,
                     trace_id: d.trace_id.iter().map(|b| format!("{b:02x}")).collect(),
+                    // The engine fired just now, on this daemon's clock: never stale.
+                    window_end_ns: d.time_ns,
                     received: now,
                 })
             })

@@ -1,6 +1,10 @@
 //! The daemon's operator surface over HTTP: Prometheus `/metrics`, `/healthz` (the process is
-//! up) and `/readyz` (this replica is the leader, or leader election is off — point the
-//! Service's readiness probe here so decisions reach the replica that acts).
+//! up) and `/readyz` (this process serves: its OTLP listener is bound and its planner runs).
+//!
+//! Readiness is not leadership. Both replicas of a two-replica Deployment are ready, so the
+//! Deployment becomes Available and a rolling update proceeds; which one acts is shown by the
+//! `scale_leader` gauge and by the leader's pod label ([`super::leader::LEADER_LABEL`]), which
+//! the OTLP Service selects on so that decisions reach the replica that acts.
 //!
 //! Metric names (all prefixed `scale_`):
 //!
@@ -9,7 +13,7 @@
 //! | `scale_otlp_requests_total` | | export requests answered OK |
 //! | `scale_otlp_spans_total` | | spans in those requests |
 //! | `scale_decisions_received_total` | | decisions accepted into the queue |
-//! | `scale_decisions_refused_total` | `reason` | `unknown_rule`, `malformed`, `queue_full`, `not_leader`, `unauthenticated` |
+//! | `scale_decisions_refused_total` | `reason` | `unknown_rule`, `malformed`, `stale`, `bad_service`, `queue_full`, `not_leader`, `unauthenticated`, `too_many_targets` |
 //! | `scale_actions_total` | `action`, `target` | `scale_up`, `scale_down`, `resize` applied |
 //! | `scale_actions_refused_total` | `reason`, `target` | `controlled` (HPA/KEDA; VPA for vertical actions), `at_max`, `cooldown`, `forbidden`, `not_found`, `not_leader`, `in_place_refused` (`vertical.fallback: none`) |
 //! | `scale_api_errors_total` | `op`, `kind` | Kubernetes API errors (`conflict`, `unavailable`, `forbidden`, …; `resize` also `in_place_unavailable`, `in_place_refused`) |
@@ -18,6 +22,7 @@
 //! | `scale_reports_received_total` | | rule evidence reports (`scale.report` spans) accepted |
 //! | `scale_reports_refused_total` | `reason` | reports refused: `unknown_rule`, `bad_service`, `malformed` |
 //! | `scale_evidence_missing` | `target` | 1 while a target that would scale down holds because its reports do not show healthy latency for the quiet period (none, no spans, or breaches) |
+//! | `scale_leader` | | 1 while this replica acts (holds the Lease, or runs without one), else 0 |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -106,8 +111,10 @@ pub struct Metrics {
     pub reports_refused: Family<ReasonLabel, Counter>,
     /// 1 while a target holds for want of evidence of healthy latency.
     pub evidence_missing: Family<TargetLabel, Gauge>,
-    /// Whether this replica may act (leader, or no election).
-    pub ready: AtomicBool,
+    /// 1 while this replica may act (holds the Lease, or runs without election), else 0.
+    pub leader: Gauge,
+    /// Whether this process serves (`/readyz`): set by [`super::serve`] while it runs.
+    pub serving: AtomicBool,
     registry: Registry,
 }
 
@@ -137,9 +144,12 @@ impl Metrics {
             reports: Counter::default(),
             reports_refused: Family::default(),
             evidence_missing: Family::default(),
-            ready: AtomicBool::new(true),
+            leader: Gauge::default(),
+            serving: AtomicBool::new(false),
             registry: Registry::default(),
         };
+        // Without leader election this replica acts; `Leader::start` takes over the gauge.
+        m.leader.set(1);
         registry.register(
             "otlp_requests",
             "OTLP export requests answered OK",
@@ -195,6 +205,11 @@ impl Metrics {
             "evidence_missing",
             "1 while a target that would scale down holds: its reports do not show healthy latency for the quiet period",
             m.evidence_missing.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica acts (holds the Lease, or runs without one), else 0",
+            m.leader.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -302,9 +317,19 @@ impl Metrics {
         s
     }
 
-    /// Whether this replica may act.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+    /// Whether this replica may act (the `scale_leader` gauge).
+    pub fn is_leader(&self) -> bool {
+        self.leader.get() == 1
+    }
+
+    /// Set the `scale_leader` gauge.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Whether this process serves (`/readyz`).
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
     }
 }
 
@@ -340,10 +365,10 @@ pub async fn serve_http(
             get(move || {
                 let r = r.clone();
                 async move {
-                    if r.is_ready() {
+                    if r.is_serving() {
                         (StatusCode::OK, "ok\n")
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not the leader\n")
+                        (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
                     }
                 }
             }),

@@ -21,8 +21,33 @@
 //!   [`REFUSED_READS_BEFORE_DROP`] ticks (a restarted API server refuses until its RBAC cache is
 //!   warm), then drop and count them.
 //! - [`orchestrator`]: the trait and the dry run; [`kube`]: Kubernetes; [`leader`]: the Lease
-//!   (re-checked before every write); [`metrics`]: `/metrics`, `/healthz`, `/readyz`;
-//!   [`throttle`]: API failures logged at a limited rate.
+//!   (re-checked before every write) and the leader's pod label; [`metrics`]: `/metrics`,
+//!   `/healthz`, `/readyz` (this process serves — readiness is not leadership);
+//!   [`throttle`]: API failures logged at a limited rate; [`evidence`]: the collectors' reports
+//!   that a scale-down needs.
+//!
+//! # Memory
+//!
+//! The planner's [`History`] of a target (last scale-up, scale-down and decision, with causes)
+//! lives in the actor and with the workload: every change is written together with the history
+//! to keep ([`Orchestrator::set_replicas`], [`Orchestrator::resize`]), and every plan starts by
+//! merging the history read back ([`Observed::history`]; the later of each mark wins). So a
+//! restarted daemon, or the replica that takes over the Lease, keeps the cooldown of a
+//! scale-up it did not make, and never scales down sooner after a change than the quiet period.
+//!
+//! Decisions are not written as they come (a write per decision would churn the workload
+//! during an incident, when decisions are held in cooldown or at max); instead, whenever this
+//! replica *begins acting* — at start, or on taking over the Lease — that moment counts as the
+//! last decision of every target, since what the previous process was told is unknown. The
+//! quiet period before a scale-down therefore runs from the later of the last change (read
+//! back) and that moment: a restart or failover delays a scale-down, never hastens it. (A
+//! standby that has waited for an hour must not scale down the moment it takes over a workload
+//! whose incident the old leader was still holding at max.)
+//!
+//! Times in the history are the acting daemon's wall clock; after a failover the new leader
+//! compares them with its own, so a clock behind by a few seconds lengthens a cooldown by as
+//! much, and one ahead shortens it: keep nodes synchronised (the same holds for the stale
+//! check in [`intake`]).
 //!
 //! Tested against a real kube-apiserver + etcd in `tests/k8s.rs` (scale-testcluster).
 
@@ -51,7 +76,7 @@ use self::evidence::{EvidenceStore, Quiet};
 use self::intake::{Intake, Received};
 use self::metrics::Metrics;
 use self::orchestrator::{Observed, Orchestrator, OrchestratorError, Why};
-use self::planner::{History, Hold, Intent, Plan};
+use self::planner::{History, Hold, Intent, Mark, Plan};
 
 /// Decisions the queue holds before the intake answers UNAVAILABLE.
 pub const QUEUE_CAPACITY: usize = 4_096;
@@ -103,6 +128,10 @@ pub async fn serve<O: Orchestrator>(
     let rules = Arc::new(rules);
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let store = Arc::new(EvidenceStore::new(opts.evidence_timeout));
+    // Ready (`/readyz`) from here until the server stops: the listener is bound, the actor runs.
+    metrics
+        .serving
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let actor = tokio::spawn(run_actor(
         rules.clone(),
         orchestrator,
@@ -133,9 +162,13 @@ pub async fn serve<O: Orchestrator>(
                 .into_service(),
         ),
     };
-    router
+    let served = router
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await?;
+        .await;
+    metrics
+        .serving
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    served?;
     actor.await?;
     Ok(())
 }
@@ -147,7 +180,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
     Ok((l, a))
 }
 
-fn now_ns() -> u64 {
+/// The wall clock, ns since the Unix epoch.
+pub(crate) fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -195,24 +229,12 @@ async fn run_actor<O: Orchestrator>(
             targets.push((r.action.target.clone(), i));
         }
     }
-    // The daemon does not know what happened before it started: its start counts as the last
-    // decision, so nothing is scaled down until a full quiet period has passed.
-    let started = now_ns();
     let mut state: HashMap<Target, TargetState> = targets
         .iter()
-        .map(|(t, _)| {
-            (
-                t.clone(),
-                TargetState {
-                    history: History {
-                        last_decision: Some(started),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-            )
-        })
+        .map(|(t, _)| (t.clone(), TargetState::default()))
         .collect();
+    // Whether this replica acted on the previous round (see "Memory" in the module docs).
+    let mut acting = false;
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -235,13 +257,9 @@ async fn run_actor<O: Orchestrator>(
                 targets.push((d.target.clone(), d.rule_index));
                 state
                     .entry(d.target.clone())
-                    .or_insert_with(|| TargetState {
-                        history: History {
-                            last_decision: Some(now_ns()),
-                            ..Default::default()
-                        },
-                        ..Default::default()
-                    });
+                    .or_default()
+                    .history
+                    .decided(Mark::new(now_ns(), "first decision for this target"));
             }
             let st = state.entry(d.target.clone()).or_default();
             if st.pending.len() >= PENDING_CAP {
@@ -249,7 +267,7 @@ async fn run_actor<O: Orchestrator>(
             }
             st.pending.push(d);
         }
-        if !metrics.is_ready() {
+        if !metrics.is_leader() {
             // A standby never acts; whatever reached it is dropped (the leader got its own).
             for st in state.values_mut() {
                 if !st.pending.is_empty() {
@@ -257,7 +275,21 @@ async fn run_actor<O: Orchestrator>(
                     st.pending.clear();
                 }
             }
+            acting = false;
             continue;
+        }
+        if !acting {
+            // Starting, or taking over the Lease: the decisions that came before are unknown,
+            // so this moment stands for the last one (no scale-down before a quiet period).
+            // Changes made before are read back from the workloads.
+            acting = true;
+            let now = now_ns();
+            for st in state.values_mut() {
+                st.history.decided(Mark::new(
+                    now,
+                    "began acting (started or took over the Lease)",
+                ));
+            }
         }
         for (target, rule_index) in &targets {
             let st = state.entry(target.clone()).or_default();
@@ -347,14 +379,25 @@ async fn step_target<O: Orchestrator>(
                 return;
             }
         };
-        // A write whose answer was lost: if the object now has the value we wrote, it was applied.
+        // A write whose answer was lost: if the object now has what we wrote (the history
+        // record, written with the replicas; or the replicas, where no record is kept), it was
+        // applied.
         if let Some(f) = st.in_flight.take() {
-            if observed.scale.replicas == f.to {
+            let applied = match &observed.history {
+                Some(h) => *h == f.next,
+                None => observed.scale.replicas == f.to,
+            };
+            if applied {
                 tracing::info!(target = %target, replicas = f.to, "The write that was in flight when the API failed had been applied.");
                 st.history = f.next;
                 st.pending.clear();
                 return;
             }
+        }
+        // What the workload remembers (written by this daemon before a restart, or by the
+        // replica that led before): the later of each mark wins.
+        if let Some(h) = &observed.history {
+            st.history.merge(h);
         }
         let now = now_ns();
         let intents: Vec<Intent> = st
@@ -401,7 +444,7 @@ async fn step_target<O: Orchestrator>(
                 if let Some(l) = latency {
                     metrics.decision_to_request.observe(l);
                 }
-                orch.set_replicas(target, &observed, *to, &why)
+                orch.set_replicas(target, &observed, *to, &why, &next)
                     .await
                     .map(|()| if to > from { "scale_up" } else { "scale_down" })
             }
@@ -416,7 +459,7 @@ async fn step_target<O: Orchestrator>(
                 if let Some(l) = latency {
                     metrics.decision_to_request.observe(l);
                 }
-                orch.resize(target, action, *cpu_millis, *memory_mib, &why)
+                orch.resize(target, action, *cpu_millis, *memory_mib, &why, &next)
                     .await
                     .map(|()| "resize")
             }
@@ -473,7 +516,7 @@ async fn step_target<O: Orchestrator>(
                 orch.report_refusal(target, &by, &why).await;
                 metrics.action_refused("controlled", &tname);
                 st.history = History {
-                    last_up: st.history.last_up,
+                    last_up: st.history.last_up.clone(),
                     ..next
                 };
                 st.pending.clear();
@@ -524,6 +567,7 @@ mod tests {
             name: "PlaceOrder".into(),
             events: vec![Event {
                 name: "scale.decision".into(),
+                time_unix_nano: now_ns(),
                 attributes: vec![
                     kv("scale.rule", any_value::Value::StringValue(rule.into())),
                     kv(
@@ -663,5 +707,71 @@ mod tests {
         let err = intake.export(req()).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable);
         assert_eq!(stats.decisions_refused_count("queue_full"), 1);
+    }
+
+    /// Issue 15: a replica that takes over the Lease does not know which decisions the old
+    /// leader had; it waits a full quiet period from the takeover before scaling down, however
+    /// long it stood by.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r15_a_new_leader_waits_a_quiet_period_before_scaling_down() {
+        let rules = scale_core::RulesFile::from_yaml(
+            "rules:\n- name: r\n  when: { duration_above: 1ms }\n  count: 1\n  window: 1s\n  action: { kind: horizontal, target: { kind: Deployment, name: x }, min: 1, max: 5, cooldown: 1s, scale_down_after: 1s }\n",
+        )
+        .unwrap()
+        .rules;
+        let dir = std::env::temp_dir().join(format!("scale-takeover-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let audit = dir.join("audit.jsonl");
+        let _ = std::fs::remove_file(&audit);
+        let orch = DryRun::new(
+            Some(&audit),
+            Scale {
+                replicas: 3,
+                cpu_millis: 100,
+                memory_mib: 128,
+            },
+        )
+        .unwrap();
+        let (listener, _) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_leader(false);
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            rules,
+            orch,
+            metrics.clone(),
+            ServeOptions {
+                tick: Duration::from_millis(50),
+                ..Default::default()
+            },
+            shutdown.clone(),
+        ));
+        // A standby for longer than the quiet period.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(metrics.is_serving(), "a standby is ready too");
+        assert_eq!(std::fs::read_to_string(&audit).unwrap_or_default(), "");
+        metrics.set_leader(true);
+        let took_over = std::time::Instant::now();
+        let deadline = took_over + Duration::from_secs(10);
+        let text = loop {
+            let t = std::fs::read_to_string(&audit).unwrap_or_default();
+            if t.ends_with('\n') || std::time::Instant::now() > deadline {
+                break t;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let waited = took_over.elapsed();
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+        assert!(!metrics.is_serving());
+        let a: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!((a["from"].as_u64(), a["to"].as_u64()), (Some(3), Some(2)));
+        assert_eq!(a["why"]["reason"].as_str(), Some("quiet for 1 s"));
+        assert!(
+            waited >= Duration::from_millis(950),
+            "scaled down {waited:?} after taking over; the quiet period is 1 s"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,6 +1,12 @@
 //! Orchestrators: where plans are carried out. [`Orchestrator`] is the seam; [`DryRun`] is the
 //! embedded default (log and append every action to a JSON-lines audit file, keep the scale it
-//! would have set in memory). The Kubernetes implementation is [`super::kube::Kube`].
+//! would have set, and the planner's history, in memory). The Kubernetes implementation is
+//! [`super::kube::Kube`].
+//!
+//! An orchestrator keeps the planner's [`History`] of each workload with the workload, written
+//! with every change ([`Orchestrator::set_replicas`] and [`Orchestrator::resize`] get the
+//! history to keep if the change is applied) and read back by [`Orchestrator::get`], so that a
+//! restarted daemon or a new leader knows when the workload was last scaled and why.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -10,7 +16,7 @@ use std::path::{Path, PathBuf};
 use scale_core::{Action, Target};
 use serde_json::json;
 
-use super::planner::Scale;
+use super::planner::{History, Scale};
 
 /// Errors of an orchestrator. The actor treats them differently: a [`Conflict`] is re-read and
 /// re-planned at once; [`Unavailable`] keeps the action pending and retries on the next tick;
@@ -82,8 +88,12 @@ pub struct Observed {
     pub scale: Scale,
     /// The HPA or KEDA ScaledObject that controls its replicas, if any.
     pub controlled_by: Option<String>,
-    /// Opaque version for optimistic concurrency (Kubernetes `resourceVersion` of the scale).
+    /// Opaque version for optimistic concurrency (Kubernetes `resourceVersion` of the
+    /// workload).
     pub version: Option<String>,
+    /// The planner's history kept with the workload, if there is one (none yet, or not
+    /// readable: the daemon then goes by what it remembers itself).
+    pub history: Option<History>,
 }
 
 /// Why an action is taken: what the Kubernetes Event, the audit and the logs say.
@@ -128,15 +138,18 @@ pub trait Orchestrator: Send + 'static {
         target: &Target,
         action: &Action,
     ) -> impl Future<Output = Result<Observed, OrchestratorError>> + Send;
-    /// Set the replica count, provided the object is still at `observed.version`.
+    /// Set the replica count, provided the object is still at `observed.version`, and keep
+    /// `history` with the workload (in the same write where the API allows).
     fn set_replicas(
         &mut self,
         target: &Target,
         observed: &Observed,
         to: u32,
         why: &Why,
+        history: &History,
     ) -> impl Future<Output = Result<(), OrchestratorError>> + Send;
-    /// Resize cpu/memory requests of `action.vertical.container`.
+    /// Resize cpu/memory requests of `action.vertical.container`, and keep `history` with the
+    /// workload.
     fn resize(
         &mut self,
         target: &Target,
@@ -144,6 +157,7 @@ pub trait Orchestrator: Send + 'static {
         cpu_millis: u64,
         memory_mib: u64,
         why: &Why,
+        history: &History,
     ) -> impl Future<Output = Result<(), OrchestratorError>> + Send;
     /// Report that an action was refused because another controller owns the workload:
     /// `controller` names it, and `why.reason` says what it controls.
@@ -174,6 +188,7 @@ pub trait Orchestrator: Send + 'static {
 pub struct DryRun {
     audit: Option<(PathBuf, File)>,
     scales: HashMap<Target, Scale>,
+    histories: HashMap<Target, History>,
     initial: Scale,
 }
 
@@ -197,6 +212,7 @@ impl DryRun {
         Ok(Self {
             audit,
             scales: HashMap::new(),
+            histories: HashMap::new(),
             initial,
         })
     }
@@ -235,6 +251,7 @@ impl Orchestrator for DryRun {
             scale,
             controlled_by: None,
             version: None,
+            history: self.histories.get(target).cloned(),
         })
     }
 
@@ -244,6 +261,7 @@ impl Orchestrator for DryRun {
         observed: &Observed,
         to: u32,
         why: &Why,
+        history: &History,
     ) -> Result<(), OrchestratorError> {
         self.record(json!({
             "time_ms": now_ms(), "dry_run": true, "action": "set_replicas",
@@ -253,6 +271,7 @@ impl Orchestrator for DryRun {
             .entry(target.clone())
             .or_insert(self.initial)
             .replicas = to;
+        self.histories.insert(target.clone(), history.clone());
         Ok(())
     }
 
@@ -263,6 +282,7 @@ impl Orchestrator for DryRun {
         cpu_millis: u64,
         memory_mib: u64,
         why: &Why,
+        history: &History,
     ) -> Result<(), OrchestratorError> {
         self.record(json!({
             "time_ms": now_ms(), "dry_run": true, "action": "resize",
@@ -271,6 +291,7 @@ impl Orchestrator for DryRun {
         let s = self.scales.entry(target.clone()).or_insert(self.initial);
         s.cpu_millis = cpu_millis;
         s.memory_mib = memory_mib;
+        self.histories.insert(target.clone(), history.clone());
         Ok(())
     }
 

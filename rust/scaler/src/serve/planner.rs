@@ -19,6 +19,16 @@
 //!    silence, and down-steps are spaced out) — and only if the collectors' reports show healthy
 //!    latency for that whole period ([`Quiet::Healthy`], see [`super::evidence`]): no decision
 //!    is not evidence of calm, and without reports the planner holds ([`Hold::NoEvidence`]).
+//!
+//! # History
+//!
+//! [`History`] is everything the rules above remember: the last scale-up, scale-down and
+//! decision, each a [`Mark`] (time and cause). The daemon keeps it with the workload as a
+//! versioned JSON record ([`History::to_record`], [`History::from_record`]) and merges what it
+//! reads back into what it remembers ([`History::merge`], the later mark of each kind wins), so
+//! that cooldowns and quiet periods hold across restarts and failovers. New kinds of memory
+//! (say, the last report of healthy latency, for scaling down on evidence) are new `Option`
+//! fields: older records read as `None`, and older daemons ignore fields they do not know.
 
 use scale_core::{Action, ActionKind};
 
@@ -51,15 +61,137 @@ pub struct Intent {
     pub at: Nanos,
 }
 
-/// What the planner remembers per target.
+/// A moment in a target's history and what caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    /// When, by the acting daemon's clock.
+    pub at: Nanos,
+    /// Why: the planner's reason for a change (`latency rule checkout-latency`, `quiet for
+    /// 300 s`), the rules behind a decision, or what stood in for one (`daemon started`).
+    pub cause: String,
+}
+
+impl Mark {
+    /// A mark at `at` caused by `cause`.
+    pub fn new(at: Nanos, cause: impl Into<String>) -> Self {
+        Mark {
+            at,
+            cause: cause.into(),
+        }
+    }
+}
+
+/// What the planner remembers per target. The daemon keeps it on the workload too (see
+/// [`History::to_record`]), so that cooldowns and quiet periods survive a restart or a change
+/// of leader; new kinds of memory are new `Option` fields (a record without them reads as
+/// `None`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct History {
     /// Last scale-up (or vertical resize) applied.
-    pub last_up: Option<Nanos>,
+    pub last_up: Option<Mark>,
     /// Last scale-down applied.
-    pub last_down: Option<Nanos>,
-    /// Last decision received.
-    pub last_decision: Option<Nanos>,
+    pub last_down: Option<Mark>,
+    /// Last decision received (or the moment this daemon began acting, which stands for one:
+    /// it does not know what came before).
+    pub last_decision: Option<Mark>,
+}
+
+/// Version of the [`History`] record; see [`History::to_record`].
+pub const HISTORY_RECORD_VERSION: u32 = 1;
+
+/// A [`History`] record that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Not JSON of the record's shape.
+    #[error("not a history record: {0}")]
+    Json(#[source] serde_json::Error),
+    /// Written by a newer daemon whose fields mean something this one does not know.
+    #[error("history record version {0} is newer than this daemon's ({HISTORY_RECORD_VERSION})")]
+    Version(u32),
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MarkRecord {
+    at: k8s_openapi::jiff::Timestamp,
+    cause: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HistoryRecord {
+    v: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_up: Option<MarkRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_down: Option<MarkRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_decision: Option<MarkRecord>,
+}
+
+fn later(a: &mut Option<Mark>, b: &Option<Mark>) {
+    if let Some(b) = b {
+        if a.as_ref().is_none_or(|a| b.at > a.at) {
+            *a = Some(b.clone());
+        }
+    }
+}
+
+impl History {
+    /// Take the later of each mark of `self` and `other` (a history read back from the workload
+    /// merged into the one in memory: whichever daemon acted last is right, and a record
+    /// that lags behind, or was removed, never makes this daemon forget).
+    pub fn merge(&mut self, other: &History) {
+        later(&mut self.last_up, &other.last_up);
+        later(&mut self.last_down, &other.last_down);
+        later(&mut self.last_decision, &other.last_decision);
+    }
+
+    /// Count `mark` as a decision if it is later than the last one: a daemon that starts, or
+    /// takes over the Lease, does not know which decisions came before, so it treats that
+    /// moment as the last decision (no scale-down before a full quiet period).
+    pub fn decided(&mut self, mark: Mark) {
+        later(&mut self.last_decision, &Some(mark));
+    }
+
+    /// The history as kept on the workload: JSON with a version `v` and, per mark, `at`
+    /// (RFC 3339, UTC, to the nanosecond) and `cause`, e.g.
+    /// `{"v":1,"last_up":{"at":"2026-11-27T10:00:00.25Z","cause":"latency rule checkout-latency"}}`.
+    /// Fields are only ever added (readers ignore what they do not know and read a missing mark
+    /// as none); `v` is raised only when an existing field changes meaning.
+    pub fn to_record(&self) -> String {
+        let mark = |m: &Option<Mark>| {
+            m.as_ref().map(|m| MarkRecord {
+                at: k8s_openapi::jiff::Timestamp::from_nanosecond(m.at as i128)
+                    .unwrap_or(k8s_openapi::jiff::Timestamp::MAX),
+                cause: m.cause.clone(),
+            })
+        };
+        let r = HistoryRecord {
+            v: HISTORY_RECORD_VERSION,
+            last_up: mark(&self.last_up),
+            last_down: mark(&self.last_down),
+            last_decision: mark(&self.last_decision),
+        };
+        serde_json::to_string(&r).expect("a history record serializes")
+    }
+
+    /// Read a record written by [`History::to_record`] (this version or an older one).
+    pub fn from_record(text: &str) -> Result<History, RecordError> {
+        let r: HistoryRecord = serde_json::from_str(text).map_err(RecordError::Json)?;
+        if r.v > HISTORY_RECORD_VERSION {
+            return Err(RecordError::Version(r.v));
+        }
+        let mark = |m: Option<MarkRecord>| {
+            m.map(|m| Mark {
+                at: u64::try_from(m.at.as_nanosecond()).unwrap_or(0),
+                cause: m.cause,
+            })
+        };
+        Ok(History {
+            last_up: mark(r.last_up),
+            last_down: mark(r.last_down),
+            last_decision: mark(r.last_decision),
+        })
+    }
 }
 
 /// Why nothing happens.
@@ -126,8 +258,11 @@ pub fn plan(
     now: Nanos,
 ) -> (Plan, History) {
     let mut next = history.clone();
+    let mut rules: Vec<&str> = intents.iter().map(|i| i.rule.as_str()).collect();
+    rules.sort_unstable();
+    rules.dedup();
     if let Some(last) = intents.iter().map(|i| i.at).max() {
-        next.last_decision = Some(next.last_decision.map_or(last, |p| p.max(last)));
+        next.decided(Mark::new(last, rules.join(", ")));
     }
     let cooldown = (action.cooldown_ms * MS as f64) as u64;
     let quiet = (action.scale_down_after_ms * MS as f64) as u64;
@@ -143,8 +278,8 @@ pub fn plan(
                 );
             }
         }
-        if let Some(last) = history.last_up {
-            let since = now.saturating_sub(last);
+        if let Some(last) = &history.last_up {
+            let since = now.saturating_sub(last.at);
             if since < cooldown {
                 return (
                     Plan::Hold(Hold::Cooldown {
@@ -154,9 +289,6 @@ pub fn plan(
                 );
             }
         }
-        let mut rules: Vec<&str> = intents.iter().map(|i| i.rule.as_str()).collect();
-        rules.sort_unstable();
-        rules.dedup();
         let reason = format!(
             "latency rule{} {}",
             if rules.len() == 1 { "" } else { "s" },
@@ -171,7 +303,7 @@ pub fn plan(
             if cpu <= current.cpu_millis && mem <= current.memory_mib {
                 return (Plan::Hold(Hold::AtMax), next);
             }
-            next.last_up = Some(now);
+            next.last_up = Some(Mark::new(now, reason.clone()));
             return (
                 Plan::Resize {
                     cpu_millis: cpu.max(current.cpu_millis),
@@ -189,7 +321,7 @@ pub fn plan(
             .saturating_add(action.step)
             .min(action.max)
             .max(action.min);
-        next.last_up = Some(now);
+        next.last_up = Some(Mark::new(now, reason.clone()));
         return (
             Plan::Replicas {
                 from: current.replicas,
@@ -215,11 +347,12 @@ pub fn plan(
     }
     let since_decision = history
         .last_decision
-        .map_or(u64::MAX, |t| now.saturating_sub(t));
-    let since_change = [history.last_up, history.last_down]
+        .as_ref()
+        .map_or(u64::MAX, |t| now.saturating_sub(t.at));
+    let since_change = [&history.last_up, &history.last_down]
         .into_iter()
         .flatten()
-        .map(|t| now.saturating_sub(t))
+        .map(|t| now.saturating_sub(t.at))
         .min()
         .unwrap_or(u64::MAX);
     if since_decision < quiet || since_change < quiet {
@@ -230,11 +363,11 @@ pub fn plan(
         other => return (Plan::Hold(Hold::NoEvidence(other.clone())), next),
     };
     let to = current.replicas.saturating_sub(action.step).max(action.min);
-    next.last_down = Some(now);
     let mut reason = format!("quiet for {} s", quiet / 1_000 / MS);
     if !summary.is_empty() {
         reason.push_str(&format!(", latency healthy ({summary})"));
     }
+    next.last_down = Some(Mark::new(now, reason.clone()));
     (
         Plan::Replicas {
             from: current.replicas,
@@ -300,8 +433,8 @@ mod tests {
                 reason: "latency rule r".into()
             }
         );
-        assert_eq!(h.last_up, Some(100 * S));
-        assert_eq!(h.last_decision, Some(12));
+        assert_eq!(h.last_up, Some(Mark::new(100 * S, "latency rule r")));
+        assert_eq!(h.last_decision, Some(Mark::new(12, "r")));
     }
 
     #[test]
@@ -400,8 +533,8 @@ mod tests {
     fn scale_down_after_quiet_never_below_min() {
         let a = action("");
         let h = History {
-            last_up: Some(100 * S),
-            last_decision: Some(100 * S),
+            last_up: Some(Mark::new(100 * S, "latency rule r")),
+            last_decision: Some(Mark::new(100 * S, "r")),
             last_down: None,
         };
         let (p, _) = plan(&[], replicas(4), &a, None, &h, &ok(), 399 * S);
@@ -495,5 +628,114 @@ mod tests {
         };
         let (p, _) = plan(&[v], cur, &a, None, &h, &ok(), 240 * S);
         assert_eq!(p, Plan::Hold(Hold::AtMax));
+    }
+
+    #[test]
+    fn history_record_round_trips_and_is_versioned() {
+        let h = History {
+            last_up: Some(Mark::new(
+                1_764_237_600_123_456_789,
+                "latency rule checkout-latency",
+            )),
+            last_down: Some(Mark::new(1_764_237_000_000_000_000, "quiet for 300 s")),
+            last_decision: Some(Mark::new(1_764_237_601_000_000_001, "checkout-latency")),
+        };
+        let text = h.to_record();
+        assert!(
+            text.starts_with(r#"{"v":1,"last_up":{"at":"2025-11-27T10:00:00.123456789Z","#),
+            "{text}"
+        );
+        assert_eq!(History::from_record(&text).unwrap(), h);
+        assert_eq!(
+            History::from_record(&History::default().to_record()).unwrap(),
+            History::default()
+        );
+        // Fields a newer daemon added are ignored; missing marks are none.
+        let newer = r#"{"v":1,"last_up":{"at":"2025-11-27T10:00:00Z","cause":"x","by":"scale-b"},"evidence":{}}"#;
+        assert_eq!(
+            History::from_record(newer).unwrap(),
+            History {
+                last_up: Some(Mark::new(1_764_237_600_000_000_000, "x")),
+                ..Default::default()
+            }
+        );
+        assert!(matches!(
+            History::from_record(r#"{"v":2}"#),
+            Err(RecordError::Version(2))
+        ));
+        assert!(matches!(
+            History::from_record("3 replicas"),
+            Err(RecordError::Json(_))
+        ));
+        assert!(matches!(
+            History::from_record(r#"{"v":1,"last_up":{"at":"yesterday","cause":""}}"#),
+            Err(RecordError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn merge_keeps_the_later_mark_of_each_kind() {
+        let mut mem = History {
+            last_up: Some(Mark::new(10, "a")),
+            last_down: None,
+            last_decision: Some(Mark::new(30, "a")),
+        };
+        let read = History {
+            last_up: Some(Mark::new(20, "b")),
+            last_down: Some(Mark::new(5, "quiet")),
+            last_decision: Some(Mark::new(25, "b")),
+        };
+        mem.merge(&read);
+        assert_eq!(
+            mem,
+            History {
+                last_up: Some(Mark::new(20, "b")),
+                last_down: Some(Mark::new(5, "quiet")),
+                last_decision: Some(Mark::new(30, "a")),
+            }
+        );
+        // An empty record (removed annotation) forgets nothing.
+        let before = mem.clone();
+        mem.merge(&History::default());
+        assert_eq!(mem, before);
+        mem.decided(Mark::new(29, "daemon started"));
+        assert_eq!(mem.last_decision, Some(Mark::new(30, "a")));
+        mem.decided(Mark::new(31, "daemon started"));
+        assert_eq!(mem.last_decision, Some(Mark::new(31, "daemon started")));
+    }
+
+    /// Issue 15: a daemon that restarts (or takes over) with the history read back from the
+    /// workload neither scales up again within the cooldown nor down before a quiet period.
+    #[test]
+    fn r15_a_history_read_back_holds_cooldown_and_quiet_period() {
+        let a = action("");
+        let (_, written) = plan(
+            &[up(100 * S)],
+            replicas(2),
+            &a,
+            None,
+            &History::default(),
+            100 * S,
+        );
+        let read = History::from_record(&written.to_record()).unwrap();
+        // A new process at 130 s: its start stands for the last decision.
+        let mut h = History::default();
+        h.decided(Mark::new(130 * S, "daemon started"));
+        h.merge(&read);
+        let (p, _) = plan(&[up(131 * S)], replicas(3), &a, None, &h, 131 * S);
+        assert_eq!(
+            p,
+            Plan::Hold(Hold::Cooldown {
+                remaining_ms: 29_000
+            })
+        );
+        let (p, _) = plan(&[up(160 * S)], replicas(3), &a, None, &h, 160 * S);
+        assert!(matches!(p, Plan::Replicas { from: 3, to: 4, .. }), "{p:?}");
+        // No decisions after the restart: down only a quiet period after the start, not after
+        // the scale-up (which was longer ago).
+        let (p, _) = plan(&[], replicas(3), &a, None, &h, 429 * S);
+        assert_eq!(p, Plan::Hold(Hold::Idle));
+        let (p, _) = plan(&[], replicas(3), &a, None, &h, 430 * S);
+        assert!(matches!(p, Plan::Replicas { from: 3, to: 2, .. }), "{p:?}");
     }
 }

@@ -153,6 +153,16 @@ pub struct Daemon {
 impl Daemon {
     /// Start `scale serve --orchestrator kubernetes` with the daemon's own kubeconfig and `rules`.
     pub fn start(cluster: &Cluster, rules: &str, extra: &[&str]) -> Daemon {
+        Self::start_with_env(cluster, rules, extra, &[])
+    }
+
+    /// [`Daemon::start`] with environment variables (`POD_NAME`, `POD_NAMESPACE`, …).
+    pub fn start_with_env(
+        cluster: &Cluster,
+        rules: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let otlp = free_addr();
         let http = free_addr();
         let dir = cluster.dir().join(format!("daemon-{}", otlp.port()));
@@ -171,6 +181,9 @@ impl Daemon {
             .arg("--metrics-listen")
             .arg(http.to_string())
             .args(extra)
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .envs(env.iter().copied())
             .env("SCALE_LOG", "info,kube=warn,tower=warn,hyper=warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -266,14 +279,29 @@ fn kv(k: &str, v: any_value::Value) -> KeyValue {
     }
 }
 
-/// An export request with one span carrying a `scale.decision` event for `rule`.
+/// The wall clock, ns since the Unix epoch.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// An export request with one span carrying a `scale.decision` event for `rule`, whose window
+/// completed just now.
 pub fn decision(rule: &str, trace_byte: u8) -> ExportTraceServiceRequest {
+    decision_at(rule, trace_byte, now_ns())
+}
+
+/// [`decision`] for a window that completed at `window_end_ns` (the event's time).
+pub fn decision_at(rule: &str, trace_byte: u8, window_end_ns: u64) -> ExportTraceServiceRequest {
     let span = Span {
         trace_id: vec![trace_byte; 16],
         span_id: vec![1; 8],
         name: "PlaceOrder".into(),
         events: vec![SpanEvent {
             name: "scale.decision".into(),
+            time_unix_nano: window_end_ns,
             attributes: vec![
                 kv("scale.rule", any_value::Value::StringValue(rule.into())),
                 kv(
@@ -373,8 +401,20 @@ pub fn healthy_reports(
 
 /// Send one decision for `rule` to the daemon at `addr`.
 pub async fn send(addr: SocketAddr, rule: &str, trace_byte: u8) -> Result<(), tonic::Status> {
+    send_at(addr, rule, trace_byte, now_ns()).await
+}
+
+/// Send one decision for `rule` whose window completed at `window_end_ns`.
+pub async fn send_at(
+    addr: SocketAddr,
+    rule: &str,
+    trace_byte: u8,
+    window_end_ns: u64,
+) -> Result<(), tonic::Status> {
     let mut c = TraceServiceClient::connect(format!("http://{addr}"))
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    c.export(decision(rule, trace_byte)).await.map(|_| ())
+    c.export(decision_at(rule, trace_byte, window_end_ns))
+        .await
+        .map(|_| ())
 }
