@@ -732,9 +732,41 @@ mod tests {
             },
         )
         .unwrap();
-        let (listener, _) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let metrics = Arc::new(Metrics::new());
         metrics.set_leader(false);
+        // Healthy evidence reports all along (a scale-down needs them).
+        let reporter = tokio::spawn(async move {
+            loop {
+                if let Ok(mut c) = TraceServiceClient::connect(format!("http://{addr}")).await {
+                    let span = Span {
+                        trace_id: vec![7; 16],
+                        span_id: vec![1; 8],
+                        name: intake::REPORT_SPAN.into(),
+                        start_time_unix_nano: now_ns() - 100_000_000,
+                        end_time_unix_nano: now_ns(),
+                        attributes: vec![
+                            kv("scale.rule", any_value::Value::StringValue("r".into())),
+                            kv(intake::REPORT_MATCHED, any_value::Value::IntValue(10)),
+                            kv(intake::REPORT_BREACHES, any_value::Value::IntValue(0)),
+                        ],
+                        ..Default::default()
+                    };
+                    let _ = c
+                        .export(ExportTraceServiceRequest {
+                            resource_spans: vec![ResourceSpans {
+                                scope_spans: vec![ScopeSpans {
+                                    spans: vec![span],
+                                    ..Default::default()
+                                }],
+                                ..Default::default()
+                            }],
+                        })
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(
             listener,
@@ -762,12 +794,18 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         let waited = took_over.elapsed();
+        reporter.abort();
         shutdown.cancel();
         server.await.unwrap().unwrap();
         assert!(!metrics.is_serving());
         let a: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!((a["from"].as_u64(), a["to"].as_u64()), (Some(3), Some(2)));
-        assert_eq!(a["why"]["reason"].as_str(), Some("quiet for 1 s"));
+        assert!(
+            a["why"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("quiet for 1 s, latency healthy (r: ")),
+            "{a}"
+        );
         assert!(
             waited >= Duration::from_millis(950),
             "scaled down {waited:?} after taking over; the quiet period is 1 s"

@@ -554,8 +554,8 @@ mod tests {
     fn no_scale_down_without_evidence_of_healthy_latency() {
         let a = action("");
         let h = History {
-            last_up: Some(100 * S),
-            last_decision: Some(100 * S),
+            last_up: Some(Mark::new(100 * S, "latency rule r")),
+            last_decision: Some(Mark::new(100 * S, "r")),
             last_down: None,
         };
         for q in [
@@ -715,6 +715,7 @@ mod tests {
             &a,
             None,
             &History::default(),
+            &ok(),
             100 * S,
         );
         let read = History::from_record(&written.to_record()).unwrap();
@@ -722,20 +723,20 @@ mod tests {
         let mut h = History::default();
         h.decided(Mark::new(130 * S, "daemon started"));
         h.merge(&read);
-        let (p, _) = plan(&[up(131 * S)], replicas(3), &a, None, &h, 131 * S);
+        let (p, _) = plan(&[up(131 * S)], replicas(3), &a, None, &h, &ok(), 131 * S);
         assert_eq!(
             p,
             Plan::Hold(Hold::Cooldown {
                 remaining_ms: 29_000
             })
         );
-        let (p, _) = plan(&[up(160 * S)], replicas(3), &a, None, &h, 160 * S);
+        let (p, _) = plan(&[up(160 * S)], replicas(3), &a, None, &h, &ok(), 160 * S);
         assert!(matches!(p, Plan::Replicas { from: 3, to: 4, .. }), "{p:?}");
         // No decisions after the restart: down only a quiet period after the start, not after
         // the scale-up (which was longer ago).
-        let (p, _) = plan(&[], replicas(3), &a, None, &h, 429 * S);
+        let (p, _) = plan(&[], replicas(3), &a, None, &h, &ok(), 429 * S);
         assert_eq!(p, Plan::Hold(Hold::Idle));
-        let (p, _) = plan(&[], replicas(3), &a, None, &h, 430 * S);
+        let (p, _) = plan(&[], replicas(3), &a, None, &h, &ok(), 430 * S);
         assert!(matches!(p, Plan::Replicas { from: 3, to: 2, .. }), "{p:?}");
     }
 }
