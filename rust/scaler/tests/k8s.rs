@@ -1544,15 +1544,29 @@ async fn a_vpa_crd_installed_later_is_noticed_after_the_recheck_interval() {
     .remove(0);
     let (target, action) = (rule.action.target.clone(), rule.action);
     // No CRD: no VPA, the resize goes ahead (and the 404 is remembered).
-    kube.resize(&target, &action, 200, 256, &Why::default())
-        .await
-        .unwrap();
+    kube.resize(
+        &target,
+        &action,
+        200,
+        256,
+        &Why::default(),
+        &History::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(pod_requests(&admin, "checkout-1").await.0, "200m");
     install_vpa_crd(&admin).await;
     vpa(&admin, "checkout", "checkout", Some("Auto")).await;
     tokio::time::sleep(recheck + Duration::from_millis(200)).await;
     match kube
-        .resize(&target, &action, 400, 512, &Why::default())
+        .resize(
+            &target,
+            &action,
+            400,
+            512,
+            &Why::default(),
+            &History::default(),
+        )
         .await
     {
         Err(OrchestratorError::Controlled(by)) => assert!(
