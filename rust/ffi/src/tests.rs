@@ -202,6 +202,27 @@ fn restore(yaml: &str, snap: &[u8]) -> (scale_status, *mut scale_engine, String)
     (st, out, String::from_utf8(msg).unwrap())
 }
 
+/// A zeroed `scale_rule_report` for output arrays.
+fn blank_report() -> scale_rule_report {
+    scale_rule_report {
+        rule_index: 0,
+        count: 0,
+        in_window: 0,
+        service_offset: 0,
+        service_len: 0,
+        since_ns: 0,
+        until_ns: 0,
+        matched: 0,
+        breaches: 0,
+        window_ms: 0.0,
+        threshold_ms: 0.0,
+        p50_ms: 0.0,
+        p90_ms: 0.0,
+        p99_ms: 0.0,
+        max_ms: 0.0,
+    }
+}
+
 const SMALL: &str = "sampler: { window_size: 20, train_size: 50 }";
 
 /// Every export on a handle, with valid other arguments; returns each status.
@@ -315,23 +336,7 @@ fn one_call(e: *mut scale_engine, i: usize) -> (&'static str, scale_status) {
                 ),
             ),
             10 => {
-                let mut reports = [scale_rule_report {
-                    rule_index: 0,
-                    count: 0,
-                    in_window: 0,
-                    service_offset: 0,
-                    service_len: 0,
-                    since_ns: 0,
-                    until_ns: 0,
-                    matched: 0,
-                    breaches: 0,
-                    window_ms: 0.0,
-                    threshold_ms: 0.0,
-                    p50_ms: 0.0,
-                    p90_ms: 0.0,
-                    p99_ms: 0.0,
-                    max_ms: 0.0,
-                }; 4];
+                let mut reports = [blank_report(); 4];
                 let mut nl = 0usize;
                 (
                     "rule_reports",
@@ -1162,23 +1167,7 @@ rules:
     let e = new(per_service);
     let (a, svc) = (intern(&e, "a", "op"), intern(&e, "checkout", "op"));
     process(&e, T0 + SEC, &[(a, 20.0), (a, 500.0), (svc, 30.0)]);
-    let blank = scale_rule_report {
-        rule_index: 0,
-        count: 0,
-        in_window: 0,
-        service_offset: 0,
-        service_len: 0,
-        since_ns: 0,
-        until_ns: 0,
-        matched: 0,
-        breaches: 0,
-        window_ms: 0.0,
-        threshold_ms: 0.0,
-        p50_ms: 0.0,
-        p90_ms: 0.0,
-        p99_ms: 0.0,
-        max_ms: 0.0,
-    };
+    let blank = blank_report();
     let mut reports = [blank; 8];
     let mut names = [0u8; 64];
     let (mut n, mut nl) = (0usize, 0usize);
