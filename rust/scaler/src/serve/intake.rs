@@ -29,7 +29,6 @@
 //! largest decoded message is [`MAX_MESSAGE_BYTES`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -47,6 +46,7 @@ use tonic::{Request, Response, Status};
 
 use super::evidence::EvidenceStore;
 use super::metrics::Metrics;
+use super::throttle::LogLimiter;
 
 /// Largest accepted (decoded) OTLP message.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -81,45 +81,7 @@ pub const REPORT_MAX_MS: &str = "scale.report.max_ms";
 pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(5);
 
 /// Refusals of stale decisions are logged at most this often (each one is counted).
-pub const STALE_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// Lets a log line through at most once per period and counts the ones held back, so a flood
-/// of one kind of event (say, a backlog of stale decisions replayed by an exporter) is one
-/// line per period. Time comes from the caller.
-#[derive(Debug)]
-pub struct LogLimiter {
-    every_ns: u64,
-    /// When a line was last let through, ns since the epoch, plus one (0: never).
-    last: AtomicU64,
-    held: AtomicU64,
-}
-
-impl LogLimiter {
-    /// At most one line per `every`.
-    pub const fn new(every: Duration) -> Self {
-        LogLimiter {
-            every_ns: every.as_nanos() as u64,
-            last: AtomicU64::new(0),
-            held: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(lines held back since the last one)` if a line may be logged at `now_ns`.
-    pub fn allow(&self, now_ns: u64) -> Option<u64> {
-        let last = self.last.load(Ordering::Relaxed);
-        let due = last == 0 || now_ns.saturating_sub(last - 1) >= self.every_ns;
-        if due
-            && self
-                .last
-                .compare_exchange(last, now_ns + 1, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            return Some(self.held.swap(0, Ordering::Relaxed));
-        }
-        self.held.fetch_add(1, Ordering::Relaxed);
-        None
-    }
-}
+pub const STALE_LOG_EVERY: Duration = super::throttle::REPORT_EVERY;
 
 /// A decision as received.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,9 +114,9 @@ pub struct Intake {
     tx: mpsc::Sender<Received>,
     metrics: Arc<Metrics>,
     token: Option<Arc<str>>,
-    evidence: Option<Arc<EvidenceStore>>,
     stale_log: LogLimiter,
     skew_log: LogLimiter,
+    evidence: Option<Arc<EvidenceStore>>,
 }
 
 impl Intake {
@@ -165,9 +127,9 @@ impl Intake {
             tx,
             metrics,
             token: None,
-            evidence: None,
             stale_log: LogLimiter::new(STALE_LOG_EVERY),
             skew_log: LogLimiter::new(STALE_LOG_EVERY),
+            evidence: None,
         }
     }
 
@@ -579,18 +541,5 @@ mod tests {
         );
         assert_eq!(m.decisions_refused_count("malformed"), 1);
         assert_eq!(m.decisions_refused_count("stale"), 0);
-    }
-
-    #[test]
-    fn the_log_limiter_lets_one_line_through_per_period_and_counts_the_rest() {
-        let l = LogLimiter::new(Duration::from_secs(10));
-        assert_eq!(l.allow(NOW), Some(0));
-        assert_eq!(l.allow(NOW + S), None);
-        assert_eq!(l.allow(NOW + 9 * S), None);
-        assert_eq!(l.allow(NOW + 10 * S), Some(2));
-        assert_eq!(l.allow(NOW + 11 * S), None);
-        assert_eq!(l.allow(NOW + 25 * S), Some(1));
-        // Time 0 is a valid first time too.
-        assert_eq!(LogLimiter::new(Duration::from_secs(1)).allow(0), Some(0));
     }
 }

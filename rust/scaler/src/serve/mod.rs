@@ -711,14 +711,17 @@ mod tests {
 
     /// Issue 15: a replica that takes over the Lease does not know which decisions the old
     /// leader had; it waits a full quiet period from the takeover before scaling down, however
-    /// long it stood by.
+    /// long it stood by — even with reports of healthy latency all along (the actor is driven
+    /// directly, so that the evidence can reach it while it stands by).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn r15_a_new_leader_waits_a_quiet_period_before_scaling_down() {
-        let rules = scale_core::RulesFile::from_yaml(
-            "rules:\n- name: r\n  when: { duration_above: 1ms }\n  count: 1\n  window: 1s\n  action: { kind: horizontal, target: { kind: Deployment, name: x }, min: 1, max: 5, cooldown: 1s, scale_down_after: 1s }\n",
-        )
-        .unwrap()
-        .rules;
+        let rules = Arc::new(
+            scale_core::RulesFile::from_yaml(
+                "rules:\n- name: r\n  when: { duration_above: 1ms }\n  count: 5\n  window: 1s\n  action: { kind: horizontal, target: { kind: Deployment, name: x }, min: 1, max: 5, cooldown: 1s, scale_down_after: 1s }\n",
+            )
+            .unwrap()
+            .rules,
+        );
         let dir = std::env::temp_dir().join(format!("scale-takeover-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let audit = dir.join("audit.jsonl");
@@ -732,56 +735,50 @@ mod tests {
             },
         )
         .unwrap();
-        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let metrics = Arc::new(Metrics::new());
         metrics.set_leader(false);
-        // Healthy evidence reports all along (a scale-down needs them).
-        let reporter = tokio::spawn(async move {
-            loop {
-                if let Ok(mut c) = TraceServiceClient::connect(format!("http://{addr}")).await {
-                    let span = Span {
-                        trace_id: vec![7; 16],
-                        span_id: vec![1; 8],
-                        name: intake::REPORT_SPAN.into(),
-                        start_time_unix_nano: now_ns() - 100_000_000,
-                        end_time_unix_nano: now_ns(),
-                        attributes: vec![
-                            kv("scale.rule", any_value::Value::StringValue("r".into())),
-                            kv(intake::REPORT_MATCHED, any_value::Value::IntValue(10)),
-                            kv(intake::REPORT_BREACHES, any_value::Value::IntValue(0)),
-                        ],
-                        ..Default::default()
-                    };
-                    let _ = c
-                        .export(ExportTraceServiceRequest {
-                            resource_spans: vec![ResourceSpans {
-                                scope_spans: vec![ScopeSpans {
-                                    spans: vec![span],
-                                    ..Default::default()
-                                }],
-                                ..Default::default()
-                            }],
-                        })
-                        .await;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
+        let store = Arc::new(EvidenceStore::new(Duration::from_secs(30)));
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
+        // Healthy reports every 100 ms from the start: evidence never holds the scale-down.
+        let reports = {
+            let (store, rule, shutdown) = (store.clone(), rules[0].clone(), shutdown.clone());
+            tokio::spawn(async move {
+                while !shutdown.is_cancelled() {
+                    let until = now_ns();
+                    let r = scale_core::RuleReport {
+                        rule_index: 0,
+                        rule: rule.name.clone(),
+                        service: None,
+                        since_ns: until - 100_000_000,
+                        until_ns: until,
+                        matched: 50,
+                        breaches: 0,
+                        in_window: 0,
+                        count: rule.count,
+                        window_ms: rule.window_ms,
+                        threshold_ms: rule.duration_above_ms,
+                        p50_ms: Some(0.5),
+                        p90_ms: Some(0.8),
+                        p99_ms: Some(0.9),
+                        max_ms: Some(0.95),
+                    };
+                    store.record(rule.action.target.clone(), 0, &r, std::time::Instant::now());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        let (_tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let actor = tokio::spawn(run_actor(
             rules,
             orch,
+            rx,
             metrics.clone(),
-            ServeOptions {
-                tick: Duration::from_millis(50),
-                ..Default::default()
-            },
+            store,
+            Duration::from_millis(50),
             shutdown.clone(),
         ));
         // A standby for longer than the quiet period.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert!(metrics.is_serving(), "a standby is ready too");
         assert_eq!(std::fs::read_to_string(&audit).unwrap_or_default(), "");
         metrics.set_leader(true);
         let took_over = std::time::Instant::now();
@@ -794,16 +791,21 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         let waited = took_over.elapsed();
-        reporter.abort();
         shutdown.cancel();
-        server.await.unwrap().unwrap();
-        assert!(!metrics.is_serving());
-        let a: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        actor.await.unwrap();
+        reports.await.unwrap();
+        let a: serde_json::Value = serde_json::from_str(
+            text.lines()
+                .next()
+                .expect("a scale-down after the takeover"),
+        )
+        .unwrap();
         assert_eq!((a["from"].as_u64(), a["to"].as_u64()), (Some(3), Some(2)));
         assert!(
             a["why"]["reason"]
                 .as_str()
-                .is_some_and(|r| r.starts_with("quiet for 1 s, latency healthy (r: ")),
+                .unwrap()
+                .starts_with("quiet for 1 s, latency healthy"),
             "{a}"
         );
         assert!(
@@ -811,5 +813,46 @@ mod tests {
             "scaled down {waited:?} after taking over; the quiet period is 1 s"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `/readyz` follows `serve`: ready while it runs, whether or not this replica leads.
+    #[tokio::test]
+    async fn a_standby_is_ready_while_it_serves() {
+        let rules = scale_core::RulesFile::from_yaml(
+            "rules:\n- name: r\n  when: { duration_above: 1ms }\n  count: 1\n  window: 1s\n  action: { kind: horizontal, target: { kind: Deployment, name: x }, max: 4 }\n",
+        )
+        .unwrap()
+        .rules;
+        let orch = DryRun::new(
+            None,
+            Scale {
+                replicas: 1,
+                cpu_millis: 100,
+                memory_mib: 128,
+            },
+        )
+        .unwrap();
+        let (listener, _) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_leader(false);
+        assert!(!metrics.is_serving());
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            rules,
+            orch,
+            metrics.clone(),
+            ServeOptions::default(),
+            shutdown.clone(),
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !metrics.is_serving() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(metrics.is_serving(), "a standby is ready");
+        assert!(!metrics.is_leader());
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+        assert!(!metrics.is_serving(), "not ready once stopped");
     }
 }

@@ -1,4 +1,5 @@
-//! Logging a failing Kubernetes API at a sane rate.
+//! Logging at a sane rate: a failing Kubernetes API ([`ApiFailures`]), and any one kind of
+//! event that can come in floods ([`LogLimiter`], e.g. stale decisions replayed by an exporter).
 //!
 //! While the API server is unreachable every call fails, and the daemon makes several each tick
 //! (the scale of every target, the Lease, Events). Logging each failure would print an ERROR
@@ -28,6 +29,7 @@
 //! ```
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// At most one line per kind of failure this often.
@@ -126,6 +128,44 @@ impl ApiFailures {
     }
 }
 
+/// Lets a log line through at most once per period and counts the ones held back, so a flood
+/// of one kind of event (say, a backlog of stale decisions replayed by an exporter) is one
+/// line per period. Time comes from the caller.
+#[derive(Debug)]
+pub struct LogLimiter {
+    every_ns: u64,
+    /// When a line was last let through, ns since the epoch, plus one (0: never).
+    last: AtomicU64,
+    held: AtomicU64,
+}
+
+impl LogLimiter {
+    /// At most one line per `every`.
+    pub const fn new(every: Duration) -> Self {
+        LogLimiter {
+            every_ns: every.as_nanos() as u64,
+            last: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` if a line may be logged at `now_ns`.
+    pub fn allow(&self, now_ns: u64) -> Option<u64> {
+        let last = self.last.load(Ordering::Relaxed);
+        let due = last == 0 || now_ns.saturating_sub(last - 1) >= self.every_ns;
+        if due
+            && self
+                .last
+                .compare_exchange(last, now_ns + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::Relaxed));
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +233,20 @@ mod tests {
                 failing_for: Duration::ZERO
             })
         );
+    }
+
+    #[test]
+    fn the_log_limiter_lets_one_line_through_per_period_and_counts_the_rest() {
+        const SEC: u64 = 1_000_000_000;
+        const T0: u64 = 1_764_237_600 * SEC;
+        let l = LogLimiter::new(Duration::from_secs(10));
+        assert_eq!(l.allow(T0), Some(0));
+        assert_eq!(l.allow(T0 + SEC), None);
+        assert_eq!(l.allow(T0 + 9 * SEC), None);
+        assert_eq!(l.allow(T0 + 10 * SEC), Some(2));
+        assert_eq!(l.allow(T0 + 11 * SEC), None);
+        assert_eq!(l.allow(T0 + 25 * SEC), Some(1));
+        // Time 0 is a valid first time too.
+        assert_eq!(LogLimiter::new(Duration::from_secs(1)).allow(0), Some(0));
     }
 }
