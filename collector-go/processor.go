@@ -216,11 +216,11 @@ func (p *scaleProcessor) start(_ context.Context, _ component.Host) error {
 	p.running.Store(run)
 	if p.cfg.SnapshotPath != "" && p.cfg.SnapshotInterval > 0 {
 		p.stopSnap, p.snapDone = make(chan struct{}), make(chan struct{})
-		go p.snapshotLoop(p.cfg.SnapshotInterval, p.stopSnap, p.snapDone)
+		go tickLoop(p.cfg.SnapshotInterval, p.stopSnap, p.snapDone, func() { _ = p.writeSnapshot(context.Background()) })
 	}
 	if p.cfg.ReportInterval > 0 && len(run.rules) > 0 {
 		p.stopReport, p.reportDone = make(chan struct{}), make(chan struct{})
-		go p.reportLoop(p.cfg.ReportInterval, p.stopReport, p.reportDone)
+		go tickLoop(p.cfg.ReportInterval, p.stopReport, p.reportDone, func() { _ = p.sendReports(context.Background()) })
 	}
 	return nil
 }
@@ -256,7 +256,9 @@ func (p *scaleProcessor) newRunning() (*running, error) {
 	return &running{eng: eng, rules: rules, keys: newKeyCache(p.cfg.Keys.MaxKeys)}, nil
 }
 
-func (p *scaleProcessor) snapshotLoop(every time.Duration, stop <-chan struct{}, done chan<- struct{}) {
+// tickLoop calls f every `every` until stop is closed, then closes done (the periodic
+// snapshots and the rules' evidence reports).
+func tickLoop(every time.Duration, stop <-chan struct{}, done chan<- struct{}, f func()) {
 	defer close(done)
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -265,7 +267,7 @@ func (p *scaleProcessor) snapshotLoop(every time.Duration, stop <-chan struct{},
 		case <-stop:
 			return
 		case <-t.C:
-			_ = p.writeSnapshot(context.Background())
+			f()
 		}
 	}
 }

@@ -41,21 +41,6 @@ const (
 	AttrCollector = "service.instance.id"
 )
 
-// reportLoop sends the rules' evidence every `every` until stop is closed.
-func (p *scaleProcessor) reportLoop(every time.Duration, stop <-chan struct{}, done chan<- struct{}) {
-	defer close(done)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-			_ = p.sendReports(context.Background())
-		}
-	}
-}
-
 // sendReports drains the engine's rule reports and sends them to the next consumer as one
 // batch of `scale.report` spans. Errors are counted and logged at most every logEvery; the
 // next interval's report covers the time since the last one that was drained.
