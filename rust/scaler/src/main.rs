@@ -80,7 +80,7 @@ struct ServeArgs {
     /// Dry run: replica count workloads are assumed to start at.
     #[arg(long, default_value_t = 1)]
     initial_replicas: u32,
-    /// Address of the HTTP server for /metrics, /healthz and /readyz ("off" to disable).
+    /// Address of the HTTP server for /metrics, /healthz, /readyz and /evidence ("off" to disable).
     #[arg(long, env = "SCALE_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     metrics_listen: String,
     /// How often targets are reconsidered without news (scale-down after quiet, retries).
@@ -198,7 +198,7 @@ fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         let metrics = std::sync::Arc::new(serve::metrics::Metrics::new());
         if let Some(addr) = metrics_addr {
             let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr} (--metrics-listen)"))?;
-            tracing::info!(listen = %l.local_addr()?, "Serving /metrics, /healthz and /readyz.");
+            tracing::info!(listen = %l.local_addr()?, "Serving /metrics, /healthz, /readyz and /evidence.");
             tokio::spawn(serve::metrics::serve_http(l, metrics.clone(), shutdown.clone()));
         }
         let (listener, addr) = serve::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

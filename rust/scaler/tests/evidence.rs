@@ -88,11 +88,34 @@ service:
         );
         let path = dir.join(format!("collector-{}.yaml", otlp.port()));
         std::fs::write(&path, cfg).unwrap();
-        let log = dir.join(format!("collector-{}.log", otlp.port()));
+        Collector::spawn(
+            dir,
+            &format!("collector-{}", otlp.port()),
+            &[path.display().to_string()],
+            &[],
+            otlp,
+            health,
+        )
+    }
+
+    /// otelcol-scale with `configs` (files, or `yaml:` snippets merged over them) and `env`,
+    /// once its health check at `health` answers.
+    fn spawn(
+        dir: &Path,
+        name: &str,
+        configs: &[String],
+        env: &[(&str, String)],
+        otlp: SocketAddr,
+        health: SocketAddr,
+    ) -> Collector {
+        let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(otelcol())
-            .arg("--config")
-            .arg(&path)
+        let mut cmd = Command::new(otelcol());
+        for c in configs {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -140,6 +163,13 @@ fn kv(k: &str, v: &str) -> KeyValue {
 
 /// One request of `n` checkout PlaceOrder spans of `ms` each, ending now.
 fn place_orders(n: usize, ms: u64, seq: &AtomicU64) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![orders_of("checkout", n, ms, seq)],
+    }
+}
+
+/// `n` PlaceOrder spans of `service`, of `ms` each, ending now, one trace each.
+fn orders_of(service: &str, n: usize, ms: u64, seq: &AtomicU64) -> ResourceSpans {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -157,18 +187,16 @@ fn place_orders(n: usize, ms: u64, seq: &AtomicU64) -> ExportTraceServiceRequest
             }
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", "checkout")],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
+    ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![kv("service.name", service)],
+            ..Default::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            spans,
             ..Default::default()
         }],
+        ..Default::default()
     }
 }
 
@@ -296,4 +324,304 @@ async fn a_dead_collector_holds_the_scale_and_healthy_reports_bring_it_down() {
         down.note
     );
     load2.abort();
+}
+
+/// The services of the multi-collector test: `checkout` (faulted; its Deployment is in the
+/// demo's RBAC) and eleven others, so that the front tier's hash ring gives each `scale`
+/// collector some of them (all twelve on one of two collectors: odds about 1 in 2,000).
+fn services() -> Vec<String> {
+    std::iter::once("checkout".to_string())
+        .chain((1..12).map(|i| format!("svc-{i:02}")))
+        .collect()
+}
+
+/// Traffic to the front tier: every 100 ms, two PlaceOrder spans of every service, to each
+/// front collector in turn; `faulted`'s last 900 ms, the others 50 ms. Bounded by `until`;
+/// errors (a dead collector behind the front) are ignored.
+fn multi_traffic(
+    fronts: [SocketAddr; 2],
+    faulted: Arc<parking_lot::Mutex<Option<String>>>,
+    until: Instant,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let seq = AtomicU64::new(1);
+        let mut clients: [Option<TraceServiceClient<tonic::transport::Channel>>; 2] = [None, None];
+        let mut turn = 0;
+        while Instant::now() < until {
+            turn = (turn + 1) % 2;
+            let slow = faulted.lock().clone();
+            let req = ExportTraceServiceRequest {
+                resource_spans: services()
+                    .iter()
+                    .map(|s| {
+                        let ms = if slow.as_deref() == Some(s) { 900 } else { 50 };
+                        orders_of(s, 2, ms, &seq)
+                    })
+                    .collect(),
+            };
+            if clients[turn].is_none() {
+                clients[turn] = TraceServiceClient::connect(format!("http://{}", fronts[turn]))
+                    .await
+                    .ok();
+            }
+            if let Some(c) = clients[turn].as_mut() {
+                // A front collector whose backend is dead answers with an error: keep sending.
+                let _ = tokio::time::timeout(Duration::from_secs(2), c.export(req)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+/// The daemon's `/evidence`.
+fn evidence(d: &Daemon) -> serde_json::Value {
+    let (code, body) = d.http_get("/evidence").expect("GET /evidence");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).expect("/evidence is JSON")
+}
+
+/// A target's entry in `/evidence`.
+fn evidence_of(ev: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+    let want = format!("Deployment/{NS}/{name}");
+    ev["targets"]
+        .as_array()?
+        .iter()
+        .find(|t| t["target"] == want.as_str())
+        .cloned()
+}
+
+/// The collectors whose reports matched spans of `rule` for `target`, with their span counts.
+fn reporters(target: &serde_json::Value, rule: &str) -> Vec<(String, u64)> {
+    target["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["rule"] == rule)
+        .flat_map(|r| r["collectors"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c["matched"].as_u64().unwrap_or(0) > 0)
+        .map(|c| {
+            (
+                c["collector"].as_str().unwrap_or("").to_string(),
+                c["matched"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// Issue 15, must show 8: the shipped multi-collector layout run for real. Two front
+/// collectors (`configs/collector/multi-collector.yaml`, the load-balancing exporter routing by
+/// service) → two `scale` collectors (`configs/collector/scale-collector.yaml`) → the daemon.
+/// Each service's rule is reported by the one collector that owns it; a rule over every service
+/// is reported by both and merged; a fault scales its workload up as with one collector; killing
+/// the `scale` collector that owns the faulted service holds that workload, while the services
+/// of the other collector keep their healthy evidence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_multi_collector_layout_merges_reports_and_a_dead_scale_collector_holds_its_workloads()
+{
+    let (c, admin) = cluster().await;
+    deployment(&admin, "checkout", 1).await;
+    deployment(&admin, "product-catalog", 1).await;
+    let q = QUIET.as_secs();
+    let rules = format!(
+        r#"rules:
+- name: service-latency
+  match: {{ service: "*", operation: PlaceOrder }}
+  when: {{ duration_above: 500ms }}
+  count: 5
+  window: 5s
+  action: {{ kind: horizontal, target: {{ kind: Deployment, namespace: {NS}, name: "${{service}}" }}, min: 1, max: 2, cooldown: 2s, scale_down_after: {q}s }}
+- name: orders-slo
+  match: {{ operation: PlaceOrder }}
+  when: {{ duration_above: 5s }}
+  count: 5
+  window: 5s
+  action: {{ kind: horizontal, target: {{ kind: Deployment, namespace: {NS}, name: product-catalog }}, min: 1, max: 2, scale_down_after: {q}s }}
+"#
+    );
+    let d = Daemon::start(&c, &rules, &["--evidence-timeout", "2s"]);
+    let rules_file = d.dir.join("rules.yaml");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    // Test-only settings over the shipped files: reports every 500 ms, a short training, no
+    // telemetry listener (four collectors on one host would all want :8888), and names.
+    let quick = |name: &str| {
+        vec![
+            "yaml:service::telemetry::metrics::level: none".to_string(),
+            format!("yaml:service::telemetry::resource::service.instance.id: {name}"),
+        ]
+    };
+    let scale_cfg = root().join("configs/collector/scale-collector.yaml");
+    let start_scale = |name: &str| {
+        let (otlp, health) = (free_addr(), free_addr());
+        let mut configs = vec![
+            scale_cfg.display().to_string(),
+            "yaml:processors::scale::report_interval: 500ms".to_string(),
+            "yaml:processors::scale::sampler::train_size: 200".to_string(),
+        ];
+        configs.extend(quick(name));
+        Collector::spawn(
+            &d.dir,
+            name,
+            &configs,
+            &[
+                ("SCALE_OTLP_GRPC_ENDPOINT", otlp.to_string()),
+                ("SCALE_HEALTH_ENDPOINT", health.to_string()),
+                ("SCALE_DAEMON_ENDPOINT", d.otlp.to_string()),
+                ("SCALE_RULES_FILE", rules_file.display().to_string()),
+                (
+                    "SCALE_SNAPSHOT_PATH",
+                    d.dir.join(format!("{name}.snapshot")).display().to_string(),
+                ),
+            ],
+            otlp,
+            health,
+        )
+    };
+    let mut scale = [start_scale("scale-a"), start_scale("scale-b")];
+    let front_cfg = root().join("configs/collector/multi-collector.yaml");
+    let start_front = |name: &str| {
+        let (otlp, http, health) = (free_addr(), free_addr(), free_addr());
+        let mut configs = vec![front_cfg.display().to_string()];
+        configs.extend(quick(name));
+        Collector::spawn(
+            &d.dir,
+            name,
+            &configs,
+            &[
+                ("SCALE_OTLP_GRPC_ENDPOINT", otlp.to_string()),
+                ("SCALE_OTLP_HTTP_ENDPOINT", http.to_string()),
+                ("SCALE_HEALTH_ENDPOINT", health.to_string()),
+                // The daemon accepts any OTLP: it stands in for the trace store.
+                ("SCALE_TRACE_STORE_ENDPOINT", d.otlp.to_string()),
+                ("SCALE_COLLECTOR_1", scale[0].otlp.to_string()),
+                ("SCALE_COLLECTOR_2", scale[1].otlp.to_string()),
+            ],
+            otlp,
+            health,
+        )
+    };
+    let fronts = [start_front("front-1"), start_front("front-2")];
+    let faulted = Arc::new(parking_lot::Mutex::new(None));
+    let load = multi_traffic([fronts[0].otlp, fronts[1].otlp], faulted.clone(), deadline);
+    let all_logs = |scale: &[Collector]| {
+        let mut s = d.logs();
+        for c in scale.iter().chain(&fronts) {
+            s.push_str(&format!("\n--- {}\n{}", c.log.display(), c.logs()));
+        }
+        s
+    };
+
+    // Every service's rule is reported, with spans, by exactly one collector: its owner.
+    let mut owners: Vec<(String, String)> = Vec::new();
+    let found = eventually(Duration::from_secs(30), || {
+        let ev = evidence(&d);
+        let mut found = Vec::new();
+        for s in services() {
+            if let Some(t) = evidence_of(&ev, &s) {
+                let r = reporters(&t, "service-latency");
+                assert!(
+                    r.len() <= 1,
+                    "{s} is reported by {r:?}: one owner per service"
+                );
+                if let Some((c, _)) = r.first() {
+                    found.push((s, c.clone()));
+                }
+            }
+        }
+        let done = found.len() == services().len();
+        owners = found;
+        async move { done }
+    })
+    .await;
+    assert!(
+        found,
+        "every service has an owner: {owners:?}\n{}",
+        all_logs(&scale)
+    );
+    let owner_of_checkout = owners[0].1.clone();
+    let other = owners
+        .iter()
+        .find(|(_, c)| *c != owner_of_checkout)
+        .map(|(s, c)| (s.clone(), c.clone()))
+        .unwrap_or_else(|| panic!("the ring gave every service to one collector: {owners:?}"));
+    // A rule over every service is reported by both, and merged: its total is their sum.
+    let ev = evidence(&d);
+    let slo = evidence_of(&ev, "product-catalog").expect("product-catalog's evidence");
+    let parts = reporters(&slo, "orders-slo");
+    assert_eq!(parts.len(), 2, "both collectors report orders-slo: {slo:#}");
+    let merged = slo["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == "orders-slo")
+        .unwrap()["matched"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(merged, parts.iter().map(|p| p.1).sum::<u64>(), "{slo:#}");
+
+    // A fault in checkout: scaled up as with one collector (the same 20 s bound).
+    *faulted.lock() = Some("checkout".to_string());
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            replicas(&admin, "checkout").await == 2
+        })
+        .await,
+        "scaled up during the incident:\n{}",
+        all_logs(&scale)
+    );
+
+    // Checkout's `scale` collector dies in the incident: checkout is held for more than three
+    // quiet periods; the other collector's services keep healthy evidence; the rule over every
+    // service lost a part and says so.
+    let dead = if owner_of_checkout == "scale-a" { 0 } else { 1 };
+    scale[dead].kill();
+    let killed = Instant::now();
+    let mut saw_lost = false;
+    while killed.elapsed() < 3 * QUIET + Duration::from_secs(2) {
+        assert_eq!(
+            replicas(&admin, "checkout").await,
+            2,
+            "held while checkout's collector is dead ({:?} after the kill):\n{}",
+            killed.elapsed(),
+            all_logs(&scale)
+        );
+        let ev = evidence(&d);
+        let slo = evidence_of(&ev, "product-catalog").unwrap();
+        if slo["verdict"] == "lost" {
+            assert!(
+                slo["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("collector {owner_of_checkout}")),
+                "{slo:#}"
+            );
+            saw_lost = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        saw_lost,
+        "the rule over every service lost a collector's part"
+    );
+    assert_eq!(
+        d.metric("scale_evidence_missing{target=\"Deployment/otel-demo/checkout\"}"),
+        1.0,
+        "{}",
+        d.logs()
+    );
+    let ev = evidence(&d);
+    assert_eq!(
+        evidence_of(&ev, "checkout").unwrap()["verdict"],
+        "missing",
+        "{ev:#}"
+    );
+    let survivor = evidence_of(&ev, &other.0).unwrap();
+    assert_eq!(survivor["verdict"], "healthy", "{survivor:#}");
+    assert_eq!(
+        reporters(&survivor, "service-latency")
+            .into_iter()
+            .map(|r| r.0)
+            .collect::<Vec<_>>(),
+        [other.1.clone()]
+    );
+    load.abort();
 }

@@ -61,6 +61,9 @@ pub const DECISION_EVENT: &str = "scale.decision";
 pub const REPORT_SPAN: &str = "scale.report";
 /// Report attribute: the service, for a rule whose target is named after it.
 pub const REPORT_SERVICE: &str = "scale.service";
+/// The resource attribute naming the collector that sent a report (its `service.instance.id`):
+/// reports are merged per rule over collectors, and `/evidence` shows each one's part.
+pub const REPORT_COLLECTOR: &str = "service.instance.id";
 /// Report attribute (int): spans the rule's window matched in the interval.
 pub const REPORT_MATCHED: &str = "scale.report.matched";
 /// Report attribute (int): of them, breaches.
@@ -171,13 +174,18 @@ impl Intake {
                 .resource
                 .as_ref()
                 .and_then(|r| str_attr(&r.attributes, "service.name"));
+            let collector = rs
+                .resource
+                .as_ref()
+                .and_then(|r| str_attr(&r.attributes, REPORT_COLLECTOR))
+                .unwrap_or("");
             for ss in &rs.scope_spans {
                 for span in &ss.spans {
                     spans += 1;
                     if span.name == REPORT_SPAN
                         && str_attr(&span.attributes, "scale.rule").is_some()
                     {
-                        self.report(span, now);
+                        self.report(span, collector, now);
                         continue;
                     }
                     if log_spans {
@@ -232,7 +240,12 @@ impl Intake {
     }
 
     /// Record one `scale.report` span; refused ones are counted.
-    fn report(&self, span: &opentelemetry_proto::tonic::trace::v1::Span, now: Instant) {
+    fn report(
+        &self,
+        span: &opentelemetry_proto::tonic::trace::v1::Span,
+        collector: &str,
+        now: Instant,
+    ) {
         let Some(store) = &self.evidence else { return };
         let a = &span.attributes;
         let rule = str_attr(a, "scale.rule").unwrap_or_default();
@@ -279,7 +292,7 @@ impl Intake {
             max_ms: f64_attr(a, REPORT_MAX_MS),
         };
         self.metrics.reports.inc();
-        store.record(target, rule_index, &report, now);
+        store.record(target, rule_index, collector, &report, now);
     }
 
     fn resolve(

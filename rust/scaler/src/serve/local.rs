@@ -178,6 +178,9 @@ struct Scorer {
 /// default `report_interval`), checked as batches arrive: no spans, no evidence.
 pub const LOCAL_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The collector named on the evidence of the daemon's own engine (`/evidence`).
+pub const LOCAL_COLLECTOR: &str = "scale serve --engine";
+
 /// The OTLP trace receiver that scores raw spans in the daemon.
 pub struct LocalEngine {
     scorer: parking_lot::Mutex<Scorer>,
@@ -278,7 +281,7 @@ impl LocalEngine {
                             .map(|x| x.resolve_target(r.service.as_deref()))
                         {
                             self.metrics.reports.inc();
-                            store.record(t, i, &r, at);
+                            store.record(t, i, LOCAL_COLLECTOR, &r, at);
                         }
                     }
                 }

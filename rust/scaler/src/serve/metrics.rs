@@ -1,5 +1,6 @@
 //! The daemon's operator surface over HTTP: Prometheus `/metrics`, `/healthz` (the process is
-//! up) and `/readyz` (this process serves: its OTLP listener is bound and its planner runs).
+//! up), `/readyz` (this process serves: its OTLP listener is bound and its planner runs) and
+//! `/evidence` (every target's scale-down verdict and the reports behind it).
 //!
 //! Readiness is not leadership. Both replicas of a two-replica Deployment are ready, so the
 //! Deployment becomes Available and a rolling update proceeds; which one acts is shown by the
@@ -115,8 +116,16 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Whether this process serves (`/readyz`): set by [`super::serve`] while it runs.
     pub serving: AtomicBool,
+    /// The evidence behind `/evidence`: set by [`super::serve`] while it runs.
+    pub evidence: parking_lot::Mutex<Option<EvidenceSource>>,
     registry: Registry,
 }
+
+/// Where `/evidence` reads from: the daemon's reports and the rules they are judged against.
+pub type EvidenceSource = (
+    Arc<super::evidence::EvidenceStore>,
+    Arc<Vec<scale_core::Rule>>,
+);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -146,6 +155,7 @@ impl Metrics {
             evidence_missing: Family::default(),
             leader: Gauge::default(),
             serving: AtomicBool::new(false),
+            evidence: parking_lot::Mutex::new(None),
             registry: Registry::default(),
         };
         // Without leader election this replica acts; `Leader::start` takes over the gauge.
@@ -333,7 +343,29 @@ impl Metrics {
     }
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
+/// `/evidence`: every target's scale-down verdict and the reports behind it, per rule and
+/// collector, over its quiet period (JSON; see [`super::evidence::View`]).
+pub fn evidence_json(metrics: &Metrics) -> Option<serde_json::Value> {
+    let (store, rules) = metrics.evidence.lock().clone()?;
+    let targets: Vec<serde_json::Value> = store
+        .views(&rules, std::time::Instant::now())
+        .into_iter()
+        .map(|(t, v)| {
+            serde_json::json!({
+                "target": t.to_string(),
+                "verdict": v.quiet.verdict(),
+                "detail": super::evidence::describe(&v.quiet),
+                "rules": v.rules,
+            })
+        })
+        .collect();
+    Some(serde_json::json!({
+        "evidence_timeout_seconds": store.timeout().as_secs_f64(),
+        "targets": targets,
+    }))
+}
+
+/// Serve `/metrics`, `/healthz`, `/readyz` and `/evidence` on `listener` until `shutdown`.
 pub async fn serve_http(
     listener: TcpListener,
     metrics: Arc<Metrics>,
@@ -342,7 +374,8 @@ pub async fn serve_http(
     use axum::http::{StatusCode, header};
     use axum::routing::get;
     let m = metrics.clone();
-    let r = metrics;
+    let r = metrics.clone();
+    let e = metrics;
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -360,6 +393,26 @@ pub async fn serve_http(
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/evidence",
+            get(move || {
+                let e = e.clone();
+                async move {
+                    match evidence_json(&e) {
+                        Some(v) => (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, "application/json")],
+                            format!("{v:#}\n"),
+                        ),
+                        None => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            [(header::CONTENT_TYPE, "text/plain")],
+                            "not serving\n".to_string(),
+                        ),
+                    }
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {

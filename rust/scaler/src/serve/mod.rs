@@ -22,7 +22,7 @@
 //!   warm), then drop and count them.
 //! - [`orchestrator`]: the trait and the dry run; [`kube`]: Kubernetes; [`leader`]: the Lease
 //!   (re-checked before every write) and the leader's pod label; [`metrics`]: `/metrics`,
-//!   `/healthz`, `/readyz` (this process serves — readiness is not leadership);
+//!   `/healthz`, `/readyz` (this process serves — readiness is not leadership), `/evidence`;
 //!   [`throttle`]: API failures logged at a limited rate; [`evidence`]: the collectors' reports
 //!   that a scale-down needs.
 //!
@@ -128,6 +128,7 @@ pub async fn serve<O: Orchestrator>(
     let rules = Arc::new(rules);
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let store = Arc::new(EvidenceStore::new(opts.evidence_timeout));
+    *metrics.evidence.lock() = Some((store.clone(), rules.clone()));
     // Ready (`/readyz`) from here until the server stops: the listener is bound, the actor runs.
     metrics
         .serving
@@ -168,6 +169,7 @@ pub async fn serve<O: Orchestrator>(
     metrics
         .serving
         .store(false, std::sync::atomic::Ordering::Relaxed);
+    *metrics.evidence.lock() = None;
     served?;
     actor.await?;
     Ok(())
@@ -762,7 +764,13 @@ mod tests {
                         p99_ms: Some(0.9),
                         max_ms: Some(0.95),
                     };
-                    store.record(rule.action.target.clone(), 0, &r, std::time::Instant::now());
+                    store.record(
+                        rule.action.target.clone(),
+                        0,
+                        "test",
+                        &r,
+                        std::time::Instant::now(),
+                    );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             })

@@ -560,7 +560,7 @@ mod tests {
         };
         for q in [
             Quiet::Missing { since_last: None },
-            Quiet::NoTraffic,
+            Quiet::NoTraffic { rule: "r".into() },
             Quiet::Unhealthy {
                 summary: "r: 10 spans, 9 breaches".into(),
             },
