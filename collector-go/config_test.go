@@ -136,15 +136,16 @@ func TestEngineYAMLFromConfig(t *testing.T) {
 	assert.NotContains(t, doc, "rules")
 	assert.Nil(t, spec.rules)
 
-	// With a rules file: the file's text is passed as is, and a combined document exists for
-	// restoring snapshots.
+	// With a rules file: the file's text is passed as is, apart from the settings (libscale's
+	// *_with_rules constructors take both; nothing merges the two documents).
 	cfg.RulesFile = filepath.Join("testdata", "rules.yaml")
 	spec, err = cfg.engineSpec()
 	require.NoError(t, err)
 	text, _ := os.ReadFile(cfg.RulesFile)
 	assert.Equal(t, text, spec.rules)
-	require.NoError(t, yaml.Unmarshal(spec.combined, &doc))
-	assert.Len(t, doc["rules"], 1)
+	doc = nil
+	require.NoError(t, yaml.Unmarshal(spec.settings, &doc))
+	assert.NotContains(t, doc, "rules")
 }
 
 func TestDefaultsMatchTheEngine(t *testing.T) {

@@ -193,7 +193,7 @@ type batch struct {
 
 	decisions []decision // the batch's decisions, copied out of raw
 	raw       rawDecisions
-	nOut      uintptr // `size_t` output of the engine call (kept here so it does not escape)
+	c         cBatch // the engine call's argument structs (kept here so they do not escape)
 
 	misses []keyMiss
 }
@@ -277,9 +277,6 @@ type engineSpec struct {
 	rules []byte
 	// rulesPath names the rules file in messages.
 	rulesPath string
-	// combined is settings and rules in one document (for scale_engine_restore*, which take
-	// one text).
-	combined []byte
 }
 
 // engineYAML is the engine's configuration document (rust/core/src/config.rs).
@@ -335,26 +332,17 @@ func (cfg *Config) engineSpec() (engineSpec, error) {
 	if err != nil {
 		return engineSpec{}, fmt.Errorf("rules: cannot be written as YAML: %w", err)
 	}
-	spec := engineSpec{settings: settings, combined: settings}
+	spec := engineSpec{settings: settings}
 	if cfg.RulesFile == "" {
 		return spec, nil
 	}
+	// The rules file's text goes to libscale as is, apart from the settings (the *_with_rules
+	// constructors, restoring included): its problems cite the file's own lines.
 	text, err := os.ReadFile(cfg.RulesFile)
 	if err != nil {
 		return engineSpec{}, fmt.Errorf("rules_file: %w", err)
 	}
 	spec.rules, spec.rulesPath = text, cfg.RulesFile
-	// For restore: the rules file's `rules:` list inside the settings document. Its problems
-	// were already reported with its own lines by scale_engine_new_with_rules.
-	var rf struct {
-		Rules yaml.Node `yaml:"rules"`
-	}
-	if err := yaml.Unmarshal(text, &rf); err == nil && rf.Rules.Kind != 0 {
-		doc.Rules = &rf.Rules
-		if combined, err := yaml.Marshal(&doc); err == nil {
-			spec.combined = combined
-		}
-	}
 	return spec, nil
 }
 

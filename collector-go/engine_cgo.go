@@ -52,6 +52,24 @@ var headerVersion = fmt.Sprintf("%d.%d.%d", C.SCALE_VERSION_MAJOR, C.SCALE_VERSI
 // rawDecisions is the engine's decision output buffer (C structs, plain data).
 type rawDecisions = []C.scale_decision_t
 
+// cBatch holds a batch's engine-call arguments (filled by batch.args for each call) and the pins
+// that let them point at the batch's Go arrays: cgo allows Go memory passed to C to hold Go
+// pointers only if they are pinned.
+type cBatch struct {
+	// args is allocated once, apart from the batch: cgo checks the whole Go object a pointer
+	// argument points into, and this one holds nothing but the (pinned) array pointers.
+	args *cArgs
+	// Two pinners, for the inputs and the outputs: a Pinner holds up to 5 pins without
+	// allocating.
+	pinIn, pinOut runtime.Pinner
+}
+
+// cArgs are the structs the hot calls take: the spans' input arrays and the output arrays.
+type cArgs struct {
+	in  C.scale_span_batch_t
+	out C.scale_batch_out_t
+}
+
 // msgCap is the size of the message buffer of constructors and file functions.
 const msgCap = 16 << 10
 
@@ -127,15 +145,35 @@ func checkVersion() error {
 	return nil
 }
 
-// construct runs one constructor with a message buffer and wraps the handle.
-func construct(spec engineSpec, call func(out **C.scale_engine_t, msg *C.char, msgLen *C.size_t) C.scale_status_t) (*nativeEngine, error) {
+// ctorArgs are a constructor's arguments: the settings text and, with a rules file
+// (withRules), its text apart (for the *_with_rules constructors, which report its problems
+// with the file's own lines); the output handle and the message buffer.
+type ctorArgs struct {
+	settings    *C.uint8_t
+	settingsLen C.size_t
+	withRules   bool
+	rules       *C.uint8_t
+	rulesLen    C.size_t
+	out         **C.scale_engine_t
+	msg         *C.char
+	msgLen      *C.size_t
+}
+
+// construct runs one constructor with spec's texts and a message buffer, and wraps the handle.
+func construct(spec engineSpec, call func(a *ctorArgs) C.scale_status_t) (*nativeEngine, error) {
 	if err := checkVersion(); err != nil {
 		return nil, err
 	}
 	msg := make([]byte, msgCap)
 	var out *C.scale_engine_t
 	var n C.size_t
-	st := call(&out, (*C.char)(unsafe.Pointer(&msg[0])), &n)
+	st := call(&ctorArgs{
+		settings: bytesPtr(spec.settings), settingsLen: C.size_t(len(spec.settings)),
+		withRules: spec.rules != nil, rules: bytesPtr(spec.rules), rulesLen: C.size_t(len(spec.rules)),
+		out: &out, msg: (*C.char)(unsafe.Pointer(&msg[0])), msgLen: &n,
+	})
+	runtime.KeepAlive(spec.settings)
+	runtime.KeepAlive(spec.rules)
 	if st != C.SCALE_STATUS_OK {
 		return nil, newError(st, []byte(spec.rulesFileMessage(string(msg[:n]))))
 	}
@@ -157,31 +195,28 @@ func construct(spec engineSpec, call func(out **C.scale_engine_t, msg *C.char, m
 }
 
 // newNativeEngine creates an engine: scale_engine_new, or scale_engine_new_with_rules with a
-// rules file (its problems then cite the file's own lines).
+// rules file.
 func newNativeEngine(spec engineSpec) (*nativeEngine, error) {
-	return construct(spec, func(out **C.scale_engine_t, msg *C.char, msgLen *C.size_t) C.scale_status_t {
-		if spec.rules != nil {
-			st := C.scale_engine_new_with_rules(bytesPtr(spec.settings), C.size_t(len(spec.settings)),
-				bytesPtr(spec.rules), C.size_t(len(spec.rules)), out, msg, msgCap, msgLen)
-			runtime.KeepAlive(spec.settings)
-			runtime.KeepAlive(spec.rules)
-			return st
+	return construct(spec, func(a *ctorArgs) C.scale_status_t {
+		if a.withRules {
+			return C.scale_engine_new_with_rules(a.settings, a.settingsLen, a.rules, a.rulesLen, a.out, a.msg, msgCap, a.msgLen)
 		}
-		st := C.scale_engine_new(bytesPtr(spec.settings), C.size_t(len(spec.settings)), out, msg, msgCap, msgLen)
-		runtime.KeepAlive(spec.settings)
-		return st
+		return C.scale_engine_new(a.settings, a.settingsLen, a.out, a.msg, msgCap, a.msgLen)
 	})
 }
 
-// restoreNativeEngine rebuilds an engine from the snapshot file at path.
+// restoreNativeEngine rebuilds an engine from the snapshot file at path:
+// scale_engine_restore_from_file, or scale_engine_restore_from_file_with_rules with a rules file.
 func restoreNativeEngine(spec engineSpec, path string) (*nativeEngine, error) {
-	return construct(spec, func(out **C.scale_engine_t, msg *C.char, msgLen *C.size_t) C.scale_status_t {
-		st := C.scale_engine_restore_from_file(bytesPtr(spec.combined), C.size_t(len(spec.combined)),
-			stringPtr(path), C.size_t(len(path)), out, msg, msgCap, msgLen)
-		runtime.KeepAlive(spec.combined)
-		runtime.KeepAlive(path)
-		return st
+	e, err := construct(spec, func(a *ctorArgs) C.scale_status_t {
+		p, pl := stringPtr(path), C.size_t(len(path))
+		if a.withRules {
+			return C.scale_engine_restore_from_file_with_rules(a.settings, a.settingsLen, a.rules, a.rulesLen, p, pl, a.out, a.msg, msgCap, a.msgLen)
+		}
+		return C.scale_engine_restore_from_file(a.settings, a.settingsLen, p, pl, a.out, a.msg, msgCap, a.msgLen)
 	})
+	runtime.KeepAlive(path)
+	return e, err
 }
 
 // Close frees the handle: idempotent, waits for calls in flight.
@@ -213,12 +248,59 @@ func (e *nativeEngine) intern(service, operation string) (uint32, error) {
 	return uint32(id), nil
 }
 
-// process is the hot path: b's flat arrays (plain values, no Go pointers inside; read and
-// written during the calls only) go to the engine in chunks of at most chunkSpans spans
-// (scale_engine_process_chunk), so that no cgo call outlasts the scheduler's patience; the
-// engine gives every result as one call per batch would, with the decisions of the whole
-// batch, conflated, after the last chunk. A batch that fits one chunk is one
-// scale_engine_process call. An error on any chunk fails the whole batch.
+// pinArrays pins b's arrays and raw for the engine calls of one batch (their structs point at
+// them); unpinArrays releases them.
+func (b *batch) pinArrays(raw rawDecisions) {
+	in, out := &b.c.pinIn, &b.c.pinOut
+	in.Pin(&b.keyIDs[0])
+	in.Pin(&b.startNs[0])
+	in.Pin(&b.endNs[0])
+	in.Pin(&b.traceIDs[0])
+	in.Pin(&b.spanIDs[0])
+	out.Pin(&b.scores[0])
+	out.Pin(&b.keep[0])
+	out.Pin(&b.skip[0])
+	out.Pin(&raw[0])
+}
+
+func (b *batch) unpinArrays() {
+	b.c.pinIn.Unpin()
+	b.c.pinOut.Unpin()
+}
+
+// args fills the argument structs of one engine call on spans lo..hi of b (hi > lo; their
+// outputs at the same indices), with room for len(dec) decisions (none: NULL, 0). The arrays
+// must be pinned (pinArrays).
+func (b *batch) args(nowNs uint64, lo, hi int, dec rawDecisions) (*C.scale_span_batch_t, *C.scale_batch_out_t) {
+	if b.c.args == nil {
+		b.c.args = new(cArgs)
+	}
+	a := b.c.args
+	a.in = C.scale_span_batch_t{
+		now_ns:    C.uint64_t(nowNs),
+		n:         C.size_t(hi - lo),
+		key_ids:   (*C.uint32_t)(unsafe.Pointer(&b.keyIDs[lo])),
+		start_ns:  (*C.uint64_t)(unsafe.Pointer(&b.startNs[lo])),
+		end_ns:    (*C.uint64_t)(unsafe.Pointer(&b.endNs[lo])),
+		trace_ids: (*C.uint8_t)(unsafe.Pointer(&b.traceIDs[16*lo])),
+		span_ids:  (*C.uint8_t)(unsafe.Pointer(&b.spanIDs[8*lo])),
+	}
+	a.out = C.scale_batch_out_t{
+		scores:        (*C.double)(unsafe.Pointer(&b.scores[lo])),
+		keep:          (*C.uint8_t)(unsafe.Pointer(&b.keep[lo])),
+		skip:          (*C.scale_skip_t)(unsafe.Pointer(&b.skip[lo])),
+		decisions:     unsafe.SliceData(dec),
+		decisions_cap: C.size_t(len(dec)),
+	}
+	return &a.in, &a.out
+}
+
+// process is the hot path: b's flat arrays (plain values; read and written during the calls
+// only) go to the engine in chunks of at most chunkSpans spans (scale_engine_process_chunk),
+// so that no cgo call outlasts the scheduler's patience; the engine gives every result as one
+// call per batch would, with the decisions of the whole batch, conflated, after the last chunk.
+// A batch that fits one chunk is one scale_engine_process call. An error on any chunk fails
+// the whole batch.
 func (e *nativeEngine) process(nowNs uint64, b *batch) (int, error) {
 	n := len(b.keyIDs)
 	b.decisions = b.decisions[:0]
@@ -234,59 +316,41 @@ func (e *nativeEngine) process(nowNs uint64, b *batch) (int, error) {
 		e.mu.RUnlock()
 		return 0, errClosed
 	}
+	b.pinArrays(raw)
 	var st C.scale_status_t
 	if chunk := e.chunkSpans; chunk <= 0 || n <= chunk {
-		st = C.scale_engine_process(e.ptr(), C.uint64_t(nowNs), C.size_t(n),
-			(*C.uint32_t)(unsafe.Pointer(unsafe.SliceData(b.keyIDs))),
-			(*C.uint64_t)(unsafe.Pointer(unsafe.SliceData(b.startNs))),
-			(*C.uint64_t)(unsafe.Pointer(unsafe.SliceData(b.endNs))),
-			(*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b.traceIDs))),
-			(*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b.spanIDs))),
-			(*C.double)(unsafe.Pointer(unsafe.SliceData(b.scores))),
-			(*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b.keep))),
-			(*C.scale_skip_t)(unsafe.Pointer(unsafe.SliceData(b.skip))),
-			unsafe.SliceData(raw), C.size_t(len(raw)),
-			(*C.size_t)(unsafe.Pointer(&b.nOut)))
+		in, out := b.args(nowNs, 0, n, raw)
+		st = C.scale_engine_process(e.ptr(), in, out)
 	} else {
 		e.batchMu.Lock()
 		for lo := 0; lo < n; lo += chunk {
 			hi := min(lo+chunk, n)
-			last := C.uint8_t(0)
-			var dec *C.scale_decision_t
-			decCap := 0
+			last, dec := C.uint8_t(0), rawDecisions(nil)
 			if hi == n {
-				last, dec, decCap = 1, unsafe.SliceData(raw), len(raw)
+				last, dec = 1, raw
 			}
-			st = C.scale_engine_process_chunk(e.ptr(), C.uint64_t(nowNs), C.size_t(lo), last, C.size_t(hi-lo),
-				(*C.uint32_t)(unsafe.Pointer(&b.keyIDs[lo])),
-				(*C.uint64_t)(unsafe.Pointer(&b.startNs[lo])),
-				(*C.uint64_t)(unsafe.Pointer(&b.endNs[lo])),
-				(*C.uint8_t)(unsafe.Pointer(&b.traceIDs[16*lo])),
-				(*C.uint8_t)(unsafe.Pointer(&b.spanIDs[8*lo])),
-				(*C.double)(unsafe.Pointer(&b.scores[lo])),
-				(*C.uint8_t)(unsafe.Pointer(&b.keep[lo])),
-				(*C.scale_skip_t)(unsafe.Pointer(&b.skip[lo])),
-				dec, C.size_t(decCap),
-				(*C.size_t)(unsafe.Pointer(&b.nOut)))
+			in, out := b.args(nowNs, lo, hi, dec)
+			st = C.scale_engine_process_chunk(e.ptr(), in, C.size_t(lo), last, out)
 			if st != C.SCALE_STATUS_OK {
 				break // an error, or DECISIONS_TRUNCATED (only the last chunk has decisions)
 			}
 		}
 		e.batchMu.Unlock()
 	}
+	b.unpinArrays()
 	e.mu.RUnlock()
 	runtime.KeepAlive(e)
 	runtime.KeepAlive(b)
-	lost := 0
+	lost, nOut := 0, int(b.c.args.out.decisions_len)
+	*b.c.args = cArgs{} // no stale (unpinned) pointers
 	switch st {
 	case C.SCALE_STATUS_OK:
 	case C.SCALE_STATUS_DECISIONS_TRUNCATED:
-		lost = int(b.nOut) - len(raw)
-		b.nOut = uintptr(len(raw))
+		lost, nOut = nOut-len(raw), len(raw)
 	default:
 		return 0, statusError(st)
 	}
-	for i := range int(b.nOut) {
+	for i := range nOut {
 		d := &raw[i]
 		b.decisions = append(b.decisions, decision{
 			ruleIndex:   uint32(d.rule_index),

@@ -12,6 +12,9 @@ const cgoEnabled = false
 // rawDecisions has no C type to hold without cgo.
 type rawDecisions = []struct{}
 
+// cBatch has no C structs to hold without cgo.
+type cBatch struct{}
+
 // nativeEngine cannot exist without cgo; its constructors return errNoCgo.
 type nativeEngine struct{ engine }
 

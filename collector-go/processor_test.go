@@ -209,6 +209,36 @@ func TestDecisionFromRulesFile(t *testing.T) {
 	assert.Equal(t, "vertical", a[AttrAction])
 }
 
+// TestRulesFileRestored: with a rules file, a restored snapshot keeps the rule windows (the
+// rules file's text goes to libscale as is, next to the settings: nothing merges the two).
+func TestRulesFileRestored(t *testing.T) {
+	cfg := smallConfig()
+	cfg.Sampler.TrainSize = 1_000_000
+	cfg.SnapshotPath = filepath.Join(t.TempDir(), "model.snapshot")
+	cfg.SnapshotInterval = 0
+	cfg.RulesFile = filepath.Join(t.TempDir(), "rules.yaml")
+	require.NoError(t, os.WriteFile(cfg.RulesFile, []byte(`rules:
+  - name: from-file
+    match: { service: checkout }
+    when: { duration_above: 1ms }
+    count: 3
+    window: 1h
+    action: { kind: horizontal, target: { kind: Deployment, name: checkout }, max: 2 }
+`), 0o600))
+	slow := func(op string) spanSpec {
+		return spanSpec{service: "checkout", op: op, start: t0, dur: 5 * time.Millisecond}
+	}
+	h := newHarness(t, cfg)
+	assert.Empty(t, h.consume(makeTraces(slow("a"), slow("b"))), "two breaches: no decision yet")
+	require.NoError(t, h.proc.Shutdown(context.Background()))
+
+	h2 := newHarness(t, cfg)
+	require.Equal(t, 1, h2.logs.FilterMessage("Restored the model from its snapshot.").Len())
+	out := h2.consume(makeTraces(slow("c")))
+	require.Len(t, out, 1, "the third breach in the restored window fires")
+	assert.Equal(t, "from-file", out[0].Events().At(0).Attributes().AsRaw()[AttrRule])
+}
+
 func TestBadSpansPassThroughCounted(t *testing.T) {
 	cfg := smallConfig()
 	cfg.Sampler.TrainSize = 0

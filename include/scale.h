@@ -39,8 +39,8 @@ extern "C" {
 /** \brief
  *  A SCALE engine: featurizer, Half-Space-Trees model, key table and latency-rule windows.
  *
- *  Ownership: created by `scale_engine_new`, `scale_engine_new_with_rules`, `scale_engine_restore`
- *  or `scale_engine_restore_from_file`; the caller owns it and must call `scale_engine_free` once.
+ *  Ownership: created by `scale_engine_new`, `scale_engine_new_with_rules` or one of the
+ *  `scale_engine_restore*` functions; the caller owns it and must call `scale_engine_free` once.
  *
  *  Thread safety: every function except `scale_engine_free` may be called from any thread,
  *  concurrently, on the same handle: calls are serialised by one lock per handle (calls on
@@ -51,10 +51,12 @@ extern "C" {
  *  the handle returns `SCALE_STATUS_POISONED`; only `scale_engine_free` still works.
  *
  *  Methods: `scale_engine_new`, `scale_engine_new_with_rules`, `scale_engine_restore`,
- *  `scale_engine_restore_from_file`, `scale_engine_free`, `scale_engine_intern`, `scale_engine_process`,
- *  `scale_engine_process_names`, `scale_engine_process_chunk`, `scale_engine_rule_count`, `scale_engine_rule_name`,
- *  `scale_engine_stats`, `scale_engine_snapshot_size`, `scale_engine_snapshot`,
- *  `scale_engine_snapshot_to_file`.
+ *  `scale_engine_restore_with_rules`, `scale_engine_restore_from_file`,
+ *  `scale_engine_restore_from_file_with_rules`, `scale_engine_free`, `scale_engine_intern`,
+ *  `scale_engine_process`, `scale_engine_process_names`, `scale_engine_process_chunk` (batches in
+ *  `scale_span_batch` / `scale_batch_out` structs), `scale_engine_rule_count`,
+ *  `scale_engine_rule_name`, `scale_engine_rule_reports`, `scale_engine_stats`,
+ *  `scale_engine_snapshot_size`, `scale_engine_snapshot`, `scale_engine_snapshot_to_file`.
  */
 typedef struct scale_engine scale_engine_t;
 
@@ -219,6 +221,55 @@ scale_engine_new_with_rules (
     size_t * msg_len);
 
 /** \brief
+ *  The spans of one batch (or of one chunk of a batch), as flat arrays: the input of
+ *  `scale_engine_process`, `scale_engine_process_names` and `scale_engine_process_chunk`.
+ *
+ *  Plain data owned by the caller, read during the call only (never kept). Every array has `n`
+ *  elements unless stated; `(NULL, 0)` is an empty array and NULL with `n > 0` is
+ *  `SCALE_STATUS_NULL_ARGUMENT`. Arrays must be aligned for their element type.
+ */
+typedef struct scale_span_batch {
+    /** \brief
+     *  The caller's clock (ns since the Unix epoch) for the rules' sliding windows; every chunk
+     *  of a batch passes the same.
+     */
+    uint64_t now_ns;
+
+    /** \brief
+     *  Number of spans: the length of every array here and of the per-span output arrays of
+     *  `scale_batch_out`. At most `UINT32_MAX` (else `SCALE_STATUS_INVALID_LENGTH`).
+     */
+    size_t n;
+
+    /** \brief
+     *  Key ids from `scale_engine_intern` (or `SCALE_KEY_OVERFLOW`); an unknown id skips that
+     *  span as `SCALE_SKIP_INVALID_KEY` (not an error). Not read by
+     *  `scale_engine_process_names` (may be NULL there).
+     */
+    uint32_t const * key_ids;
+
+    /** \brief
+     *  Span start, ns since the Unix epoch; bad timings skip the span.
+     */
+    uint64_t const * start_ns;
+
+    /** \brief
+     *  Span end, ns since the Unix epoch.
+     */
+    uint64_t const * end_ns;
+
+    /** \brief
+     *  `16 * n` bytes: each span's trace id, evidence copied into decisions; may be NULL (zeros).
+     */
+    uint8_t const * trace_ids;
+
+    /** \brief
+     *  `8 * n` bytes: each span's span id, evidence copied into decisions; may be NULL (zeros).
+     */
+    uint8_t const * span_ids;
+} scale_span_batch_t;
+
+/** \brief
  *  Why a span was not scored; the values `scale_engine_process*` writes to `skip_out`. Has the
  *  ABI of `uint8_t`. A span with `SCALE_SKIP_NONE` went through the model (its score may still
  *  be NaN while the model warms up).
@@ -367,33 +418,66 @@ typedef struct scale_decision {
 } scale_decision_t;
 
 /** \brief
- *  Score a batch of `n` spans given by key id: the hot path, one call per batch (or one per
- *  chunk of it: `scale_engine_process_chunk`).
+ *  Where a batch's results go: caller-allocated arrays, and the number of decisions.
  *
- *  Inputs (read during the call only, never kept; arrays of `n` elements unless stated;
- *  `(NULL, 0)` is an empty batch):
- *  - `now_ns`: the caller's clock (ns since the Unix epoch) for the rules' sliding windows;
- *  - `key_ids`: ids from `scale_engine_intern` (or `SCALE_KEY_OVERFLOW`); an unknown id skips
- *  that span as `SCALE_SKIP_INVALID_KEY` (not an error);
- *  - `start_ns`, `end_ns`: span start and end, ns since the Unix epoch; bad timings skip the span;
- *  - `trace_ids` (`16 * n` bytes) and `span_ids` (`8 * n` bytes): evidence copied into
- *  decisions; either may be NULL (zeros are used).
+ *  The hot calls read the pointers and `decisions_cap`, and write the arrays and
+ *  `decisions_len`, on `SCALE_STATUS_OK` and `SCALE_STATUS_DECISIONS_TRUNCATED` only (on any
+ *  other status nothing is written, `decisions_len` included). The per-span arrays have
+ *  `scale_span_batch.n` elements. No array may overlap another argument or this struct.
+ */
+typedef struct scale_batch_out {
+    /** \brief
+     *  Anomaly score in [0, 1], higher is more anomalous; NaN if none (skipped, or the model is
+     *  still warming up).
+     */
+    double * scores;
+
+    /** \brief
+     *  1 to keep (forward) the span, 0 to drop it.
+     */
+    uint8_t * keep;
+
+    /** \brief
+     *  `SCALE_SKIP_NONE` (0) if the span was scored, else why not.
+     */
+    scale_skip_t * skip;
+
+    /** \brief
+     *  `decisions_cap` elements for the decisions that fired (may be NULL if `decisions_cap` is
+     *  0).
+     */
+    scale_decision_t * decisions;
+
+    /** \brief
+     *  Capacity of `decisions`.
+     */
+    size_t decisions_cap;
+
+    /** \brief
+     *  Written: how many decisions fired. More than `decisions_cap` means the first
+     *  `decisions_cap` were written and the status is `SCALE_STATUS_DECISIONS_TRUNCATED`.
+     */
+    size_t decisions_len;
+} scale_batch_out_t;
+
+/** \brief
+ *  Score a batch of spans given by key id: the hot path, one call per batch (or one per chunk
+ *  of it: `scale_engine_process_chunk`).
  *
- *  Outputs (caller-allocated, `n` elements, written on `SCALE_STATUS_OK` and
- *  `SCALE_STATUS_DECISIONS_TRUNCATED` only):
- *  - `scores_out`: anomaly score in [0, 1], higher is more anomalous; NaN if none (skipped,
- *  or the model is still warming up);
- *  - `keep_out`: 1 to keep (forward) the span, 0 to drop it;
- *  - `skip_out`: `SCALE_SKIP_NONE` (0) if the span was scored, else why not (`scale_skip`);
- *  - `decisions_out[0..decisions_cap]`: the decisions that fired (may be NULL if
- *  `decisions_cap` is 0), and `*decisions_len`: how many fired. If more than `decisions_cap`
- *  fired, the first `decisions_cap` are written, `*decisions_len` is the total, and the
- *  status is `SCALE_STATUS_DECISIONS_TRUNCATED`: the per-span outputs are still complete and
- *  the engine's state has advanced (do not resubmit the batch); the extra decisions are lost.
+ *  `batch` holds the inputs (`batch->n` spans; `key_ids`, `start_ns` and `end_ns` required,
+ *  `trace_ids` and `span_ids` optional: see `scale_span_batch`), read during the call only and
+ *  never kept; `n` 0 is an empty batch (its arrays may be NULL). `out` says where the results
+ *  go (`scale_batch_out`): per-span `scores`, `keep` and `skip` (`n` elements each), the
+ *  decisions that fired in `decisions[0..decisions_cap]`, and how many fired in
+ *  `out->decisions_len`; all written on `SCALE_STATUS_OK` and
+ *  `SCALE_STATUS_DECISIONS_TRUNCATED` only. If more than `decisions_cap` fired, the first
+ *  `decisions_cap` are written, `decisions_len` is the total, and the status is
+ *  `SCALE_STATUS_DECISIONS_TRUNCATED`: the per-span outputs are still complete and the engine's
+ *  state has advanced (do not resubmit the batch); the extra decisions are lost.
  *
- *  No output may overlap another argument. `n` above `UINT32_MAX` is
- *  `SCALE_STATUS_INVALID_LENGTH`. Any other error (NULL, length, poisoned) leaves the engine
- *  and every output untouched.
+ *  `batch` and `out` must not be NULL (`SCALE_STATUS_NULL_ARGUMENT`). No output may overlap
+ *  another argument. `n` above `UINT32_MAX` is `SCALE_STATUS_INVALID_LENGTH`. Any other error
+ *  (NULL, length, alignment, poisoned) leaves the engine and every output untouched.
  *
  *  Cost: O(n · n_trees · height); no allocation once the engine's scratch buffers have grown
  *  to the largest batch. Thread safety: safe to call concurrently with any call but
@@ -403,41 +487,31 @@ typedef struct scale_decision {
 scale_status_t
 scale_engine_process (
     scale_engine_t * engine,
-    uint64_t now_ns,
-    size_t n,
-    uint32_t const * key_ids,
-    uint64_t const * start_ns,
-    uint64_t const * end_ns,
-    uint8_t const * trace_ids,
-    uint8_t const * span_ids,
-    double * scores_out,
-    uint8_t * keep_out,
-    scale_skip_t * skip_out,
-    scale_decision_t * decisions_out,
-    size_t decisions_cap,
-    size_t * decisions_len);
+    scale_span_batch_t const * batch,
+    scale_batch_out_t * out);
 
 /** \brief
  *  Score one chunk of a batch given by key id: `scale_engine_process` split into several calls
  *  (each shorter, e.g. so a Go caller's cgo call does not outlast the scheduler's ~20 µs
  *  patience), with every output as if the batch had been one call.
  *
- *  The batch's spans are given in order, in chunks: the chunk's first span has index
- *  `first_index` in the batch and the chunk has `n` spans (arrays of `n` elements, as in
- *  `scale_engine_process`; the per-span outputs are the chunk's). `first_index` 0 begins a
+ *  The batch's spans are given in order, in chunks: `chunk` holds the chunk's spans (as
+ *  `scale_engine_process`'s `batch`; `chunk->n` spans, the per-span outputs in `out` are the
+ *  chunk's), and its first span has index `first_index` in the batch. `first_index` 0 begins a
  *  batch; every later chunk must continue it: `first_index` equal to the spans given so far
  *  and the same `now_ns`, else `SCALE_STATUS_CHUNK_OUT_OF_SEQUENCE` (nothing processed, the
  *  batch in progress kept). `last` non-zero marks the batch's last chunk (a batch of one chunk
  *  has `first_index` 0 and `last` 1; an empty last chunk is allowed).
  *
- *  Per-span outputs (`scores_out`, `keep_out`, `skip_out`) are written for every chunk, equal
- *  to what `scale_engine_process` writes for those spans of the whole batch. Decisions are
- *  kept inside the handle until the last chunk: then the whole batch's decisions are conflated
- *  by target (one `conflated` count over all chunks) and written to `decisions_out` with their
- *  batch-relative `span_index`, with `*decisions_len` and `SCALE_STATUS_DECISIONS_TRUNCATED`
- *  as in `scale_engine_process`. For other chunks `decisions_out` is not written (it may be
- *  NULL with `decisions_cap` 0) and `*decisions_len` is 0. The engine's state advances with
- *  every chunk (nothing is undone if the batch is never finished).
+ *  Per-span outputs (`out->scores`, `out->keep`, `out->skip`) are written for every chunk,
+ *  equal to what `scale_engine_process` writes for those spans of the whole batch. Decisions
+ *  are kept inside the handle until the last chunk: then the whole batch's decisions are
+ *  conflated by target (one `conflated` count over all chunks) and written to
+ *  `out->decisions` with their batch-relative `span_index`, with `out->decisions_len` and
+ *  `SCALE_STATUS_DECISIONS_TRUNCATED` as in `scale_engine_process`. For other chunks
+ *  `out->decisions` is not written (it may be NULL with `decisions_cap` 0) and
+ *  `out->decisions_len` is 0. The engine's state advances with every chunk (nothing is undone
+ *  if the batch is never finished).
  *
  *  Sequences: a handle has at most one chunked batch in progress. Starting a batch
  *  (`first_index` 0) abandons one that was not finished; its decisions are dropped. Calls of
@@ -457,51 +531,57 @@ scale_engine_process (
 scale_status_t
 scale_engine_process_chunk (
     scale_engine_t * engine,
-    uint64_t now_ns,
+    scale_span_batch_t const * chunk,
     size_t first_index,
     uint8_t last,
-    size_t n,
-    uint32_t const * key_ids,
-    uint64_t const * start_ns,
-    uint64_t const * end_ns,
-    uint8_t const * trace_ids,
-    uint8_t const * span_ids,
-    double * scores_out,
-    uint8_t * keep_out,
-    scale_skip_t * skip_out,
-    scale_decision_t * decisions_out,
-    size_t decisions_cap,
-    size_t * decisions_len);
+    scale_batch_out_t * out);
+
+/** \brief
+ *  Key names of a batch's spans, for `scale_engine_process_names` (instead of
+ *  `scale_span_batch.key_ids`): four arrays of `scale_span_batch.n` elements, read during the
+ *  call only.
+ *
+ *  `services[i]` points to `service_lens[i]` bytes of UTF-8 (no NUL needed), likewise
+ *  `operations[i]` / `operation_lens[i]`. A span whose name pointer is NULL (with a non-zero
+ *  length) or whose name is not UTF-8 is skipped as `SCALE_SKIP_INVALID_KEY`.
+ */
+typedef struct scale_span_names {
+    /** \brief
+     *  Each span's service name.
+     */
+    uint8_t const * const * services;
+
+    /** \brief
+     *  The length in bytes of each service name.
+     */
+    size_t const * service_lens;
+
+    /** \brief
+     *  Each span's operation name.
+     */
+    uint8_t const * const * operations;
+
+    /** \brief
+     *  The length in bytes of each operation name.
+     */
+    size_t const * operation_lens;
+} scale_span_names_t;
 
 /** \brief
  *  Like `scale_engine_process`, naming each span's key by its service and operation names
- *  instead of an id (interned on the fly; cheaper to cache ids with `scale_engine_intern`).
+ *  (`names`, arrays of `batch->n` elements: see `scale_span_names`) instead of an id (interned
+ *  on the fly; cheaper to cache ids with `scale_engine_intern`). `batch->key_ids` is not read.
  *
- *  `services[i]` points to `service_lens[i]` bytes of UTF-8 (no NUL needed), likewise
- *  `operations`/`operation_lens`; all four arrays have `n` elements and are read during the
- *  call only. A span whose name pointer is NULL (with a non-zero length) or whose name is not
- *  UTF-8 is skipped as `SCALE_SKIP_INVALID_KEY`. Everything else, including outputs, status
- *  and thread safety, is as `scale_engine_process`.
+ *  A span whose name pointer is NULL (with a non-zero length) or whose name is not UTF-8 is
+ *  skipped as `SCALE_SKIP_INVALID_KEY`. Everything else, including outputs, status and thread
+ *  safety, is as `scale_engine_process`.
  */
 scale_status_t
 scale_engine_process_names (
     scale_engine_t * engine,
-    uint64_t now_ns,
-    size_t n,
-    uint8_t const * const * services,
-    size_t const * service_lens,
-    uint8_t const * const * operations,
-    size_t const * operation_lens,
-    uint64_t const * start_ns,
-    uint64_t const * end_ns,
-    uint8_t const * trace_ids,
-    uint8_t const * span_ids,
-    double * scores_out,
-    uint8_t * keep_out,
-    scale_skip_t * skip_out,
-    scale_decision_t * decisions_out,
-    size_t decisions_cap,
-    size_t * decisions_len);
+    scale_span_batch_t const * batch,
+    scale_span_names_t const * names,
+    scale_batch_out_t * out);
 
 /** \brief
  *  Rebuild an engine from configuration YAML and a snapshot from `scale_engine_snapshot`.
@@ -537,6 +617,50 @@ scale_engine_restore_from_file (
     size_t yaml_len,
     uint8_t const * path,
     size_t path_len,
+    scale_engine_t * * out,
+    char * msg,
+    size_t msg_cap,
+    size_t * msg_len);
+
+/** \brief
+ *  Like `scale_engine_restore_from_file`, with the rules taken from a separate rules file's
+ *  text as in `scale_engine_restore_with_rules`.
+ *
+ *  I/O errors return `SCALE_STATUS_IO` with the OS error in the message.
+ *  Thread safety: safe to call from any thread.
+ */
+scale_status_t
+scale_engine_restore_from_file_with_rules (
+    uint8_t const * yaml,
+    size_t yaml_len,
+    uint8_t const * rules_yaml,
+    size_t rules_len,
+    uint8_t const * path,
+    size_t path_len,
+    scale_engine_t * * out,
+    char * msg,
+    size_t msg_cap,
+    size_t * msg_len);
+
+/** \brief
+ *  Like `scale_engine_restore`, with the rules taken from a separate rules file's text, as
+ *  `scale_engine_new_with_rules` takes them (`rules_yaml[0..rules_len]`: UTF-8, a document with
+ *  only `rules:`; its problems prefixed `rules file:`; rules in both texts are an error). The
+ *  caller never merges the two texts.
+ *
+ *  All three buffers are read during the call only. Outputs and messages as
+ *  `scale_engine_new`: the caller owns `*out` and must call `scale_engine_free`.
+ *
+ *  Thread safety: safe to call from any thread.
+ */
+scale_status_t
+scale_engine_restore_with_rules (
+    uint8_t const * yaml,
+    size_t yaml_len,
+    uint8_t const * rules_yaml,
+    size_t rules_len,
+    uint8_t const * snapshot,
+    size_t snapshot_len,
     scale_engine_t * * out,
     char * msg,
     size_t msg_cap,

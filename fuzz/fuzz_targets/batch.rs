@@ -63,16 +63,19 @@ fuzz_target!(|batches: Vec<Batch>| {
         let (op, ol): (Vec<*const u8>, Vec<usize>) = names.iter().map(|(_, o)| (o.as_ptr(), o.len())).unzip();
         let (mut sc, mut kp, mut sk) = (vec![0.0; n], vec![0u8; n], vec![scale_skip::None; n]);
         let mut dec = Vec::<scale_decision>::with_capacity(b.cap as usize);
-        let mut nd = 0;
         now = now.wrapping_add(b.now % 10_000_000_000);
+        let batch = scale_span_batch { now_ns: now, n, key_ids: keys.as_ptr(), start_ns: start.as_ptr(), end_ns: end.as_ptr(), trace_ids: trace.as_ptr(), span_ids: null() };
+        let names = scale_span_names { services: sp.as_ptr(), service_lens: sl.as_ptr(), operations: op.as_ptr(), operation_lens: ol.as_ptr() };
+        let mut out = scale_batch_out { scores: sc.as_mut_ptr(), keep: kp.as_mut_ptr(), skip: sk.as_mut_ptr(), decisions: dec.as_mut_ptr(), decisions_cap: dec.capacity(), decisions_len: 0 };
         // SAFETY: every array has n elements (decisions: cap).
         let st = unsafe {
             if b.by_names {
-                scale_engine_process_names(e, now, n, sp.as_ptr(), sl.as_ptr(), op.as_ptr(), ol.as_ptr(), start.as_ptr(), end.as_ptr(), trace.as_ptr(), null(), sc.as_mut_ptr(), kp.as_mut_ptr(), sk.as_mut_ptr(), dec.as_mut_ptr(), dec.capacity(), &mut nd)
+                scale_engine_process_names(e, &batch, &names, &mut out)
             } else {
-                scale_engine_process(e, now, n, keys.as_ptr(), start.as_ptr(), end.as_ptr(), trace.as_ptr(), null(), sc.as_mut_ptr(), kp.as_mut_ptr(), sk.as_mut_ptr(), dec.as_mut_ptr(), dec.capacity(), &mut nd)
+                scale_engine_process(e, &batch, &mut out)
             }
         };
+        let nd = out.decisions_len;
         assert!(matches!(st, scale_status::Ok | scale_status::DecisionsTruncated), "{st:?}");
         assert_eq!(st == scale_status::DecisionsTruncated, nd > b.cap as usize);
         for i in 0..n {

@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 /* C smoke test of libscale: create an engine from YAML, intern keys, score 1,000 spans in
- * one batch, read decisions, rule names and counters, snapshot and restore, free.
+ * one batch (and in chunks), read decisions, rule names and counters, snapshot and restore
+ * (also with the rules in a separate rules text), free.
  * Built and run by `make test-ffi` (under valgrind, or ASAN when valgrind is missing),
  * linked statically with the line documented in rust/ffi/README.md ("Static linking"). */
 #include <math.h>
@@ -34,15 +35,18 @@ static int passed = 0, failed = 0;
         }                                                                               \
     } while (0)
 
-static const char CONFIG[] =
-    "sampler: { window_size: 100, train_size: 500, min_score: 0.9 }\n" /* a fixed threshold: too few spans to calibrate keep_budget */
-    "rules:\n"
-    "  - name: checkout-latency\n"
-    "    match: { service: checkout }\n"
-    "    when: { duration_above: 200ms }\n"
-    "    count: 3\n"
-    "    window: 30s\n"
-    "    action: { kind: horizontal, target: { kind: Deployment, name: checkout }, max: 5 }\n";
+/* The engine's settings and its rules, also given apart (a rules file's text) to the
+ * *_with_rules constructors. A fixed min_score: too few spans to calibrate keep_budget. */
+#define SETTINGS "sampler: { window_size: 100, train_size: 500, min_score: 0.9 }\n"
+#define RULES                                                                           \
+    "rules:\n"                                                                          \
+    "  - name: checkout-latency\n"                                                      \
+    "    match: { service: checkout }\n"                                                \
+    "    when: { duration_above: 200ms }\n"                                             \
+    "    count: 3\n"                                                                    \
+    "    window: 30s\n"                                                                 \
+    "    action: { kind: horizontal, target: { kind: Deployment, name: checkout }, max: 5 }\n"
+static const char CONFIG[] = SETTINGS RULES;
 
 #define N 1000
 #define T0 1700000000000000000ULL
@@ -95,8 +99,12 @@ int main(void) {
         span_ids[8 * i] = (uint8_t)i;
     }
     keys[1] = 4242; /* unknown id: that span is skipped, not an error */
-    CHECK_OK(scale_engine_process(engine, T0 + N * MS, N, keys, start, end, trace_ids, span_ids, scores, keep, skip,
-                                  decisions, 4, &n_decisions));
+    scale_span_batch_t batch = {.now_ns = T0 + N * MS, .n = N, .key_ids = keys, .start_ns = start,
+                                .end_ns = end, .trace_ids = trace_ids, .span_ids = span_ids};
+    scale_batch_out_t out = {.scores = scores, .keep = keep, .skip = skip, .decisions = decisions,
+                             .decisions_cap = 4};
+    CHECK_OK(scale_engine_process(engine, &batch, &out));
+    n_decisions = out.decisions_len;
     CHECK(skip[1] == SCALE_SKIP_INVALID_KEY && isnan(scores[1]) && keep[1] == 0);
     CHECK(skip[0] == SCALE_SKIP_NONE && isnan(scores[0])); /* warming up */
     CHECK(skip[N - 1] == SCALE_SKIP_NONE && scores[N - 1] >= 0.0 && scores[N - 1] <= 1.0);
@@ -128,9 +136,14 @@ int main(void) {
     for (size_t lo = 0; lo < N; lo += 64) {
         size_t n = N - lo < 64 ? N - lo : 64;
         uint8_t last = lo + n == N;
-        CHECK_OK(scale_engine_process_chunk(chunked, T0 + N * MS, lo, last, n, keys + lo, start + lo, end + lo,
-                                            trace_ids + 16 * lo, span_ids + 8 * lo, c_scores + lo, c_keep + lo,
-                                            c_skip + lo, last ? c_decisions : NULL, last ? 4 : 0, &c_n));
+        scale_span_batch_t chunk = {.now_ns = T0 + N * MS, .n = n, .key_ids = keys + lo, .start_ns = start + lo,
+                                    .end_ns = end + lo, .trace_ids = trace_ids + 16 * lo,
+                                    .span_ids = span_ids + 8 * lo};
+        scale_batch_out_t c_out = {.scores = c_scores + lo, .keep = c_keep + lo, .skip = c_skip + lo,
+                                   .decisions = last ? c_decisions : NULL, .decisions_cap = last ? 4 : 0,
+                                   .decisions_len = 99};
+        CHECK_OK(scale_engine_process_chunk(chunked, &chunk, lo, last, &c_out));
+        c_n = c_out.decisions_len;
         CHECK(last || c_n == 0);
     }
     CHECK(memcmp(scores, c_scores, N * sizeof *scores) == 0); /* NaNs compare as bytes */
@@ -142,9 +155,13 @@ int main(void) {
         CHECK(x->count == y->count && x->observed_ms == y->observed_ms && x->time_ns == y->time_ns);
         CHECK(x->action == y->action && memcmp(x->trace_id.idx, y->trace_id.idx, 16) == 0);
     }
-    /* A chunk that does not continue the batch is refused. */
-    CHECK(scale_engine_process_chunk(chunked, T0, 5, 1, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0,
-                                     &c_n) == SCALE_STATUS_CHUNK_OUT_OF_SEQUENCE);
+    /* A chunk that does not continue the batch is refused; the structs themselves are required. */
+    scale_span_batch_t empty = {.now_ns = T0};
+    scale_batch_out_t none = {.decisions_len = 99};
+    CHECK(scale_engine_process_chunk(chunked, &empty, 5, 1, &none) == SCALE_STATUS_CHUNK_OUT_OF_SEQUENCE);
+    CHECK(scale_engine_process(chunked, NULL, &none) == SCALE_STATUS_NULL_ARGUMENT);
+    CHECK(scale_engine_process(chunked, &empty, NULL) == SCALE_STATUS_NULL_ARGUMENT);
+    CHECK(none.decisions_len == 99);
     scale_engine_free(chunked);
     free(c_scores);
     free(c_keep);
@@ -166,6 +183,22 @@ int main(void) {
     scale_stats_t twin_stats;
     CHECK_OK(scale_engine_stats(twin, &twin_stats));
     CHECK(memcmp(&stats, &twin_stats, sizeof stats) == 0);
+
+    /* The same snapshot with the rules given apart: no YAML to merge. */
+    scale_engine_t *split = NULL;
+    CHECK_OK(scale_engine_restore_with_rules((const uint8_t *)SETTINGS, strlen(SETTINGS), (const uint8_t *)RULES,
+                                             strlen(RULES), snap, len, &split, msg, sizeof msg, &msg_len));
+    size_t n_rules = 0;
+    CHECK_OK(scale_engine_rule_count(split, &n_rules));
+    CHECK(n_rules == 1);
+    CHECK_OK(scale_engine_stats(split, &twin_stats));
+    CHECK(memcmp(&stats, &twin_stats, sizeof stats) == 0);
+    scale_engine_free(split);
+    /* Rules in both texts are refused, with a message. */
+    CHECK(scale_engine_restore_with_rules((const uint8_t *)CONFIG, strlen(CONFIG), (const uint8_t *)RULES,
+                                          strlen(RULES), snap, len, &split, msg, sizeof msg,
+                                          &msg_len) == SCALE_STATUS_INVALID_CONFIG);
+    CHECK(msg_len > 0 && memmem(msg, msg_len, "rules file", 10) != NULL);
 
     /* Misuse returns a status, never crashes. */
     CHECK(scale_engine_stats(NULL, &stats) == SCALE_STATUS_NULL_ARGUMENT);

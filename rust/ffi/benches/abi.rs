@@ -16,7 +16,9 @@ use std::ptr::null_mut;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use scale::{scale_decision, scale_engine, scale_skip, scale_status};
+use scale::{
+    scale_batch_out, scale_decision, scale_engine, scale_skip, scale_span_batch, scale_status,
+};
 use scale_core::rng::SplitMix64;
 use scale_core::{BatchOutput, Engine, SpanKey, SpanRef, Timing};
 
@@ -27,19 +29,8 @@ mod c {
     unsafe extern "C" {
         pub fn scale_engine_process(
             engine: *mut scale_engine,
-            now_ns: u64,
-            n: usize,
-            key_ids: *const u32,
-            start_ns: *const u64,
-            end_ns: *const u64,
-            trace_ids: *const u8,
-            span_ids: *const u8,
-            scores_out: *mut f64,
-            keep_out: *mut u8,
-            skip_out: *mut scale_skip,
-            decisions_out: *mut scale_decision,
-            decisions_cap: usize,
-            decisions_len: *mut usize,
+            batch: *const scale_span_batch,
+            out: *mut scale_batch_out,
         ) -> scale_status;
     }
 }
@@ -138,24 +129,26 @@ impl Outs {
 /// One batch of `n` spans at `off` through the C symbol.
 fn c_batch(e: *mut scale_engine, f: &Flat, off: usize, n: usize, o: &mut Outs) {
     // SAFETY: every array has at least `n` elements from `off`.
-    let st = unsafe {
-        c::scale_engine_process(
-            e,
-            T0,
-            n,
-            f.keys[off..].as_ptr(),
-            f.start[off..].as_ptr(),
-            f.end[off..].as_ptr(),
-            f.trace[16 * off..].as_ptr(),
-            f.span[8 * off..].as_ptr(),
-            o.scores.as_mut_ptr(),
-            o.keep.as_mut_ptr(),
-            o.skip.as_mut_ptr(),
-            o.decisions.as_mut_ptr(),
-            o.decisions.capacity(),
-            &mut o.n_decisions,
-        )
+    let batch = scale_span_batch {
+        now_ns: T0,
+        n,
+        key_ids: f.keys[off..].as_ptr(),
+        start_ns: f.start[off..].as_ptr(),
+        end_ns: f.end[off..].as_ptr(),
+        trace_ids: f.trace[16 * off..].as_ptr(),
+        span_ids: f.span[8 * off..].as_ptr(),
     };
+    let mut out = scale_batch_out {
+        scores: o.scores.as_mut_ptr(),
+        keep: o.keep.as_mut_ptr(),
+        skip: o.skip.as_mut_ptr(),
+        decisions: o.decisions.as_mut_ptr(),
+        decisions_cap: o.decisions.capacity(),
+        decisions_len: 0,
+    };
+    // SAFETY: every array has at least `n` elements from `off`.
+    let st = unsafe { c::scale_engine_process(e, &batch, &mut out) };
+    o.n_decisions = out.decisions_len;
     debug_assert!(matches!(
         st,
         scale_status::Ok | scale_status::DecisionsTruncated

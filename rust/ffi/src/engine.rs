@@ -11,6 +11,7 @@ use scale_core::{
     BatchOutput, Decision, Engine, EngineConfig, Error, SpanKey, SpanRef, Timing, Verdict,
 };
 
+use crate::batch::{scale_batch_out, scale_span_batch, scale_span_names};
 use crate::decision::scale_decision;
 use crate::ffi::{self, FfiResult, MsgOut};
 use crate::panic;
@@ -30,8 +31,8 @@ const INVALID_KEY: u32 = u32::MAX - 1;
 
 /// A SCALE engine: featurizer, Half-Space-Trees model, key table and latency-rule windows.
 ///
-/// Ownership: created by `scale_engine_new`, `scale_engine_new_with_rules`, `scale_engine_restore`
-/// or `scale_engine_restore_from_file`; the caller owns it and must call `scale_engine_free` once.
+/// Ownership: created by `scale_engine_new`, `scale_engine_new_with_rules` or one of the
+/// `scale_engine_restore*` functions; the caller owns it and must call `scale_engine_free` once.
 ///
 /// Thread safety: every function except `scale_engine_free` may be called from any thread,
 /// concurrently, on the same handle: calls are serialised by one lock per handle (calls on
@@ -42,10 +43,12 @@ const INVALID_KEY: u32 = u32::MAX - 1;
 /// the handle returns `SCALE_STATUS_POISONED`; only `scale_engine_free` still works.
 ///
 /// Methods: `scale_engine_new`, `scale_engine_new_with_rules`, `scale_engine_restore`,
-/// `scale_engine_restore_from_file`, `scale_engine_free`, `scale_engine_intern`, `scale_engine_process`,
-/// `scale_engine_process_names`, `scale_engine_process_chunk`, `scale_engine_rule_count`, `scale_engine_rule_name`,
-/// `scale_engine_stats`, `scale_engine_snapshot_size`, `scale_engine_snapshot`,
-/// `scale_engine_snapshot_to_file`.
+/// `scale_engine_restore_with_rules`, `scale_engine_restore_from_file`,
+/// `scale_engine_restore_from_file_with_rules`, `scale_engine_free`, `scale_engine_intern`,
+/// `scale_engine_process`, `scale_engine_process_names`, `scale_engine_process_chunk` (batches in
+/// `scale_span_batch` / `scale_batch_out` structs), `scale_engine_rule_count`,
+/// `scale_engine_rule_name`, `scale_engine_rule_reports`, `scale_engine_stats`,
+/// `scale_engine_snapshot_size`, `scale_engine_snapshot`, `scale_engine_snapshot_to_file`.
 #[derive_ReprC]
 #[repr(opaque)]
 pub struct scale_engine {
@@ -277,28 +280,80 @@ unsafe fn path<'a>(ptr: *const u8, len: usize) -> Result<&'a std::path::Path, Fa
     }
 }
 
-/// Parse the configuration and validate `out`; shared by the constructors.
+/// The configuration from its text and, if given, a separate rules file's text (problems of
+/// both reported together, those of the rules text prefixed `rules file:`).
 ///
 /// # Safety
-/// As `ffi::slice` and `ffi::out_ref`.
-unsafe fn config_and_out<'a>(
+/// As `ffi::slice`, for both texts.
+unsafe fn config(
     yaml: *const u8,
     yaml_len: usize,
-    out: *mut *mut scale_engine,
-) -> Result<(EngineConfig, &'a mut MaybeUninit<*mut scale_engine>), Failure> {
+    rules: Option<(*const u8, usize)>,
+) -> Result<EngineConfig, Failure> {
     // SAFETY: forwarded.
-    let out =
-        unsafe { ffi::out_ref(out) }.map_err(|s| Failure(s, "out is NULL or misaligned".into()))?;
-    // SAFETY: forwarded.
-    let text = unsafe { text(yaml, yaml_len, "configuration") }?;
-    let cfg = EngineConfig::from_yaml(text).map_err(|e| Failure::from(Error::Config(e)))?;
-    Ok((cfg, out))
+    let engine_text = unsafe { text(yaml, yaml_len, "configuration") }?;
+    let rules_text = match rules {
+        // SAFETY: forwarded.
+        Some((ptr, len)) => Some(unsafe { text(ptr, len, "rules") }?),
+        None => None,
+    };
+    EngineConfig::from_parts(engine_text, rules_text).map_err(|e| Failure::from(Error::Config(e)))
 }
 
-fn publish(out: &mut MaybeUninit<*mut scale_engine>, engine: Engine) {
-    out.write(Box::into_raw(Box::new(scale_engine {
-        shared: Shared::new(engine),
-    })));
+/// The boundary of every constructor: validates the message output and `out`, parses the
+/// configuration (and the rules file's text, if given), builds the engine with `build` and
+/// writes the new handle to `*out`.
+///
+/// # Safety
+/// As `ffi::MsgOut::new`, `ffi::out_ref` and `config`.
+unsafe fn construct(
+    yaml: *const u8,
+    yaml_len: usize,
+    rules: Option<(*const u8, usize)>,
+    out: *mut *mut scale_engine,
+    msg: (*mut c_char, usize, *mut usize),
+    build: impl FnOnce(EngineConfig) -> Result<Engine, Failure>,
+) -> scale_status {
+    let (msg, msg_cap, msg_len) = msg;
+    // SAFETY: forwarded; every pointer goes through `ffi`.
+    unsafe {
+        with_msg(msg, msg_cap, msg_len, || {
+            let out =
+                ffi::out_ref(out).map_err(|s| Failure(s, "out is NULL or misaligned".into()))?;
+            let engine = build(config(yaml, yaml_len, rules)?)?;
+            out.write(Box::into_raw(Box::new(scale_engine {
+                shared: Shared::new(engine),
+            })));
+            Ok(())
+        })
+    }
+}
+
+/// A snapshot given in memory, restored with `cfg`.
+///
+/// # Safety
+/// As `ffi::slice`.
+unsafe fn restore_bytes(cfg: EngineConfig, ptr: *const u8, len: usize) -> Result<Engine, Failure> {
+    // SAFETY: forwarded.
+    let snap = unsafe { ffi::slice(ptr, len) }
+        .map_err(|s| Failure(s, "snapshot is NULL or too long".into()))?;
+    Ok(Engine::restore(cfg, snap)?)
+}
+
+/// A snapshot read from the file at `path[0..path_len]`, restored with `cfg`.
+///
+/// # Safety
+/// As `ffi::slice`.
+unsafe fn restore_file(
+    cfg: EngineConfig,
+    path: *const u8,
+    path_len: usize,
+) -> Result<Engine, Failure> {
+    // SAFETY: forwarded.
+    let p = unsafe { self::path(path, path_len) }?;
+    let bytes = std::fs::read(p)
+        .map_err(|e| Failure(scale_status::Io, format!("reading {}: {e}", p.display())))?;
+    Ok(Engine::restore(cfg, &bytes)?)
 }
 
 /// Create an engine from configuration YAML.
@@ -325,10 +380,8 @@ pub unsafe fn scale_engine_new(
 ) -> scale_status {
     // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
     unsafe {
-        with_msg(msg, msg_cap, msg_len, || {
-            let (cfg, out) = config_and_out(yaml, yaml_len, out)?;
-            publish(out, Engine::new(cfg));
-            Ok(())
+        construct(yaml, yaml_len, None, out, (msg, msg_cap, msg_len), |cfg| {
+            Ok(Engine::new(cfg))
         })
     }
 }
@@ -353,17 +406,11 @@ pub unsafe fn scale_engine_new_with_rules(
     msg_cap: usize,
     msg_len: *mut usize,
 ) -> scale_status {
+    let rules = Some((rules_yaml, rules_len));
     // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
     unsafe {
-        with_msg(msg, msg_cap, msg_len, || {
-            let out =
-                ffi::out_ref(out).map_err(|s| Failure(s, "out is NULL or misaligned".into()))?;
-            let engine_text = text(yaml, yaml_len, "configuration")?;
-            let rules_text = text(rules_yaml, rules_len, "rules")?;
-            let cfg = EngineConfig::from_parts(engine_text, Some(rules_text))
-                .map_err(|e| Failure::from(Error::Config(e)))?;
-            publish(out, Engine::new(cfg));
-            Ok(())
+        construct(yaml, yaml_len, rules, out, (msg, msg_cap, msg_len), |cfg| {
+            Ok(Engine::new(cfg))
         })
     }
 }
@@ -389,12 +436,39 @@ pub unsafe fn scale_engine_restore(
 ) -> scale_status {
     // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
     unsafe {
-        with_msg(msg, msg_cap, msg_len, || {
-            let (cfg, out) = config_and_out(yaml, yaml_len, out)?;
-            let snap = ffi::slice(snapshot, snapshot_len)
-                .map_err(|s| Failure(s, "snapshot is NULL or too long".into()))?;
-            publish(out, Engine::restore(cfg, snap)?);
-            Ok(())
+        construct(yaml, yaml_len, None, out, (msg, msg_cap, msg_len), |cfg| {
+            restore_bytes(cfg, snapshot, snapshot_len)
+        })
+    }
+}
+
+/// Like `scale_engine_restore`, with the rules taken from a separate rules file's text, as
+/// `scale_engine_new_with_rules` takes them (`rules_yaml[0..rules_len]`: UTF-8, a document with
+/// only `rules:`; its problems prefixed `rules file:`; rules in both texts are an error). The
+/// caller never merges the two texts.
+///
+/// All three buffers are read during the call only. Outputs and messages as
+/// `scale_engine_new`: the caller owns `*out` and must call `scale_engine_free`.
+///
+/// Thread safety: safe to call from any thread.
+#[ffi_export]
+pub unsafe fn scale_engine_restore_with_rules(
+    yaml: *const u8,
+    yaml_len: usize,
+    rules_yaml: *const u8,
+    rules_len: usize,
+    snapshot: *const u8,
+    snapshot_len: usize,
+    out: *mut *mut scale_engine,
+    msg: *mut c_char,
+    msg_cap: usize,
+    msg_len: *mut usize,
+) -> scale_status {
+    let rules = Some((rules_yaml, rules_len));
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        construct(yaml, yaml_len, rules, out, (msg, msg_cap, msg_len), |cfg| {
+            restore_bytes(cfg, snapshot, snapshot_len)
         })
     }
 }
@@ -417,13 +491,35 @@ pub unsafe fn scale_engine_restore_from_file(
 ) -> scale_status {
     // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
     unsafe {
-        with_msg(msg, msg_cap, msg_len, || {
-            let (cfg, out) = config_and_out(yaml, yaml_len, out)?;
-            let p = self::path(path, path_len)?;
-            let bytes = std::fs::read(p)
-                .map_err(|e| Failure(scale_status::Io, format!("reading {}: {e}", p.display())))?;
-            publish(out, Engine::restore(cfg, &bytes)?);
-            Ok(())
+        construct(yaml, yaml_len, None, out, (msg, msg_cap, msg_len), |cfg| {
+            restore_file(cfg, path, path_len)
+        })
+    }
+}
+
+/// Like `scale_engine_restore_from_file`, with the rules taken from a separate rules file's
+/// text as in `scale_engine_restore_with_rules`.
+///
+/// I/O errors return `SCALE_STATUS_IO` with the OS error in the message.
+/// Thread safety: safe to call from any thread.
+#[ffi_export]
+pub unsafe fn scale_engine_restore_from_file_with_rules(
+    yaml: *const u8,
+    yaml_len: usize,
+    rules_yaml: *const u8,
+    rules_len: usize,
+    path: *const u8,
+    path_len: usize,
+    out: *mut *mut scale_engine,
+    msg: *mut c_char,
+    msg_cap: usize,
+    msg_len: *mut usize,
+) -> scale_status {
+    let rules = Some((rules_yaml, rules_len));
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        construct(yaml, yaml_len, rules, out, (msg, msg_cap, msg_len), |cfg| {
+            restore_file(cfg, path, path_len)
         })
     }
 }
@@ -436,7 +532,7 @@ pub unsafe fn scale_engine_restore_from_file(
 pub unsafe fn scale_engine_free(engine: *mut scale_engine) {
     panic::catch_or((), || {
         if !engine.is_null() {
-            // SAFETY: the caller passes ownership of a handle made by `publish`.
+            // SAFETY: the caller passes ownership of a handle made by `construct`.
             drop(unsafe { Box::from_raw(engine) });
         }
     })
@@ -612,7 +708,7 @@ impl<'a> Batch<'a> {
         }
         let spans = self.span_refs(std::mem::take(&mut st.spans));
         for (i, span) in spans.iter().enumerate() {
-            // `check_chunk` bounds first_index + n by u32::MAX.
+            // `check_len` bounds first_index + n by u32::MAX.
             let index = (first_index + i) as u32;
             let v = st
                 .engine
@@ -632,78 +728,90 @@ impl<'a> Batch<'a> {
     }
 }
 
-/// A batch has at most `u32::MAX` spans (decisions carry a `u32` span index).
-fn check_n(n: usize) -> FfiResult<()> {
-    u32::try_from(n)
+/// Check a batch's indices: `first_index + n` spans (a whole batch has `first_index` 0) must fit
+/// `u32`, since decisions carry a `u32` span index.
+fn check_len(first_index: usize, n: usize) -> FfiResult<()> {
+    first_index
+        .checked_add(n)
+        .and_then(|end| u32::try_from(end).ok())
         .map(|_| ())
-        .map_err(|_| scale_status::InvalidLength)
+        .ok_or(scale_status::InvalidLength)
 }
 
-/// Validate the arguments shared by both process calls.
+/// Where a batch's keys come from.
+enum KeySource {
+    /// `scale_span_batch.key_ids`.
+    Ids,
+    /// A `scale_span_names` struct (`scale_engine_process_names`).
+    Names(*const scale_span_names),
+}
+
+/// The one place the hot calls' structs become slices: `input` and `out` (NULL, alignment),
+/// the batch's length (`first_index + n` within `u32`), the key arrays, then every other array,
+/// all checked before anything is written.
 ///
 /// # Safety
-/// As documented on `scale_engine_process`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn batch<'a>(
-    now_ns: u64,
-    n: usize,
-    keys: Keys<'a>,
-    start_ns: *const u64,
-    end_ns: *const u64,
-    trace_ids: *const u8,
-    span_ids: *const u8,
-    scores_out: *mut f64,
-    keep_out: *mut u8,
-    skip_out: *mut scale_skip,
-    decisions_out: *mut scale_decision,
-    decisions_cap: usize,
-    decisions_len: *mut usize,
+/// `input`, `out` and (for names) the names struct must be NULL or valid for the call, with
+/// arrays as documented on `scale_span_batch`, `scale_span_names` and `scale_batch_out`.
+unsafe fn batch_args<'a>(
+    input: *const scale_span_batch,
+    keys: KeySource,
+    first_index: usize,
+    out: *mut scale_batch_out,
 ) -> FfiResult<Batch<'a>> {
     // SAFETY: every pointer is checked by `ffi`; validity for `n` elements is the contract.
     unsafe {
+        let b = *ffi::in_ref(input)?;
+        let o = *ffi::in_ref(out.cast_const())?;
+        let n = b.n;
+        check_len(first_index, n)?;
+        let keys = match keys {
+            KeySource::Ids => Keys::Ids(ffi::slice(b.key_ids, n)?),
+            KeySource::Names(names) => {
+                let m = *ffi::in_ref(names)?;
+                Keys::Names {
+                    services: ffi::slice(m.services, n)?,
+                    service_lens: ffi::slice(m.service_lens, n)?,
+                    operations: ffi::slice(m.operations, n)?,
+                    operation_lens: ffi::slice(m.operation_lens, n)?,
+                }
+            }
+        };
         Ok(Batch {
-            now_ns,
+            now_ns: b.now_ns,
             keys,
-            start_ns: ffi::slice(start_ns, n)?,
-            end_ns: ffi::slice(end_ns, n)?,
-            trace_ids: ffi::opt_slice(trace_ids.cast::<[u8; 16]>(), n)?,
-            span_ids: ffi::opt_slice(span_ids.cast::<[u8; 8]>(), n)?,
-            scores: ffi::out_slice(scores_out, n)?,
-            keep: ffi::out_slice(keep_out, n)?,
-            skip: ffi::out_slice(skip_out, n)?,
-            decisions: ffi::out_slice(decisions_out, decisions_cap)?,
-            decisions_len: ffi::out_ref(decisions_len)?,
+            start_ns: ffi::slice(b.start_ns, n)?,
+            end_ns: ffi::slice(b.end_ns, n)?,
+            trace_ids: ffi::opt_slice(b.trace_ids.cast::<[u8; 16]>(), n)?,
+            span_ids: ffi::opt_slice(b.span_ids.cast::<[u8; 8]>(), n)?,
+            scores: ffi::out_slice(o.scores, n)?,
+            keep: ffi::out_slice(o.keep, n)?,
+            skip: ffi::out_slice(o.skip, n)?,
+            decisions: ffi::out_slice(o.decisions, o.decisions_cap)?,
+            // `out` was checked above: non-NULL and aligned.
+            decisions_len: &mut *std::ptr::addr_of_mut!((*out).decisions_len)
+                .cast::<MaybeUninit<usize>>(),
         })
     }
 }
 
-/// Score a batch of `n` spans given by key id: the hot path, one call per batch (or one per
-/// chunk of it: `scale_engine_process_chunk`).
+/// Score a batch of spans given by key id: the hot path, one call per batch (or one per chunk
+/// of it: `scale_engine_process_chunk`).
 ///
-/// Inputs (read during the call only, never kept; arrays of `n` elements unless stated;
-/// `(NULL, 0)` is an empty batch):
-/// - `now_ns`: the caller's clock (ns since the Unix epoch) for the rules' sliding windows;
-/// - `key_ids`: ids from `scale_engine_intern` (or `SCALE_KEY_OVERFLOW`); an unknown id skips
-///   that span as `SCALE_SKIP_INVALID_KEY` (not an error);
-/// - `start_ns`, `end_ns`: span start and end, ns since the Unix epoch; bad timings skip the span;
-/// - `trace_ids` (`16 * n` bytes) and `span_ids` (`8 * n` bytes): evidence copied into
-///   decisions; either may be NULL (zeros are used).
+/// `batch` holds the inputs (`batch->n` spans; `key_ids`, `start_ns` and `end_ns` required,
+/// `trace_ids` and `span_ids` optional: see `scale_span_batch`), read during the call only and
+/// never kept; `n` 0 is an empty batch (its arrays may be NULL). `out` says where the results
+/// go (`scale_batch_out`): per-span `scores`, `keep` and `skip` (`n` elements each), the
+/// decisions that fired in `decisions[0..decisions_cap]`, and how many fired in
+/// `out->decisions_len`; all written on `SCALE_STATUS_OK` and
+/// `SCALE_STATUS_DECISIONS_TRUNCATED` only. If more than `decisions_cap` fired, the first
+/// `decisions_cap` are written, `decisions_len` is the total, and the status is
+/// `SCALE_STATUS_DECISIONS_TRUNCATED`: the per-span outputs are still complete and the engine's
+/// state has advanced (do not resubmit the batch); the extra decisions are lost.
 ///
-/// Outputs (caller-allocated, `n` elements, written on `SCALE_STATUS_OK` and
-/// `SCALE_STATUS_DECISIONS_TRUNCATED` only):
-/// - `scores_out`: anomaly score in [0, 1], higher is more anomalous; NaN if none (skipped,
-///   or the model is still warming up);
-/// - `keep_out`: 1 to keep (forward) the span, 0 to drop it;
-/// - `skip_out`: `SCALE_SKIP_NONE` (0) if the span was scored, else why not (`scale_skip`);
-/// - `decisions_out[0..decisions_cap]`: the decisions that fired (may be NULL if
-///   `decisions_cap` is 0), and `*decisions_len`: how many fired. If more than `decisions_cap`
-///   fired, the first `decisions_cap` are written, `*decisions_len` is the total, and the
-///   status is `SCALE_STATUS_DECISIONS_TRUNCATED`: the per-span outputs are still complete and
-///   the engine's state has advanced (do not resubmit the batch); the extra decisions are lost.
-///
-/// No output may overlap another argument. `n` above `UINT32_MAX` is
-/// `SCALE_STATUS_INVALID_LENGTH`. Any other error (NULL, length, poisoned) leaves the engine
-/// and every output untouched.
+/// `batch` and `out` must not be NULL (`SCALE_STATUS_NULL_ARGUMENT`). No output may overlap
+/// another argument. `n` above `UINT32_MAX` is `SCALE_STATUS_INVALID_LENGTH`. Any other error
+/// (NULL, length, alignment, poisoned) leaves the engine and every output untouched.
 ///
 /// Cost: O(n · n_trees · height); no allocation once the engine's scratch buffers have grown
 /// to the largest batch. Thread safety: safe to call concurrently with any call but
@@ -712,131 +820,62 @@ unsafe fn batch<'a>(
 #[ffi_export]
 pub unsafe fn scale_engine_process(
     engine: *mut scale_engine,
-    now_ns: u64,
-    n: usize,
-    key_ids: *const u32,
-    start_ns: *const u64,
-    end_ns: *const u64,
-    trace_ids: *const u8,
-    span_ids: *const u8,
-    scores_out: *mut f64,
-    keep_out: *mut u8,
-    skip_out: *mut scale_skip,
-    decisions_out: *mut scale_decision,
-    decisions_cap: usize,
-    decisions_len: *mut usize,
+    batch: *const scale_span_batch,
+    out: *mut scale_batch_out,
 ) -> scale_status {
     // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
     unsafe {
         on_engine(engine, |e| {
-            check_n(n)?;
-            let keys = Keys::Ids(ffi::slice(key_ids, n)?);
-            let b = batch(
-                now_ns,
-                n,
-                keys,
-                start_ns,
-                end_ns,
-                trace_ids,
-                span_ids,
-                scores_out,
-                keep_out,
-                skip_out,
-                decisions_out,
-                decisions_cap,
-                decisions_len,
-            )?;
+            let b = batch_args(batch, KeySource::Ids, 0, out)?;
             Ok(b.run(e.lock()?.state()))
         })
     }
 }
 
 /// Like `scale_engine_process`, naming each span's key by its service and operation names
-/// instead of an id (interned on the fly; cheaper to cache ids with `scale_engine_intern`).
+/// (`names`, arrays of `batch->n` elements: see `scale_span_names`) instead of an id (interned
+/// on the fly; cheaper to cache ids with `scale_engine_intern`). `batch->key_ids` is not read.
 ///
-/// `services[i]` points to `service_lens[i]` bytes of UTF-8 (no NUL needed), likewise
-/// `operations`/`operation_lens`; all four arrays have `n` elements and are read during the
-/// call only. A span whose name pointer is NULL (with a non-zero length) or whose name is not
-/// UTF-8 is skipped as `SCALE_SKIP_INVALID_KEY`. Everything else, including outputs, status
-/// and thread safety, is as `scale_engine_process`.
+/// A span whose name pointer is NULL (with a non-zero length) or whose name is not UTF-8 is
+/// skipped as `SCALE_SKIP_INVALID_KEY`. Everything else, including outputs, status and thread
+/// safety, is as `scale_engine_process`.
 #[ffi_export]
 pub unsafe fn scale_engine_process_names(
     engine: *mut scale_engine,
-    now_ns: u64,
-    n: usize,
-    services: *const *const u8,
-    service_lens: *const usize,
-    operations: *const *const u8,
-    operation_lens: *const usize,
-    start_ns: *const u64,
-    end_ns: *const u64,
-    trace_ids: *const u8,
-    span_ids: *const u8,
-    scores_out: *mut f64,
-    keep_out: *mut u8,
-    skip_out: *mut scale_skip,
-    decisions_out: *mut scale_decision,
-    decisions_cap: usize,
-    decisions_len: *mut usize,
+    batch: *const scale_span_batch,
+    names: *const scale_span_names,
+    out: *mut scale_batch_out,
 ) -> scale_status {
     // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
     unsafe {
         on_engine(engine, |e| {
-            check_n(n)?;
-            let keys = Keys::Names {
-                services: ffi::slice(services, n)?,
-                service_lens: ffi::slice(service_lens, n)?,
-                operations: ffi::slice(operations, n)?,
-                operation_lens: ffi::slice(operation_lens, n)?,
-            };
-            let b = batch(
-                now_ns,
-                n,
-                keys,
-                start_ns,
-                end_ns,
-                trace_ids,
-                span_ids,
-                scores_out,
-                keep_out,
-                skip_out,
-                decisions_out,
-                decisions_cap,
-                decisions_len,
-            )?;
+            let b = batch_args(batch, KeySource::Names(names), 0, out)?;
             Ok(b.run(e.lock()?.state()))
         })
     }
-}
-
-/// Check a chunk's place in its batch: the batch's indices must fit `u32` like a whole batch's.
-fn check_chunk(first_index: usize, n: usize) -> FfiResult<()> {
-    first_index
-        .checked_add(n)
-        .ok_or(scale_status::InvalidLength)
-        .and_then(check_n)
 }
 
 /// Score one chunk of a batch given by key id: `scale_engine_process` split into several calls
 /// (each shorter, e.g. so a Go caller's cgo call does not outlast the scheduler's ~20 µs
 /// patience), with every output as if the batch had been one call.
 ///
-/// The batch's spans are given in order, in chunks: the chunk's first span has index
-/// `first_index` in the batch and the chunk has `n` spans (arrays of `n` elements, as in
-/// `scale_engine_process`; the per-span outputs are the chunk's). `first_index` 0 begins a
+/// The batch's spans are given in order, in chunks: `chunk` holds the chunk's spans (as
+/// `scale_engine_process`'s `batch`; `chunk->n` spans, the per-span outputs in `out` are the
+/// chunk's), and its first span has index `first_index` in the batch. `first_index` 0 begins a
 /// batch; every later chunk must continue it: `first_index` equal to the spans given so far
 /// and the same `now_ns`, else `SCALE_STATUS_CHUNK_OUT_OF_SEQUENCE` (nothing processed, the
 /// batch in progress kept). `last` non-zero marks the batch's last chunk (a batch of one chunk
 /// has `first_index` 0 and `last` 1; an empty last chunk is allowed).
 ///
-/// Per-span outputs (`scores_out`, `keep_out`, `skip_out`) are written for every chunk, equal
-/// to what `scale_engine_process` writes for those spans of the whole batch. Decisions are
-/// kept inside the handle until the last chunk: then the whole batch's decisions are conflated
-/// by target (one `conflated` count over all chunks) and written to `decisions_out` with their
-/// batch-relative `span_index`, with `*decisions_len` and `SCALE_STATUS_DECISIONS_TRUNCATED`
-/// as in `scale_engine_process`. For other chunks `decisions_out` is not written (it may be
-/// NULL with `decisions_cap` 0) and `*decisions_len` is 0. The engine's state advances with
-/// every chunk (nothing is undone if the batch is never finished).
+/// Per-span outputs (`out->scores`, `out->keep`, `out->skip`) are written for every chunk,
+/// equal to what `scale_engine_process` writes for those spans of the whole batch. Decisions
+/// are kept inside the handle until the last chunk: then the whole batch's decisions are
+/// conflated by target (one `conflated` count over all chunks) and written to
+/// `out->decisions` with their batch-relative `span_index`, with `out->decisions_len` and
+/// `SCALE_STATUS_DECISIONS_TRUNCATED` as in `scale_engine_process`. For other chunks
+/// `out->decisions` is not written (it may be NULL with `decisions_cap` 0) and
+/// `out->decisions_len` is 0. The engine's state advances with every chunk (nothing is undone
+/// if the batch is never finished).
 ///
 /// Sequences: a handle has at most one chunked batch in progress. Starting a batch
 /// (`first_index` 0) abandons one that was not finished; its decisions are dropped. Calls of
@@ -855,42 +894,15 @@ fn check_chunk(first_index: usize, n: usize) -> FfiResult<()> {
 #[ffi_export]
 pub unsafe fn scale_engine_process_chunk(
     engine: *mut scale_engine,
-    now_ns: u64,
+    chunk: *const scale_span_batch,
     first_index: usize,
     last: u8,
-    n: usize,
-    key_ids: *const u32,
-    start_ns: *const u64,
-    end_ns: *const u64,
-    trace_ids: *const u8,
-    span_ids: *const u8,
-    scores_out: *mut f64,
-    keep_out: *mut u8,
-    skip_out: *mut scale_skip,
-    decisions_out: *mut scale_decision,
-    decisions_cap: usize,
-    decisions_len: *mut usize,
+    out: *mut scale_batch_out,
 ) -> scale_status {
     // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
     unsafe {
         on_engine(engine, |e| {
-            check_chunk(first_index, n)?;
-            let keys = Keys::Ids(ffi::slice(key_ids, n)?);
-            let b = batch(
-                now_ns,
-                n,
-                keys,
-                start_ns,
-                end_ns,
-                trace_ids,
-                span_ids,
-                scores_out,
-                keep_out,
-                skip_out,
-                decisions_out,
-                decisions_cap,
-                decisions_len,
-            )?;
+            let b = batch_args(chunk, KeySource::Ids, first_index, out)?;
             b.run_chunk(e.lock()?.state(), first_index, last != 0)
         })
     }

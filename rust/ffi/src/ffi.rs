@@ -80,6 +80,16 @@ pub(crate) unsafe fn out_slice<'a, T>(
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr.cast::<MaybeUninit<T>>(), len) })
 }
 
+/// The caller's single input value behind `ptr` (a struct of arguments).
+///
+/// # Safety
+/// If non-NULL, `ptr` must point to an initialised `T` that stays valid and unmodified for `'a`.
+pub(crate) unsafe fn in_ref<'a, T>(ptr: *const T) -> FfiResult<&'a T> {
+    check_ptr(ptr, 1)?;
+    // SAFETY: non-NULL and aligned; the rest is the contract.
+    Ok(unsafe { &*ptr })
+}
+
 /// The caller's single output value behind `ptr`.
 ///
 /// # Safety

@@ -12,9 +12,14 @@
 //!   batch's `n`). `(NULL, 0)` is an empty buffer; NULL with a non-zero length is
 //!   `SCALE_STATUS_NULL_ARGUMENT`. Arrays must be aligned for their element type and must not
 //!   overlap each other.
+//! * **Batches** (`scale_engine_process*`) take their arrays in two structs passed by pointer:
+//!   `const scale_span_batch_t *` (the inputs and their `n`; for names, also
+//!   `const scale_span_names_t *`) and `scale_batch_out_t *` (the output arrays and the
+//!   decisions' capacity, read; `decisions_len`, written). One function turns them into
+//!   slices, with the checks above.
 //! * **Outputs are written only on success** (`SCALE_STATUS_OK`), with three documented
 //!   exceptions: `SCALE_STATUS_DECISIONS_TRUNCATED` (per-span outputs complete, decisions
-//!   truncated, the total in `*decisions_len`), `SCALE_STATUS_BUFFER_TOO_SMALL` (the size
+//!   truncated, the total in `out->decisions_len`), `SCALE_STATUS_BUFFER_TOO_SMALL` (the size
 //!   needed in `*len`), and the error message of constructors and file functions.
 //! * **Caller memory is never kept**: inputs are read (and copied if needed) during the call.
 //! * **Errors** are `scale_status` codes (1000 and up, never renumbered; `scale_status_str`
@@ -81,12 +86,16 @@
 //!     let keys = vec![key; n];
 //!     let start: Vec<u64> = (0..n as u64).map(|i| t0 + i * 1_000_000).collect();
 //!     let end: Vec<u64> = start.iter().map(|s| s + 20_000_000).collect();
+//!     let batch = scale_span_batch {
+//!         now_ns: t0, n, key_ids: keys.as_ptr(), start_ns: start.as_ptr(), end_ns: end.as_ptr(),
+//!         trace_ids: null(), span_ids: null(),
+//!     };
 //!     let (mut scores, mut keep, mut skip) = (vec![0.0; n], vec![0u8; n], vec![scale_skip::None; n]);
-//!     let mut n_decisions = 0;
-//!     let st = scale_engine_process(
-//!         engine, t0, n, keys.as_ptr(), start.as_ptr(), end.as_ptr(), null(), null(),
-//!         scores.as_mut_ptr(), keep.as_mut_ptr(), skip.as_mut_ptr(), null_mut(), 0, &mut n_decisions,
-//!     );
+//!     let mut out = scale_batch_out {
+//!         scores: scores.as_mut_ptr(), keep: keep.as_mut_ptr(), skip: skip.as_mut_ptr(),
+//!         decisions: null_mut(), decisions_cap: 0, decisions_len: 0,
+//!     };
+//!     let st = scale_engine_process(engine, &batch, &mut out);
 //!     assert_eq!(st, scale_status::Ok);
 //!     assert!(scores[n - 1] >= 0.0, "warm after 50 spans");
 //!     scale_engine_free(engine);
@@ -99,6 +108,7 @@
 // Exports take raw pointers by design; their safety contract is in each doc comment.
 #![allow(clippy::missing_safety_doc, clippy::too_many_arguments)]
 
+mod batch;
 mod decision;
 mod engine;
 mod ffi;
@@ -115,6 +125,7 @@ mod tests;
 #[cfg(any(test, feature = "headers"))]
 pub mod header;
 
+pub use batch::{scale_batch_out, scale_span_batch, scale_span_names};
 pub use decision::{scale_action, scale_decision};
 pub use engine::*;
 pub use report::scale_rule_report;

@@ -100,11 +100,75 @@ fn spans(v: &[(u32, f64)]) -> (Vec<u32>, Vec<u64>, Vec<u64>) {
     (keys, start, end)
 }
 
+/// A batch's inputs by key id, without evidence ids.
+fn input(
+    now: u64,
+    n: usize,
+    keys: *const u32,
+    start: *const u64,
+    end: *const u64,
+) -> scale_span_batch {
+    scale_span_batch {
+        now_ns: now,
+        n,
+        key_ids: keys,
+        start_ns: start,
+        end_ns: end,
+        trace_ids: null(),
+        span_ids: null(),
+    }
+}
+
+/// A batch's outputs; `decisions_len` starts at `usize::MAX` (to see whether it is written).
+fn output(
+    scores: *mut f64,
+    keep: *mut u8,
+    skip: *mut scale_skip,
+    decisions: *mut scale_decision,
+    cap: usize,
+) -> scale_batch_out {
+    scale_batch_out {
+        scores,
+        keep,
+        skip,
+        decisions,
+        decisions_cap: cap,
+        decisions_len: usize::MAX,
+    }
+}
+
+/// `Out`'s arrays as the output struct: per-span arrays from index `lo`, room for `cap`
+/// decisions (`o.decisions` has at least that capacity; NULL if `cap` is 0).
+fn out_args(o: &mut Out, lo: usize, cap: usize) -> scale_batch_out {
+    assert!(o.decisions.capacity() >= cap);
+    let dec = if cap == 0 {
+        null_mut()
+    } else {
+        o.decisions.as_mut_ptr()
+    };
+    output(
+        o.scores[lo..].as_mut_ptr(),
+        o.keep[lo..].as_mut_ptr(),
+        o.skip[lo..].as_mut_ptr(),
+        dec,
+        cap,
+    )
+}
+
+/// `o.decisions` holds what the call wrote with room for `cap` (on OK and DECISIONS_TRUNCATED).
+fn set_decisions(o: &mut Out, cap: usize) {
+    if matches!(
+        o.status,
+        scale_status::Ok | scale_status::DecisionsTruncated
+    ) {
+        // SAFETY: the call wrote min(cap, total) decisions.
+        unsafe { o.decisions.set_len(cap.min(o.n_decisions)) };
+    }
+}
+
 fn process_cap(e: &H, now: u64, v: &[(u32, f64)], cap: usize) -> Out {
-    let (keys, start, end) = spans(v);
+    let s = spans_with_ids(v);
     let n = v.len();
-    let trace: Vec<u8> = (0..n * 16).map(|i| (i / 16) as u8).collect();
-    let span: Vec<u8> = (0..n * 8).map(|i| (i / 8) as u8).collect();
     let mut o = Out {
         status: scale_status::Ok,
         scores: vec![-1.0; n],
@@ -113,32 +177,11 @@ fn process_cap(e: &H, now: u64, v: &[(u32, f64)], cap: usize) -> Out {
         decisions: Vec::with_capacity(cap),
         n_decisions: usize::MAX,
     };
+    let mut out = out_args(&mut o, 0, cap);
     // SAFETY: every array has `n` (or `cap`) elements.
-    o.status = unsafe {
-        scale_engine_process(
-            e.0,
-            now,
-            n,
-            keys.as_ptr(),
-            start.as_ptr(),
-            end.as_ptr(),
-            trace.as_ptr(),
-            span.as_ptr(),
-            o.scores.as_mut_ptr(),
-            o.keep.as_mut_ptr(),
-            o.skip.as_mut_ptr(),
-            o.decisions.as_mut_ptr(),
-            cap,
-            &mut o.n_decisions,
-        )
-    };
-    if matches!(
-        o.status,
-        scale_status::Ok | scale_status::DecisionsTruncated
-    ) {
-        // SAFETY: the call wrote min(cap, total) decisions.
-        unsafe { o.decisions.set_len(cap.min(o.n_decisions)) };
-    }
+    o.status = unsafe { scale_engine_process(e.0, &s.input(now, 0, n), &mut out) };
+    o.n_decisions = out.decisions_len;
+    set_decisions(&mut o, cap);
     o
 }
 
@@ -239,9 +282,23 @@ fn one_call(e: *mut scale_engine, i: usize) -> (&'static str, scale_status) {
     let mut buf = [0u8; 64];
     let mut name = [safer_ffi::c_char(0); 64];
     let (keys, start, end) = ([0u32], [T0], [T0 + MS]);
-    let (mut sc, mut kp, mut sk, mut nd) = ([0.0], [0u8], [scale_skip::None], 0usize);
+    let (mut sc, mut kp, mut sk) = ([0.0], [0u8], [scale_skip::None]);
+    let batch = input(T0, 1, keys.as_ptr(), start.as_ptr(), end.as_ptr());
+    let mut out = output(
+        sc.as_mut_ptr(),
+        kp.as_mut_ptr(),
+        sk.as_mut_ptr(),
+        null_mut(),
+        0,
+    );
     let svc = [k.as_ptr()];
     let lens = [1usize];
+    let names = scale_span_names {
+        services: svc.as_ptr(),
+        service_lens: lens.as_ptr(),
+        operations: svc.as_ptr(),
+        operation_lens: lens.as_ptr(),
+    };
     let path = std::env::temp_dir().join(format!("scale-ffi-every-call-{}", std::process::id()));
     let path = path.to_str().unwrap();
     // SAFETY: valid buffers throughout; `e` may be NULL or poisoned on purpose.
@@ -251,46 +308,10 @@ fn one_call(e: *mut scale_engine, i: usize) -> (&'static str, scale_status) {
                 "intern",
                 scale_engine_intern(e, k.as_ptr(), 1, k.as_ptr(), 1, &mut key),
             ),
-            1 => (
-                "process",
-                scale_engine_process(
-                    e,
-                    T0,
-                    1,
-                    keys.as_ptr(),
-                    start.as_ptr(),
-                    end.as_ptr(),
-                    null(),
-                    null(),
-                    sc.as_mut_ptr(),
-                    kp.as_mut_ptr(),
-                    sk.as_mut_ptr(),
-                    null_mut(),
-                    0,
-                    &mut nd,
-                ),
-            ),
+            1 => ("process", scale_engine_process(e, &batch, &mut out)),
             2 => (
                 "process_names",
-                scale_engine_process_names(
-                    e,
-                    T0,
-                    1,
-                    svc.as_ptr(),
-                    lens.as_ptr(),
-                    svc.as_ptr(),
-                    lens.as_ptr(),
-                    start.as_ptr(),
-                    end.as_ptr(),
-                    null(),
-                    null(),
-                    sc.as_mut_ptr(),
-                    kp.as_mut_ptr(),
-                    sk.as_mut_ptr(),
-                    null_mut(),
-                    0,
-                    &mut nd,
-                ),
+                scale_engine_process_names(e, &batch, &names, &mut out),
             ),
             3 => ("rule_count", scale_engine_rule_count(e, &mut count)),
             4 => (
@@ -316,24 +337,7 @@ fn one_call(e: *mut scale_engine, i: usize) -> (&'static str, scale_status) {
             ),
             9 => (
                 "process_chunk",
-                scale_engine_process_chunk(
-                    e,
-                    T0,
-                    0,
-                    1,
-                    1,
-                    keys.as_ptr(),
-                    start.as_ptr(),
-                    end.as_ptr(),
-                    null(),
-                    null(),
-                    sc.as_mut_ptr(),
-                    kp.as_mut_ptr(),
-                    sk.as_mut_ptr(),
-                    null_mut(),
-                    0,
-                    &mut nd,
-                ),
+                scale_engine_process_chunk(e, &batch, 0, 1, &mut out),
             ),
             10 => {
                 let mut reports = [blank_report(); 4];
@@ -370,180 +374,100 @@ fn null_handle_everywhere() {
     }
 }
 
+/// One change to an argument struct.
+type Edit<T> = fn(&mut T);
+
 #[test]
 fn null_arguments_are_refused_before_any_work() {
     let e = new(SMALL);
     let k = intern(&e, "s", "o");
     let n = 4;
     let (keys, start, end) = spans(&[(k, 5.0); 4]);
-    let (mut sc, mut kp, mut sk, mut nd) = (
-        vec![-1.0; n],
-        vec![9u8; n],
-        vec![scale_skip::None; n],
-        77usize,
+    let (mut sc, mut kp, mut sk) = (vec![-1.0; n], vec![9u8; n], vec![scale_skip::None; n]);
+    let batch = input(T0, n, keys.as_ptr(), start.as_ptr(), end.as_ptr());
+    let mut out = output(
+        sc.as_mut_ptr(),
+        kp.as_mut_ptr(),
+        sk.as_mut_ptr(),
+        null_mut(),
+        0,
     );
+    out.decisions_len = 77;
+    let names = scale_span_names {
+        services: null(),
+        service_lens: null(),
+        operations: null(),
+        operation_lens: null(),
+    };
+    let inputs: [(&str, Edit<scale_span_batch>); 3] = [
+        ("key_ids", |b| b.key_ids = null()),
+        ("start_ns", |b| b.start_ns = null()),
+        ("end_ns", |b| b.end_ns = null()),
+    ];
+    let outputs: [(&str, Edit<scale_batch_out>); 4] = [
+        ("scores", |o| o.scores = null_mut()),
+        ("keep", |o| o.keep = null_mut()),
+        ("skip", |o| o.skip = null_mut()),
+        // NULL decisions with a non-zero capacity.
+        ("decisions", |o| o.decisions_cap = 3),
+    ];
     // SAFETY: valid buffers, one NULL at a time.
     unsafe {
-        let (kp_, sp_, ep_) = (keys.as_ptr(), start.as_ptr(), end.as_ptr());
-        let (so, ko, ki) = (sc.as_mut_ptr(), kp.as_mut_ptr(), sk.as_mut_ptr());
-        let nd_ = &mut nd as *mut usize;
-        let cases: [(&str, scale_status); 7] = [
-            (
-                "key_ids",
-                scale_engine_process(
-                    e.0,
-                    T0,
-                    n,
-                    null(),
-                    sp_,
-                    ep_,
-                    null(),
-                    null(),
-                    so,
-                    ko,
-                    ki,
-                    null_mut(),
-                    0,
-                    nd_,
-                ),
-            ),
-            (
-                "start_ns",
-                scale_engine_process(
-                    e.0,
-                    T0,
-                    n,
-                    kp_,
-                    null(),
-                    ep_,
-                    null(),
-                    null(),
-                    so,
-                    ko,
-                    ki,
-                    null_mut(),
-                    0,
-                    nd_,
-                ),
-            ),
-            (
-                "end_ns",
-                scale_engine_process(
-                    e.0,
-                    T0,
-                    n,
-                    kp_,
-                    sp_,
-                    null(),
-                    null(),
-                    null(),
-                    so,
-                    ko,
-                    ki,
-                    null_mut(),
-                    0,
-                    nd_,
-                ),
-            ),
-            (
-                "scores_out",
-                scale_engine_process(
-                    e.0,
-                    T0,
-                    n,
-                    kp_,
-                    sp_,
-                    ep_,
-                    null(),
-                    null(),
-                    null_mut(),
-                    ko,
-                    ki,
-                    null_mut(),
-                    0,
-                    nd_,
-                ),
-            ),
-            (
-                "keep_out",
-                scale_engine_process(
-                    e.0,
-                    T0,
-                    n,
-                    kp_,
-                    sp_,
-                    ep_,
-                    null(),
-                    null(),
-                    so,
-                    null_mut(),
-                    ki,
-                    null_mut(),
-                    0,
-                    nd_,
-                ),
-            ),
-            (
-                "skip_out",
-                scale_engine_process(
-                    e.0,
-                    T0,
-                    n,
-                    kp_,
-                    sp_,
-                    ep_,
-                    null(),
-                    null(),
-                    so,
-                    ko,
-                    null_mut(),
-                    null_mut(),
-                    0,
-                    nd_,
-                ),
-            ),
-            (
-                "decisions_len",
-                scale_engine_process(
-                    e.0,
-                    T0,
-                    n,
-                    kp_,
-                    sp_,
-                    ep_,
-                    null(),
-                    null(),
-                    so,
-                    ko,
-                    ki,
-                    null_mut(),
-                    0,
-                    null_mut(),
-                ),
-            ),
-        ];
-        for (what, st) in cases {
-            assert_eq!(st, scale_status::NullArgument, "{what}");
+        for (what, f) in inputs {
+            let mut b = batch;
+            f(&mut b);
+            assert_eq!(
+                scale_engine_process(e.0, &b, &mut out),
+                scale_status::NullArgument,
+                "{what}"
+            );
         }
-        // decisions_out NULL with a non-zero capacity.
+        for (what, f) in outputs {
+            let mut o = out;
+            f(&mut o);
+            assert_eq!(
+                scale_engine_process(e.0, &batch, &mut o),
+                scale_status::NullArgument,
+                "{what}"
+            );
+            assert_eq!(o.decisions_len, 77, "{what}: not written");
+        }
+        // The structs themselves.
         assert_eq!(
-            scale_engine_process(
-                e.0,
-                T0,
-                n,
-                kp_,
-                sp_,
-                ep_,
-                null(),
-                null(),
-                so,
-                ko,
-                ki,
-                null_mut(),
-                3,
-                nd_
-            ),
+            scale_engine_process(e.0, null(), &mut out),
             scale_status::NullArgument
+        );
+        assert_eq!(
+            scale_engine_process(e.0, &batch, null_mut()),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            scale_engine_process_names(e.0, &batch, null(), &mut out),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            scale_engine_process_names(e.0, &batch, &names, &mut out),
+            scale_status::NullArgument,
+            "NULL name arrays"
+        );
+        assert_eq!(
+            scale_engine_process_chunk(e.0, null(), 0, 1, &mut out),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            scale_engine_process_chunk(e.0, &batch, 0, 1, null_mut()),
+            scale_status::NullArgument
+        );
+        // A misaligned struct.
+        let raw = [0u64; 16];
+        let odd = raw.as_ptr().cast::<u8>().wrapping_add(1);
+        assert_eq!(
+            scale_engine_process(e.0, odd.cast(), &mut out),
+            scale_status::MisalignedPointer
+        );
+        assert_eq!(
+            scale_engine_process(e.0, &batch, odd.cast_mut().cast()),
+            scale_status::MisalignedPointer
         );
         // Other exports' outputs.
         assert_eq!(
@@ -584,7 +508,8 @@ fn null_arguments_are_refused_before_any_work() {
         );
     }
     // Nothing was touched or counted.
-    assert!(sc.iter().all(|&s| s == -1.0) && kp.iter().all(|&k| k == 9) && nd == 77);
+    assert!(sc.iter().all(|&s| s == -1.0) && kp.iter().all(|&k| k == 9));
+    assert_eq!(out.decisions_len, 77);
     assert_eq!(stats(&e).spans_seen, 0);
 }
 
@@ -767,6 +692,166 @@ fn new_with_rules_file() {
     assert_eq!(st, scale_status::InvalidUtf8);
 }
 
+/// `scale_engine_restore_with_rules` / `scale_engine_restore_from_file_with_rules` (through
+/// `file`): the snapshot plus the same two texts as `scale_engine_new_with_rules`.
+fn try_restore_with_rules(
+    yaml: &[u8],
+    rules: &[u8],
+    snap: &[u8],
+    file: Option<&str>,
+) -> (scale_status, *mut scale_engine, String) {
+    let mut out = null_mut();
+    let mut msg = vec![0u8; 4096];
+    let mut len = usize::MAX;
+    let (m, cap) = (msg.as_mut_ptr().cast(), msg.len());
+    // SAFETY: valid buffers.
+    let st = unsafe {
+        match file {
+            None => scale_engine_restore_with_rules(
+                yaml.as_ptr(),
+                yaml.len(),
+                rules.as_ptr(),
+                rules.len(),
+                snap.as_ptr(),
+                snap.len(),
+                &mut out,
+                m,
+                cap,
+                &mut len,
+            ),
+            Some(p) => scale_engine_restore_from_file_with_rules(
+                yaml.as_ptr(),
+                yaml.len(),
+                rules.as_ptr(),
+                rules.len(),
+                p.as_ptr(),
+                p.len(),
+                &mut out,
+                m,
+                cap,
+                &mut len,
+            ),
+        }
+    };
+    msg.truncate(len);
+    (st, out, String::from_utf8(msg).unwrap())
+}
+
+#[test]
+fn restore_with_rules_file() {
+    let rules = "rules:\n  - name: slow\n    when: { duration_above: 10ms }\n    count: 3\n    window: 1h\n    action: { kind: horizontal, target: { kind: Deployment, name: x }, max: 3 }\n";
+    let (st, e, msg) = try_new_with_rules(SMALL.as_bytes(), rules.as_bytes());
+    assert_eq!(st, scale_status::Ok, "{msg}");
+    let e = H(e);
+    let k = intern(&e, "s", "o");
+    // Two breaches in the rule's window: the third fires, on the restored engine too.
+    process(&e, T0, &[(k, 50.0), (k, 60.0)]);
+    let snap = snapshot(&e);
+    let path = std::env::temp_dir().join(format!("scale-ffi-rules-{}.snap", std::process::id()));
+    std::fs::write(&path, &snap).unwrap();
+    let p = path.to_str().unwrap();
+    // What the original does next: each restored engine must do the same.
+    let (want, next) = (stats(&e), [(k, 70.0)]);
+    let x = process(&e, T0 + 1, &next);
+    assert_eq!(x.n_decisions, 1, "the third breach fires");
+    for file in [None, Some(p)] {
+        let (st, r, msg) = try_restore_with_rules(SMALL.as_bytes(), rules.as_bytes(), &snap, file);
+        assert_eq!(st, scale_status::Ok, "{file:?}: {msg}");
+        assert!(msg.is_empty());
+        let r = H(r);
+        assert_eq!(stats(&r), want, "{file:?}");
+        let mut n = 0;
+        // SAFETY: valid buffers.
+        assert_eq!(
+            unsafe { scale_engine_rule_count(r.0, &mut n) },
+            scale_status::Ok
+        );
+        assert_eq!(n, 1, "{file:?}: the rules file's rule");
+        let y = process(&r, T0 + 1, &next);
+        assert_eq!(
+            dbits(&y.decisions),
+            dbits(&x.decisions),
+            "{file:?}: the window was kept"
+        );
+        // The rules text's problems cite its own lines; rules in both texts are refused.
+        let bad = rules.replace("count: 3", "count: 0");
+        let (st, r, msg) = try_restore_with_rules(SMALL.as_bytes(), bad.as_bytes(), &snap, file);
+        assert_eq!((st, r.is_null()), (scale_status::InvalidConfig, true));
+        assert!(msg.contains("rules file: line 4: rules[0].count"), "{msg}");
+        let both = format!("{SMALL}\n{rules}");
+        let (st, _, msg) = try_restore_with_rules(both.as_bytes(), rules.as_bytes(), &snap, file);
+        assert_eq!(st, scale_status::InvalidConfig, "{msg}");
+        // The model must still match.
+        let (st, _, msg) = try_restore_with_rules(
+            b"sampler: { window_size: 21 }",
+            rules.as_bytes(),
+            &snap,
+            file,
+        );
+        assert_eq!(st, scale_status::SnapshotMismatch, "{msg}");
+        let (st, _, _) = try_restore_with_rules(b"", b"rules: \xff", &snap, file);
+        assert_eq!(st, scale_status::InvalidUtf8);
+    }
+    std::fs::remove_file(&path).unwrap();
+    let (st, _, msg) = try_restore_with_rules(b"", rules.as_bytes(), b"garbage!", None);
+    assert_eq!(st, scale_status::InvalidSnapshot, "{msg}");
+    let (st, _, msg) = try_restore_with_rules(b"", rules.as_bytes(), b"", Some(p));
+    assert!(
+        st == scale_status::Io && msg.contains("No such file"),
+        "{msg}"
+    );
+    let mut out = null_mut();
+    // SAFETY: valid buffers, one NULL at a time.
+    unsafe {
+        assert_eq!(
+            scale_engine_restore_with_rules(
+                null(),
+                0,
+                null(),
+                3,
+                snap.as_ptr(),
+                snap.len(),
+                &mut out,
+                null_mut(),
+                0,
+                null_mut()
+            ),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            scale_engine_restore_with_rules(
+                null(),
+                0,
+                rules.as_ptr(),
+                rules.len(),
+                null(),
+                4,
+                &mut out,
+                null_mut(),
+                0,
+                null_mut()
+            ),
+            scale_status::NullArgument
+        );
+        assert_eq!(
+            scale_engine_restore_from_file_with_rules(
+                null(),
+                0,
+                rules.as_ptr(),
+                rules.len(),
+                p.as_ptr(),
+                p.len(),
+                null_mut(),
+                null_mut(),
+                0,
+                null_mut()
+            ),
+            scale_status::NullArgument
+        );
+    }
+    assert!(out.is_null());
+}
+
 #[test]
 fn message_is_truncated_on_a_char_boundary() {
     // "é" is 2 bytes; a 1-byte cap must not split it.
@@ -820,30 +905,25 @@ fn invalid_utf8() {
     lens[2] = 4;
     let start = [T0; 3];
     let end = [T0 + MS; 3];
-    let (mut sc, mut kp, mut sk, mut nd) = ([0.0; 3], [0u8; 3], [scale_skip::None; 3], 0);
-    // SAFETY: valid arrays of 3 (the NULL name is per-span, documented as skipped).
-    let st = unsafe {
-        scale_engine_process_names(
-            e.0,
-            T0,
-            3,
-            ptrs.as_ptr(),
-            lens.as_ptr(),
-            ptrs2.as_ptr(),
-            lens.as_ptr(),
-            start.as_ptr(),
-            end.as_ptr(),
-            null(),
-            null(),
-            sc.as_mut_ptr(),
-            kp.as_mut_ptr(),
-            sk.as_mut_ptr(),
-            null_mut(),
-            0,
-            &mut nd,
-        )
+    let (mut sc, mut kp, mut sk) = ([0.0; 3], [0u8; 3], [scale_skip::None; 3]);
+    let names = scale_span_names {
+        services: ptrs.as_ptr(),
+        service_lens: lens.as_ptr(),
+        operations: ptrs2.as_ptr(),
+        operation_lens: lens.as_ptr(),
     };
-    assert_eq!(st, scale_status::Ok);
+    // `key_ids` is not read by the names call.
+    let batch = input(T0, 3, null(), start.as_ptr(), end.as_ptr());
+    let mut out = output(
+        sc.as_mut_ptr(),
+        kp.as_mut_ptr(),
+        sk.as_mut_ptr(),
+        null_mut(),
+        0,
+    );
+    // SAFETY: valid arrays of 3 (the NULL name is per-span, documented as skipped).
+    let st = unsafe { scale_engine_process_names(e.0, &batch, &names, &mut out) };
+    assert_eq!((st, out.decisions_len), (scale_status::Ok, 0));
     assert_eq!(
         sk,
         [
@@ -858,51 +938,26 @@ fn invalid_utf8() {
 #[test]
 fn zero_and_mismatched_lengths() {
     let e = new(SMALL);
-    let mut nd = 5;
+    let mut out = output(null_mut(), null_mut(), null_mut(), null_mut(), 0);
     // SAFETY: an empty batch with every array NULL.
-    let st = unsafe {
-        scale_engine_process(
-            e.0,
-            T0,
-            0,
-            null(),
-            null(),
-            null(),
-            null(),
-            null(),
-            null_mut(),
-            null_mut(),
-            null_mut(),
-            null_mut(),
-            0,
-            &mut nd,
-        )
-    };
-    assert_eq!((st, nd), (scale_status::Ok, 0));
+    let st = unsafe { scale_engine_process(e.0, &input(T0, 0, null(), null(), null()), &mut out) };
+    assert_eq!((st, out.decisions_len), (scale_status::Ok, 0));
     // Empty names are valid names.
     assert_eq!(intern(&e, "", ""), 0);
     // Lengths that cannot be real arrays are refused, not dereferenced.
     let d = std::ptr::dangling::<u64>();
     let dm = std::ptr::dangling_mut::<f64>();
     for n in [usize::MAX, u32::MAX as usize + 1, usize::MAX / 8 + 1] {
+        let mut out = output(
+            dm,
+            std::ptr::dangling_mut(),
+            std::ptr::dangling_mut(),
+            null_mut(),
+            0,
+        );
         // SAFETY: refused before any access.
         let st = unsafe {
-            scale_engine_process(
-                e.0,
-                T0,
-                n,
-                std::ptr::dangling(),
-                d,
-                d,
-                null(),
-                null(),
-                dm,
-                std::ptr::dangling_mut(),
-                std::ptr::dangling_mut(),
-                null_mut(),
-                0,
-                &mut nd,
-            )
+            scale_engine_process(e.0, &input(T0, n, std::ptr::dangling(), d, d), &mut out)
         };
         assert_eq!(st, scale_status::InvalidLength, "n = {n}");
     }
@@ -924,23 +979,19 @@ fn zero_and_mismatched_lengths() {
     let odd = buf.as_ptr().cast::<u8>().wrapping_add(1).cast::<u64>();
     let keys = [0u32; 2];
     let (mut sc, mut kp, mut sk) = ([0.0; 2], [0u8; 2], [scale_skip::None; 2]);
+    let mut out = output(
+        sc.as_mut_ptr(),
+        kp.as_mut_ptr(),
+        sk.as_mut_ptr(),
+        null_mut(),
+        0,
+    );
     // SAFETY: refused before any access.
     let st = unsafe {
         scale_engine_process(
             e.0,
-            T0,
-            2,
-            keys.as_ptr(),
-            odd,
-            buf.as_ptr(),
-            null(),
-            null(),
-            sc.as_mut_ptr(),
-            kp.as_mut_ptr(),
-            sk.as_mut_ptr(),
-            null_mut(),
-            0,
-            &mut nd,
+            &input(T0, 2, keys.as_ptr(), odd, buf.as_ptr()),
+            &mut out,
         )
     };
     assert_eq!(st, scale_status::MisalignedPointer);
@@ -975,24 +1026,20 @@ fn bad_spans_are_skipped_with_reasons() {
     let keys = [k; 5];
     let start = [0, T0 + 10, 5, T0, T0];
     let end = [T0, T0, 10, T0 + 2 * 86_400_000 * MS, T0 + MS];
-    let (mut sc, mut kp, mut sk, mut nd) = ([0.0; 5], [0u8; 5], [scale_skip::None; 5], 0);
+    let (mut sc, mut kp, mut sk) = ([0.0; 5], [0u8; 5], [scale_skip::None; 5]);
+    let mut out = output(
+        sc.as_mut_ptr(),
+        kp.as_mut_ptr(),
+        sk.as_mut_ptr(),
+        null_mut(),
+        0,
+    );
     // SAFETY: arrays of 5.
     let st = unsafe {
         scale_engine_process(
             e.0,
-            T0,
-            5,
-            keys.as_ptr(),
-            start.as_ptr(),
-            end.as_ptr(),
-            null(),
-            null(),
-            sc.as_mut_ptr(),
-            kp.as_mut_ptr(),
-            sk.as_mut_ptr(),
-            null_mut(),
-            0,
-            &mut nd,
+            &input(T0, 5, keys.as_ptr(), start.as_ptr(), end.as_ptr()),
+            &mut out,
         )
     };
     assert_eq!(st, scale_status::Ok);
@@ -1582,6 +1629,23 @@ struct Spans {
     span: Vec<u8>,
 }
 
+impl Spans {
+    /// The input struct of spans `lo..lo + n`.
+    fn input(&self, now: u64, lo: usize, n: usize) -> scale_span_batch {
+        scale_span_batch {
+            trace_ids: self.trace[16 * lo..].as_ptr(),
+            span_ids: self.span[8 * lo..].as_ptr(),
+            ..input(
+                now,
+                n,
+                self.keys[lo..].as_ptr(),
+                self.start[lo..].as_ptr(),
+                self.end[lo..].as_ptr(),
+            )
+        }
+    }
+}
+
 fn spans_with_ids(v: &[(u32, f64)]) -> Spans {
     let (keys, start, end) = spans(v);
     let n = v.len();
@@ -1606,30 +1670,18 @@ fn chunk_call(
     o: &mut Out,
     cap: usize,
 ) -> (scale_status, usize) {
-    let n = hi - lo;
-    let mut nd = usize::MAX;
+    let mut out = out_args(o, lo, cap);
     // SAFETY: every array has at least `hi` (or `cap`) elements; the chunk reads `lo..hi`.
     let st = unsafe {
         scale_engine_process_chunk(
             e.0,
-            now,
+            &s.input(now, lo, hi - lo),
             lo,
             u8::from(last),
-            n,
-            s.keys.as_ptr().add(lo),
-            s.start.as_ptr().add(lo),
-            s.end.as_ptr().add(lo),
-            s.trace.as_ptr().add(16 * lo),
-            s.span.as_ptr().add(8 * lo),
-            o.scores.as_mut_ptr().add(lo),
-            o.keep.as_mut_ptr().add(lo),
-            o.skip.as_mut_ptr().add(lo),
-            o.decisions.as_mut_ptr(),
-            cap,
-            &mut nd,
+            &mut out,
         )
     };
-    (st, nd)
+    (st, out.decisions_len)
 }
 
 /// The batch `v` in chunks of `chunk` spans through `scale_engine_process_chunk` (the last
@@ -1663,13 +1715,7 @@ fn process_chunked(e: &H, now: u64, v: &[(u32, f64)], chunk: usize, cap: usize) 
         stats(e);
         lo = hi;
     }
-    if matches!(
-        o.status,
-        scale_status::Ok | scale_status::DecisionsTruncated
-    ) {
-        // SAFETY: the last chunk wrote min(cap, total) decisions.
-        unsafe { o.decisions.set_len(cap.min(o.n_decisions)) };
-    }
+    set_decisions(&mut o, cap);
     o
 }
 
@@ -1921,114 +1967,97 @@ fn chunk_bad_arguments() {
     let (e, keys) = chunk_engine();
     let v = chunk_batch(keys, 0, 8);
     let s = spans_with_ids(&v);
-    let (mut sc, mut kp, mut sk, mut nd) = (
-        vec![-1.0; 8],
-        vec![9u8; 8],
-        vec![scale_skip::None; 8],
-        77usize,
+    let (mut sc, mut kp, mut sk) = (vec![-1.0; 8], vec![9u8; 8], vec![scale_skip::None; 8]);
+    let batch = s.input(T0, 0, 8);
+    let mut out = output(
+        sc.as_mut_ptr(),
+        kp.as_mut_ptr(),
+        sk.as_mut_ptr(),
+        null_mut(),
+        0,
     );
-    // SAFETY: valid buffers of 8, one bad argument at a time; refused before any access.
-    unsafe {
-        let (k, st_, en) = (s.keys.as_ptr(), s.start.as_ptr(), s.end.as_ptr());
-        let (so, ko, ki) = (sc.as_mut_ptr(), kp.as_mut_ptr(), sk.as_mut_ptr());
-        let nd_ = &mut nd as *mut usize;
-        let call = |e: *mut scale_engine,
-                    first: usize,
-                    n: usize,
-                    k: *const u32,
-                    so: *mut f64,
-                    dec: *mut scale_decision,
-                    cap: usize,
-                    nd: *mut usize| {
-            scale_engine_process_chunk(
-                e,
-                T0,
-                first,
-                1,
-                n,
-                k,
-                st_,
-                en,
-                null(),
-                null(),
-                so,
-                ko,
-                ki,
-                dec,
-                cap,
-                nd,
-            )
-        };
+    out.decisions_len = 77;
+    let call = |e: *mut scale_engine, first: usize, b: scale_span_batch, mut o: scale_batch_out| {
+        // SAFETY: valid buffers of 8, one bad argument at a time; refused before any access.
+        let st = unsafe { scale_engine_process_chunk(e, &b, first, 1, &mut o) };
+        assert_eq!(o.decisions_len, 77, "not written");
+        st
+    };
+    assert_eq!(call(null_mut(), 0, batch, out), scale_status::NullArgument);
+    assert_eq!(
+        call(
+            e.0,
+            0,
+            scale_span_batch {
+                key_ids: null(),
+                ..batch
+            },
+            out
+        ),
+        scale_status::NullArgument
+    );
+    assert_eq!(
+        call(
+            e.0,
+            0,
+            batch,
+            scale_batch_out {
+                scores: null_mut(),
+                ..out
+            }
+        ),
+        scale_status::NullArgument
+    );
+    assert_eq!(
+        call(
+            e.0,
+            0,
+            batch,
+            scale_batch_out {
+                decisions_cap: 2,
+                ..out
+            }
+        ),
+        scale_status::NullArgument
+    );
+    // SAFETY: refused before any access.
+    assert_eq!(
+        unsafe { scale_engine_process_chunk(e.0, &batch, 0, 1, null_mut()) },
+        scale_status::NullArgument
+    );
+    // The batch's indices must fit u32, like a whole batch's.
+    for (first, n) in [
+        (u32::MAX as usize, 1),
+        (u32::MAX as usize - 7, 8),
+        (usize::MAX, 1),
+        (usize::MAX - 3, 8),
+    ] {
         assert_eq!(
-            call(null_mut(), 0, 8, k, so, null_mut(), 0, nd_),
-            scale_status::NullArgument
-        );
-        assert_eq!(
-            call(e.0, 0, 8, null(), so, null_mut(), 0, nd_),
-            scale_status::NullArgument
-        );
-        assert_eq!(
-            call(e.0, 0, 8, k, null_mut(), null_mut(), 0, nd_),
-            scale_status::NullArgument
-        );
-        assert_eq!(
-            call(e.0, 0, 8, k, so, null_mut(), 0, null_mut()),
-            scale_status::NullArgument
-        );
-        assert_eq!(
-            call(e.0, 0, 8, k, so, null_mut(), 2, nd_),
-            scale_status::NullArgument
-        );
-        // The batch's indices must fit u32, like a whole batch's.
-        for (first, n) in [
-            (u32::MAX as usize, 1),
-            (u32::MAX as usize - 7, 8),
-            (usize::MAX, 1),
-            (usize::MAX - 3, 8),
-        ] {
-            assert_eq!(
-                call(e.0, first, n, k, so, null_mut(), 0, nd_),
-                scale_status::InvalidLength,
-                "{first} + {n}"
-            );
-        }
-        assert_eq!(
-            call(
-                e.0,
-                0,
-                u32::MAX as usize + 1,
-                std::ptr::dangling(),
-                so,
-                null_mut(),
-                0,
-                nd_
-            ),
-            scale_status::InvalidLength
-        );
-        let odd = s.start.as_ptr().cast::<u8>().wrapping_add(1).cast::<u64>();
-        assert_eq!(
-            scale_engine_process_chunk(
-                e.0,
-                T0,
-                0,
-                1,
-                8,
-                k,
-                odd,
-                en,
-                null(),
-                null(),
-                so,
-                ko,
-                ki,
-                null_mut(),
-                0,
-                nd_
-            ),
-            scale_status::MisalignedPointer
+            call(e.0, first, scale_span_batch { n, ..batch }, out),
+            scale_status::InvalidLength,
+            "{first} + {n}"
         );
     }
-    assert!(sc.iter().all(|&x| x == -1.0) && kp.iter().all(|&k| k == 9) && nd == 77);
+    let huge = scale_span_batch {
+        n: u32::MAX as usize + 1,
+        key_ids: std::ptr::dangling(),
+        ..batch
+    };
+    assert_eq!(call(e.0, 0, huge, out), scale_status::InvalidLength);
+    let odd = s.start.as_ptr().cast::<u8>().wrapping_add(1).cast::<u64>();
+    assert_eq!(
+        call(
+            e.0,
+            0,
+            scale_span_batch {
+                start_ns: odd,
+                ..batch
+            },
+            out
+        ),
+        scale_status::MisalignedPointer
+    );
+    assert!(sc.iter().all(|&x| x == -1.0) && kp.iter().all(|&k| k == 9));
     assert_eq!(stats(&e).spans_seen, 0);
     // Empty chunks: a batch of one empty chunk, and an empty last chunk after a full one.
     let mut o = Out {
