@@ -568,16 +568,25 @@ mod tests {
             span_id: vec![1; 8],
             name: "PlaceOrder".into(),
             events: vec![Event {
-                name: "scale.decision".into(),
+                name: scale_core::contract::EVENT_DECISION.into(),
                 time_unix_nano: now_ns(),
                 attributes: vec![
-                    kv("scale.rule", any_value::Value::StringValue(rule.into())),
                     kv(
-                        "scale.action",
+                        scale_core::contract::ATTR_RULE,
+                        any_value::Value::StringValue(rule.into()),
+                    ),
+                    kv(
+                        scale_core::contract::ATTR_ACTION,
                         any_value::Value::StringValue("horizontal".into()),
                     ),
-                    kv("scale.count", any_value::Value::IntValue(5)),
-                    kv("scale.observed_ms", any_value::Value::DoubleValue(812.5)),
+                    kv(
+                        scale_core::contract::ATTR_COUNT,
+                        any_value::Value::IntValue(5),
+                    ),
+                    kv(
+                        scale_core::contract::ATTR_OBSERVED_MS,
+                        any_value::Value::DoubleValue(812.5),
+                    ),
                 ],
                 ..Default::default()
             }],
