@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/confmap"
 )
 
 // Defaults: the engine's own (configs/engine/default.yaml, rust/core/src/config.rs).
@@ -154,6 +156,50 @@ type KeyedConfig struct {
 }
 
 var _ component.Config = (*Config)(nil)
+
+// durationKeys are the configuration's durations. They are written in the one duration grammar
+// of SCALE, Go's time.ParseDuration (250us, 1m30s, 1h; rust/core/testdata/durations.txt has the
+// cases both sides check). A bare number is refused, except 0: it would mean nanoseconds here
+// and meant milliseconds to the engine.
+var durationKeys = []string{"snapshot_interval", "report_interval", "sampler::max_duration", "keyed::memory", "keyed::context_window"}
+
+// Unmarshal refuses bare numbers for durations, then decodes as usual.
+func (cfg *Config) Unmarshal(conf *confmap.Conf) error {
+	if conf == nil {
+		return nil
+	}
+	var errs []error
+	for _, k := range durationKeys {
+		if err := bareDuration(conf.Get(k)); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", strings.ReplaceAll(k, confmap.KeyDelimiter, "."), err))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return conf.Unmarshal(cfg)
+}
+
+// bareDuration is an error for a number other than 0 where a duration belongs.
+func bareDuration(v any) error {
+	var zero bool
+	switch n := v.(type) {
+	case int:
+		zero = n == 0
+	case int64:
+		zero = n == 0
+	case uint64:
+		zero = n == 0
+	case float64:
+		zero = n == 0
+	default:
+		return nil
+	}
+	if zero {
+		return nil
+	}
+	return fmt.Errorf("a duration needs a unit, such as 500ms, 30s or 1m30s (a bare number is ambiguous), got %v", v)
+}
 
 // Validate checks every setting and reports every problem at once, each naming its YAML key.
 // With cgo it then builds the engine once from the settings (and the rules), so that rules

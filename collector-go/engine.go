@@ -226,7 +226,7 @@ type engineYAML struct {
 		WindowSize  int      `yaml:"window_size"`
 		KeepBudget  float64  `yaml:"keep_budget,omitempty"`
 		MinScore    *float64 `yaml:"min_score,omitempty"`
-		MaxDuration float64  `yaml:"max_duration"` // milliseconds
+		MaxDuration string   `yaml:"max_duration"`
 		TrainSize   int64    `yaml:"train_size"`
 		Seed        uint64   `yaml:"seed"`
 	} `yaml:"sampler"`
@@ -234,10 +234,10 @@ type engineYAML struct {
 		MaxKeys int `yaml:"max_keys"`
 	} `yaml:"keys"`
 	Keyed struct {
-		Memory        float64 `yaml:"memory"` // milliseconds
-		MinKeyCount   int     `yaml:"min_key_count"`
-		ContextWindow float64 `yaml:"context_window"` // milliseconds
-		Sides         string  `yaml:"sides"`
+		Memory        string `yaml:"memory"`
+		MinKeyCount   int    `yaml:"min_key_count"`
+		ContextWindow string `yaml:"context_window"`
+		Sides         string `yaml:"sides"`
 	} `yaml:"keyed"`
 	Rules any `yaml:"rules,omitempty"`
 }
@@ -255,13 +255,13 @@ func (cfg *Config) engineSpec() (engineSpec, error) {
 	} else {
 		doc.Sampler.KeepBudget = cfg.Sampler.KeepBudget
 	}
-	doc.Sampler.MaxDuration = float64(cfg.Sampler.MaxDuration.Nanoseconds()) / 1e6
+	doc.Sampler.MaxDuration = cfg.Sampler.MaxDuration.String() // the one grammar: 50s, 1m30s
 	doc.Sampler.TrainSize = cfg.Sampler.TrainSize
 	doc.Sampler.Seed = cfg.Sampler.Seed
 	doc.Keys.MaxKeys = cfg.Keys.MaxKeys
-	doc.Keyed.Memory = float64(cfg.Keyed.Memory.Nanoseconds()) / 1e6
+	doc.Keyed.Memory = cfg.Keyed.Memory.String()
 	doc.Keyed.MinKeyCount = cfg.Keyed.MinKeyCount
-	doc.Keyed.ContextWindow = float64(cfg.Keyed.ContextWindow.Nanoseconds()) / 1e6
+	doc.Keyed.ContextWindow = cfg.Keyed.ContextWindow.String()
 	doc.Keyed.Sides = cfg.Keyed.Sides
 	if len(cfg.Rules) > 0 {
 		doc.Rules = cfg.Rules

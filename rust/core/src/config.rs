@@ -348,8 +348,8 @@ pub struct RulesFile {
 
 type S<T> = Spanned<T>;
 
-/// A duration: a number of milliseconds, or a string with a unit (`250us`, `500ms`, `30s`, `5m`,
-/// `1h`).
+/// A duration, in milliseconds, read in the one grammar ([`parse_duration_ms`]): `250us`, `1m30s`;
+/// a bare number other than 0 is refused.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DurationMs(pub f64);
 
@@ -362,7 +362,10 @@ impl<'de> Deserialize<'de> for DurationMs {
             S(String),
         }
         match Either::deserialize(d)? {
-            Either::N(n) => Ok(DurationMs(n)),
+            Either::N(n) if n == 0.0 => Ok(DurationMs(0.0)),
+            Either::N(n) => Err(serde::de::Error::custom(format!(
+                "invalid duration {n}: give a unit, such as 500ms, 30s or 1m30s (a bare number is ambiguous)"
+            ))),
             Either::S(s) => parse_duration_ms(&s)
                 .map(DurationMs)
                 .map_err(serde::de::Error::custom),
@@ -370,35 +373,64 @@ impl<'de> Deserialize<'de> for DurationMs {
     }
 }
 
-/// Parse `"500ms"`, `"1.5s"`, `"2m"`, `"1h"`, `"250us"`, `"10ns"` or a bare number (ms).
+/// The one duration grammar of SCALE — every configuration file, rules file, command-line flag
+/// and the Go processor's configuration: a sequence of decimal numbers, each with a unit (`ns`,
+/// `us` or `µs`, `ms`, `s`, `m`, `h`), optionally signed: `250us`, `1.5s`, `1m30s`, `1h`. This
+/// is Go's `time.ParseDuration` grammar, so the collector's own durations read the same. A bare
+/// number is refused (it once meant milliseconds here and nanoseconds in Go), except `0`.
+/// Returns milliseconds.
 pub fn parse_duration_ms(s: &str) -> Result<f64, String> {
+    const EXAMPLES: &str = "a number with a unit, such as 250us, 500ms, 30s, 1m30s or 1h";
     let t = s.trim();
-    let split = t
-        .find(|c: char| {
-            !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+' || c == 'e' || c == 'E')
-        })
-        .unwrap_or(t.len());
-    // "1e3ms" is fine; but "5m" must not be read as exponent-less number "5" + "m": find already
-    // stops at the first letter other than e/E, so handle a trailing unit starting with 'e' never
-    // (no such unit exists).
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num.parse().map_err(|_| {
-        format!("invalid duration {s:?}: expected a number with a unit such as 500ms, 30s, 5m")
-    })?;
-    let mult = match unit.trim() {
-        "" | "ms" => 1.0,
-        "ns" => 1e-6,
-        "us" | "µs" => 1e-3,
-        "s" => 1e3,
-        "m" => 60e3,
-        "h" => 3_600e3,
-        u => {
-            return Err(format!(
-                "invalid duration {s:?}: unknown unit {u:?} (use ns, us, ms, s, m or h)"
-            ));
-        }
+    let (sign, mut rest) = match t.as_bytes().first() {
+        Some(b'-') => (-1.0, &t[1..]),
+        Some(b'+') => (1.0, &t[1..]),
+        _ => (1.0, t),
     };
-    Ok(v * mult)
+    if rest == "0" {
+        return Ok(0.0);
+    }
+    if rest.is_empty() {
+        return Err(format!("invalid duration {s:?}: expected {EXAMPLES}"));
+    }
+    let mut total = 0.0;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(n);
+        if !num.chars().any(|c| c.is_ascii_digit()) {
+            return Err(format!("invalid duration {s:?}: expected {EXAMPLES}"));
+        }
+        let v: f64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}: expected {EXAMPLES}"))?;
+        let u = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(u);
+        let mult = match unit {
+            "ns" => 1e-6,
+            "us" | "µs" | "μs" => 1e-3,
+            "ms" => 1.0,
+            "s" => 1e3,
+            "m" => 60e3,
+            "h" => 3_600e3,
+            "" => {
+                return Err(format!(
+                    "invalid duration {s:?}: give a unit ({EXAMPLES}); a bare number is ambiguous"
+                ));
+            }
+            u => {
+                return Err(format!(
+                    "invalid duration {s:?}: unknown unit {u:?} (use ns, us, ms, s, m or h)"
+                ));
+            }
+        };
+        total += v * mult;
+        rest = next;
+    }
+    Ok(sign * total)
 }
 
 #[derive(Deserialize, Default)]
@@ -973,9 +1005,34 @@ mod tests {
         assert_eq!(parse_duration_ms("1.5s").unwrap(), 1500.0);
         assert_eq!(parse_duration_ms("2m").unwrap(), 120_000.0);
         assert_eq!(parse_duration_ms("250us").unwrap(), 0.25);
-        assert_eq!(parse_duration_ms("7").unwrap(), 7.0);
-        assert!(parse_duration_ms("5 parsecs").is_err());
-        assert!(parse_duration_ms("ms").is_err());
+        assert_eq!(parse_duration_ms("1m30s").unwrap(), 90_000.0);
+        assert_eq!(parse_duration_ms("1h0m0.5s").unwrap(), 3_600_500.0);
+        assert_eq!(parse_duration_ms("-2s").unwrap(), -2000.0);
+        assert_eq!(parse_duration_ms("0").unwrap(), 0.0);
+        for bad in ["7", "5 parsecs", "ms", "", "1m30", "1.2.3s", "s5", "1d"] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_duration_ms("7").unwrap_err().contains("bare number"));
+    }
+
+    /// The grammar's cases, shared with the Go processor's tests (collector-go/config_test.go).
+    #[test]
+    fn durations_shared_with_go() {
+        let cases = include_str!("../testdata/durations.txt");
+        let mut n = 0;
+        for line in cases.lines().filter(|l| !l.starts_with('#')) {
+            let (input, want) = line.split_once('\t').expect("input<TAB>want");
+            match (parse_duration_ms(input), want) {
+                (Err(_), "error") => {}
+                (Ok(ms), want) if want != "error" => {
+                    let want: f64 = want.parse().unwrap();
+                    assert!((ms - want).abs() <= 1e-9 * want.abs().max(1.0), "{input:?}: {ms}");
+                }
+                (got, want) => panic!("{input:?}: got {got:?}, want {want}"),
+            }
+            n += 1;
+        }
+        assert!(n > 20);
     }
 
     #[test]

@@ -126,24 +126,12 @@ struct ServeArgs {
     engine: Option<std::path::PathBuf>,
 }
 
+/// A positive duration in the one grammar of SCALE ([`scale_core::config::parse_duration_ms`]).
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        return Err(format!("{s:?}: give a unit (ms, s or m)"));
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration"))?;
-    if !(v > 0.0 && v.is_finite()) {
-        return Err(format!("{s:?} must be positive"));
+    match scale_core::config::parse_duration_ms(s)? {
+        ms if ms > 0.0 && ms.is_finite() => Ok(std::time::Duration::from_secs_f64(ms / 1e3)),
+        _ => Err(format!("{s:?} must be a positive duration")),
     }
-    Ok(std::time::Duration::from_secs_f64(v * mult))
 }
 
 fn read(path: &std::path::Path) -> anyhow::Result<String> {
