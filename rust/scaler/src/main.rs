@@ -211,7 +211,7 @@ fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
                     _ => None,
                 };
                 // Ends after shutdown, once the leader label is removed and the Lease released.
-                let leadership;
+                let lease_task;
                 let leader = match &args.lease {
                     Some(l) => {
                         let (ns, name) = l.split_once('/').with_context(|| format!("--lease {l:?}: give namespace/name"))?;
@@ -223,12 +223,16 @@ fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
                             duration_s: secs,
                             grace_s: (secs / 3).max(1),
                         };
-                        let (leader, task) = serve::leader::Leader::start(client.clone(), cfg, pod, metrics.clone(), shutdown.clone()).await.context("starting leader election")?;
-                        leadership = task;
+                        // A standby until the Lease says otherwise.
+                        let leadership = serve::leader::Leadership::new(false);
+                        leadership.mirror(metrics.leader.clone());
+                        opts.leadership = leadership.clone();
+                        let (leader, task) = serve::leader::Leader::start(client.clone(), cfg, pod, leadership, shutdown.clone()).await.context("starting leader election")?;
+                        lease_task = task;
                         Some(leader)
                     }
                     None => {
-                        leadership = serve::leader::label_without_election(client.clone(), pod, shutdown.clone());
+                        lease_task = serve::leader::label_without_election(client.clone(), pod, shutdown.clone());
                         None
                     }
                 };
@@ -238,7 +242,7 @@ fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
                 let served = serve::serve(listener, rules, orch, metrics, opts, shutdown.clone()).await;
                 // Let the leader label go and the Lease be released before the process exits.
                 shutdown.cancel();
-                if tokio::time::timeout(std::time::Duration::from_secs(10), leadership).await.is_err() {
+                if tokio::time::timeout(std::time::Duration::from_secs(10), lease_task).await.is_err() {
                     tracing::warn!("Leader label and Lease not released within 10 s; exiting anyway.");
                 }
                 served

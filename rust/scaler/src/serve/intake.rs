@@ -45,6 +45,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use super::evidence::EvidenceStore;
+use super::leader::Leadership;
 use super::metrics::Metrics;
 use super::throttle::LogLimiter;
 
@@ -100,6 +101,7 @@ pub struct Intake {
     stale_log: LogLimiter,
     skew_log: LogLimiter,
     evidence: Option<Arc<EvidenceStore>>,
+    leadership: Leadership,
 }
 
 impl Intake {
@@ -113,7 +115,15 @@ impl Intake {
             stale_log: LogLimiter::new(STALE_LOG_EVERY),
             skew_log: LogLimiter::new(STALE_LOG_EVERY),
             evidence: None,
+            leadership: Leadership::default(),
         }
+    }
+
+    /// Refuse decisions (UNAVAILABLE, counted as `not_leader`) while `leadership` stands by
+    /// (without it, the intake always takes them).
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.leadership = leadership;
+        self
     }
 
     /// Record the collectors' `scale.report` spans into `store` (without one they are ignored).
@@ -410,7 +420,7 @@ impl TraceService for Intake {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         check_token(self.token.as_deref(), request.metadata(), &self.metrics)?;
-        if !self.metrics.is_leader() {
+        if !self.leadership.is_leader() {
             self.metrics.refuse_decision("not_leader");
             return Err(Status::unavailable(
                 "this replica is not the leader; retry (the Service routes to the leader)",
