@@ -362,7 +362,7 @@ impl<'de> Deserialize<'de> for DurationMs {
             S(String),
         }
         match Either::deserialize(d)? {
-            Either::N(n) if n == 0.0 => Ok(DurationMs(0.0)),
+            Either::N(0.0) => Ok(DurationMs(0.0)),
             Either::N(n) => Err(serde::de::Error::custom(format!(
                 "invalid duration {n}: give a unit, such as 500ms, 30s or 1m30s (a bare number is ambiguous)"
             ))),
@@ -1026,7 +1026,10 @@ mod tests {
                 (Err(_), "error") => {}
                 (Ok(ms), want) if want != "error" => {
                     let want: f64 = want.parse().unwrap();
-                    assert!((ms - want).abs() <= 1e-9 * want.abs().max(1.0), "{input:?}: {ms}");
+                    assert!(
+                        (ms - want).abs() <= 1e-9 * want.abs().max(1.0),
+                        "{input:?}: {ms}"
+                    );
                 }
                 (got, want) => panic!("{input:?}: got {got:?}, want {want}"),
             }
@@ -1170,7 +1173,7 @@ rules:
             "{s}"
         );
         assert!(s.contains("rules file: line 4: rules[0].count"), "{s}");
-        let both = format!("{rules}");
+        let both = rules.to_string();
         assert!(EngineConfig::from_parts(&both, Some(rules)).is_err());
     }
 

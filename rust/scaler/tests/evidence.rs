@@ -418,7 +418,7 @@ async fn the_multi_collector_layout_merges_reports_and_a_dead_scale_collector_ho
             .into_iter()
             .map(|r| r.0)
             .collect::<Vec<_>>(),
-        [other.1.clone()]
+        std::slice::from_ref(&other.1)
     );
     load.abort();
 }

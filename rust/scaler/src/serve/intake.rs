@@ -314,10 +314,10 @@ impl Intake {
             ));
         }
         let ahead = ev.time_unix_nano.saturating_sub(now_ns);
-        if ahead > CLOCK_SKEW_ALLOWANCE.as_nanos() as u64 {
-            if let Some(held_back) = self.skew_log.allow(now_ns) {
-                tracing::warn!(rule = %rule, ahead_s = ahead as f64 / 1e9, held_back, "A decision is timed in the future: the collector's clock is ahead of the daemon's; taken as of now.");
-            }
+        if ahead > CLOCK_SKEW_ALLOWANCE.as_nanos() as u64
+            && let Some(held_back) = self.skew_log.allow(now_ns)
+        {
+            tracing::warn!(rule = %rule, ahead_s = ahead as f64 / 1e9, held_back, "A decision is timed in the future: the collector's clock is ahead of the daemon's; taken as of now.");
         }
         let age_ms = now_ns.saturating_sub(ev.time_unix_nano) as f64 / 1e6;
         let max_age_ms = self.rules[rule_index].action.max_decision_age_ms;
@@ -360,8 +360,8 @@ pub fn check_token(
         .unwrap_or("");
     let (a, b) = (want.as_bytes(), got.as_bytes());
     let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-    for i in 0..a.len() {
-        diff |= a[i] ^ b.get(i).copied().unwrap_or(0);
+    for (i, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i).copied().unwrap_or(0);
     }
     if diff == 0 {
         Ok(())

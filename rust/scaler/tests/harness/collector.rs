@@ -207,13 +207,12 @@ pub fn traffic(
                     .await
                     .ok();
             }
-            if let Some(c) = client.as_mut() {
-                if c.export(place_orders(10, ms.load(Ordering::Relaxed), &seq))
+            if let Some(c) = client.as_mut()
+                && c.export(place_orders(10, ms.load(Ordering::Relaxed), &seq))
                     .await
                     .is_err()
-                {
-                    client = None;
-                }
+            {
+                client = None;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
