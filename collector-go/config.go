@@ -15,34 +15,9 @@ import (
 	"go.opentelemetry.io/collector/confmap"
 )
 
-// Defaults: the engine's own (configs/engine/default.yaml, rust/core/src/config.rs).
-const (
-	defaultMode             = ModeKeyed
-	defaultNTrees           = 10
-	defaultHeight           = 8
-	defaultWindowSize       = 250
-	defaultKeepBudget       = 0.01
-	defaultMaxDuration      = 50 * time.Second
-	defaultTrainSize        = 1000
-	defaultSeed             = 42
-	defaultMaxKeys          = 10_000
-	defaultMemory           = 10 * time.Minute
-	defaultMinKeyCount      = 8
-	defaultContextWindow    = 5 * time.Second
-	defaultSides            = SidesSlower
-	defaultSnapshotInterval = 5 * time.Minute
-	defaultReportInterval   = 10 * time.Second
-)
-
-// Limits the engine enforces (rust/core/src/config.rs); checked here first so that the
-// collector's own validation names the key.
-const (
-	maxNTrees      = 1_000
-	maxHeight      = 20
-	maxWindowSize  = 10_000_000
-	maxMaxKeys     = 10_000_000
-	maxMinKeyCount = 1_000_000
-)
+// The engine's defaults and limits (defaultNTrees, maxNTrees, ...) and defaultReportInterval are
+// generated from scale-core into contract_gen.go. Only the processor's own default is here.
+const defaultSnapshotInterval = 5 * time.Minute
 
 // Which side of a key's latency is anomalous (`keyed.sides`).
 const (
@@ -220,9 +195,9 @@ func (cfg *Config) Validate() error {
 		bad("mode", "must be %q or %q, got %q", ModeKeyed, ModePaper, cfg.Mode)
 	}
 	s := cfg.Sampler
-	intIn("sampler.n_trees", int64(s.NTrees), 1, maxNTrees)
-	intIn("sampler.height", int64(s.Height), 1, maxHeight)
-	intIn("sampler.window_size", int64(s.WindowSize), 1, maxWindowSize)
+	intIn("sampler.n_trees", int64(s.NTrees), minNTrees, maxNTrees)
+	intIn("sampler.height", int64(s.Height), minHeight, maxHeight)
+	intIn("sampler.window_size", int64(s.WindowSize), minWindowSize, maxWindowSize)
 	if math.IsNaN(s.KeepBudget) || s.KeepBudget <= 0 || s.KeepBudget >= 1 {
 		bad("sampler.keep_budget", "must be greater than 0 and less than 1, got %v", s.KeepBudget)
 	}
@@ -235,15 +210,15 @@ func (cfg *Config) Validate() error {
 	if s.MaxDuration <= 0 {
 		bad("sampler.max_duration", "must be a positive duration, got %v", s.MaxDuration)
 	}
-	if s.TrainSize < 0 {
+	if s.TrainSize < minTrainSize {
 		bad("sampler.train_size", "must not be negative, got %d", s.TrainSize)
 	}
-	intIn("keys.max_keys", int64(cfg.Keys.MaxKeys), 1, maxMaxKeys)
+	intIn("keys.max_keys", int64(cfg.Keys.MaxKeys), minMaxKeys, maxMaxKeys)
 	k := cfg.Keyed
 	if k.Memory <= 0 {
 		bad("keyed.memory", "must be a positive duration, got %v", k.Memory)
 	}
-	intIn("keyed.min_key_count", int64(k.MinKeyCount), 1, maxMinKeyCount)
+	intIn("keyed.min_key_count", int64(k.MinKeyCount), minMinKeyCount, maxMinKeyCount)
 	if k.ContextWindow <= 0 {
 		bad("keyed.context_window", "must be a positive duration, got %v", k.ContextWindow)
 	}

@@ -3,6 +3,8 @@
 
 package scaleprocessor // import "github.com/scale-autoscaler/scale/collector-go"
 
+import "time"
+
 // The collector -> daemon contract: the names the processor writes on spans.
 const (
 	// Span attribute (double, 0–1): the anomaly score of a span the processor kept.
@@ -127,6 +129,40 @@ const (
 	actionHorizontalLabel = "horizontal"
 	actionVertical        = 2
 	actionVerticalLabel   = "vertical"
+)
+
+// The engine's defaults (scale_core::config) and the report interval's.
+const (
+	defaultMode           = "keyed"
+	defaultNTrees         = 10
+	defaultHeight         = 8
+	defaultWindowSize     = 250
+	defaultKeepBudget     = 0.01
+	defaultMaxDuration    = 50000000 * time.Microsecond
+	defaultTrainSize      = 1000
+	defaultSeed           = 42
+	defaultMaxKeys        = 10000
+	defaultMemory         = 600000000 * time.Microsecond
+	defaultMinKeyCount    = 8
+	defaultContextWindow  = 5000000 * time.Microsecond
+	defaultSides          = "slower"
+	defaultReportInterval = 10000000 * time.Microsecond
+)
+
+// Limits of the engine's settings, inclusive (scale_core::config::limits).
+const (
+	minNTrees      = 1
+	maxNTrees      = 1000
+	minHeight      = 1
+	maxHeight      = 20
+	minWindowSize  = 1
+	maxWindowSize  = 10000000
+	minTrainSize   = 0
+	maxTrainSize   = 9223372036854775807
+	minMaxKeys     = 1
+	maxMaxKeys     = 10000000
+	minMinKeyCount = 1
+	maxMinKeyCount = 1000000
 )
 
 // keyOverflow is SCALE_KEY_OVERFLOW: the id every key past keys.max_keys shares.

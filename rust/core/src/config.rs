@@ -33,6 +33,34 @@ use serde_saphyr::Spanned;
 use crate::error::{ConfigError, ConfigProblem};
 pub use crate::features::Sides;
 
+/// The limits of the engine's integer settings (inclusive `(lo, hi)`), named once: the parser
+/// enforces them, and rust/ffi generates them (with the defaults, [`SamplerConfig::DEFAULT`],
+/// [`KeysConfig::DEFAULT`], [`KeyedConfig::DEFAULT`]) into `include/scale.h` and the Go
+/// processor's `contract_gen.go`.
+pub mod limits {
+    /// `sampler.n_trees`.
+    pub const N_TREES: (i64, i64) = (1, 1_000);
+    /// `sampler.height` (see [`crate::hst::MAX_HEIGHT`]).
+    pub const HEIGHT: (i64, i64) = (1, crate::hst::MAX_HEIGHT as i64);
+    /// `sampler.window_size`.
+    pub const WINDOW_SIZE: (i64, i64) = (1, 10_000_000);
+    /// `sampler.train_size`.
+    pub const TRAIN_SIZE: (i64, i64) = (0, i64::MAX);
+    /// `keys.max_keys`.
+    pub const MAX_KEYS: (i64, i64) = (1, 10_000_000);
+    /// `keyed.min_key_count`.
+    pub const MIN_KEY_COUNT: (i64, i64) = (1, 1_000_000);
+    /// Every limit: `(identifier, (lo, hi))`, for the generated C and Go constants.
+    pub const ALL: &[(&str, (i64, i64))] = &[
+        ("N_TREES", N_TREES),
+        ("HEIGHT", HEIGHT),
+        ("WINDOW_SIZE", WINDOW_SIZE),
+        ("TRAIN_SIZE", TRAIN_SIZE),
+        ("MAX_KEYS", MAX_KEYS),
+        ("MIN_KEY_COUNT", MIN_KEY_COUNT),
+    ];
+}
+
 /// Featurization mode. See the crate docs for the evaluation behind the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -830,19 +858,25 @@ impl EngineConfig {
         let s = &raw.sampler;
         let d = SamplerConfig::DEFAULT;
         let sampler = SamplerConfig {
-            n_trees: p.int("sampler.n_trees", &s.n_trees, 1, 1_000, d.n_trees as i64) as u32,
+            n_trees: p.int(
+                "sampler.n_trees",
+                &s.n_trees,
+                limits::N_TREES.0,
+                limits::N_TREES.1,
+                d.n_trees as i64,
+            ) as u32,
             height: p.int(
                 "sampler.height",
                 &s.height,
-                1,
-                crate::hst::MAX_HEIGHT as i64,
+                limits::HEIGHT.0,
+                limits::HEIGHT.1,
                 d.height as i64,
             ) as u32,
             window_size: p.int(
                 "sampler.window_size",
                 &s.window_size,
-                1,
-                10_000_000,
+                limits::WINDOW_SIZE.0,
+                limits::WINDOW_SIZE.1,
                 d.window_size as i64,
             ) as u32,
             keep_budget: p.float(
@@ -865,8 +899,8 @@ impl EngineConfig {
             train_size: p.int(
                 "sampler.train_size",
                 &s.train_size,
-                0,
-                i64::MAX,
+                limits::TRAIN_SIZE.0,
+                limits::TRAIN_SIZE.1,
                 d.train_size as i64,
             ) as u64,
             seed: s.seed.as_ref().map(|v| v.value).unwrap_or(d.seed),
@@ -881,8 +915,8 @@ impl EngineConfig {
         if let (Some(h), Some(n)) = (&s.height, &s.n_trees) {
             // 24 bytes per node; refuse forests over 4 GiB.
             let bytes = 24u128
-                * ((1u128 << (h.value.clamp(1, 20) + 1)) - 1)
-                * n.value.clamp(1, 1000) as u128;
+                * ((1u128 << (h.value.clamp(limits::HEIGHT.0, limits::HEIGHT.1) + 1)) - 1)
+                * n.value.clamp(limits::N_TREES.0, limits::N_TREES.1) as u128;
             if bytes > 4 << 30 {
                 p.push(
                     "sampler.height",
@@ -899,8 +933,8 @@ impl EngineConfig {
             max_keys: p.int(
                 "keys.max_keys",
                 &raw.keys.max_keys,
-                1,
-                10_000_000,
+                limits::MAX_KEYS.0,
+                limits::MAX_KEYS.1,
                 KeysConfig::DEFAULT.max_keys as i64,
             ) as u32,
         };
@@ -911,8 +945,8 @@ impl EngineConfig {
             min_key_count: p.int(
                 "keyed.min_key_count",
                 &k.min_key_count,
-                1,
-                1_000_000,
+                limits::MIN_KEY_COUNT.0,
+                limits::MIN_KEY_COUNT.1,
                 kd.min_key_count as i64,
             ) as u32,
             context_window_ms: p.duration(

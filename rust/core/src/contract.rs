@@ -80,6 +80,10 @@ names! {
     RESOURCE_COLLECTOR = "service.instance.id";
 }
 
+/// How often the processor reports each rule's evidence by default (`report_interval`), ms. The
+/// daemon's default evidence timeout is three of these.
+pub const DEFAULT_REPORT_INTERVAL_MS: u64 = 10_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
