@@ -295,7 +295,7 @@ const KUBE_CLIENT_HTTP_TARGET: &str = "kube_client::client::builder";
 
 fn init_logging(format: LogFormat) {
     let spec = std::env::var("SCALE_LOG").unwrap_or_default();
-    // Unset, empty or invalid: `info`, as before.
+    // Unset, empty or invalid: `info`.
     let mut filter = Some(spec.as_str())
         .filter(|s| !s.trim().is_empty())
         .and_then(|s| EnvFilter::try_new(s).ok())
