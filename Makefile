@@ -13,16 +13,23 @@ SHELL := /bin/bash
 export SCALE_CACHE ?= $(HOME)/.cache/scale
 CARGO ?= cargo
 
-.PHONY: build test test-rust k8s-bins bench bench-core bench-river bench-daemon eval detection check-fmt demo
+.PHONY: build test lint test-rust k8s-bins bench bench-core bench-river bench-daemon eval detection check-fmt demo
 
 build:
 	$(CARGO) build --workspace --release
 
-test: check-fmt test-rust test-ffi test-fuzz test-go test-e2e
+test: check-fmt lint test-rust test-ffi test-fuzz test-go test-e2e
 
 # Rust code is formatted by rustfmt with its default settings (`cargo fmt --all` fixes it).
 check-fmt:
 	$(CARGO) fmt --all --check
+
+# Lints: clippy with warnings as errors, go vet with cgo (test-go vets the build without), and
+# cargo-deny's licence and ban checks, offline (scripts/cargo-deny.sh builds it once).
+lint: libscale
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	cd collector-go && $(GO_ENV) $(GO) vet ./...
+	scripts/cargo-deny.sh
 
 # The daemon's integration tests (rust/scaler/tests/k8s.rs) start a real kube-apiserver + etcd,
 # built once per machine from the Go module proxy into $(SCALE_CACHE)/k8s/bin (~14 min cold).

@@ -8,39 +8,16 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/confmap"
 )
 
-// Defaults: the engine's own (configs/engine/default.yaml, rust/core/src/config.rs).
-const (
-	defaultMode             = ModeKeyed
-	defaultNTrees           = 10
-	defaultHeight           = 8
-	defaultWindowSize       = 250
-	defaultKeepBudget       = 0.01
-	defaultMaxDuration      = 50 * time.Second
-	defaultTrainSize        = 1000
-	defaultSeed             = 42
-	defaultMaxKeys          = 10_000
-	defaultMemory           = 10 * time.Minute
-	defaultMinKeyCount      = 8
-	defaultContextWindow    = 5 * time.Second
-	defaultSides            = SidesSlower
-	defaultSnapshotInterval = 5 * time.Minute
-	defaultReportInterval   = 10 * time.Second
-)
-
-// Limits the engine enforces (rust/core/src/config.rs); checked here first so that the
-// collector's own validation names the key.
-const (
-	maxNTrees      = 1_000
-	maxHeight      = 20
-	maxWindowSize  = 10_000_000
-	maxMaxKeys     = 10_000_000
-	maxMinKeyCount = 1_000_000
-)
+// The engine's defaults and limits (defaultNTrees, maxNTrees, ...) and defaultReportInterval are
+// generated from scale-core into contract_gen.go. Only the processor's own default is here.
+const defaultSnapshotInterval = 5 * time.Minute
 
 // Which side of a key's latency is anomalous (`keyed.sides`).
 const (
@@ -155,6 +132,50 @@ type KeyedConfig struct {
 
 var _ component.Config = (*Config)(nil)
 
+// durationKeys are the configuration's durations. They are written in the one duration grammar
+// of SCALE, Go's time.ParseDuration (250us, 1m30s, 1h; rust/core/testdata/durations.txt has the
+// cases both sides check). A bare number is refused, except 0: it would mean nanoseconds here
+// and meant milliseconds to the engine.
+var durationKeys = []string{"snapshot_interval", "report_interval", "sampler::max_duration", "keyed::memory", "keyed::context_window"}
+
+// Unmarshal refuses bare numbers for durations, then decodes as usual.
+func (cfg *Config) Unmarshal(conf *confmap.Conf) error {
+	if conf == nil {
+		return nil
+	}
+	var errs []error
+	for _, k := range durationKeys {
+		if err := bareDuration(conf.Get(k)); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", strings.ReplaceAll(k, confmap.KeyDelimiter, "."), err))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return conf.Unmarshal(cfg)
+}
+
+// bareDuration is an error for a number other than 0 where a duration belongs.
+func bareDuration(v any) error {
+	var zero bool
+	switch n := v.(type) {
+	case int:
+		zero = n == 0
+	case int64:
+		zero = n == 0
+	case uint64:
+		zero = n == 0
+	case float64:
+		zero = n == 0
+	default:
+		return nil
+	}
+	if zero {
+		return nil
+	}
+	return fmt.Errorf("a duration needs a unit, such as 500ms, 30s or 1m30s (a bare number is ambiguous), got %v", v)
+}
+
 // Validate checks every setting and reports every problem at once, each naming its YAML key.
 // With cgo it then builds the engine once from the settings (and the rules), so that rules
 // problems are found by `otelcol validate` too, and frees it.
@@ -174,9 +195,9 @@ func (cfg *Config) Validate() error {
 		bad("mode", "must be %q or %q, got %q", ModeKeyed, ModePaper, cfg.Mode)
 	}
 	s := cfg.Sampler
-	intIn("sampler.n_trees", int64(s.NTrees), 1, maxNTrees)
-	intIn("sampler.height", int64(s.Height), 1, maxHeight)
-	intIn("sampler.window_size", int64(s.WindowSize), 1, maxWindowSize)
+	intIn("sampler.n_trees", int64(s.NTrees), minNTrees, maxNTrees)
+	intIn("sampler.height", int64(s.Height), minHeight, maxHeight)
+	intIn("sampler.window_size", int64(s.WindowSize), minWindowSize, maxWindowSize)
 	if math.IsNaN(s.KeepBudget) || s.KeepBudget <= 0 || s.KeepBudget >= 1 {
 		bad("sampler.keep_budget", "must be greater than 0 and less than 1, got %v", s.KeepBudget)
 	}
@@ -189,15 +210,15 @@ func (cfg *Config) Validate() error {
 	if s.MaxDuration <= 0 {
 		bad("sampler.max_duration", "must be a positive duration, got %v", s.MaxDuration)
 	}
-	if s.TrainSize < 0 {
+	if s.TrainSize < minTrainSize {
 		bad("sampler.train_size", "must not be negative, got %d", s.TrainSize)
 	}
-	intIn("keys.max_keys", int64(cfg.Keys.MaxKeys), 1, maxMaxKeys)
+	intIn("keys.max_keys", int64(cfg.Keys.MaxKeys), minMaxKeys, maxMaxKeys)
 	k := cfg.Keyed
 	if k.Memory <= 0 {
 		bad("keyed.memory", "must be a positive duration, got %v", k.Memory)
 	}
-	intIn("keyed.min_key_count", int64(k.MinKeyCount), 1, maxMinKeyCount)
+	intIn("keyed.min_key_count", int64(k.MinKeyCount), minMinKeyCount, maxMinKeyCount)
 	if k.ContextWindow <= 0 {
 		bad("keyed.context_window", "must be a positive duration, got %v", k.ContextWindow)
 	}

@@ -5,8 +5,10 @@ package scaleprocessor
 
 import (
 	"bufio"
+	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -117,12 +119,12 @@ func TestEngineYAMLFromConfig(t *testing.T) {
 	require.NoError(t, yaml.Unmarshal(spec.settings, &doc))
 	assert.Equal(t, "keyed", doc["mode"])
 	sampler := doc["sampler"].(map[string]any)
-	assert.Equal(t, 1.5, sampler["max_duration"], "milliseconds")
+	assert.Equal(t, "1.5ms", sampler["max_duration"], "the one duration grammar")
 	assert.Equal(t, 0.01, sampler["keep_budget"])
 	assert.NotContains(t, sampler, "min_score", "the budget unless min_score is set")
 	keyed := doc["keyed"].(map[string]any)
-	assert.EqualValues(t, 600000, keyed["memory"], "milliseconds")
-	assert.EqualValues(t, 5000, keyed["context_window"], "milliseconds")
+	assert.Equal(t, "10m0s", keyed["memory"])
+	assert.Equal(t, "5s", keyed["context_window"])
 	minScore := 0.9
 	cfg.Sampler.MinScore = &minScore
 	spec, err = cfg.engineSpec()
@@ -178,4 +180,50 @@ func TestDefaultsMatchTheEngine(t *testing.T) {
 	assert.Equal(t, 5*time.Second, cfg.Keyed.ContextWindow)
 	assert.Contains(t, string(text), "max_duration: 50s")
 	assert.Equal(t, 50*time.Second, cfg.Sampler.MaxDuration)
+}
+
+// The one duration grammar: the cases the engine checks (rust/core/testdata/durations.txt) read
+// the same here.
+func TestDurationsSharedWithEngine(t *testing.T) {
+	raw, err := os.ReadFile("../rust/core/testdata/durations.txt")
+	require.NoError(t, err)
+	n := 0
+	for _, line := range strings.Split(strings.TrimRight(string(raw), "\n"), "\n") {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		input, want, ok := strings.Cut(line, "\t")
+		require.True(t, ok, line)
+		d, err := time.ParseDuration(input)
+		if want == "error" {
+			require.Error(t, err, "%q", input)
+		} else {
+			require.NoError(t, err, "%q", input)
+			ms, perr := strconv.ParseFloat(want, 64)
+			require.NoError(t, perr)
+			require.InDelta(t, ms, float64(d)/1e6, 1e-9*max(1, math.Abs(ms)), "%q", input)
+		}
+		n++
+	}
+	require.Greater(t, n, 20)
+}
+
+func TestBareNumberDurationsAreRefused(t *testing.T) {
+	cfg := createDefaultConfig().(*Config)
+	err := cfg.Unmarshal(confmap.NewFromStringMap(map[string]any{
+		"report_interval": 500,
+		"sampler":         map[string]any{"max_duration": 0},
+		"keyed":           map[string]any{"memory": 1.5},
+	}))
+	require.ErrorContains(t, err, "report_interval: a duration needs a unit")
+	require.ErrorContains(t, err, "keyed.memory: a duration needs a unit")
+	require.NotContains(t, err.Error(), "max_duration")
+
+	cfg = createDefaultConfig().(*Config)
+	require.NoError(t, cfg.Unmarshal(confmap.NewFromStringMap(map[string]any{
+		"report_interval":   "1m30s",
+		"snapshot_interval": 0,
+	})))
+	require.Equal(t, 90*time.Second, cfg.ReportInterval)
+	require.Equal(t, time.Duration(0), cfg.SnapshotInterval)
 }

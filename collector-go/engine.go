@@ -12,26 +12,9 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// Status codes of libscale (`scale_status` in include/scale.h; engine_cgo.go checks at compile
-// time that these equal the header's).
+// Codes of the Go wrapper itself, beside libscale's (`Status*` in contract_gen.go).
 const (
-	StatusOK                 int32 = 1000
-	StatusDecisionsTruncated int32 = 1001
-	StatusNullArgument       int32 = 1100
-	StatusInvalidLength      int32 = 1101
-	StatusMisalignedPointer  int32 = 1102
-	StatusInvalidUTF8        int32 = 1103
-	StatusBufferTooSmall     int32 = 1104
-	StatusIndexOutOfRange    int32 = 1105
-	StatusChunkOutOfSequence int32 = 1106
-	StatusInvalidConfig      int32 = 1200
-	StatusInvalidSnapshot    int32 = 1300
-	StatusSnapshotMismatch   int32 = 1301
-	StatusIO                 int32 = 1400
-	StatusPanic              int32 = 1500
-	StatusPoisoned           int32 = 1501
-
-	// Codes of the Go wrapper itself (negative, never returned by libscale).
+	// Negative, never returned by libscale.
 	statusClosed          int32 = -1 // the wrapper was closed
 	statusVersionMismatch int32 = -2 // header and library versions differ
 )
@@ -73,71 +56,23 @@ func statusName(err error) string {
 		return "other"
 	}
 	switch e.Code {
-	case StatusNullArgument:
-		return "null_argument"
-	case StatusInvalidLength:
-		return "invalid_length"
-	case StatusMisalignedPointer:
-		return "misaligned_pointer"
-	case StatusInvalidUTF8:
-		return "invalid_utf8"
-	case StatusBufferTooSmall:
-		return "buffer_too_small"
-	case StatusIndexOutOfRange:
-		return "index_out_of_range"
-	case StatusChunkOutOfSequence:
-		return "chunk_out_of_sequence"
-	case StatusInvalidConfig:
-		return "invalid_config"
-	case StatusInvalidSnapshot:
-		return "invalid_snapshot"
-	case StatusSnapshotMismatch:
-		return "snapshot_mismatch"
-	case StatusIO:
-		return "io"
-	case StatusPanic:
-		return "panic"
-	case StatusPoisoned:
-		return "poisoned"
 	case statusClosed:
 		return statusNameClosed
 	case statusVersionMismatch:
 		return statusNameVersionMismatch
-	default:
-		return "unknown"
 	}
+	if name, ok := statusLabels[e.Code]; ok {
+		return name
+	}
+	return "unknown"
 }
-
-// keyOverflow is SCALE_KEY_OVERFLOW: the id every key past keys.max_keys shares.
-const keyOverflow = ^uint32(0)
-
-// keyInvalid is an id no engine hands out (max_keys is at most 10,000,000): the engine skips a
-// span given it as `invalid_key` (used for names that are not UTF-8).
-const keyInvalid = ^uint32(0) - 1
-
-// Skip reasons (`scale_skip`), indexed by value; the names are the metrics' `reason` values.
-var skipReasons = [...]string{
-	"", // SCALE_SKIP_NONE
-	"zero_timestamp",
-	"end_before_start",
-	"absurd_timestamp",
-	"absurd_duration",
-	"invalid_duration",
-	"invalid_key",
-}
-
-// Actions (`scale_action`), indexed by value.
-const (
-	actionHorizontal uint8 = 1
-	actionVertical   uint8 = 2
-)
 
 func actionName(a uint8) string {
 	switch a {
 	case actionHorizontal:
-		return "horizontal"
+		return actionHorizontalLabel
 	case actionVertical:
-		return "vertical"
+		return actionVerticalLabel
 	default:
 		return "unknown"
 	}
@@ -288,7 +223,7 @@ type engineYAML struct {
 		WindowSize  int      `yaml:"window_size"`
 		KeepBudget  float64  `yaml:"keep_budget,omitempty"`
 		MinScore    *float64 `yaml:"min_score,omitempty"`
-		MaxDuration float64  `yaml:"max_duration"` // milliseconds
+		MaxDuration string   `yaml:"max_duration"`
 		TrainSize   int64    `yaml:"train_size"`
 		Seed        uint64   `yaml:"seed"`
 	} `yaml:"sampler"`
@@ -296,10 +231,10 @@ type engineYAML struct {
 		MaxKeys int `yaml:"max_keys"`
 	} `yaml:"keys"`
 	Keyed struct {
-		Memory        float64 `yaml:"memory"` // milliseconds
-		MinKeyCount   int     `yaml:"min_key_count"`
-		ContextWindow float64 `yaml:"context_window"` // milliseconds
-		Sides         string  `yaml:"sides"`
+		Memory        string `yaml:"memory"`
+		MinKeyCount   int    `yaml:"min_key_count"`
+		ContextWindow string `yaml:"context_window"`
+		Sides         string `yaml:"sides"`
 	} `yaml:"keyed"`
 	Rules any `yaml:"rules,omitempty"`
 }
@@ -317,13 +252,13 @@ func (cfg *Config) engineSpec() (engineSpec, error) {
 	} else {
 		doc.Sampler.KeepBudget = cfg.Sampler.KeepBudget
 	}
-	doc.Sampler.MaxDuration = float64(cfg.Sampler.MaxDuration.Nanoseconds()) / 1e6
+	doc.Sampler.MaxDuration = cfg.Sampler.MaxDuration.String() // the one grammar: 50s, 1m30s
 	doc.Sampler.TrainSize = cfg.Sampler.TrainSize
 	doc.Sampler.Seed = cfg.Sampler.Seed
 	doc.Keys.MaxKeys = cfg.Keys.MaxKeys
-	doc.Keyed.Memory = float64(cfg.Keyed.Memory.Nanoseconds()) / 1e6
+	doc.Keyed.Memory = cfg.Keyed.Memory.String()
 	doc.Keyed.MinKeyCount = cfg.Keyed.MinKeyCount
-	doc.Keyed.ContextWindow = float64(cfg.Keyed.ContextWindow.Nanoseconds()) / 1e6
+	doc.Keyed.ContextWindow = cfg.Keyed.ContextWindow.String()
 	doc.Keyed.Sides = cfg.Keyed.Sides
 	if len(cfg.Rules) > 0 {
 		doc.Rules = cfg.Rules

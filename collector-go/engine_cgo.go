@@ -30,14 +30,14 @@ const cgoEnabled = true
 // Compile-time checks that the Go status constants equal the header's (an index out of range
 // of a one-element array does not compile).
 var (
-	_ = [1]struct{}{}[C.SCALE_STATUS_OK-StatusOK]
+	_ = [1]struct{}{}[C.SCALE_STATUS_OK-StatusOk]
 	_ = [1]struct{}{}[C.SCALE_STATUS_DECISIONS_TRUNCATED-StatusDecisionsTruncated]
-	_ = [1]struct{}{}[C.SCALE_STATUS_INVALID_UTF8-StatusInvalidUTF8]
+	_ = [1]struct{}{}[C.SCALE_STATUS_INVALID_UTF8-StatusInvalidUtf8]
 	_ = [1]struct{}{}[C.SCALE_STATUS_BUFFER_TOO_SMALL-StatusBufferTooSmall]
 	_ = [1]struct{}{}[C.SCALE_STATUS_INVALID_CONFIG-StatusInvalidConfig]
 	_ = [1]struct{}{}[C.SCALE_STATUS_INVALID_SNAPSHOT-StatusInvalidSnapshot]
 	_ = [1]struct{}{}[C.SCALE_STATUS_SNAPSHOT_MISMATCH-StatusSnapshotMismatch]
-	_ = [1]struct{}{}[C.SCALE_STATUS_IO-StatusIO]
+	_ = [1]struct{}{}[C.SCALE_STATUS_IO-StatusIo]
 	_ = [1]struct{}{}[C.SCALE_STATUS_POISONED-StatusPoisoned]
 	_ = [1]struct{}{}[C.SCALE_STATUS_CHUNK_OUT_OF_SEQUENCE-StatusChunkOutOfSequence]
 	_ = [1]struct{}{}[C.SCALE_KEY_OVERFLOW-keyOverflow]

@@ -30,23 +30,8 @@ import (
 	"github.com/scale-autoscaler/scale/collector-go/internal/metadata"
 )
 
-// The contract with the daemon (and any trace UI): names written into the spans.
-const (
-	// AttrAnomalyScore is the double attribute (0-1, higher is more anomalous) on kept spans.
-	AttrAnomalyScore = "scale.anomaly.score"
-	// EventDecision is the span event added to the span that completed a rule's window.
-	EventDecision = "scale.decision"
-	// Attributes of a scale.decision event.
-	AttrRule        = "scale.rule"         // string: the rule's name
-	AttrAction      = "scale.action"       // string: horizontal | vertical
-	AttrCount       = "scale.count"        // int: breaches counted in the window
-	AttrWindowMs    = "scale.window_ms"    // double: the rule's window, ms
-	AttrThresholdMs = "scale.threshold_ms" // double: the rule's duration threshold, ms (absent if none)
-	AttrObservedMs  = "scale.observed_ms"  // double: the evidence span's duration, ms
-	AttrScore       = "scale.score"        // double: the evidence span's score (absent if none)
-	AttrLoadRatio   = "scale.load_ratio"   // double: `auto` rules' arrival ratio (absent otherwise)
-	AttrConflated   = "scale.conflated"    // int: same-target decisions of the batch merged into this one
-)
+// The contract with the daemon (and any trace UI), the names written into the spans, is in
+// contract_gen.go, generated from scale-core (scale_core::contract).
 
 const (
 	// errorLogInterval is the least time between two logs of engine errors.
@@ -177,7 +162,7 @@ func newScaleProcessor(set processor.Settings, cfg *Config, opts ...option) (*sc
 	}
 	p.tb = tb
 	p.serviceName, p.instanceID = set.BuildInfo.Command, ""
-	if v, ok := set.TelemetrySettings.Resource.Attributes().Get(AttrCollector); ok {
+	if v, ok := set.TelemetrySettings.Resource.Attributes().Get(ResourceCollector); ok {
 		p.instanceID = v.AsString()
 	}
 	if p.serviceName == "" {
@@ -431,7 +416,7 @@ func (p *scaleProcessor) resolveMisses(b *batch, run *running) error {
 			id, err = run.eng.intern(m.service, m.operation)
 			if err != nil {
 				var e *Error
-				if !errors.As(err, &e) || e.Code != StatusInvalidUTF8 {
+				if !errors.As(err, &e) || e.Code != StatusInvalidUtf8 {
 					return err
 				}
 				id = keyInvalid

@@ -20,26 +20,8 @@ import (
 // as one `scale.report` span per window, sent downstream like the pipeline's spans (to the
 // daemon). Silence is not calm: the daemon scales down only on reports of healthy latency, and
 // holds when none arrive. The names below are part of the contract with the daemon
-// (rust/scaler/src/serve/intake.rs reads them).
-const (
-	// SpanReport is the name of an evidence report span; its start and end are the interval.
-	SpanReport = "scale.report"
-	// ScopeReport is the instrumentation scope of report spans.
-	ScopeReport = "scale"
-	// Attributes of a scale.report span (with AttrRule, AttrCount, AttrWindowMs and
-	// AttrThresholdMs as on decisions).
-	AttrService        = "scale.service"          // string: the service, for a rule named after it (absent otherwise)
-	AttrReportMatched  = "scale.report.matched"   // int: spans the rule's window matched in the interval
-	AttrReportBreaches = "scale.report.breaches"  // int: of them, breaches
-	AttrReportInWindow = "scale.report.in_window" // int: breaches inside the rule's window at the end
-	AttrReportP50Ms    = "scale.report.p50_ms"    // double: median latency of the matched spans, ms (absent if none)
-	AttrReportP90Ms    = "scale.report.p90_ms"    // double: 90th percentile, ms (absent if none)
-	AttrReportP99Ms    = "scale.report.p99_ms"    // double: 99th percentile, ms (absent if none)
-	AttrReportMaxMs    = "scale.report.max_ms"    // double: the largest, ms (absent if none)
-	// AttrCollector is the resource attribute naming the collector that sent a report (its
-	// service.instance.id), so that the daemon can merge reports from several collectors.
-	AttrCollector = "service.instance.id"
-)
+// (rust/scaler/src/serve/intake.rs reads them): SpanReport, ScopeReport, ResourceCollector and the
+// AttrReport* attributes, in contract_gen.go.
 
 // sendReports drains the engine's rule reports and sends them to the next consumer as one
 // batch of `scale.report` spans. Errors are counted and logged at most every logEvery; the
@@ -74,7 +56,7 @@ func (p *scaleProcessor) reportTraces(reports []ruleReport, rules []string) ptra
 	rs := td.ResourceSpans().AppendEmpty()
 	res := rs.Resource().Attributes()
 	res.PutStr(serviceNameKey, p.serviceName)
-	res.PutStr(AttrCollector, p.instanceID)
+	res.PutStr(ResourceCollector, p.instanceID)
 	ss := rs.ScopeSpans().AppendEmpty()
 	ss.Scope().SetName(ScopeReport)
 	spans := ss.Spans()

@@ -47,7 +47,7 @@ func TestRuleReportsCarryEachWindowsEvidence(t *testing.T) {
 	require.Len(t, h.sink.AllTraces(), before+1, "one batch of reports")
 	td := h.sink.AllTraces()[before]
 	res := td.ResourceSpans().At(0).Resource().Attributes().AsRaw()
-	assert.NotEmpty(t, res[AttrCollector], "names the collector")
+	assert.NotEmpty(t, res[ResourceCollector], "names the collector")
 	got := map[string]map[string]any{}
 	for _, s := range allSpans(td) {
 		require.Equal(t, SpanReport, s.Name())

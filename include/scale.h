@@ -15,6 +15,132 @@ extern "C" {
 #include <stddef.h>
 #include <stdint.h>
 
+/* The collector -> daemon contract (scale_core::contract): the names the scale
+ * processor writes on spans and the daemon reads. */
+
+/** \brief
+ *  Span attribute (double, 0–1): the anomaly score of a span the processor kept.
+ */
+#define SCALE_ATTR_ANOMALY_SCORE "scale.anomaly.score"
+
+/** \brief
+ *  Span event: a latency rule fired; the span is the breach that completed its window.
+ */
+#define SCALE_EVENT_DECISION "scale.decision"
+
+/** \brief
+ *  Decision and report attribute (string): the rule's name.
+ */
+#define SCALE_ATTR_RULE "scale.rule"
+
+/** \brief
+ *  Decision attribute (string): what the rule asks for, `horizontal` or `vertical`.
+ */
+#define SCALE_ATTR_ACTION "scale.action"
+
+/** \brief
+ *  Decision and report attribute (int): breaches counted in the window (a decision), or the
+ *  rule's `count` (a report).
+ */
+#define SCALE_ATTR_COUNT "scale.count"
+
+/** \brief
+ *  Decision and report attribute (double): the rule's window, ms.
+ */
+#define SCALE_ATTR_WINDOW_MS "scale.window_ms"
+
+/** \brief
+ *  Decision and report attribute (double): the rule's duration threshold, ms (absent if
+ *  the rule has none).
+ */
+#define SCALE_ATTR_THRESHOLD_MS "scale.threshold_ms"
+
+/** \brief
+ *  Decision attribute (double): the evidence span's duration, ms.
+ */
+#define SCALE_ATTR_OBSERVED_MS "scale.observed_ms"
+
+/** \brief
+ *  Decision attribute (double): the evidence span's score (absent if it has none).
+ */
+#define SCALE_ATTR_SCORE "scale.score"
+
+/** \brief
+ *  Decision attribute (double): an `auto` rule's arrival ratio (absent otherwise).
+ */
+#define SCALE_ATTR_LOAD_RATIO "scale.load_ratio"
+
+/** \brief
+ *  Decision attribute (int): decisions of the batch for the same target merged into this one.
+ */
+#define SCALE_ATTR_CONFLATED "scale.conflated"
+
+/** \brief
+ *  Span name of an evidence report; its start and end are the reporting interval.
+ */
+#define SCALE_SPAN_REPORT "scale.report"
+
+/** \brief
+ *  Instrumentation scope of evidence report spans.
+ */
+#define SCALE_SCOPE_REPORT "scale"
+
+/** \brief
+ *  Report attribute (string): the service, for a rule whose target is named after it
+ *  (absent otherwise).
+ */
+#define SCALE_ATTR_SERVICE "scale.service"
+
+/** \brief
+ *  Report attribute (int): spans the rule's window matched in the interval.
+ */
+#define SCALE_ATTR_REPORT_MATCHED "scale.report.matched"
+
+/** \brief
+ *  Report attribute (int): of them, breaches.
+ */
+#define SCALE_ATTR_REPORT_BREACHES "scale.report.breaches"
+
+/** \brief
+ *  Report attribute (int): breaches inside the rule's window at the end of the interval.
+ */
+#define SCALE_ATTR_REPORT_IN_WINDOW "scale.report.in_window"
+
+/** \brief
+ *  Report attribute (double): median latency of the matched spans, ms (absent if none).
+ */
+#define SCALE_ATTR_REPORT_P50_MS "scale.report.p50_ms"
+
+/** \brief
+ *  Report attribute (double): 90th percentile latency of the matched spans, ms (absent if
+ *  none).
+ */
+#define SCALE_ATTR_REPORT_P90_MS "scale.report.p90_ms"
+
+/** \brief
+ *  Report attribute (double): 99th percentile latency of the matched spans, ms (absent if
+ *  none).
+ */
+#define SCALE_ATTR_REPORT_P99_MS "scale.report.p99_ms"
+
+/** \brief
+ *  Report attribute (double): the largest latency of the matched spans, ms (absent if none).
+ */
+#define SCALE_ATTR_REPORT_MAX_MS "scale.report.max_ms"
+
+/** \brief
+ *  Resource attribute of reports (string): the collector that sent them (its
+ *  `service.instance.id`), so that the daemon can merge reports from several collectors.
+ */
+#define SCALE_RESOURCE_COLLECTOR "service.instance.id"
+
+/** \brief
+ *  A key id no engine ever hands out: spans given it are skipped as `SCALE_SKIP_INVALID_KEY`
+ *  (callers use it for names that are not UTF-8). `keys.max_keys` is at most 10,000,000, so
+ *  it never collides with a real id.
+ */
+#define SCALE_KEY_INVALID ((uint32_t) 4294967294)
+
 /** \brief
  *  The key id every span past the key table's bound (`keys.max_keys`) shares. Returned by
  *  `scale_engine_intern` when the table is full; a valid id to pass to `scale_engine_process`.

@@ -16,10 +16,10 @@ OUT=docs/eval
 mkdir -p "$OUT/paper" "$OUT/keyed"
 
 "$BIN" eval --mode paper --n-trees 16 --height 8 --window-size 175 --min-score 0.6 \
-    --max-duration-ms 50000 --train-size 19302 --compare-seed "$SEED" --plots "$OUT/paper" \
+    --max-duration 50s --train-size 19302 --compare-seed "$SEED" --plots "$OUT/paper" \
     "$DATA" 2>/dev/null | tee "$OUT/paper/report.txt" >&2
 "$BIN" eval --mode paper --n-trees 16 --height 8 --window-size 175 --min-score 0.6 \
-    --max-duration-ms 50000 --train-size 19302 --compare-seed "$SEED" --json "$DATA" 2>/dev/null > "$OUT/paper/report.json"
+    --max-duration 50s --train-size 19302 --compare-seed "$SEED" --json "$DATA" 2>/dev/null > "$OUT/paper/report.json"
 "$BIN" eval --train-size 19302 --plots "$OUT/keyed" "$DATA" 2>/dev/null | tee "$OUT/keyed/report.txt" >&2
 "$BIN" eval --train-size 19302 --json "$DATA" 2>/dev/null > "$OUT/keyed/report.json"
 

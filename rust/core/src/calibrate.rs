@@ -46,7 +46,8 @@ pub struct Calibrator {
 #[inline]
 fn bin_of(score: f64) -> usize {
     let t = 1.0 - score;
-    if !(t > 0.0) {
+    // NaN too (a score of NaN is no score): the top bin.
+    if t.is_nan() || t <= 0.0 {
         return BINS - 1;
     }
     if t >= 1.0 {
@@ -100,7 +101,7 @@ impl Calibrator {
     /// Add the score of an ordinary span, with `weight` (1 for a span that counts fully).
     pub fn add(&mut self, score: f64, weight: f32) {
         // Old scores fade per unit of weight added: 2^(weight / HALF_LIFE_SCORES).
-        const GROWTH: f32 = 1.000_021_153_9; // 2^(1 / HALF_LIFE_SCORES)
+        const GROWTH: f32 = 1.000_021_1; // 2^(1 / HALF_LIFE_SCORES)
         self.unit *= if weight == 1.0 {
             GROWTH
         } else {

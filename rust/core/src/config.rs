@@ -33,6 +33,34 @@ use serde_saphyr::Spanned;
 use crate::error::{ConfigError, ConfigProblem};
 pub use crate::features::Sides;
 
+/// The limits of the engine's integer settings (inclusive `(lo, hi)`), named once: the parser
+/// enforces them, and rust/ffi generates them (with the defaults, [`SamplerConfig::DEFAULT`],
+/// [`KeysConfig::DEFAULT`], [`KeyedConfig::DEFAULT`]) into `include/scale.h` and the Go
+/// processor's `contract_gen.go`.
+pub mod limits {
+    /// `sampler.n_trees`.
+    pub const N_TREES: (i64, i64) = (1, 1_000);
+    /// `sampler.height` (see [`crate::hst::MAX_HEIGHT`]).
+    pub const HEIGHT: (i64, i64) = (1, crate::hst::MAX_HEIGHT as i64);
+    /// `sampler.window_size`.
+    pub const WINDOW_SIZE: (i64, i64) = (1, 10_000_000);
+    /// `sampler.train_size`.
+    pub const TRAIN_SIZE: (i64, i64) = (0, i64::MAX);
+    /// `keys.max_keys`.
+    pub const MAX_KEYS: (i64, i64) = (1, 10_000_000);
+    /// `keyed.min_key_count`.
+    pub const MIN_KEY_COUNT: (i64, i64) = (1, 1_000_000);
+    /// Every limit: `(identifier, (lo, hi))`, for the generated C and Go constants.
+    pub const ALL: &[(&str, (i64, i64))] = &[
+        ("N_TREES", N_TREES),
+        ("HEIGHT", HEIGHT),
+        ("WINDOW_SIZE", WINDOW_SIZE),
+        ("TRAIN_SIZE", TRAIN_SIZE),
+        ("MAX_KEYS", MAX_KEYS),
+        ("MIN_KEY_COUNT", MIN_KEY_COUNT),
+    ];
+}
+
 /// Featurization mode. See the crate docs for the evaluation behind the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -348,8 +376,8 @@ pub struct RulesFile {
 
 type S<T> = Spanned<T>;
 
-/// A duration: a number of milliseconds, or a string with a unit (`250us`, `500ms`, `30s`, `5m`,
-/// `1h`).
+/// A duration, in milliseconds, read in the one grammar ([`parse_duration_ms`]): `250us`, `1m30s`;
+/// a bare number other than 0 is refused.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DurationMs(pub f64);
 
@@ -362,7 +390,10 @@ impl<'de> Deserialize<'de> for DurationMs {
             S(String),
         }
         match Either::deserialize(d)? {
-            Either::N(n) => Ok(DurationMs(n)),
+            Either::N(0.0) => Ok(DurationMs(0.0)),
+            Either::N(n) => Err(serde::de::Error::custom(format!(
+                "invalid duration {n}: give a unit, such as 500ms, 30s or 1m30s (a bare number is ambiguous)"
+            ))),
             Either::S(s) => parse_duration_ms(&s)
                 .map(DurationMs)
                 .map_err(serde::de::Error::custom),
@@ -370,35 +401,64 @@ impl<'de> Deserialize<'de> for DurationMs {
     }
 }
 
-/// Parse `"500ms"`, `"1.5s"`, `"2m"`, `"1h"`, `"250us"`, `"10ns"` or a bare number (ms).
+/// The one duration grammar of SCALE — every configuration file, rules file, command-line flag
+/// and the Go processor's configuration: a sequence of decimal numbers, each with a unit (`ns`,
+/// `us` or `µs`, `ms`, `s`, `m`, `h`), optionally signed: `250us`, `1.5s`, `1m30s`, `1h`. This
+/// is Go's `time.ParseDuration` grammar, so the collector's own durations read the same. A bare
+/// number is refused (it once meant milliseconds here and nanoseconds in Go), except `0`.
+/// Returns milliseconds.
 pub fn parse_duration_ms(s: &str) -> Result<f64, String> {
+    const EXAMPLES: &str = "a number with a unit, such as 250us, 500ms, 30s, 1m30s or 1h";
     let t = s.trim();
-    let split = t
-        .find(|c: char| {
-            !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+' || c == 'e' || c == 'E')
-        })
-        .unwrap_or(t.len());
-    // "1e3ms" is fine; but "5m" must not be read as exponent-less number "5" + "m": find already
-    // stops at the first letter other than e/E, so handle a trailing unit starting with 'e' never
-    // (no such unit exists).
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num.parse().map_err(|_| {
-        format!("invalid duration {s:?}: expected a number with a unit such as 500ms, 30s, 5m")
-    })?;
-    let mult = match unit.trim() {
-        "" | "ms" => 1.0,
-        "ns" => 1e-6,
-        "us" | "µs" => 1e-3,
-        "s" => 1e3,
-        "m" => 60e3,
-        "h" => 3_600e3,
-        u => {
-            return Err(format!(
-                "invalid duration {s:?}: unknown unit {u:?} (use ns, us, ms, s, m or h)"
-            ));
-        }
+    let (sign, mut rest) = match t.as_bytes().first() {
+        Some(b'-') => (-1.0, &t[1..]),
+        Some(b'+') => (1.0, &t[1..]),
+        _ => (1.0, t),
     };
-    Ok(v * mult)
+    if rest == "0" {
+        return Ok(0.0);
+    }
+    if rest.is_empty() {
+        return Err(format!("invalid duration {s:?}: expected {EXAMPLES}"));
+    }
+    let mut total = 0.0;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(n);
+        if !num.chars().any(|c| c.is_ascii_digit()) {
+            return Err(format!("invalid duration {s:?}: expected {EXAMPLES}"));
+        }
+        let v: f64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}: expected {EXAMPLES}"))?;
+        let u = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(u);
+        let mult = match unit {
+            "ns" => 1e-6,
+            "us" | "µs" | "μs" => 1e-3,
+            "ms" => 1.0,
+            "s" => 1e3,
+            "m" => 60e3,
+            "h" => 3_600e3,
+            "" => {
+                return Err(format!(
+                    "invalid duration {s:?}: give a unit ({EXAMPLES}); a bare number is ambiguous"
+                ));
+            }
+            u => {
+                return Err(format!(
+                    "invalid duration {s:?}: unknown unit {u:?} (use ns, us, ms, s, m or h)"
+                ));
+            }
+        };
+        total += v * mult;
+        rest = next;
+    }
+    Ok(sign * total)
 }
 
 #[derive(Deserialize, Default)]
@@ -798,19 +858,25 @@ impl EngineConfig {
         let s = &raw.sampler;
         let d = SamplerConfig::DEFAULT;
         let sampler = SamplerConfig {
-            n_trees: p.int("sampler.n_trees", &s.n_trees, 1, 1_000, d.n_trees as i64) as u32,
+            n_trees: p.int(
+                "sampler.n_trees",
+                &s.n_trees,
+                limits::N_TREES.0,
+                limits::N_TREES.1,
+                d.n_trees as i64,
+            ) as u32,
             height: p.int(
                 "sampler.height",
                 &s.height,
-                1,
-                crate::hst::MAX_HEIGHT as i64,
+                limits::HEIGHT.0,
+                limits::HEIGHT.1,
                 d.height as i64,
             ) as u32,
             window_size: p.int(
                 "sampler.window_size",
                 &s.window_size,
-                1,
-                10_000_000,
+                limits::WINDOW_SIZE.0,
+                limits::WINDOW_SIZE.1,
                 d.window_size as i64,
             ) as u32,
             keep_budget: p.float(
@@ -833,8 +899,8 @@ impl EngineConfig {
             train_size: p.int(
                 "sampler.train_size",
                 &s.train_size,
-                0,
-                i64::MAX,
+                limits::TRAIN_SIZE.0,
+                limits::TRAIN_SIZE.1,
                 d.train_size as i64,
             ) as u64,
             seed: s.seed.as_ref().map(|v| v.value).unwrap_or(d.seed),
@@ -849,8 +915,8 @@ impl EngineConfig {
         if let (Some(h), Some(n)) = (&s.height, &s.n_trees) {
             // 24 bytes per node; refuse forests over 4 GiB.
             let bytes = 24u128
-                * ((1u128 << (h.value.clamp(1, 20) + 1)) - 1)
-                * n.value.clamp(1, 1000) as u128;
+                * ((1u128 << (h.value.clamp(limits::HEIGHT.0, limits::HEIGHT.1) + 1)) - 1)
+                * n.value.clamp(limits::N_TREES.0, limits::N_TREES.1) as u128;
             if bytes > 4 << 30 {
                 p.push(
                     "sampler.height",
@@ -867,8 +933,8 @@ impl EngineConfig {
             max_keys: p.int(
                 "keys.max_keys",
                 &raw.keys.max_keys,
-                1,
-                10_000_000,
+                limits::MAX_KEYS.0,
+                limits::MAX_KEYS.1,
                 KeysConfig::DEFAULT.max_keys as i64,
             ) as u32,
         };
@@ -879,8 +945,8 @@ impl EngineConfig {
             min_key_count: p.int(
                 "keyed.min_key_count",
                 &k.min_key_count,
-                1,
-                1_000_000,
+                limits::MIN_KEY_COUNT.0,
+                limits::MIN_KEY_COUNT.1,
                 kd.min_key_count as i64,
             ) as u32,
             context_window_ms: p.duration(
@@ -973,9 +1039,37 @@ mod tests {
         assert_eq!(parse_duration_ms("1.5s").unwrap(), 1500.0);
         assert_eq!(parse_duration_ms("2m").unwrap(), 120_000.0);
         assert_eq!(parse_duration_ms("250us").unwrap(), 0.25);
-        assert_eq!(parse_duration_ms("7").unwrap(), 7.0);
-        assert!(parse_duration_ms("5 parsecs").is_err());
-        assert!(parse_duration_ms("ms").is_err());
+        assert_eq!(parse_duration_ms("1m30s").unwrap(), 90_000.0);
+        assert_eq!(parse_duration_ms("1h0m0.5s").unwrap(), 3_600_500.0);
+        assert_eq!(parse_duration_ms("-2s").unwrap(), -2000.0);
+        assert_eq!(parse_duration_ms("0").unwrap(), 0.0);
+        for bad in ["7", "5 parsecs", "ms", "", "1m30", "1.2.3s", "s5", "1d"] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_duration_ms("7").unwrap_err().contains("bare number"));
+    }
+
+    /// The grammar's cases, shared with the Go processor's tests (collector-go/config_test.go).
+    #[test]
+    fn durations_shared_with_go() {
+        let cases = include_str!("../testdata/durations.txt");
+        let mut n = 0;
+        for line in cases.lines().filter(|l| !l.starts_with('#')) {
+            let (input, want) = line.split_once('\t').expect("input<TAB>want");
+            match (parse_duration_ms(input), want) {
+                (Err(_), "error") => {}
+                (Ok(ms), want) if want != "error" => {
+                    let want: f64 = want.parse().unwrap();
+                    assert!(
+                        (ms - want).abs() <= 1e-9 * want.abs().max(1.0),
+                        "{input:?}: {ms}"
+                    );
+                }
+                (got, want) => panic!("{input:?}: got {got:?}, want {want}"),
+            }
+            n += 1;
+        }
+        assert!(n > 20);
     }
 
     #[test]
@@ -1113,7 +1207,7 @@ rules:
             "{s}"
         );
         assert!(s.contains("rules file: line 4: rules[0].count"), "{s}");
-        let both = format!("{rules}");
+        let both = rules.to_string();
         assert!(EngineConfig::from_parts(&both, Some(rules)).is_err());
     }
 

@@ -712,6 +712,118 @@ mod tests {
         assert!(Engine::restore(cfg, &bad).is_err());
     }
 
+    /// Feed `n` spans of `key` with durations around `base` ms; the explanations of each span.
+    fn feed(e: &mut Engine, key: SpanKey<'_>, base: f64, n: usize) -> Vec<Explain> {
+        let mut out = Vec::new();
+        (0..n)
+            .map(|i| {
+                let s = SpanRef {
+                    key,
+                    timing: Timing::DurationMs(base * (1.0 + (i % 13) as f64 * 0.05)),
+                    trace_id: [7; 16],
+                    span_id: [9; 8],
+                };
+                let v = e.process_span(&s, i as u32, i as u64 * 1_000_000, &mut out);
+                assert_eq!(v.skipped, None);
+                *e.last_explain()
+            })
+            .collect()
+    }
+
+    /// Issue 12: the overflow key is one more key. With `max_keys: 2000000`, an engine that has
+    /// seen 10 keys and then spans of the overflow key (as the C ABI and the collector give them,
+    /// `SpanKey::Id(OVERFLOW)`) holds per-key state for 11 keys, not for `max_keys + 1`; and the
+    /// overflow key's spans are judged against its own baseline once it has `min_key_count`
+    /// spans, which survives a snapshot.
+    #[test]
+    fn overflow_key_baseline_is_learned_read_and_bounded() {
+        let cfg = EngineConfig::from_yaml("keys: { max_keys: 2000000 }").unwrap();
+        let min = cfg.keyed.min_key_count as usize;
+        let mut e = Engine::new(cfg.clone());
+        let names: Vec<String> = (0..10).map(|k| format!("op-{k}")).collect();
+        for (k, op) in names.iter().enumerate() {
+            let key = SpanKey::Names {
+                service: "svc",
+                operation: op,
+            };
+            feed(&mut e, key, 1.0 + k as f64, 50);
+        }
+        let (mem_keys, snap_keys) = (e.memory_bytes(), e.snapshot().len());
+
+        let looks = feed(&mut e, SpanKey::Id(OVERFLOW), 40.0, 2000);
+        for (i, x) in looks.iter().enumerate() {
+            let present = x.features.iter().all(|f| f.is_finite());
+            assert_eq!(
+                (x.established, present),
+                (i >= min, i >= min),
+                "overflow span {i}: {x:?}"
+            );
+        }
+        // Judged against its own baseline: a span 100 times slower than the overflow key's
+        // usual is maximally surprising, one at its usual duration is not.
+        feed(&mut e, SpanKey::Id(OVERFLOW), 4000.0, 1);
+        assert_eq!(e.last_explain().features[0], 1.0);
+        feed(&mut e, SpanKey::Id(OVERFLOW), 40.0, 1);
+        assert_eq!(e.last_explain().features[0], 0.0);
+
+        let (mem, snap) = (e.memory_bytes(), e.snapshot());
+        eprintln!(
+            "max_keys 2000000: 10 keys: {mem_keys} B in memory, snapshot {snap_keys} B; \
+             + 2002 overflow spans: {mem} B, snapshot {} B",
+            snap.len()
+        );
+        assert!(mem < 1 << 20, "memory {mem} B");
+        assert!(snap.len() < 1 << 20, "snapshot {} B", snap.len());
+        // The overflow key costs one key's state, whatever max_keys is.
+        let one_key = std::mem::size_of::<crate::latency::KeyModel>();
+        assert!(mem <= mem_keys + 2 * one_key, "{mem_keys} B -> {mem} B");
+        assert!(
+            snap.len() <= snap_keys + one_key,
+            "{snap_keys} B -> {} B",
+            snap.len()
+        );
+
+        // The overflow key's baseline is part of the snapshot.
+        let mut r = Engine::restore(cfg, &snap).unwrap();
+        assert_eq!(r, e);
+        let after = feed(&mut r, SpanKey::Id(OVERFLOW), 4000.0, 1);
+        assert_eq!(after, feed(&mut e, SpanKey::Id(OVERFLOW), 4000.0, 1));
+        assert!(after[0].established && after[0].features[0] > 0.0);
+    }
+
+    /// Names past `max_keys` share the overflow key's baseline: counted, learned and judged.
+    #[test]
+    fn names_past_max_keys_share_the_overflow_baseline() {
+        let cfg = EngineConfig::from_yaml("keys: { max_keys: 10 }").unwrap();
+        let min = cfg.keyed.min_key_count as usize;
+        let mut e = Engine::new(cfg);
+        let names: Vec<String> = (0..1010).map(|k| format!("op-{k}")).collect();
+        let mut out = Vec::new();
+        let mut looks = Vec::new();
+        for (k, op) in names.iter().enumerate() {
+            let s = SpanRef {
+                key: SpanKey::Names {
+                    service: "svc",
+                    operation: op,
+                },
+                timing: Timing::DurationMs(20.0 + (k % 7) as f64),
+                trace_id: [7; 16],
+                span_id: [9; 8],
+            };
+            e.process_span(&s, 0, k as u64 * 1_000_000, &mut out);
+            looks.push(*e.last_explain());
+        }
+        let st = e.stats();
+        assert_eq!((st.keys, st.keys_overflow), (10, 1000));
+        // Each of the first 10 names is its own key, seen once: not established.
+        assert!(looks[..10].iter().all(|x| !x.established));
+        // The 1000 others are one key: established after min_key_count of them.
+        for (i, x) in looks[10..].iter().enumerate() {
+            let present = x.features.iter().all(|f| f.is_finite());
+            assert_eq!((x.established, present), (i >= min, i >= min), "{i}: {x:?}");
+        }
+    }
+
     #[test]
     fn rule_fires_on_every_span_not_only_kept() {
         let cfg = EngineConfig::from_yaml(

@@ -382,11 +382,6 @@ impl Hst {
         self.n_features
     }
 
-    /// Whether the trees exist (they are built lazily in `paper` mode).
-    pub fn is_built(&self) -> bool {
-        self.built
-    }
-
     /// Whether a reference window exists, i.e. whether scores mean anything yet.
     pub fn is_warm(&self) -> bool {
         self.warm

@@ -2,6 +2,9 @@
 //!
 //! Keys are interned to dense ids `0..len()`; once `max_keys` are known, every new name maps to
 //! the single [`OVERFLOW`] id and is counted, so memory stays bounded whatever the traffic.
+//! The overflow key is then one more key: the featurizer keeps its latency model and context in
+//! a field of their own, learned and judged like any key's, so per-key state grows with the keys
+//! seen (plus one), never with `max_keys`.
 //! Look-ups hash the two names in place (no allocation); only a new key allocates its name.
 
 use std::collections::HashMap;

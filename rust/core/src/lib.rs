@@ -111,6 +111,7 @@
 
 pub mod calibrate;
 pub mod config;
+pub mod contract;
 pub mod engine;
 mod error;
 pub mod features;

@@ -110,7 +110,7 @@ fn ordinary(seconds: u64, seed: u64) -> Vec<Event> {
     let mut rng = SplitMix64::new(seed);
     let mut ev = Vec::new();
     for k in 0..20u32 {
-        let mu = (0.2 + rng.next_f64() * 6.0) as f64;
+        let mu = 0.2 + rng.next_f64() * 6.0;
         let sigma = 0.1 + rng.next_f64() * 0.9;
         let rate = 2.0 + rng.next_f64() * 60.0;
         let two_modes = k % 4 == 0;

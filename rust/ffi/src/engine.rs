@@ -25,9 +25,12 @@ use crate::status::scale_status;
 #[ffi_export]
 pub const SCALE_KEY_OVERFLOW: u32 = scale_core::OVERFLOW;
 
-/// A key id no engine ever hands out: spans given it (or names that are not UTF-8) are skipped
-/// as `InvalidKey`. `max_keys` is at most 10,000,000, so this never collides.
-const INVALID_KEY: u32 = u32::MAX - 1;
+/// A key id no engine ever hands out: spans given it are skipped as `SCALE_SKIP_INVALID_KEY`
+/// (callers use it for names that are not UTF-8). `keys.max_keys` is at most 10,000,000, so
+/// it never collides with a real id.
+#[ffi_export]
+pub const SCALE_KEY_INVALID: u32 = u32::MAX - 1;
+const INVALID_KEY: u32 = SCALE_KEY_INVALID;
 
 /// A SCALE engine: featurizer, Half-Space-Trees model, key table and latency-rule windows.
 ///

@@ -126,24 +126,12 @@ struct ServeArgs {
     engine: Option<std::path::PathBuf>,
 }
 
+/// A positive duration in the one grammar of SCALE ([`scale_core::config::parse_duration_ms`]).
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        return Err(format!("{s:?}: give a unit (ms, s or m)"));
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration"))?;
-    if !(v > 0.0 && v.is_finite()) {
-        return Err(format!("{s:?} must be positive"));
+    match scale_core::config::parse_duration_ms(s)? {
+        ms if ms > 0.0 && ms.is_finite() => Ok(std::time::Duration::from_secs_f64(ms / 1e3)),
+        _ => Err(format!("{s:?} must be a positive duration")),
     }
-    Ok(std::time::Duration::from_secs_f64(v * mult))
 }
 
 fn read(path: &std::path::Path) -> anyhow::Result<String> {
@@ -223,7 +211,7 @@ fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
                     _ => None,
                 };
                 // Ends after shutdown, once the leader label is removed and the Lease released.
-                let leadership;
+                let lease_task;
                 let leader = match &args.lease {
                     Some(l) => {
                         let (ns, name) = l.split_once('/').with_context(|| format!("--lease {l:?}: give namespace/name"))?;
@@ -235,12 +223,16 @@ fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
                             duration_s: secs,
                             grace_s: (secs / 3).max(1),
                         };
-                        let (leader, task) = serve::leader::Leader::start(client.clone(), cfg, pod, metrics.clone(), shutdown.clone()).await.context("starting leader election")?;
-                        leadership = task;
+                        // A standby until the Lease says otherwise.
+                        let leadership = serve::leader::Leadership::new(false);
+                        leadership.mirror(metrics.leader.clone());
+                        opts.leadership = leadership.clone();
+                        let (leader, task) = serve::leader::Leader::start(client.clone(), cfg, pod, leadership, shutdown.clone()).await.context("starting leader election")?;
+                        lease_task = task;
                         Some(leader)
                     }
                     None => {
-                        leadership = serve::leader::label_without_election(client.clone(), pod, shutdown.clone());
+                        lease_task = serve::leader::label_without_election(client.clone(), pod, shutdown.clone());
                         None
                     }
                 };
@@ -250,7 +242,7 @@ fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
                 let served = serve::serve(listener, rules, orch, metrics, opts, shutdown.clone()).await;
                 // Let the leader label go and the Lease be released before the process exits.
                 shutdown.cancel();
-                if tokio::time::timeout(std::time::Duration::from_secs(10), leadership).await.is_err() {
+                if tokio::time::timeout(std::time::Duration::from_secs(10), lease_task).await.is_err() {
                     tracing::warn!("Leader label and Lease not released within 10 s; exiting anyway.");
                 }
                 served
@@ -303,7 +295,7 @@ const KUBE_CLIENT_HTTP_TARGET: &str = "kube_client::client::builder";
 
 fn init_logging(format: LogFormat) {
     let spec = std::env::var("SCALE_LOG").unwrap_or_default();
-    // Unset, empty or invalid: `info`, as before.
+    // Unset, empty or invalid: `info`.
     let mut filter = Some(spec.as_str())
         .filter(|s| !s.trim().is_empty())
         .and_then(|s| EnvFilter::try_new(s).ok())

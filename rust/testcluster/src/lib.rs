@@ -579,6 +579,16 @@ fn dechunk(body: &str) -> String {
     out
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        stop(&mut self.apiserver);
+        stop(&mut self.etcd);
+        if !self.keep_dir {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,15 +628,5 @@ mod tests {
             "hello world"
         );
         assert_eq!(dechunk("a;ext=1\r\n0123456789\r\n0\r\n\r\n"), "0123456789");
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        stop(&mut self.apiserver);
-        stop(&mut self.etcd);
-        if !self.keep_dir {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
     }
 }

@@ -306,13 +306,17 @@ impl CsvColumns {
     }
 }
 
+/// A label field that is none of `0`/`1`/`true`/`false`/empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadLabel;
+
 /// Parse a label: `0`/`1`/`true`/`false`; `Ok(None)` for an empty field.
-pub fn parse_label(s: &str) -> Result<Option<bool>, ()> {
+pub fn parse_label(s: &str) -> Result<Option<bool>, BadLabel> {
     match s.trim() {
         "" => Ok(None),
         "0" | "false" | "False" | "FALSE" => Ok(Some(false)),
         "1" | "true" | "True" | "TRUE" => Ok(Some(true)),
-        _ => Err(()),
+        _ => Err(BadLabel),
     }
 }
 

@@ -98,9 +98,9 @@ pub struct EvalArgs {
     /// A fixed keep threshold instead of the budget: keep a span iff its score is at least this (0-1).
     #[arg(long, value_parser = parse_unit)]
     pub min_score: Option<f64>,
-    /// Durations are capped here (ms, > 0).
-    #[arg(long, value_parser = parse_positive)]
-    pub max_duration_ms: Option<f64>,
+    /// Durations are capped here (a duration, > 0, such as 50s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+    pub max_duration: Option<f64>,
     /// Spans only learned before any keep decision; metrics start after them.
     #[arg(long)]
     pub train_size: Option<u64>,
@@ -144,12 +144,17 @@ pub struct EvalArgs {
     pub within: u64,
 }
 
-/// A duration in the configuration's grammar (`250us`, `1m30s`; a bare number is ms), in ns.
-fn parse_duration_ns(s: &str) -> Result<u64, String> {
+/// A positive duration in the one grammar ([`scale_core::config::parse_duration_ms`]), in ms.
+fn parse_duration_ms(s: &str) -> Result<f64, String> {
     match scale_core::config::parse_duration_ms(s)? {
-        ms if ms > 0.0 && ms.is_finite() => Ok((ms * 1e6) as u64),
+        ms if ms > 0.0 && ms.is_finite() => Ok(ms),
         ms => Err(format!("must be a positive duration, got {ms} ms")),
     }
+}
+
+/// [`parse_duration_ms`], in ns.
+fn parse_duration_ns(s: &str) -> Result<u64, String> {
+    parse_duration_ms(s).map(|ms| (ms * 1e6) as u64)
 }
 
 fn parse_unit(s: &str) -> Result<f64, String> {
@@ -165,13 +170,6 @@ fn parse_budget(s: &str) -> Result<f64, String> {
         _ => Err(format!(
             "must be a number between 0 and 1 (exclusive), got {s:?}"
         )),
-    }
-}
-
-fn parse_positive(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("must be a positive number, got {s:?}")),
     }
 }
 
@@ -392,7 +390,7 @@ pub fn build_config(args: &EvalArgs) -> Result<EngineConfig, EvalError> {
     if args.min_score.is_some() {
         s.min_score = args.min_score;
     }
-    s.max_duration_ms = args.max_duration_ms.unwrap_or(s.max_duration_ms);
+    s.max_duration_ms = args.max_duration.unwrap_or(s.max_duration_ms);
     s.train_size = args.train_size.unwrap_or(s.train_size);
     s.seed = args.seed.unwrap_or(s.seed);
     // The same bound EngineConfig::from_yaml enforces: 24 bytes per node, at most 4 GiB.
@@ -1280,8 +1278,8 @@ mod tests {
             "5",
             "--seed",
             "3",
-            "--max-duration-ms",
-            "100",
+            "--max-duration",
+            "100ms",
             "x.csv",
         ]);
         let c = build_config(&a).unwrap();

@@ -178,6 +178,7 @@ impl Svg {
     }
 
     /// The threshold line (vertical at data x in px, or horizontal at y in px).
+    #[allow(clippy::too_many_arguments)] // two points, a label and its anchor: all plain coordinates
     fn threshold(
         &mut self,
         x1: f64,
@@ -247,7 +248,8 @@ pub fn scores_svg(spans: &[TestSpan], threshold: &Threshold, title: &str) -> Str
     let min_score = threshold.score;
     let mut svg = Svg::new(title);
     let labelled = spans.iter().any(|s| s.label.is_some());
-    let classes: Vec<(&str, &str, Box<dyn Fn(&TestSpan) -> bool>)> = if labelled {
+    type Class<'a> = (&'a str, &'a str, Box<dyn Fn(&TestSpan) -> bool>);
+    let classes: Vec<Class> = if labelled {
         vec![
             (
                 "normal",
@@ -591,12 +593,13 @@ pub fn timeline_svg(t: &super::timeline::TimelineReport, title: &str) -> String 
         }
         d
     };
-    let series: [(
-        &str,
-        &str,
-        &dyn Fn(&super::timeline::Bucket) -> Option<f64>,
+    type Series<'a> = (
+        &'a str,
+        &'a str,
+        &'a dyn Fn(&super::timeline::Bucket) -> Option<f64>,
         bool,
-    ); 3] = [
+    );
+    let series: [Series; 3] = [
         (
             NORMAL,
             "normal spans",

@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use scale_core::{Rule, RuleReport, Target};
 
-/// Default `--evidence-timeout`: three of the collector's default report intervals (10 s).
-pub const DEFAULT_EVIDENCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `--evidence-timeout`: three of the collector's default report intervals.
+pub const DEFAULT_EVIDENCE_TIMEOUT: Duration =
+    Duration::from_millis(3 * scale_core::contract::DEFAULT_REPORT_INTERVAL_MS);
 
 /// Most reports kept per target (older ones are dropped first; the quiet period's are needed).
 pub const MAX_REPORTS_PER_TARGET: usize = 4096;

@@ -45,39 +45,20 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use super::evidence::EvidenceStore;
+use super::leader::Leadership;
 use super::metrics::Metrics;
 use super::throttle::LogLimiter;
 
 /// Largest accepted (decoded) OTLP message.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
-/// Name of the span event that carries a decision.
-pub const DECISION_EVENT: &str = "scale.decision";
-
-/// Name of the span that carries a rule's evidence report ([`super::evidence`]); its start and
-/// end are the reporting interval. Attributes: `scale.rule`, `scale.service` (a rule named after
-/// the service), `scale.count`, `scale.window_ms`, `scale.threshold_ms`, and the `REPORT_*`
-/// names below. The collector's resource attribute `service.instance.id` names the collector.
-pub const REPORT_SPAN: &str = "scale.report";
-/// Report attribute: the service, for a rule whose target is named after it.
-pub const REPORT_SERVICE: &str = "scale.service";
-/// The resource attribute naming the collector that sent a report (its `service.instance.id`):
-/// reports are merged per rule over collectors, and `/evidence` shows each one's part.
-pub const REPORT_COLLECTOR: &str = "service.instance.id";
-/// Report attribute (int): spans the rule's window matched in the interval.
-pub const REPORT_MATCHED: &str = "scale.report.matched";
-/// Report attribute (int): of them, breaches.
-pub const REPORT_BREACHES: &str = "scale.report.breaches";
-/// Report attribute (int): breaches inside the rule's window at the end of the interval.
-pub const REPORT_IN_WINDOW: &str = "scale.report.in_window";
-/// Report attributes (double, ms; absent when nothing matched): latency of the matched spans.
-pub const REPORT_P50_MS: &str = "scale.report.p50_ms";
-/// See [`REPORT_P50_MS`].
-pub const REPORT_P90_MS: &str = "scale.report.p90_ms";
-/// See [`REPORT_P50_MS`].
-pub const REPORT_P99_MS: &str = "scale.report.p99_ms";
-/// See [`REPORT_P50_MS`].
-pub const REPORT_MAX_MS: &str = "scale.report.max_ms";
+// The names read from spans (decisions, reports) are the contract's: scale_core::contract.
+use scale_core::contract::{
+    ATTR_ACTION, ATTR_ANOMALY_SCORE, ATTR_COUNT, ATTR_OBSERVED_MS, ATTR_REPORT_BREACHES,
+    ATTR_REPORT_IN_WINDOW, ATTR_REPORT_MATCHED, ATTR_REPORT_MAX_MS, ATTR_REPORT_P50_MS,
+    ATTR_REPORT_P90_MS, ATTR_REPORT_P99_MS, ATTR_RULE, ATTR_SERVICE, EVENT_DECISION,
+    RESOURCE_COLLECTOR, SPAN_REPORT,
+};
 
 /// A decision this far in the future (the collector's clock ahead of the daemon's) is taken as
 /// of now without a word; further ahead, it is too, but logged.
@@ -120,6 +101,7 @@ pub struct Intake {
     stale_log: LogLimiter,
     skew_log: LogLimiter,
     evidence: Option<Arc<EvidenceStore>>,
+    leadership: Leadership,
 }
 
 impl Intake {
@@ -133,7 +115,15 @@ impl Intake {
             stale_log: LogLimiter::new(STALE_LOG_EVERY),
             skew_log: LogLimiter::new(STALE_LOG_EVERY),
             evidence: None,
+            leadership: Leadership::default(),
         }
+    }
+
+    /// Refuse decisions (UNAVAILABLE, counted as `not_leader`) while `leadership` stands by
+    /// (without it, the intake always takes them).
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.leadership = leadership;
+        self
     }
 
     /// Record the collectors' `scale.report` spans into `store` (without one they are ignored).
@@ -177,14 +167,12 @@ impl Intake {
             let collector = rs
                 .resource
                 .as_ref()
-                .and_then(|r| str_attr(&r.attributes, REPORT_COLLECTOR))
+                .and_then(|r| str_attr(&r.attributes, RESOURCE_COLLECTOR))
                 .unwrap_or("");
             for ss in &rs.scope_spans {
                 for span in &ss.spans {
                     spans += 1;
-                    if span.name == REPORT_SPAN
-                        && str_attr(&span.attributes, "scale.rule").is_some()
-                    {
+                    if span.name == SPAN_REPORT && str_attr(&span.attributes, ATTR_RULE).is_some() {
                         self.report(span, collector, now);
                         continue;
                     }
@@ -196,13 +184,13 @@ impl Intake {
                             service = service.unwrap_or(""),
                             operation = %span.name,
                             duration_ms = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) as f64 / 1e6,
-                            score = f64_attr(&span.attributes, "scale.anomaly.score").unwrap_or(f64::NAN),
+                            score = f64_attr(&span.attributes, ATTR_ANOMALY_SCORE).unwrap_or(f64::NAN),
                             end_unix_ns = span.end_time_unix_nano,
                             trace_id = %span.trace_id.iter().map(|b| format!("{b:02x}")).collect::<String>(),
                             "Kept span."
                         );
                     }
-                    for ev in span.events.iter().filter(|e| e.name == DECISION_EVENT) {
+                    for ev in span.events.iter().filter(|e| e.name == EVENT_DECISION) {
                         match self.resolve(ev, service, &span.trace_id, now, now_ns) {
                             Ok(d) => {
                                 let age_ms = now_ns.saturating_sub(d.window_end_ns) as f64 / 1e6;
@@ -248,7 +236,7 @@ impl Intake {
     ) {
         let Some(store) = &self.evidence else { return };
         let a = &span.attributes;
-        let rule = str_attr(a, "scale.rule").unwrap_or_default();
+        let rule = str_attr(a, ATTR_RULE).unwrap_or_default();
         let Some(rule_index) = self.rules.iter().position(|r| r.name == rule) else {
             self.metrics.refuse_report("unknown_rule");
             tracing::debug!(
@@ -258,7 +246,7 @@ impl Intake {
             return;
         };
         let r = &self.rules[rule_index];
-        let service = str_attr(a, REPORT_SERVICE);
+        let service = str_attr(a, ATTR_SERVICE);
         let target = match r.resolve_target(service) {
             Ok(t) => t,
             Err(why) => {
@@ -268,7 +256,8 @@ impl Intake {
             }
         };
         let count = |k: &str| int_attr(a, k).and_then(|v| u64::try_from(v).ok());
-        let (Some(matched), Some(breaches)) = (count(REPORT_MATCHED), count(REPORT_BREACHES))
+        let (Some(matched), Some(breaches)) =
+            (count(ATTR_REPORT_MATCHED), count(ATTR_REPORT_BREACHES))
         else {
             self.metrics.refuse_report("malformed");
             tracing::debug!(rule, "Refused a report without its span and breach counts.");
@@ -282,14 +271,14 @@ impl Intake {
             until_ns: span.end_time_unix_nano,
             matched,
             breaches,
-            in_window: count(REPORT_IN_WINDOW).unwrap_or(0) as u32,
+            in_window: count(ATTR_REPORT_IN_WINDOW).unwrap_or(0) as u32,
             count: r.count,
             window_ms: r.window_ms,
             threshold_ms: r.duration_above_ms,
-            p50_ms: f64_attr(a, REPORT_P50_MS),
-            p90_ms: f64_attr(a, REPORT_P90_MS),
-            p99_ms: f64_attr(a, REPORT_P99_MS),
-            max_ms: f64_attr(a, REPORT_MAX_MS),
+            p50_ms: f64_attr(a, ATTR_REPORT_P50_MS),
+            p90_ms: f64_attr(a, ATTR_REPORT_P90_MS),
+            p99_ms: f64_attr(a, ATTR_REPORT_P99_MS),
+            max_ms: f64_attr(a, ATTR_REPORT_MAX_MS),
         };
         self.metrics.reports.inc();
         store.record(target, rule_index, collector, &report, now);
@@ -304,15 +293,15 @@ impl Intake {
         now_ns: u64,
     ) -> Result<Received, Refusal> {
         let attrs = &ev.attributes[..];
-        let rule = str_attr(attrs, "scale.rule").ok_or(Refusal::Malformed("no scale.rule"))?;
+        let rule = str_attr(attrs, ATTR_RULE).ok_or(Refusal::Malformed("no scale.rule"))?;
         let rule_index = self
             .rules
             .iter()
             .position(|r| r.name == rule)
             .ok_or_else(|| Refusal::UnknownRule(rule.to_string()))?;
-        let action = match str_attr(attrs, "scale.action") {
-            Some("horizontal") => ActionKind::Horizontal,
-            Some("vertical") => ActionKind::Vertical,
+        let action = match str_attr(attrs, ATTR_ACTION) {
+            Some(a) if a == ActionKind::Horizontal.as_str() => ActionKind::Horizontal,
+            Some(a) if a == ActionKind::Vertical.as_str() => ActionKind::Vertical,
             _ => {
                 return Err(Refusal::Malformed(
                     "scale.action is not horizontal or vertical",
@@ -325,10 +314,10 @@ impl Intake {
             ));
         }
         let ahead = ev.time_unix_nano.saturating_sub(now_ns);
-        if ahead > CLOCK_SKEW_ALLOWANCE.as_nanos() as u64 {
-            if let Some(held_back) = self.skew_log.allow(now_ns) {
-                tracing::warn!(rule = %rule, ahead_s = ahead as f64 / 1e9, held_back, "A decision is timed in the future: the collector's clock is ahead of the daemon's; taken as of now.");
-            }
+        if ahead > CLOCK_SKEW_ALLOWANCE.as_nanos() as u64
+            && let Some(held_back) = self.skew_log.allow(now_ns)
+        {
+            tracing::warn!(rule = %rule, ahead_s = ahead as f64 / 1e9, held_back, "A decision is timed in the future: the collector's clock is ahead of the daemon's; taken as of now.");
         }
         let age_ms = now_ns.saturating_sub(ev.time_unix_nano) as f64 / 1e6;
         let max_age_ms = self.rules[rule_index].action.max_decision_age_ms;
@@ -347,8 +336,8 @@ impl Intake {
             rule: rule.to_string(),
             target,
             action,
-            count: int_attr(attrs, "scale.count").unwrap_or(0),
-            observed_ms: f64_attr(attrs, "scale.observed_ms").unwrap_or(f64::NAN),
+            count: int_attr(attrs, ATTR_COUNT).unwrap_or(0),
+            observed_ms: f64_attr(attrs, ATTR_OBSERVED_MS).unwrap_or(f64::NAN),
             trace_id: trace_id.iter().map(|b| format!("{b:02x}")).collect(),
             window_end_ns: ev.time_unix_nano.min(now_ns),
             received: now,
@@ -371,8 +360,8 @@ pub fn check_token(
         .unwrap_or("");
     let (a, b) = (want.as_bytes(), got.as_bytes());
     let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-    for i in 0..a.len() {
-        diff |= a[i] ^ b.get(i).copied().unwrap_or(0);
+    for (i, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i).copied().unwrap_or(0);
     }
     if diff == 0 {
         Ok(())
@@ -431,7 +420,7 @@ impl TraceService for Intake {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         check_token(self.token.as_deref(), request.metadata(), &self.metrics)?;
-        if !self.metrics.is_leader() {
+        if !self.leadership.is_leader() {
             self.metrics.refuse_decision("not_leader");
             return Err(Status::unavailable(
                 "this replica is not the leader; retry (the Service routes to the leader)",
@@ -492,9 +481,9 @@ mod tests {
             .map(|&t| Span {
                 trace_id: vec![1; 16],
                 events: vec![Event {
-                    name: DECISION_EVENT.into(),
+                    name: EVENT_DECISION.into(),
                     time_unix_nano: t,
-                    attributes: vec![kv("scale.rule", "r"), kv("scale.action", "horizontal")],
+                    attributes: vec![kv(ATTR_RULE, "r"), kv(ATTR_ACTION, "horizontal")],
                     ..Default::default()
                 }],
                 ..Default::default()

@@ -2,8 +2,9 @@
 //! daemon never both act, and how the leader shows itself.
 //!
 //! The lease manager runs in the background and keeps the Lease renewed while this replica
-//! holds it; its state drives the `scale_leader` gauge and the intake (a standby answers
-//! UNAVAILABLE). That state can be stale — a replica cut off from the API server still
+//! holds it; its state is kept in a [`Leadership`] handle, which the actor (a standby never
+//! acts) and the intake (a standby answers UNAVAILABLE) consult and which the `scale_leader`
+//! gauge mirrors. That state can be stale — a replica cut off from the API server still
 //! believes it leads until its task notices — so every write is preceded by
 //! [`Leader::confirm`], which re-reads the Lease from the API server and checks that this
 //! replica is the holder and that the lease has not expired by the server's own record.
@@ -29,6 +30,7 @@
 //! of pods in the daemon's own namespace (`configs/k8s/scale-daemon.yaml`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -40,8 +42,9 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use super::kube::FIELD_MANAGER;
-use super::metrics::Metrics;
 
 /// Label the leader puts on its own pod (and removes from any other); the OTLP Service of
 /// `configs/k8s/scale-daemon.yaml` selects on it.
@@ -78,6 +81,57 @@ pub struct PodRef {
     pub name: String,
 }
 
+/// Whether this replica may act: one flag, shared (clones are the same handle). The Lease code
+/// ([`Leader::start`]) sets it; the actor and the intake read it; a gauge (the `scale_leader`
+/// metric, see [`Leadership::mirror`]) follows it. Without leader election it stays `true`.
+#[derive(Clone, Debug)]
+pub struct Leadership(Arc<LeadershipInner>);
+
+#[derive(Debug)]
+struct LeadershipInner {
+    leading: AtomicBool,
+    gauge: parking_lot::Mutex<Option<Gauge>>,
+}
+
+impl Default for Leadership {
+    /// Leading (no election).
+    fn default() -> Self {
+        Self::new(true)
+    }
+}
+
+impl Leadership {
+    /// A handle, leading or not.
+    pub fn new(leading: bool) -> Self {
+        Leadership(Arc::new(LeadershipInner {
+            leading: AtomicBool::new(leading),
+            gauge: parking_lot::Mutex::new(None),
+        }))
+    }
+
+    /// Whether this replica may act.
+    pub fn is_leader(&self) -> bool {
+        self.0.leading.load(Ordering::Relaxed)
+    }
+
+    /// Lead, or stand by (and update the mirrored gauge).
+    pub fn set(&self, leading: bool) {
+        let gauge = self.0.gauge.lock();
+        self.0.leading.store(leading, Ordering::Relaxed);
+        if let Some(g) = &*gauge {
+            g.set(i64::from(leading));
+        }
+    }
+
+    /// Keep `gauge` (the metrics' `scale_leader`) at 1 while leading, else 0, from now on; it
+    /// replaces any gauge mirrored before.
+    pub fn mirror(&self, gauge: Gauge) {
+        let mut g = self.0.gauge.lock();
+        gauge.set(i64::from(self.is_leader()));
+        *g = Some(gauge);
+    }
+}
+
 /// This replica's view of the Lease.
 #[derive(Clone)]
 pub struct Leader {
@@ -87,18 +141,18 @@ pub struct Leader {
 }
 
 impl Leader {
-    /// Start competing for the Lease; the `scale_leader` gauge and the label on `pod` (if
-    /// given) follow the lease state. Stops when `shutdown` is cancelled: the returned task
+    /// Start competing for the Lease; `leadership` (and with it the `scale_leader` gauge) and
+    /// the label on `pod` (if given) follow the lease state. Stops when `shutdown` is cancelled: the returned task
     /// ends once the label is removed and the Lease released (await it before exiting; the
     /// Lease is released when every clone of this `Leader` is dropped too).
     pub async fn start(
         client: kube::Client,
         cfg: LeaseConfig,
         pod: Option<PodRef>,
-        metrics: Arc<Metrics>,
+        leadership: Leadership,
         shutdown: CancellationToken,
     ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
-        metrics.set_leader(false);
+        leadership.set(false);
         let manager = LeaseManagerBuilder::new(client.clone(), cfg.name.clone())
             .with_namespace(cfg.namespace.clone())
             .with_identity(cfg.identity.clone())
@@ -107,7 +161,7 @@ impl Leader {
             .build()
             .await?;
         let (mut rx, task) = manager.watch().await;
-        metrics.set_leader(*rx.borrow());
+        leadership.set(*rx.borrow());
         let state = rx.clone();
         let labels = spawn_pod_label(client.clone(), pod, rx.clone(), shutdown.clone());
         let identity = cfg.identity.clone();
@@ -120,12 +174,12 @@ impl Leader {
                             break;
                         }
                         let leading = *rx.borrow_and_update();
-                        metrics.set_leader(leading);
+                        leadership.set(leading);
                         tracing::info!(identity = %identity, leading, "Lease state changed.");
                     }
                 }
             }
-            metrics.set_leader(false);
+            leadership.set(false);
             // The label goes first, so the Service stops routing here before the Lease is free.
             let _ = labels.await;
             // Dropping the receiver makes the manager release the Lease and end.
@@ -171,8 +225,8 @@ impl Leader {
 }
 
 /// Without leader election this replica always acts: label `pod` (if given) as the leader's
-/// until `shutdown`, then remove the label (the returned task ends then). The `scale_leader`
-/// gauge is 1 from the start.
+/// until `shutdown`, then remove the label (the returned task ends then). [`Leadership`] stays
+/// `true` (its default), and the `scale_leader` gauge 1.
 pub fn label_without_election(
     client: kube::Client,
     pod: Option<PodRef>,

@@ -18,9 +18,9 @@
 //! allocation but the span list (sized from the request length) and a list of one entry per
 //! resource; no reference counts. Its semantics are prost's on those fields (last occurrence
 //! wins, repeated scopes concatenated, proto3 defaults), checked against the full
-//! `ExportTraceServiceRequest` decode and the `lean` prost messages it replaced by a property
-//! test (see the [`walk`] module). About 90 ns per span of the demo traces (`benches/daemon.rs`,
-//! part 3), against 330 ns for the lean prost decode and 2 µs for the full one.
+//! `ExportTraceServiceRequest` decode and the `lean` prost messages by a property test (see the
+//! [`walk`] module). Its speed against both decodes is measured by `benches/daemon.rs` (part 3;
+//! BENCHMARKS.md).
 //!
 //! Spans then reach the engine by key id, not by names: a key cache maps `(service, span
 //! name)` to the id `Engine::intern` gave it (looked up by span name in the resource's service
@@ -76,7 +76,7 @@ pub fn span_refs<'a>(wire: &'a [u8], out: &mut Vec<SpanRef<'a>>) -> Result<(), S
 /// per resource) instead of hashing both names into the engine's key table. Bounded: only real
 /// ids are cached (at most `keys.max_keys` entries, as many as the engine's table); a span whose
 /// key is not cached while the table is full keeps its names, so the engine counts it into the
-/// overflow key and matches rules by its names exactly as before. Names are copied in, so the
+/// overflow key and matches rules by its names. Names are copied in, so the
 /// cache never holds on to a request.
 #[derive(Default)]
 struct KeyCache {

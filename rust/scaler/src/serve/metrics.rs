@@ -112,7 +112,8 @@ pub struct Metrics {
     pub reports_refused: Family<ReasonLabel, Counter>,
     /// 1 while a target holds for want of evidence of healthy latency.
     pub evidence_missing: Family<TargetLabel, Gauge>,
-    /// 1 while this replica may act (holds the Lease, or runs without election), else 0.
+    /// 1 while this replica may act (holds the Lease, or runs without election), else 0: a
+    /// mirror of the [`super::leader::Leadership`] handle (see [`super::leader::Leadership::mirror`]).
     pub leader: Gauge,
     /// Whether this process serves (`/readyz`): set by [`super::serve`] while it runs.
     pub serving: AtomicBool,
@@ -158,7 +159,8 @@ impl Metrics {
             evidence: parking_lot::Mutex::new(None),
             registry: Registry::default(),
         };
-        // Without leader election this replica acts; `Leader::start` takes over the gauge.
+        // Without leader election this replica acts; a `Leadership` mirrored into the gauge
+        // takes it over.
         m.leader.set(1);
         registry.register(
             "otlp_requests",
@@ -325,16 +327,6 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
         s
-    }
-
-    /// Whether this replica may act (the `scale_leader` gauge).
-    pub fn is_leader(&self) -> bool {
-        self.leader.get() == 1
-    }
-
-    /// Set the `scale_leader` gauge.
-    pub fn set_leader(&self, leading: bool) {
-        self.leader.set(i64::from(leading));
     }
 
     /// Whether this process serves (`/readyz`).

@@ -11,27 +11,29 @@
 //!   the transport); [`walk`]: the protobuf walker `local` reads raw spans with.
 //! - [`planner`]: a pure function; all the policy lives there and is unit-tested with made-up
 //!   times.
-//! - The actor (this module): one task owns all planning state and the orchestrator, so plans for
-//!   one target never race. It wakes for each batch of decisions and every `tick` to consider
-//!   scale-downs, retry pending actions and reconcile vertical sizes. Error handling: 409 →
-//!   re-read and re-plan at once; unreachable API → keep everything pending, and recognise a
-//!   write whose answer was lost; another controller found by the orchestrator (a VPA, on a
-//!   resize) → reported and counted like the planner's refusal, without starting the cooldown;
-//!   403/404 on read → keep decisions for
-//!   [`REFUSED_READS_BEFORE_DROP`] ticks (a restarted API server refuses until its RBAC cache is
-//!   warm), then drop and count them.
+//! - The actor: one task (`run_actor`, this module) owns all planning state and the
+//!   orchestrator, so plans for one target never race. It wakes for each batch of decisions and
+//!   every `tick` to consider scale-downs, retry pending actions and reconcile vertical sizes,
+//!   and hands both to [`actor::Actor`]: the per-target state machine ([`actor::TargetActor`])
+//!   with the time injected ([`actor::Clock`]), unit-tested with a fake orchestrator. Error
+//!   handling: 409 → re-read and re-plan at once; unreachable API → keep everything pending,
+//!   and recognise a write whose answer was lost; another controller found by the orchestrator
+//!   (a VPA, on a resize) → reported and counted like the planner's refusal, without starting
+//!   the cooldown; 403/404 on read → keep decisions for [`REFUSED_READS_BEFORE_DROP`] ticks (a
+//!   restarted API server refuses until its RBAC cache is warm), then drop and count them.
 //! - [`orchestrator`]: the trait and the dry run; [`kube`]: Kubernetes; [`leader`]: the Lease
-//!   (re-checked before every write) and the leader's pod label; [`metrics`]: `/metrics`,
+//!   (re-checked before every write), the leader's pod label and the [`leader::Leadership`]
+//!   handle the actor and the intake consult; [`metrics`]: `/metrics`,
 //!   `/healthz`, `/readyz` (this process serves — readiness is not leadership), `/evidence`;
 //!   [`throttle`]: API failures logged at a limited rate; [`evidence`]: the collectors' reports
 //!   that a scale-down needs.
 //!
 //! # Memory
 //!
-//! The planner's [`History`] of a target (last scale-up, scale-down and decision, with causes)
+//! The planner's [`planner::History`] of a target (last scale-up, scale-down and decision, with causes)
 //! lives in the actor and with the workload: every change is written together with the history
 //! to keep ([`Orchestrator::set_replicas`], [`Orchestrator::resize`]), and every plan starts by
-//! merging the history read back ([`Observed::history`]; the later of each mark wins). So a
+//! merging the history read back ([`orchestrator::Observed::history`]; the later of each mark wins). So a
 //! restarted daemon, or the replica that takes over the Lease, keeps the cooldown of a
 //! scale-up it did not make, and never scales down sooner after a change than the quiet period.
 //!
@@ -51,6 +53,7 @@
 //!
 //! Tested against a real kube-apiserver + etcd in `tests/k8s.rs` (scale-testcluster).
 
+pub mod actor;
 pub mod evidence;
 pub mod intake;
 pub mod kube;
@@ -62,21 +65,21 @@ pub mod planner;
 pub mod throttle;
 pub mod walk;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use scale_core::{Action, Rule, Target};
+use scale_core::Rule;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::evidence::{EvidenceStore, Quiet};
+use self::actor::{Actor, SystemClock};
+use self::evidence::EvidenceStore;
 use self::intake::{Intake, Received};
+use self::leader::Leadership;
 use self::metrics::Metrics;
-use self::orchestrator::{Observed, Orchestrator, OrchestratorError, Why};
-use self::planner::{History, Hold, Intent, Mark, Plan};
+use self::orchestrator::Orchestrator;
 
 /// Decisions the queue holds before the intake answers UNAVAILABLE.
 pub const QUEUE_CAPACITY: usize = 4_096;
@@ -102,6 +105,10 @@ pub struct ServeOptions {
     /// A target whose rules have sent no evidence report for this long holds its scale
     /// ([`evidence`]); must exceed the collectors' `report_interval`.
     pub evidence_timeout: Duration,
+    /// Whether this replica may act (the Lease's, or always, by default): a standby's actor
+    /// drops what reaches it and its intake refuses decisions. `serve` mirrors it into the
+    /// `scale_leader` gauge of its metrics.
+    pub leadership: Leadership,
 }
 
 impl Default for ServeOptions {
@@ -112,6 +119,7 @@ impl Default for ServeOptions {
             tls: None,
             engine: None,
             evidence_timeout: evidence::DEFAULT_EVIDENCE_TIMEOUT,
+            leadership: Leadership::default(),
         }
     }
 }
@@ -129,16 +137,16 @@ pub async fn serve<O: Orchestrator>(
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let store = Arc::new(EvidenceStore::new(opts.evidence_timeout));
     *metrics.evidence.lock() = Some((store.clone(), rules.clone()));
+    opts.leadership.mirror(metrics.leader.clone());
     // Ready (`/readyz`) from here until the server stops: the listener is bound, the actor runs.
     metrics
         .serving
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let actor = tokio::spawn(run_actor(
-        rules.clone(),
+        Actor::new(rules.clone(), opts.leadership.clone(), store.clone()),
         orchestrator,
         rx,
         metrics.clone(),
-        store.clone(),
         opts.tick,
         shutdown.clone(),
     ));
@@ -159,6 +167,7 @@ pub async fn serve<O: Orchestrator>(
         None => builder.add_service(
             Intake::new(rules.clone(), tx, metrics.clone())
                 .with_token(opts.token.clone())
+                .with_leadership(opts.leadership.clone())
                 .with_evidence(store.clone())
                 .into_service(),
         ),
@@ -190,53 +199,20 @@ pub(crate) fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// A write whose outcome is unknown (the API failed while it was in flight).
-#[derive(Debug, Clone)]
-struct InFlight {
-    to: u32,
-    next: History,
-}
-
-/// What the actor keeps per target.
-#[derive(Debug, Default)]
-struct TargetState {
-    history: History,
-    pending: Vec<Received>,
-    in_flight: Option<InFlight>,
-    /// Kind of the last read error, so a lasting problem is logged once, not every tick.
-    last_error: Option<&'static str>,
-    /// Consecutive reads refused (403, 404, …) while decisions were pending.
-    refused_reads: u32,
-    /// A scale-down is held for want of evidence (said once per episode).
-    evidence_hold: bool,
-}
-
 /// Decisions survive this many consecutive refused reads (ticks) before they are dropped: an
 /// API server that has just restarted answers 403 until its RBAC caches are warm.
 pub const REFUSED_READS_BEFORE_DROP: u32 = 10;
 
+/// The actor's task: wait for decisions or the tick, and hand them to `actor` with the real
+/// clocks.
 async fn run_actor<O: Orchestrator>(
-    rules: Arc<Vec<Rule>>,
+    mut actor: Actor,
     mut orch: O,
     mut rx: mpsc::Receiver<Received>,
     metrics: Arc<Metrics>,
-    evidence: Arc<EvidenceStore>,
     tick: Duration,
     shutdown: CancellationToken,
 ) {
-    // One action (the first rule's) per target: rules naming the same workload share its bounds.
-    let mut targets: Vec<(Target, usize)> = Vec::new();
-    for (i, r) in rules.iter().enumerate() {
-        if !r.per_service() && !targets.iter().any(|(t, _)| *t == r.action.target) {
-            targets.push((r.action.target.clone(), i));
-        }
-    }
-    let mut state: HashMap<Target, TargetState> = targets
-        .iter()
-        .map(|(t, _)| (t.clone(), TargetState::default()))
-        .collect();
-    // Whether this replica acted on the previous round (see "Memory" in the module docs).
-    let mut acting = false;
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -246,300 +222,9 @@ async fn run_actor<O: Orchestrator>(
             n = rx.recv_many(&mut batch, QUEUE_CAPACITY) => { if n == 0 { break } false }
             _ = ticker.tick() => true,
         };
-        for d in batch {
-            // A rule named after the service makes its targets as decisions come, up to
-            // MAX_TARGETS: a new one starts as if just decided on (no scale-down before a quiet
-            // period).
-            if !targets.iter().any(|(t, _)| *t == d.target) {
-                if targets.len() >= MAX_TARGETS {
-                    metrics.refuse_decision("too_many_targets");
-                    tracing::warn!(target = %d.target, max = MAX_TARGETS, "Refused a decision for a new target: too many targets.");
-                    continue;
-                }
-                targets.push((d.target.clone(), d.rule_index));
-                state
-                    .entry(d.target.clone())
-                    .or_default()
-                    .history
-                    .decided(Mark::new(now_ns(), "first decision for this target"));
-            }
-            let st = state.entry(d.target.clone()).or_default();
-            if st.pending.len() >= PENDING_CAP {
-                st.pending.remove(0);
-            }
-            st.pending.push(d);
-        }
-        if !metrics.is_leader() {
-            // A standby never acts; whatever reached it is dropped (the leader got its own).
-            for st in state.values_mut() {
-                if !st.pending.is_empty() {
-                    metrics.refuse_decisions("not_leader", st.pending.len() as u64);
-                    st.pending.clear();
-                }
-            }
-            acting = false;
-            continue;
-        }
-        if !acting {
-            // Starting, or taking over the Lease: the decisions that came before are unknown,
-            // so this moment stands for the last one (no scale-down before a quiet period).
-            // Changes made before are read back from the workloads.
-            acting = true;
-            let now = now_ns();
-            for st in state.values_mut() {
-                st.history.decided(Mark::new(
-                    now,
-                    "began acting (started or took over the Lease)",
-                ));
-            }
-        }
-        for (target, rule_index) in &targets {
-            let st = state.entry(target.clone()).or_default();
-            // Between ticks only targets with news are planned.
-            if !ticked && st.pending.is_empty() {
-                continue;
-            }
-            let action = &rules[*rule_index].action;
-            let quiet = evidence.quiet(
-                target,
-                &rules,
-                Duration::from_secs_f64(action.scale_down_after_ms / 1e3),
-                std::time::Instant::now(),
-            );
-            step_target(&mut orch, target, action, st, &quiet, &metrics).await;
-            if ticked {
-                if let Err(e) = orch.reconcile(target, action).await {
-                    tracing::debug!(target = %target, error = %e, "Reconcile failed; next tick retries.");
-                }
-            }
-        }
+        actor.receive(batch, &metrics, &SystemClock);
+        actor.round(&mut orch, ticked, &metrics, &SystemClock).await;
     }
-}
-
-fn why_of(reason: &str, pending: &[Received]) -> Why {
-    let mut rules: Vec<String> = pending.iter().map(|d| d.rule.clone()).collect();
-    rules.sort_unstable();
-    rules.dedup();
-    let last = pending.iter().max_by_key(|d| d.received);
-    Why {
-        reason: reason.to_string(),
-        rules,
-        observed_ms: pending
-            .iter()
-            .map(|d| d.observed_ms)
-            .filter(|o| o.is_finite())
-            .reduce(f64::max),
-        count: last.map(|d| d.count),
-        evidence_trace_id: last.map(|d| d.trace_id.clone()).filter(|t| !t.is_empty()),
-    }
-}
-
-/// Read, plan and act for one target; on 409 re-read and re-plan (bounded), on an unreachable
-/// API keep everything pending for the next tick.
-async fn step_target<O: Orchestrator>(
-    orch: &mut O,
-    target: &Target,
-    action: &Action,
-    st: &mut TargetState,
-    quiet: &Quiet,
-    metrics: &Metrics,
-) {
-    let tname = target.to_string();
-    for _attempt in 0..5 {
-        let observed: Observed = match orch.get(target, action).await {
-            Ok(o) => {
-                st.refused_reads = 0;
-                if st.last_error.take().is_some() {
-                    tracing::info!(target = %target, "The workload can be read again.");
-                }
-                o
-            }
-            Err(e) => {
-                let first = st.last_error != Some(e.kind());
-                st.last_error = Some(e.kind());
-                match &e {
-                    // Keep everything pending: the next tick retries.
-                    OrchestratorError::Unavailable(_) if first => {
-                        tracing::warn!(target = %target, error = %e, pending = st.pending.len(), "Cannot reach the API; retrying every tick.")
-                    }
-                    OrchestratorError::Unavailable(_) => {}
-                    _ => {
-                        if first {
-                            tracing::warn!(target = %target, error = %e, "Cannot read the workload.");
-                        }
-                        if !st.pending.is_empty() {
-                            st.refused_reads += 1;
-                            if st.refused_reads >= REFUSED_READS_BEFORE_DROP {
-                                tracing::error!(target = %target, error = %e, decisions = st.pending.len(), "Cannot read the workload; its decisions are dropped.");
-                                metrics.action_refused(e.kind(), &tname);
-                                st.pending.clear();
-                                st.refused_reads = 0;
-                            }
-                        }
-                    }
-                }
-                return;
-            }
-        };
-        // A write whose answer was lost: if the object now has what we wrote (the history
-        // record, written with the replicas; or the replicas, where no record is kept), it was
-        // applied.
-        if let Some(f) = st.in_flight.take() {
-            let applied = match &observed.history {
-                Some(h) => *h == f.next,
-                None => observed.scale.replicas == f.to,
-            };
-            if applied {
-                tracing::info!(target = %target, replicas = f.to, "The write that was in flight when the API failed had been applied.");
-                st.history = f.next;
-                st.pending.clear();
-                return;
-            }
-        }
-        // What the workload remembers (written by this daemon before a restart, or by the
-        // replica that led before): the later of each mark wins.
-        if let Some(h) = &observed.history {
-            st.history.merge(h);
-        }
-        let now = now_ns();
-        let intents: Vec<Intent> = st
-            .pending
-            .iter()
-            .map(|d| Intent {
-                rule: d.rule.clone(),
-                action: d.action,
-                at: now,
-            })
-            .collect();
-        let (plan, next) = planner::plan(
-            &intents,
-            observed.scale,
-            action,
-            observed.controlled_by.as_deref(),
-            &st.history,
-            quiet,
-            now,
-        );
-        // Say once per episode that a scale-down waits for evidence, and when it is over.
-        let holding = matches!(&plan, Plan::Hold(Hold::NoEvidence(_)));
-        if holding != st.evidence_hold {
-            st.evidence_hold = holding;
-            metrics.set_evidence_missing(&tname, holding);
-            if let Plan::Hold(Hold::NoEvidence(q)) = &plan {
-                let note = format!(
-                    "Holding at {} replicas: {}",
-                    observed.scale.replicas,
-                    evidence::describe(q)
-                );
-                tracing::warn!(target = %target, replicas = observed.scale.replicas, reason = %note, "Not scaling down without evidence of healthy latency.");
-                orch.report_hold(target, &note).await;
-            } else {
-                tracing::info!(target = %target, "Evidence of the rules' latency is back.");
-            }
-        }
-        let started = st.pending.iter().map(|d| d.received).min();
-        let result = match &plan {
-            Plan::Replicas { from, to, reason } => {
-                let why = why_of(reason, &st.pending);
-                let latency = started.map(|t| t.elapsed().as_secs_f64());
-                tracing::info!(target = %target, from, to, reason = %reason, rules = ?why.rules, decision_to_request_ms = latency.map(|l| l * 1e3), "Scaling workload.");
-                if let Some(l) = latency {
-                    metrics.decision_to_request.observe(l);
-                }
-                orch.set_replicas(target, &observed, *to, &why, &next)
-                    .await
-                    .map(|()| if to > from { "scale_up" } else { "scale_down" })
-            }
-            Plan::Resize {
-                cpu_millis,
-                memory_mib,
-                reason,
-            } => {
-                let why = why_of(reason, &st.pending);
-                let latency = started.map(|t| t.elapsed().as_secs_f64());
-                tracing::info!(target = %target, cpu_millis, memory_mib, reason = %reason, decision_to_request_ms = latency.map(|l| l * 1e3), "Resizing workload.");
-                if let Some(l) = latency {
-                    metrics.decision_to_request.observe(l);
-                }
-                orch.resize(target, action, *cpu_millis, *memory_mib, &why, &next)
-                    .await
-                    .map(|()| "resize")
-            }
-            Plan::Refuse { reason } => {
-                let why = why_of(reason, &st.pending);
-                tracing::warn!(target = %target, reason = %reason, "Refused to scale a workload another controller owns.");
-                orch.report_refusal(
-                    target,
-                    observed
-                        .controlled_by
-                        .as_deref()
-                        .unwrap_or("another controller"),
-                    &why,
-                )
-                .await;
-                metrics.action_refused("controlled", &tname);
-                st.history = next;
-                st.pending.clear();
-                return;
-            }
-            Plan::Hold(hold) => {
-                if !st.pending.is_empty() {
-                    let reason = match hold {
-                        Hold::AtMax => "at_max",
-                        Hold::Cooldown { .. } => "cooldown",
-                        Hold::AtMin | Hold::Idle => "idle",
-                        Hold::NoEvidence(_) => "no_evidence",
-                    };
-                    tracing::debug!(target = %target, ?hold, decisions = st.pending.len(), "Holding.");
-                    metrics.action_refused(reason, &tname);
-                }
-                st.history = next;
-                st.pending.clear();
-                return;
-            }
-        };
-        match result {
-            Ok(what) => {
-                metrics.action(what, &tname);
-                st.history = next;
-                st.pending.clear();
-                return;
-            }
-            Err(OrchestratorError::Conflict(m)) => {
-                tracing::info!(target = %target, conflict = %m, "The workload changed under us; re-reading and re-planning.");
-                continue;
-            }
-            Err(OrchestratorError::Controlled(by)) => {
-                // The orchestrator found another controller (a VPA, for a resize) before
-                // writing: reported and counted like the planner's refusal of an HPA-owned
-                // workload; nothing changed, so the cooldown does not start.
-                let why = why_of(&by, &st.pending);
-                tracing::warn!(target = %target, reason = %by, "Refused to scale a workload another controller owns.");
-                orch.report_refusal(target, &by, &why).await;
-                metrics.action_refused("controlled", &tname);
-                st.history = History {
-                    last_up: st.history.last_up.clone(),
-                    ..next
-                };
-                st.pending.clear();
-                return;
-            }
-            Err(e @ OrchestratorError::Unavailable(_)) => {
-                tracing::warn!(target = %target, error = %e, "The API failed during the write; the action stays pending.");
-                if let Plan::Replicas { to, .. } = plan {
-                    st.in_flight = Some(InFlight { to, next });
-                }
-                return;
-            }
-            Err(e) => {
-                tracing::error!(target = %target, error = %e, "Scaling action refused; its decisions are dropped.");
-                metrics.action_refused(e.kind(), &tname);
-                st.pending.clear();
-                return;
-            }
-        }
-    }
-    tracing::warn!(target = %target, "Five conflicts in a row; trying again on the next tick.");
 }
 
 #[cfg(test)]
@@ -568,16 +253,25 @@ mod tests {
             span_id: vec![1; 8],
             name: "PlaceOrder".into(),
             events: vec![Event {
-                name: "scale.decision".into(),
+                name: scale_core::contract::EVENT_DECISION.into(),
                 time_unix_nano: now_ns(),
                 attributes: vec![
-                    kv("scale.rule", any_value::Value::StringValue(rule.into())),
                     kv(
-                        "scale.action",
+                        scale_core::contract::ATTR_RULE,
+                        any_value::Value::StringValue(rule.into()),
+                    ),
+                    kv(
+                        scale_core::contract::ATTR_ACTION,
                         any_value::Value::StringValue("horizontal".into()),
                     ),
-                    kv("scale.count", any_value::Value::IntValue(5)),
-                    kv("scale.observed_ms", any_value::Value::DoubleValue(812.5)),
+                    kv(
+                        scale_core::contract::ATTR_COUNT,
+                        any_value::Value::IntValue(5),
+                    ),
+                    kv(
+                        scale_core::contract::ATTR_OBSERVED_MS,
+                        any_value::Value::DoubleValue(812.5),
+                    ),
                 ],
                 ..Default::default()
             }],
@@ -738,7 +432,7 @@ mod tests {
         )
         .unwrap();
         let metrics = Arc::new(Metrics::new());
-        metrics.set_leader(false);
+        let leadership = Leadership::new(false);
         let store = Arc::new(EvidenceStore::new(Duration::from_secs(30)));
         let shutdown = CancellationToken::new();
         // Healthy reports every 100 ms from the start: evidence never holds the scale-down.
@@ -777,18 +471,17 @@ mod tests {
         };
         let (_tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let actor = tokio::spawn(run_actor(
-            rules,
+            Actor::new(rules, leadership.clone(), store),
             orch,
             rx,
             metrics.clone(),
-            store,
             Duration::from_millis(50),
             shutdown.clone(),
         ));
         // A standby for longer than the quiet period.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(std::fs::read_to_string(&audit).unwrap_or_default(), "");
-        metrics.set_leader(true);
+        leadership.set(true);
         let took_over = std::time::Instant::now();
         let deadline = took_over + Duration::from_secs(10);
         let text = loop {
@@ -842,7 +535,7 @@ mod tests {
         .unwrap();
         let (listener, _) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let metrics = Arc::new(Metrics::new());
-        metrics.set_leader(false);
+        let leadership = Leadership::new(false);
         assert!(!metrics.is_serving());
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(
@@ -850,7 +543,10 @@ mod tests {
             rules,
             orch,
             metrics.clone(),
-            ServeOptions::default(),
+            ServeOptions {
+                leadership: leadership.clone(),
+                ..Default::default()
+            },
             shutdown.clone(),
         ));
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -858,7 +554,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(metrics.is_serving(), "a standby is ready");
-        assert!(!metrics.is_leader());
+        assert!(!leadership.is_leader());
+        assert_eq!(metrics.leader.get(), 0, "the gauge mirrors the standby");
         shutdown.cancel();
         server.await.unwrap().unwrap();
         assert!(!metrics.is_serving(), "not ready once stopped");

@@ -128,10 +128,10 @@ struct HistoryRecord {
 }
 
 fn later(a: &mut Option<Mark>, b: &Option<Mark>) {
-    if let Some(b) = b {
-        if a.as_ref().is_none_or(|a| b.at > a.at) {
-            *a = Some(b.clone());
-        }
+    if let Some(b) = b
+        && a.as_ref().is_none_or(|a| b.at > a.at)
+    {
+        *a = Some(b.clone());
     }
 }
 
@@ -268,15 +268,13 @@ pub fn plan(
     let quiet = (action.scale_down_after_ms * MS as f64) as u64;
     if !intents.is_empty() {
         let vertical = intents.iter().all(|i| i.action == ActionKind::Vertical);
-        if !vertical {
-            if let Some(c) = controlled_by {
-                return (
-                    Plan::Refuse {
-                        reason: format!("{c} controls this workload's replicas"),
-                    },
-                    next,
-                );
-            }
+        if !vertical && let Some(c) = controlled_by {
+            return (
+                Plan::Refuse {
+                    reason: format!("{c} controls this workload's replicas"),
+                },
+                next,
+            );
         }
         if let Some(last) = &history.last_up {
             let since = now.saturating_sub(last.at);
@@ -591,7 +589,7 @@ mod tests {
             at: 0,
         };
         let (p, h) = plan(
-            &[v.clone()],
+            std::slice::from_ref(&v),
             replicas(2),
             &a,
             Some("hpa"),
@@ -612,7 +610,7 @@ mod tests {
             cpu_millis: 200,
             memory_mib: 200,
         };
-        let (p, _) = plan(&[v.clone()], cur, &a, None, &h, &ok(), 120 * S);
+        let (p, _) = plan(std::slice::from_ref(&v), cur, &a, None, &h, &ok(), 120 * S);
         assert_eq!(
             p,
             Plan::Resize {

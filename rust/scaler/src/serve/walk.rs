@@ -17,8 +17,8 @@
 //!
 //! # Semantics
 //!
-//! Exactly those of prost decoding the same fields (the `lean` messages this walker replaced,
-//! kept as the reference in the tests), which on well-formed requests are those of the full
+//! Exactly those of prost decoding the same fields (the `lean` prost messages, kept as the
+//! reference in the tests), which on well-formed requests are those of the full
 //! `ExportTraceServiceRequest`:
 //!
 //! - the last occurrence of a singular field wins (ids, name, times, a `KeyValue`'s key);
@@ -28,7 +28,7 @@
 //! - `service.name` is the first resource attribute with that key: its value if that is a
 //!   `string_value`, else `unknown_service`, as is a resource without one;
 //! - missing fields are proto3 defaults (empty name, zero times; ids that are not 16 and 8 bytes
-//!   long become zeros, as before);
+//!   long become zeros);
 //! - the resource's attributes are decoded in full (every member of `AnyValue` is type-checked,
 //!   arrays and kvlists walked as messages of skipped fields), the fields read are type-checked,
 //!   and groups (wire types 3/4) of unknown fields are skipped to their matching end, with
@@ -37,8 +37,7 @@
 //! Malformed protobuf (a truncated varint or field, a length past the end of its message, a bad
 //! wire type or key, an unmatched end group) is an error, never a panic: every read is bounds
 //! checked. Strings are checked for UTF-8 only where used (`service.name`, span names), after the
-//! structure: a request that is malformed *and* has a non-UTF-8 name reports the protobuf error,
-//! as before.
+//! structure: a request that is malformed *and* has a non-UTF-8 name reports the protobuf error.
 
 use scale_core::{SpanKey, SpanRef, Timing};
 
@@ -614,7 +613,7 @@ mod tests {
     }
 
     /// `service.name` of a resource, `unknown_service` without one (the first attribute with that
-    /// key decides, as before).
+    /// key decides).
     fn service_name(rs: &lean::ResourceSpans) -> Result<&str, Status> {
         let value = rs
             .resource
@@ -924,7 +923,7 @@ mod tests {
             let err = walked(&w).unwrap_err();
             assert_eq!(err.code(), tonic::Code::Internal, "{needle}");
             assert_eq!(err.message(), lean_decoded(&w).unwrap_err().message());
-            // Malformed as well: the protobuf error is reported, as before.
+            // Malformed as well: the protobuf error is reported, as prost does.
             w.push(0x0f);
             for err in [walked(&w).unwrap_err(), lean_decoded(&w).unwrap_err()] {
                 assert_eq!(err.code(), tonic::Code::Internal);

@@ -3,6 +3,8 @@
 //! client that sends `scale.decision` events, and readers for replicas, Events and metrics.
 #![allow(dead_code)]
 
+pub mod collector;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
