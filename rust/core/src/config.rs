@@ -461,6 +461,31 @@ pub fn parse_duration_ms(s: &str) -> Result<f64, String> {
     Ok(sign * total)
 }
 
+/// A duration written in the grammar of [`parse_duration_ms`], as short as it reads: `30s`,
+/// `1m30s`, `1h`, `250ms`, `1500us`.
+pub fn format_duration(d: std::time::Duration) -> String {
+    let ns = d.as_nanos();
+    if ns == 0 {
+        return "0s".to_string();
+    }
+    if ns % 1_000_000_000 != 0 {
+        return match ns {
+            n if n % 1_000_000 == 0 => format!("{}ms", n / 1_000_000),
+            n if n % 1_000 == 0 => format!("{}us", n / 1_000),
+            n => format!("{n}ns"),
+        };
+    }
+    let secs = ns / 1_000_000_000;
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    for (v, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if v > 0 {
+            out.push_str(&format!("{v}{unit}"));
+        }
+    }
+    out
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawSampler {
@@ -1047,6 +1072,23 @@ mod tests {
             assert!(parse_duration_ms(bad).is_err(), "{bad:?}");
         }
         assert!(parse_duration_ms("7").unwrap_err().contains("bare number"));
+    }
+
+    #[test]
+    fn durations_format_in_the_grammar() {
+        for (ns, text) in [
+            (0u64, "0s"),
+            (30_000_000_000, "30s"),
+            (90_000_000_000, "1m30s"),
+            (3_600_000_000_000, "1h"),
+            (250_000_000, "250ms"),
+            (1_500_000, "1500us"),
+            (7, "7ns"),
+        ] {
+            let d = std::time::Duration::from_nanos(ns);
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration_ms(text).unwrap(), ns as f64 / 1e6);
+        }
     }
 
     /// The grammar's cases, shared with the Go processor's tests (collector-go/config_test.go).

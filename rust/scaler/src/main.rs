@@ -88,9 +88,9 @@ struct ServeArgs {
     tick: std::time::Duration,
     /// Scale-downs need the collectors' evidence reports (`scale.report` spans, sent every
     /// `report_interval` by the `scale` processor): a target with none for this long holds its
-    /// scale. Must exceed the collectors' report_interval (default 10s).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    evidence_timeout: std::time::Duration,
+    /// scale. Must exceed the collectors' report_interval (the default is three of its default).
+    #[arg(long, default_value_t = FlagDuration(serve::evidence::DEFAULT_EVIDENCE_TIMEOUT), value_parser = parse_flag_duration)]
+    evidence_timeout: FlagDuration,
     /// Kubernetes: compete for this Lease (namespace/name) and act only while holding it.
     #[arg(long, env = "SCALE_LEASE")]
     lease: Option<String>,
@@ -134,6 +134,21 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// A flag's duration whose default is a constant defined elsewhere: shown in `-h` in the
+/// grammar it is read in.
+#[derive(Debug, Clone, Copy)]
+struct FlagDuration(std::time::Duration);
+
+impl std::fmt::Display for FlagDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&scale_core::config::format_duration(self.0))
+    }
+}
+
+fn parse_flag_duration(s: &str) -> Result<FlagDuration, String> {
+    parse_duration(s).map(FlagDuration)
+}
+
 fn read(path: &std::path::Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
@@ -145,7 +160,7 @@ fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         .rules;
     let mut opts = serve::ServeOptions {
         tick: args.tick,
-        evidence_timeout: args.evidence_timeout,
+        evidence_timeout: args.evidence_timeout.0,
         ..Default::default()
     };
     if let Some(engine) = &args.engine {
