@@ -50,6 +50,15 @@ pub mod limits {
     pub const MAX_KEYS: (i64, i64) = (1, 10_000_000);
     /// `keyed.min_key_count`.
     pub const MIN_KEY_COUNT: (i64, i64) = (1, 1_000_000);
+    /// The largest forest, bytes (24 per node).
+    pub const FOREST_BYTES: u128 = 4 << 30;
+
+    /// The MiB a forest of `n_trees` trees of `height` needs, if that is over [`FOREST_BYTES`].
+    pub fn forest_too_large_mib(n_trees: u32, height: u32) -> Option<u128> {
+        let bytes = 24u128 * ((1u128 << (height.min(63) + 1)) - 1) * n_trees as u128;
+        (bytes > FOREST_BYTES).then_some(bytes >> 20)
+    }
+
     /// Every limit: `(identifier, (lo, hi))`, for the generated C and Go constants.
     pub const ALL: &[(&str, (i64, i64))] = &[
         ("N_TREES", N_TREES),
@@ -938,19 +947,15 @@ impl EngineConfig {
             );
         }
         if let (Some(h), Some(n)) = (&s.height, &s.n_trees) {
-            // 24 bytes per node; refuse forests over 4 GiB.
-            let bytes = 24u128
-                * ((1u128 << (h.value.clamp(limits::HEIGHT.0, limits::HEIGHT.1) + 1)) - 1)
-                * n.value.clamp(limits::N_TREES.0, limits::N_TREES.1) as u128;
-            if bytes > 4 << 30 {
+            let (h, n) = (
+                h.value.clamp(limits::HEIGHT.0, limits::HEIGHT.1) as u32,
+                n.value.clamp(limits::N_TREES.0, limits::N_TREES.1) as u32,
+            );
+            if let Some(mib) = limits::forest_too_large_mib(n, h) {
                 p.push(
                     "sampler.height",
-                    h,
-                    format!(
-                        "with n_trees {} needs {} MiB of trees; lower height or n_trees",
-                        n.value,
-                        bytes >> 20
-                    ),
+                    s.height.as_ref().unwrap(),
+                    format!("with n_trees {n} needs {mib} MiB of trees; lower height or n_trees"),
                 );
             }
         }

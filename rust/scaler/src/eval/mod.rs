@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use clap::{ValueEnum, value_parser};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use scale_core::config::limits;
 use scale_core::{
     BatchOutput, ConfigError, Engine, EngineConfig, Mode, SkipReason, SpanKey, SpanRef, Timing,
 };
@@ -84,13 +85,13 @@ pub struct EvalArgs {
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
     /// Half-Space-Trees in the forest.
-    #[arg(long, value_parser = value_parser!(u32).range(1..=1000))]
+    #[arg(long, value_parser = value_parser!(u32).range(limits::N_TREES.0..=limits::N_TREES.1))]
     pub n_trees: Option<u32>,
     /// Tree height.
-    #[arg(long, value_parser = value_parser!(u32).range(1..=scale_core::hst::MAX_HEIGHT as i64))]
+    #[arg(long, value_parser = value_parser!(u32).range(limits::HEIGHT.0..=limits::HEIGHT.1))]
     pub height: Option<u32>,
     /// Spans per mass window.
-    #[arg(long, value_parser = value_parser!(u32).range(1..=10_000_000))]
+    #[arg(long, value_parser = value_parser!(u32).range(limits::WINDOW_SIZE.0..=limits::WINDOW_SIZE.1))]
     pub window_size: Option<u32>,
     /// Fraction of ordinary spans to keep (0-1, exclusive): the keep threshold is calibrated to it.
     #[arg(long, value_parser = parse_budget, conflicts_with = "min_score")]
@@ -393,14 +394,11 @@ pub fn build_config(args: &EvalArgs) -> Result<EngineConfig, EvalError> {
     s.max_duration_ms = args.max_duration.unwrap_or(s.max_duration_ms);
     s.train_size = args.train_size.unwrap_or(s.train_size);
     s.seed = args.seed.unwrap_or(s.seed);
-    // The same bound EngineConfig::from_yaml enforces: 24 bytes per node, at most 4 GiB.
-    let bytes = 24u128 * ((1u128 << (s.height + 1)) - 1) * s.n_trees as u128;
-    if bytes > 4 << 30 {
+    // The bound EngineConfig::from_yaml enforces.
+    if let Some(mib) = limits::forest_too_large_mib(s.n_trees, s.height) {
         return Err(EvalError::Options(format!(
-            "height {} with n_trees {} needs {} MiB of trees; lower --height or --n-trees",
-            s.height,
-            s.n_trees,
-            bytes >> 20
+            "height {} with n_trees {} needs {mib} MiB of trees; lower --height or --n-trees",
+            s.height, s.n_trees
         )));
     }
     Ok(cfg)
