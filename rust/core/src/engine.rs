@@ -110,25 +110,6 @@ pub struct Stats {
     pub decisions: u64,
 }
 
-/// A time source for rule windows (ns). Inject a fake in tests.
-pub trait Clock {
-    /// Now, in ns.
-    fn now_ns(&self) -> u64;
-}
-
-/// Wall-clock time.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ns(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    }
-}
-
 /// The engine. Not internally synchronised: wrap it in a lock (the C ABI does) to share it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Engine {
@@ -498,7 +479,7 @@ impl Engine {
         }
     }
 
-    /// Process a batch at time `now_ns` (from the caller's [`Clock`]). `out` is cleared first;
+    /// Process a batch at time `now_ns` (the caller's clock). `out` is cleared first;
     /// it holds one verdict per span and the batch's decisions, conflated by target.
     pub fn process_batch(&mut self, spans: &[SpanRef<'_>], now_ns: u64, out: &mut BatchOutput) {
         out.verdicts.clear();

@@ -134,11 +134,6 @@ impl KeyTable {
         self.key_service.get(id as usize).copied()
     }
 
-    /// Distinct services of the keys held.
-    pub fn services(&self) -> usize {
-        self.services.len()
-    }
-
     /// `(service, operation)` of a key; `None` for [`OVERFLOW`] or an unknown id.
     pub fn names(&self, id: KeyId) -> Option<(&str, &str)> {
         self.names.get(id as usize).map(|(s, o)| (&**s, &**o))
@@ -228,7 +223,7 @@ mod tests {
         assert_eq!(t.display(1), "a::y");
         assert_eq!(t.display(OVERFLOW), OVERFLOW_NAME);
         assert_eq!(
-            (t.service_of(0), t.service_of(1), t.services()),
+            (t.service_of(0), t.service_of(1), t.services.len()),
             (Some(0), Some(0), 1)
         );
         assert_eq!(t.service_of(OVERFLOW), None);

@@ -126,8 +126,8 @@ pub use config::{
     SamplerConfig, Target, VerticalConfig, VerticalFallback,
 };
 pub use engine::{
-    BatchOutput, Clock, Engine, Explain, INCIDENT_LEARN_EVERY, SNAPSHOT_VERSION, SpanKey, SpanRef,
-    Stats, SystemClock, Timing, Verdict,
+    BatchOutput, Engine, Explain, INCIDENT_LEARN_EVERY, SNAPSHOT_VERSION, SpanKey, SpanRef, Stats,
+    Timing, Verdict,
 };
 pub use error::{ConfigError, ConfigProblem, Error, Result};
 pub use features::SkipReason;

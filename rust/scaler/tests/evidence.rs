@@ -107,11 +107,23 @@ async fn a_dead_collector_holds_the_scale_and_healthy_reports_bring_it_down() {
         d.metric("scale_evidence_missing{target=\"Deployment/otel-demo/checkout\"}"),
         0.0
     );
-    let down = events(&admin, "checkout")
-        .await
-        .into_iter()
-        .find(|e| e.reason.as_deref() == Some("ScaledDown"))
-        .expect("a ScaledDown Event");
+    // The Event follows the write that the replicas show: wait for it.
+    let event_deadline = Instant::now() + Duration::from_secs(10);
+    let down = loop {
+        if let Some(e) = events(&admin, "checkout")
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("ScaledDown"))
+        {
+            break e;
+        }
+        assert!(
+            Instant::now() < event_deadline,
+            "a ScaledDown Event:\n{}",
+            d.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(
         down.note
             .as_deref()
