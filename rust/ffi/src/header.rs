@@ -92,21 +92,14 @@ pub fn generate_go() -> Vec<u8> {
         ));
     }
     g.push_str(")\n\n// statusLabels are the metric labels (`status`) of the status codes.\nvar statusLabels = map[int32]string{\n");
-    // Laid out as gofmt does: values aligned one space after the longest key.
-    let width = scale_status::ALL
+    let labels: Vec<(String, String)> = scale_status::ALL
         .iter()
-        .map(|s| format!("{s:?}").len())
-        .max()
-        .unwrap_or(0);
-    for s in scale_status::ALL {
-        let name = format!("{s:?}");
-        g.push_str(&format!(
-            "\t{:<w$} {:?},\n",
-            format!("Status{name}:"),
-            snake(&name),
-            w = width + "Status:".len()
-        ));
-    }
+        .map(|s| {
+            let name = format!("{s:?}");
+            (format!("Status{name}:"), format!("{:?},", snake(&name)))
+        })
+        .collect();
+    g.push_str(&aligned(&labels, " "));
     g.push_str("}\n\n// skipReasons are the metric labels (`reason`) of `scale_skip` values, indexed by value.\nvar skipReasons = [...]string{\n\t\"\", // SCALE_SKIP_NONE\n");
     for r in scale_core::SkipReason::ALL {
         assert_eq!(
@@ -126,20 +119,16 @@ pub fn generate_go() -> Vec<u8> {
             scale_core::ActionKind::Vertical,
         ),
     ];
-    let width = actions
+    let actions: Vec<(String, String)> = actions
         .iter()
-        .map(|(a, _)| format!("action{a:?}Label").len())
-        .max()
-        .unwrap_or(0);
-    for (a, kind) in actions {
-        g.push_str(&format!(
-            "\t{:<width$} = {}\n\t{:<width$} = {:?}\n",
-            format!("action{a:?}"),
-            a as u8,
-            format!("action{a:?}Label"),
-            kind.as_str()
-        ));
-    }
+        .flat_map(|(a, kind)| {
+            [
+                (format!("action{a:?}"), (*a as u8).to_string()),
+                (format!("action{a:?}Label"), format!("{:?}", kind.as_str())),
+            ]
+        })
+        .collect();
+    g.push_str(&aligned(&actions, " = "));
     // The engine's defaults and limits (scale_core::config), and the report interval.
     let ms = |v: f64| format!("{} * time.Microsecond", (v * 1e3).round() as i64);
     let sd = scale_core::config::SamplerConfig::DEFAULT;
@@ -168,13 +157,14 @@ pub fn generate_go() -> Vec<u8> {
             ms(scale_core::contract::DEFAULT_REPORT_INTERVAL_MS as f64),
         ),
     ];
-    let width = defaults.iter().map(|d| d.0.len()).max().unwrap_or(0);
+    let defaults: Vec<(String, String)> = defaults
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     g.push_str(
         ")\n\n// The engine's defaults (scale_core::config) and the report interval's.\nconst (\n",
     );
-    for (k, v) in &defaults {
-        g.push_str(&format!("\t{k:<width$} = {v}\n"));
-    }
+    g.push_str(&aligned(&defaults, " = "));
     let lims: Vec<(String, String)> = scale_core::config::limits::ALL
         .iter()
         .flat_map(|(id, (lo, hi))| {
@@ -185,11 +175,8 @@ pub fn generate_go() -> Vec<u8> {
             ]
         })
         .collect();
-    let width = lims.iter().map(|d| d.0.len()).max().unwrap_or(0);
     g.push_str(")\n\n// Limits of the engine's settings, inclusive (scale_core::config::limits).\nconst (\n");
-    for (k, v) in &lims {
-        g.push_str(&format!("\t{k:<width$} = {v}\n"));
-    }
+    g.push_str(&aligned(&lims, " = "));
     g.push_str(&format!(
         ")\n\n// keyOverflow is SCALE_KEY_OVERFLOW: the id every key past keys.max_keys shares.\n\
          const keyOverflow uint32 = {}\n\n\
@@ -200,6 +187,15 @@ pub fn generate_go() -> Vec<u8> {
         crate::engine::SCALE_KEY_INVALID
     ));
     g.into_bytes()
+}
+
+/// Go lines `\tkey<sep>value`, the values aligned one column after the longest key, as gofmt
+/// lays out a block of consts or a map literal.
+fn aligned(rows: &[(String, String)], sep: &str) -> String {
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| format!("\t{k:<width$}{sep}{v}\n"))
+        .collect()
 }
 
 /// Path of the generated Go file.

@@ -290,20 +290,26 @@ impl EvidenceStore {
         }
         let since_last = t.last.map(|l| now.saturating_duration_since(l));
         let lost = || {
-            // A collector's last report (any rule of the target), among those kept.
-            let last_of = |c: &str| {
-                t.entries
-                    .iter()
-                    .rev()
-                    .find(|e| &*e.collector == c)
-                    .map(|e| e.at)
-            };
-            t.entries.iter().filter(|e| e.matched > 0).find_map(|e| {
-                let silent = now.saturating_duration_since(last_of(&e.collector)?);
-                (silent > self.timeout).then(|| Quiet::Lost {
-                    collector: e.collector.to_string(),
+            // One pass: per collector (in the order first seen), its last report of any of the
+            // target's rules and the first rule it reported spans for.
+            let mut seen: Vec<(&str, Instant, Option<usize>)> = Vec::new();
+            for e in &t.entries {
+                let spans = (e.matched > 0).then_some(e.rule_index);
+                match seen.iter_mut().find(|c| c.0 == &*e.collector) {
+                    Some(c) => {
+                        c.1 = e.at;
+                        c.2 = c.2.or(spans);
+                    }
+                    None => seen.push((&e.collector, e.at, spans)),
+                }
+            }
+            seen.into_iter().find_map(|(collector, last, rule)| {
+                let silent = now.saturating_duration_since(last);
+                (silent > self.timeout).then_some(())?;
+                Some(Quiet::Lost {
+                    collector: collector.to_string(),
                     rule: rules
-                        .get(e.rule_index)
+                        .get(rule?)
                         .map_or_else(String::new, |r| r.name.clone()),
                     silent,
                 })
