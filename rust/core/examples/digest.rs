@@ -2,8 +2,8 @@
 //! checking that a change to the engine's internals (e.g. `hst.rs`) changes no result:
 //!
 //! ```sh
-//! cargo run --workspace --release --example digest > before.txt   # on the old tree
-//! cargo run --workspace --release --example digest > after.txt    # on the new tree
+//! cargo run --release -p scale-core --example digest > before.txt   # on the old tree
+//! cargo run --release -p scale-core --example digest > after.txt    # on the new tree
 //! diff before.txt after.txt                                       # no output: identical
 //! ```
 //!

@@ -48,7 +48,7 @@ pub const SIZE_LIMIT_FRACTION: f64 = 0.1;
 /// Split values are drawn from the feature's range narrowed by this fraction on each side
 /// (River's `make_padded_tree(padding=0.15)`).
 pub const SPLIT_PADDING: f64 = 0.15;
-/// Trees walked together by the lazy walks (see `Hst::walk`).
+/// Trees walked together by the lazy walk (see `Walk::record`).
 const LANES: usize = 4;
 /// Forests of at most this many nodes per `window_size` pivot eagerly; see [`Hst`].
 pub const EAGER_NODES_PER_SPAN: usize = 64;
@@ -398,23 +398,11 @@ impl Hst {
         self.params.n_trees as f64 * self.params.window_size as f64 * self.nodes_per_tree as f64
     }
 
-    /// Score `x` against the reference window and, if `learn`, add it to the latest window, in
-    /// one walk per tree. Returns `None` before the first window has completed. `x[f]` is `NaN`
-    /// when feature `f` is absent. Scoring happens before learning, as River's
-    /// `score_one(x); learn_one(x)`.
-    #[inline]
+    /// Score `x` against the reference window and, if `learn`, add it to the latest window.
+    /// Returns `None` before the first window has completed. `x[f]` is `NaN` when feature `f` is
+    /// absent. Scoring happens before learning, as River's `score_one(x); learn_one(x)`.
     pub fn score_learn(&mut self, x: &[f64], learn: bool) -> Option<f64> {
-        if self.eager() {
-            let score = self.eager_walk(x);
-            if learn {
-                self.learn_leaves();
-            }
-            score
-        } else if learn {
-            self.walk::<true, true>(x)
-        } else {
-            self.walk::<true, false>(x)
-        }
+        self.score_then_learn_if(x, |_| learn)
     }
 
     /// Score without learning.
@@ -424,12 +412,7 @@ impl Hst {
 
     /// Learn without scoring.
     pub fn learn(&mut self, x: &[f64]) {
-        if self.eager() {
-            self.eager_walk(x);
-            self.learn_leaves();
-        } else {
-            self.walk::<false, true>(x);
-        }
+        self.score_learn(x, true);
     }
 
     /// Score `x`, then learn it only if `learn(score)` says so. Used where the decision to learn
@@ -721,88 +704,6 @@ impl Hst {
     #[inline(always)]
     fn eager(&self) -> bool {
         self.nodes.len() <= EAGER_NODES_PER_SPAN * self.params.window_size as usize
-    }
-
-    /// Lazy pivots: score (if `SCORE`) and learn (if `LEARN`) in one walk per tree; scoring
-    /// alone stops where River's score stops.
-    #[inline(always)]
-    fn walk<const SCORE: bool, const LEARN: bool>(&mut self, x: &[f64]) -> Option<f64> {
-        debug_assert!(self.built);
-        debug_assert_eq!(x.len(), self.n_features);
-        // Masses are integers, so `r < 0.1 · window_size` ⇔ `r < ceil(0.1 · window_size)`, and
-        // the sum of `r · 2^depth` is exact in integers; converted to f64 once, it equals River's
-        // float sum of the same exact integers bit for bit.
-        let limit = self.limit();
-        let height = self.params.height;
-        let warm = SCORE && self.warm;
-        let now = self.window;
-        let mut total: u64 = 0;
-        let npt = self.nodes_per_tree;
-        let first_leaf = npt / 2;
-        // Trees are walked LANES at a time, level by level: one tree's walk is a chain of
-        // dependent loads, and interleaving independent chains lets their cache misses overlap.
-        for group in self.nodes.chunks_mut(npt * LANES) {
-            let lanes = group.len() / npt;
-            let mut idx = [0usize; LANES];
-            let mut scoring = [warm; LANES];
-            let mut depth = 0u32;
-            while depth < height {
-                if !LEARN && !scoring[..lanes].iter().any(|&s| s) {
-                    break;
-                }
-                for lane in 0..lanes {
-                    if !LEARN && !scoring[lane] {
-                        continue;
-                    }
-                    let tree = &mut group[lane * npt..(lane + 1) * npt];
-                    let i = idx[lane];
-                    let node = &mut tree[i];
-                    let r = if LEARN {
-                        if node.epoch != now {
-                            node.refresh(now);
-                        }
-                        node.l_mass += 1;
-                        node.r_mass
-                    } else {
-                        node.masses(now).1
-                    };
-                    if scoring[lane] {
-                        total += (r as u64) << depth;
-                        if r < limit {
-                            scoring[lane] = false;
-                            if !LEARN {
-                                continue;
-                            }
-                        }
-                    }
-                    idx[lane] = Self::child::<false>(tree, i, x, now);
-                }
-                depth += 1;
-            }
-            for lane in 0..lanes {
-                let i = idx[lane];
-                if i < first_leaf {
-                    continue; // stopped early (scoring only)
-                }
-                let leaf = &mut group[lane * npt + i];
-                if LEARN {
-                    leaf.refresh(now);
-                    leaf.l_mass += 1;
-                }
-                if scoring[lane] {
-                    total += (leaf.masses(now).1 as u64) << height;
-                }
-            }
-        }
-        let score = if warm {
-            Some(1.0 - total as f64 / self.max_score())
-        } else {
-            None
-        };
-        if LEARN {
-            self.end_learn::<false>();
-        }
-        score
     }
 
     /// Count one learned point; pivot the windows on the last point of a window.
