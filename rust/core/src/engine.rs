@@ -347,13 +347,22 @@ impl Engine {
             Ok(d) => d,
             Err(r) => return self.skip(r),
         };
+        // The model's clock (time decays of a key's latency memory and of the contexts): the
+        // span's own end, never later than the caller's clock; the caller's clock for spans
+        // without times. So a model learned from a trace store (`scale train`) and one learned
+        // live mean the same, whatever the delay and batching between a span's end and its
+        // arrival. Rule windows count on the caller's clock.
+        let at_ns = match span.timing {
+            Timing::StartEnd { end_ns, .. } => end_ns.min(now_ns),
+            Timing::DurationMs(_) => now_ns,
+        };
         if !self.featurizer.is_ready() {
             self.feature_names = Some(self.featurizer.init_paper(key, &self.keys));
             self.hst.build(&[(0.0, 1.0); N_FEATURES]);
         }
         let mut x = [0.0; N_FEATURES];
         let service = self.keys.service_of(key);
-        let look = self.featurizer.features(key, service, d, now_ns, &mut x);
+        let look = self.featurizer.features(key, service, d, at_ns, &mut x);
         self.learned += 1;
         let trained = self.learned > self.cfg.sampler.train_size;
         // `learn`: whether this span is taken as ordinary: learned by the forest and its key's
@@ -400,7 +409,7 @@ impl Engine {
             learn
         });
         if learn {
-            self.featurizer.learn(key, look.ld, now_ns);
+            self.featurizer.learn(key, look.ld, at_ns);
         }
         if let Some(s) = score {
             // The threshold is calibrated on ordinary spans. A span of a key in an incident
