@@ -3,8 +3,10 @@
 //!
 //! * [`eval`]: run the engine over recorded spans and report detection metrics;
 //! * [`check`]: validate engine and rules configurations;
-//! * [`serve`]: the daemon (OTLP intake, planner, orchestrators, leader election, metrics).
+//! * [`serve`]: the daemon (OTLP intake, planner, orchestrators, leader election, metrics);
+//! * [`train`]: learn spans from Jaeger or files into an engine snapshot (warm collectors).
 
 pub mod check;
 pub mod eval;
 pub mod serve;
+pub mod train;

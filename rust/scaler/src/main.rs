@@ -3,6 +3,7 @@
 //! * `scale eval FILE...` runs the engine over recorded spans and reports detection metrics,
 //!   engine cost and, optionally, plots ([`mod@eval`]);
 //! * `scale check CONFIG...` validates engine or rules configurations ([`check`]);
+//! * `scale train` learns spans from Jaeger or files into an engine snapshot ([`train`]);
 //! * `scale serve` runs the daemon ([`serve`]): decisions (or raw spans) in over OTLP/gRPC,
 //!   scaling out through Kubernetes or the dry run;
 //! * `scale version` (or `--version`) prints the version.
@@ -11,7 +12,7 @@
 //! `EnvFilter` syntax, default `info`), as text or JSON (`--log-format`). Results go to stdout.
 //! Errors are typed inside the modules; `anyhow` is only used here, at the edge.
 
-use scale_scaler::{check, eval, serve};
+use scale_scaler::{check, eval, serve, train};
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -43,6 +44,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Validate engine configurations (or rules files with --rules).
     Check(check::CheckArgs),
+    /// Learn spans from Jaeger or span files into an engine snapshot (for warm collectors).
+    Train(train::TrainArgs),
     /// Run the daemon: receive decisions (or spans) over OTLP/gRPC and scale workloads.
     Serve(ServeArgs),
     /// Print the version.
@@ -216,7 +219,7 @@ fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
                 serve::serve(listener, rules, orch, metrics, opts, shutdown).await
             }
             OrchestratorKind::Kubernetes => {
-                let client = kube_client(args.kubeconfig.as_deref()).await?;
+                let client = serve::kube::client(args.kubeconfig.as_deref()).await?;
                 let identity = args.identity.clone().unwrap_or_else(|| {
                     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "scale".into());
                     format!("{host}-{}", std::process::id())
@@ -264,22 +267,6 @@ fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
             }
         }
     })
-}
-
-async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no in-cluster service account and no kubeconfig (give --kubeconfig)")?,
-    };
-    kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
 fn spawn_signal_handlers(shutdown: &tokio_util::sync::CancellationToken) {
@@ -349,6 +336,21 @@ fn eval(args: &eval::EvalArgs) -> anyhow::Result<()> {
         .context("writing the report")
 }
 
+fn train_cmd(args: &train::TrainArgs) -> anyhow::Result<()> {
+    let summary = train::run(args).context("scale train")?;
+    let text = if args.json {
+        let mut s = serde_json::to_string_pretty(&summary).context("serializing the summary")?;
+        s.push('\n');
+        s
+    } else {
+        train::render_text(&summary)
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .context("writing the summary")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -363,6 +365,13 @@ fn main() -> ExitCode {
             &mut std::io::stderr(),
         )),
         Command::Serve(args) => match serve_cmd(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Train(args) => match train_cmd(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

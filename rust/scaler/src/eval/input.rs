@@ -1,4 +1,5 @@
-//! Reading span files for `scale eval`: CSV and OTLP JSON lines, plain or gzip.
+//! Reading span files for `scale eval` and `scale train`: CSV, OTLP JSON lines and OTLP
+//! protobuf, plain or gzip.
 //!
 //! # Formats
 //!
@@ -18,11 +19,16 @@
 //!   span attribute `scale.label` (int 0/1, bool, or the strings `0`/`1`/`true`/`false`). Ids of
 //!   the wrong length become zeros. A line that does not parse is a bad line. (One library gap is
 //!   bridged: string-encoded `doubleValue`s such as `"NaN"`, see [`null_string_doubles`].)
+//! * **OTLP protobuf**: `TracesData` (= `ExportTraceServiceRequest`) messages, each after its
+//!   length as a 4-byte big-endian integer: the collector file exporter's `format: proto`.
+//!   Fields as for JSON. A message that does not decode is a bad line; a length past the end of
+//!   the file (or over [`MAX_PROTO_MESSAGE`]) ends the file as one bad line.
 //!
 //! # Detection
 //!
 //! Gzip by its magic bytes (`.gz` or not; concatenated members are read with `MultiGzDecoder`);
-//! then OTLP if the first non-blank byte is `{`, CSV otherwise; an empty file falls back to the
+//! then OTLP JSON if the first non-blank byte is `{`, OTLP protobuf if the first byte is NUL (a
+//! length under 16 MiB; no text starts so), CSV otherwise; an empty file falls back to the
 //! extension. Bad lines never stop a file; an I/O or decompression error mid-file is logged,
 //! counted as one bad line, and ends that file only.
 
@@ -35,6 +41,7 @@ use std::rc::Rc;
 use flate2::read::MultiGzDecoder;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use scale_core::Timing;
 
 /// Service name used when a span has none.
@@ -63,13 +70,19 @@ pub enum InputError {
     },
 }
 
-/// The two input formats.
+/// A protobuf message in a file may be at most this long (the collector's default gRPC limit
+/// is 4 MiB; the file exporter writes what it received).
+pub const MAX_PROTO_MESSAGE: usize = 64 << 20;
+
+/// The input formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// `service,operation,duration_ms[,label]`.
     Csv,
     /// One `ExportTraceServiceRequest` JSON object per line.
     OtlpJson,
+    /// Length-prefixed `TracesData` protobuf messages.
+    OtlpProto,
 }
 
 impl Format {
@@ -78,6 +91,7 @@ impl Format {
         match self {
             Format::Csv => "csv",
             Format::OtlpJson => "otlp-json",
+            Format::OtlpProto => "otlp-proto",
         }
     }
 }
@@ -148,6 +162,7 @@ pub fn open(
     let head = reader.fill_buf().map_err(io_err)?;
     let first = head.iter().find(|b| !b.is_ascii_whitespace()).copied();
     let format = match first {
+        _ if head.first() == Some(&0) => Format::OtlpProto,
         Some(b'{') => Format::OtlpJson,
         Some(_) => Format::Csv,
         None => {
@@ -155,6 +170,8 @@ pub fn open(
             let name = name.strip_suffix(".gz").unwrap_or(&name);
             if name.ends_with(".json") || name.ends_with(".jsonl") || name.ends_with(".ndjson") {
                 Format::OtlpJson
+            } else if name.ends_with(".pb") || name.ends_with(".binpb") {
+                Format::OtlpProto
             } else {
                 Format::Csv
             }
@@ -180,6 +197,7 @@ pub fn read_file(
     match format {
         Format::Csv => read_csv(reader, &name, &mut summary, &mut emit)?,
         Format::OtlpJson => read_otlp(reader, &name, &mut summary, &mut emit),
+        Format::OtlpProto => read_proto(reader, &name, &mut summary, &mut emit),
     }
     Ok(summary)
 }
@@ -460,8 +478,16 @@ pub fn parse_otlp_line(
             None => return Err(e),
         },
     };
+    Ok(emit_request(&req.resource_spans, emit))
+}
+
+/// Emit every span of a request (or `TracesData`); returns how many.
+pub fn emit_request(
+    resource_spans: &[ResourceSpans],
+    emit: &mut dyn FnMut(&SpanRecord<'_>),
+) -> u64 {
     let mut n = 0;
-    for rs in &req.resource_spans {
+    for rs in resource_spans {
         let service = match rs
             .resource
             .as_ref()
@@ -487,7 +513,62 @@ pub fn parse_otlp_line(
             }
         }
     }
-    Ok(n)
+    n
+}
+
+fn read_proto(
+    mut reader: Box<dyn BufRead>,
+    name: &str,
+    summary: &mut FileSummary,
+    emit: &mut dyn FnMut(&SpanRecord<'_>),
+) {
+    use prost::Message;
+    let mut buf = Vec::new();
+    let mut at = 0u64;
+    loop {
+        match reader.fill_buf() {
+            Ok([]) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(file = name, error = %e, "read error; the rest of the file is ignored");
+                summary.bad_lines += 1;
+                return;
+            }
+        }
+        let mut len = [0u8; 4];
+        if let Err(e) = reader.read_exact(&mut len) {
+            tracing::warn!(file = name, offset = at, error = %e, "protobuf length cut short; the rest of the file is ignored");
+            summary.bad_lines += 1;
+            return;
+        }
+        let n = u32::from_be_bytes(len) as usize;
+        if n > MAX_PROTO_MESSAGE {
+            tracing::warn!(
+                file = name,
+                offset = at,
+                length = n,
+                "protobuf message length too large; the rest of the file is ignored"
+            );
+            summary.bad_lines += 1;
+            return;
+        }
+        buf.resize(n, 0);
+        if let Err(e) = reader.read_exact(&mut buf) {
+            tracing::warn!(file = name, offset = at, error = %e, "protobuf message cut short; the rest of the file is ignored");
+            summary.bad_lines += 1;
+            return;
+        }
+        at += 4 + n as u64;
+        match ExportTraceServiceRequest::decode(buf.as_slice()) {
+            Ok(req) => summary.spans += emit_request(&req.resource_spans, emit),
+            Err(e) => {
+                if summary.bad_lines < 5 {
+                    tracing::debug!(file = name, offset = at, error = %e, "bad protobuf message");
+                }
+                summary.bad_lines += 1;
+            }
+        }
+    }
 }
 
 fn read_otlp(
