@@ -13,7 +13,7 @@ SHELL := /bin/bash
 export SCALE_CACHE ?= $(HOME)/.cache/scale
 CARGO ?= cargo
 
-.PHONY: build test lint test-rust k8s-bins bench bench-core bench-river bench-daemon eval detection check-fmt demo
+.PHONY: build test lint test-rust k8s-bins jaeger-bin bench bench-core bench-river bench-daemon eval detection check-fmt demo
 
 build:
 	$(CARGO) build --workspace --release
@@ -34,11 +34,16 @@ lint: libscale
 # The daemon's integration tests (rust/scaler/tests/k8s.rs) start a real kube-apiserver + etcd,
 # built once per machine from the Go module proxy into $(SCALE_CACHE)/k8s/bin (~14 min cold).
 # rust/scaler/tests/evidence.rs also runs the ocb-built collector, so it is built first.
-test-rust: k8s-bins collector
-	SCALE_OTELCOL=$(CURDIR)/$(COLLECTOR) $(CARGO) test --workspace --release
+# rust/scaler/tests/train.rs reads spans from a real Jaeger v2, built once per machine from the
+# Go module proxy into $(SCALE_CACHE)/jaeger/bin (scripts/jaeger.sh, ~9 min cold).
+test-rust: k8s-bins collector jaeger-bin
+	SCALE_OTELCOL=$(CURDIR)/$(COLLECTOR) SCALE_JAEGER=$$(scripts/jaeger.sh | tail -n 1) $(CARGO) test --workspace --release
 
 k8s-bins:
 	scripts/k8s-bins.sh >/dev/null
+
+jaeger-bin:
+	scripts/jaeger.sh >/dev/null
 
 bench: bench-core bench-river
 

@@ -17,6 +17,15 @@
 //! the duplicates by trace and span id. Each answer is parsed and dropped before the next
 //! request, so memory holds one answer and the gathered spans (bounded by `--max-spans`).
 //!
+//! # Spans as recorded
+//!
+//! Jaeger's storage exporter sanitizes spans as it stores them: a span whose end is not after
+//! its start is made to last 1 ns, the original end written into the span's `@jaeger@warnings`
+//! attribute; a missing or empty `service.name` becomes `missing-service-name` or
+//! `empty-service-name`. Both are undone here ([`unsanitize`]), so the engine learns the spans
+//! a collector saw (a zero-length span is judged as one, not as a 1 ns span), and a snapshot
+//! trained from Jaeger equals one trained from the recording that filled it.
+//!
 //! Every search sends `query.raw_traces=true`: without it Jaeger's adjusters rewrite the stored
 //! trace they return (v1.75.0's memory store hands out its own copy). A 404 ("No traces found")
 //! is an empty page. `authorization: Bearer` is sent when a token is given, for a proxy or a
@@ -247,12 +256,24 @@ async fn search(
     let Some(body) = http.get(&path).await? else {
         return Ok((0, 0));
     };
-    let answer: Answer = serde_json::from_slice(&body).map_err(|e| {
+    let bad = |e: serde_json::Error| {
         TrainError::Jaeger(format!("{}: the answer is not OTLP JSON: {e}", http.base))
-    })?;
-    let Some(data) = answer.result else {
+    };
+    let answer: Answer = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        // Doubles written as strings ("NaN"), as pdata writes them; bridged as for files.
+        Err(e) => {
+            let text = std::str::from_utf8(&body).map_err(|_| bad(e))?;
+            let fixed = input::null_string_doubles(text).ok_or_else(|| {
+                bad(serde_json::from_str::<Answer>(text).expect_err("failed above"))
+            })?;
+            serde_json::from_str(&fixed).map_err(bad)?
+        }
+    };
+    let Some(mut data) = answer.result else {
         return Ok((0, 0));
     };
+    unsanitize(&mut data);
     let mut traces = std::collections::HashSet::new();
     let mut matched = 0;
     input::emit_request(&data.resource_spans, &mut |r| {
@@ -268,6 +289,62 @@ async fn search(
         }
     });
     Ok((matched, traces.len()))
+}
+
+/// Jaeger's span attribute for what it changed.
+pub const WARNINGS_ATTRIBUTE: &str = "@jaeger@warnings";
+/// The service names Jaeger gives spans without one.
+pub const JAEGER_NO_SERVICE: [&str; 2] = ["missing-service-name", "empty-service-name"];
+
+/// Undo Jaeger's storage sanitizers (see the module docs).
+pub fn unsanitize(data: &mut TracesData) {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    for rs in &mut data.resource_spans {
+        if let Some(r) = rs.resource.as_mut() {
+            r.attributes.retain(|kv| {
+                !(kv.key == "service.name"
+                    && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                        Some(Value::StringValue(s)) if JAEGER_NO_SERVICE.contains(&s.as_str())))
+            });
+        }
+        for ss in &mut rs.scope_spans {
+            for span in &mut ss.spans {
+                let Some(w) = span
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key == WARNINGS_ATTRIBUTE)
+                else {
+                    continue;
+                };
+                let Some(Value::ArrayValue(a)) = w.value.as_ref().and_then(|v| v.value.as_ref())
+                else {
+                    continue;
+                };
+                let original = a.values.iter().find_map(|v| match &v.value {
+                    Some(Value::StringValue(s)) => original_end(s),
+                    _ => None,
+                });
+                if let Some(end) = original {
+                    span.end_time_unix_nano = end;
+                }
+            }
+        }
+    }
+}
+
+/// The original end in the negative-duration sanitizer's warning ("... Original end
+/// timestamp: 2024-11-08 02:10:15.429 +0000 UTC, adjusted to: ..."), Go's `Time.String()`.
+fn original_end(warning: &str) -> Option<u64> {
+    let rest = warning.split_once("Original end timestamp: ")?.1;
+    let text = rest.split_once(", adjusted to")?.0;
+    // Date, time, offset; the zone's abbreviation after them is redundant.
+    let mut parts = text.split(' ');
+    let (date, time, offset) = (parts.next()?, parts.next()?, parts.next()?);
+    let t = jiff::fmt::strtime::parse("%Y-%m-%d %H:%M:%S%.f %z", format!("{date} {time} {offset}"))
+        .ok()?
+        .to_timestamp()
+        .ok()?;
+    u64::try_from(t.as_nanosecond()).ok()
 }
 
 /// Read the query's spans from Jaeger at `url` into `g`. Returns the bad lines (always 0: an
@@ -364,6 +441,27 @@ mod tests {
         // Formatting round-trips to the nanosecond (the pages' bounds).
         let t = 1_796_083_200_123_456_789;
         assert_eq!(parse_time(&format_time(t), now).unwrap(), t);
+    }
+
+    #[test]
+    fn jaegers_sanitized_ends_and_service_names_are_restored() {
+        assert_eq!(
+            original_end(
+                "Negative duration detected, sanitizing end timestamp. Original end timestamp: \
+                 2024-11-08 02:10:15.429 +0000 UTC, adjusted to: 2024-11-08 02:10:15.429000001 \
+                 +0000 UTC"
+            ),
+            Some(1_731_031_815_429_000_000)
+        );
+        assert_eq!(
+            original_end("Original end timestamp: 1970-01-01 00:00:00 +0000 UTC, adjusted to: x"),
+            Some(0)
+        );
+        assert_eq!(
+            original_end("Original end timestamp: 2024-11-08 03:10:15.5 +0100 CET, adjusted to: x"),
+            Some(1_731_031_815_500_000_000)
+        );
+        assert_eq!(original_end("clock skew adjustment disabled"), None);
     }
 
     #[test]
