@@ -65,6 +65,13 @@ type Config struct {
 	// snapshots.
 	SnapshotPath string `mapstructure:"snapshot_path"`
 
+	// InitialSnapshot is the path of a read-only snapshot (written by `scale train`, e.g. a
+	// mounted ConfigMap) that the engine starts from when it has no state of its own at
+	// SnapshotPath, so that a new replica judges spans from the first one. A damaged snapshot,
+	// or one taken under another engine configuration, is logged and counted
+	// (processor_scale_initial_snapshot_errors) and the engine starts cold. Default: none.
+	InitialSnapshot string `mapstructure:"initial_snapshot"`
+
 	// SnapshotInterval is how often a snapshot is written while running (one is always written
 	// at shutdown). 0 writes only at shutdown. Default 5m. Needs SnapshotPath.
 	SnapshotInterval time.Duration `mapstructure:"snapshot_interval"`

@@ -210,12 +210,22 @@ func (p *scaleProcessor) start(_ context.Context, _ component.Host) error {
 	return nil
 }
 
-// newRunning creates an engine, from the snapshot at snapshot_path if it is there and usable.
+// Where a started engine's state came from (processor_scale_engine_starts' `source`).
+const (
+	sourceSnapshot        = "snapshot"
+	sourceInitialSnapshot = "initial_snapshot"
+	sourceCold            = "cold"
+)
+
+// newRunning creates an engine: from the snapshot at snapshot_path if it is there and usable,
+// else from initial_snapshot if it is given and usable, else fresh (cold). Neither snapshot can
+// stop the start: a bad one is logged (and an initial one counted) and the next source tried.
 func (p *scaleProcessor) newRunning() (*running, error) {
 	eng, err := p.factory.create(p.spec)
 	if err != nil {
 		return nil, fmt.Errorf("scale processor: %w", err)
 	}
+	source := sourceCold
 	if path := p.cfg.SnapshotPath; path != "" {
 		if _, statErr := os.Stat(path); statErr == nil {
 			restored, err := p.factory.restore(p.spec, path)
@@ -224,6 +234,7 @@ func (p *scaleProcessor) newRunning() (*running, error) {
 			} else {
 				eng.Close()
 				eng = restored
+				source = sourceSnapshot
 				p.logger.Info("Restored the model from its snapshot.", zap.String("snapshot_path", path))
 			}
 		} else if dir := filepath.Dir(path); dir != "" {
@@ -233,6 +244,19 @@ func (p *scaleProcessor) newRunning() (*running, error) {
 			}
 		}
 	}
+	if path := p.cfg.InitialSnapshot; path != "" && source == sourceCold {
+		restored, err := p.factory.restore(p.spec, path)
+		if err != nil {
+			p.tb.ProcessorScaleInitialSnapshotErrors.Add(context.Background(), 1, p.statusOpt(statusName(err)))
+			p.logger.Warn("Initial snapshot not loaded; starting cold.", zap.String("initial_snapshot", path), zap.Error(err))
+		} else {
+			eng.Close()
+			eng = restored
+			source = sourceInitialSnapshot
+			p.logger.Info("Started warm from the initial snapshot.", zap.String("initial_snapshot", path))
+		}
+	}
+	p.tb.ProcessorScaleEngineStarts.Add(context.Background(), 1, metric.WithAttributeSet(attribute.NewSet(attribute.String("source", source))))
 	rules, err := eng.ruleNames()
 	if err != nil {
 		eng.Close()

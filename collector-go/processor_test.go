@@ -433,6 +433,71 @@ func TestSnapshotWrittenOnShutdownAndRestored(t *testing.T) {
 	assert.Equal(t, 1, h4.logs.FilterMessage("Snapshot not restored; starting with a fresh model.").Len())
 }
 
+// initial_snapshot: a replica without state of its own starts from the shared snapshot and
+// judges spans at once; its own snapshot_path state wins once it has one; a damaged, missing
+// or incompatible initial snapshot starts it cold, logged and counted, never failing the start.
+func TestInitialSnapshot(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	trained := smallConfig()
+	trained.SnapshotPath = filepath.Join(dir, "trained.snapshot")
+	trained.SnapshotInterval = 0
+	h := newHarness(t, trained)
+	w := newWorkload(5)
+	for range 30 {
+		h.consume(makeTraces(w.batch(100)...))
+	}
+	require.NoError(t, h.proc.Shutdown(ctx))
+	slow := spanSpec{service: "checkout", op: normalKeys[1].op, dur: 10 * time.Second}
+	starts := func(h *harness, source string) int64 {
+		return h.counter("processor_scale_engine_starts", attribute.String("source", source))
+	}
+
+	replica := smallConfig()
+	replica.SnapshotPath = filepath.Join(dir, "replica", "model.snapshot")
+	replica.SnapshotInterval = 0
+	replica.InitialSnapshot = trained.SnapshotPath
+	h2 := newHarness(t, replica)
+	assert.Equal(t, 1, h2.logs.FilterMessage("Started warm from the initial snapshot.").Len())
+	assert.Equal(t, int64(1), starts(h2, sourceInitialSnapshot))
+	slow.start = w.next
+	out := h2.consume(makeTraces(append(w.batch(50), slow)...))
+	require.NotEmpty(t, out, "warm from the first span: the slow span is kept")
+	assert.LessOrEqual(t, len(out), 5)
+	require.NoError(t, h2.proc.Shutdown(ctx))
+
+	// Its own state now exists and wins.
+	h3 := newHarness(t, replica)
+	assert.Equal(t, 1, h3.logs.FilterMessage("Restored the model from its snapshot.").Len())
+	assert.Equal(t, int64(1), starts(h3, sourceSnapshot))
+	assert.Equal(t, int64(0), starts(h3, sourceInitialSnapshot))
+
+	// Bad initial snapshots: cold, logged, counted by status.
+	garbage := filepath.Join(dir, "garbage.snapshot")
+	require.NoError(t, os.WriteFile(garbage, []byte("not a snapshot"), 0o600))
+	other := smallConfig()
+	other.Sampler.NTrees = 3
+	for _, c := range []struct {
+		name, path, status string
+		cfg                *Config
+	}{
+		{"another configuration", trained.SnapshotPath, statusLabels[StatusSnapshotMismatch], other},
+		{"damaged", garbage, statusLabels[StatusInvalidSnapshot], smallConfig()},
+		{"missing", filepath.Join(dir, "absent.snapshot"), statusLabels[StatusIo], smallConfig()},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := *c.cfg
+			cfg.InitialSnapshot = c.path
+			h := newHarness(t, &cfg)
+			logs := h.logs.FilterMessage("Initial snapshot not loaded; starting cold.")
+			require.Equal(t, 1, logs.Len())
+			assert.Equal(t, int64(1), h.counter("processor_scale_initial_snapshot_errors", attribute.String("status", c.status)))
+			assert.Equal(t, int64(1), starts(h, sourceCold))
+			assert.Empty(t, h.consume(makeTraces(w.batch(50)...)), "cold: training")
+		})
+	}
+}
+
 func TestPeriodicSnapshots(t *testing.T) {
 	cfg := smallConfig()
 	cfg.SnapshotPath = filepath.Join(t.TempDir(), "model.snapshot")

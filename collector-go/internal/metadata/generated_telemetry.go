@@ -23,22 +23,24 @@ func Tracer(settings component.TelemetrySettings) trace.Tracer {
 // TelemetryBuilder provides an interface for components to report telemetry
 // as defined in metadata and user config.
 type TelemetryBuilder struct {
-	meter                        metric.Meter
-	mu                           sync.Mutex
-	registrations                []metric.Registration
-	ProcessorScaleBatchDuration  metric.Float64Histogram
-	ProcessorScaleDecisions      metric.Int64Counter
-	ProcessorScaleDecisionsLost  metric.Int64Counter
-	ProcessorScaleEngineErrors   metric.Int64Counter
-	ProcessorScaleReportErrors   metric.Int64Counter
-	ProcessorScaleReports        metric.Int64Counter
-	ProcessorScaleSnapshotErrors metric.Int64Counter
-	ProcessorScaleSnapshots      metric.Int64Counter
-	ProcessorScaleSpansDropped   metric.Int64Counter
-	ProcessorScaleSpansKept      metric.Int64Counter
-	ProcessorScaleSpansScored    metric.Int64Counter
-	ProcessorScaleSpansSkipped   metric.Int64Counter
-	ProcessorScaleSpansUnscored  metric.Int64Counter
+	meter                               metric.Meter
+	mu                                  sync.Mutex
+	registrations                       []metric.Registration
+	ProcessorScaleBatchDuration         metric.Float64Histogram
+	ProcessorScaleDecisions             metric.Int64Counter
+	ProcessorScaleDecisionsLost         metric.Int64Counter
+	ProcessorScaleEngineErrors          metric.Int64Counter
+	ProcessorScaleEngineStarts          metric.Int64Counter
+	ProcessorScaleInitialSnapshotErrors metric.Int64Counter
+	ProcessorScaleReportErrors          metric.Int64Counter
+	ProcessorScaleReports               metric.Int64Counter
+	ProcessorScaleSnapshotErrors        metric.Int64Counter
+	ProcessorScaleSnapshots             metric.Int64Counter
+	ProcessorScaleSpansDropped          metric.Int64Counter
+	ProcessorScaleSpansKept             metric.Int64Counter
+	ProcessorScaleSpansScored           metric.Int64Counter
+	ProcessorScaleSpansSkipped          metric.Int64Counter
+	ProcessorScaleSpansUnscored         metric.Int64Counter
 }
 
 // TelemetryBuilderOption applies changes to default builder.
@@ -92,6 +94,18 @@ func NewTelemetryBuilder(settings component.TelemetrySettings, options ...Teleme
 	builder.ProcessorScaleEngineErrors, err = builder.meter.Int64Counter(
 		"otelcol_processor_scale_engine_errors",
 		metric.WithDescription("Engine calls that failed after start; each lets its batch through unscored. [Development]"),
+		metric.WithUnit("{errors}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ProcessorScaleEngineStarts, err = builder.meter.Int64Counter(
+		"otelcol_processor_scale_engine_starts",
+		metric.WithDescription("Engines started, by where their state came from (snapshot_path, initial_snapshot, or none). [Development]"),
+		metric.WithUnit("{starts}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ProcessorScaleInitialSnapshotErrors, err = builder.meter.Int64Counter(
+		"otelcol_processor_scale_initial_snapshot_errors",
+		metric.WithDescription("Initial snapshots that could not be loaded (damaged, or taken under another configuration); the engine started cold. [Development]"),
 		metric.WithUnit("{errors}"),
 	)
 	errs = errors.Join(errs, err)

@@ -23,6 +23,8 @@ func TestSetupTelemetry(t *testing.T) {
 	tb.ProcessorScaleDecisions.Add(context.Background(), 1)
 	tb.ProcessorScaleDecisionsLost.Add(context.Background(), 1)
 	tb.ProcessorScaleEngineErrors.Add(context.Background(), 1)
+	tb.ProcessorScaleEngineStarts.Add(context.Background(), 1)
+	tb.ProcessorScaleInitialSnapshotErrors.Add(context.Background(), 1)
 	tb.ProcessorScaleReportErrors.Add(context.Background(), 1)
 	tb.ProcessorScaleReports.Add(context.Background(), 1)
 	tb.ProcessorScaleSnapshotErrors.Add(context.Background(), 1)
@@ -42,6 +44,12 @@ func TestSetupTelemetry(t *testing.T) {
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 	AssertEqualProcessorScaleEngineErrors(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualProcessorScaleEngineStarts(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualProcessorScaleInitialSnapshotErrors(t, testTel,
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 	AssertEqualProcessorScaleReportErrors(t, testTel,

@@ -535,25 +535,48 @@ impl Engine {
         let mut e: Engine =
             postcard::from_bytes(&bytes[12..]).map_err(|err| Error::Snapshot(err.to_string()))?;
         let (a, b) = (&e.cfg, &cfg);
-        if a.mode != b.mode
-            || a.sampler.n_trees != b.sampler.n_trees
-            || a.sampler.height != b.sampler.height
-            || a.sampler.window_size != b.sampler.window_size
-            || a.sampler.max_duration_ms != b.sampler.max_duration_ms
-        {
+        // The settings a snapshot's state is built on; each that differs is named.
+        let mut differ = Vec::new();
+        let mut check = |name: &str, snap: String, conf: String| {
+            if snap != conf {
+                differ.push(format!("{name} {snap} (the configuration has {conf})"));
+            }
+        };
+        check("mode", a.mode.as_str().into(), b.mode.as_str().into());
+        let (sa, sb) = (&a.sampler, &b.sampler);
+        check(
+            "sampler.n_trees",
+            sa.n_trees.to_string(),
+            sb.n_trees.to_string(),
+        );
+        check(
+            "sampler.height",
+            sa.height.to_string(),
+            sb.height.to_string(),
+        );
+        check(
+            "sampler.window_size",
+            sa.window_size.to_string(),
+            sb.window_size.to_string(),
+        );
+        check(
+            "sampler.max_duration",
+            crate::config::format_duration(std::time::Duration::from_secs_f64(
+                sa.max_duration_ms / 1e3,
+            )),
+            crate::config::format_duration(std::time::Duration::from_secs_f64(
+                sb.max_duration_ms / 1e3,
+            )),
+        );
+        check(
+            "keys.max_keys",
+            e.keys.max_keys().to_string(),
+            cfg.keys.max_keys.to_string(),
+        );
+        if !differ.is_empty() {
             return Err(Error::SnapshotMismatch(format!(
-                "snapshot has mode {:?}, n_trees {}, height {}, window_size {}, max_duration {} ms",
-                a.mode,
-                a.sampler.n_trees,
-                a.sampler.height,
-                a.sampler.window_size,
-                a.sampler.max_duration_ms
-            )));
-        }
-        if e.keys.max_keys() != cfg.keys.max_keys {
-            return Err(Error::SnapshotMismatch(format!(
-                "snapshot has keys.max_keys {}",
-                e.keys.max_keys()
+                "the snapshot has {}",
+                differ.join(", ")
             )));
         }
         if a.rules != b.rules {
@@ -691,12 +714,20 @@ mod tests {
         // Corrupt or mismatched snapshots are refused with an error.
         assert!(Engine::restore(cfg.clone(), b"garbage").is_err());
         assert!(Engine::restore(cfg.clone(), &snap[..snap.len() / 2]).is_err());
-        let other =
-            EngineConfig::from_yaml("sampler: { train_size: 10, window_size: 60 }").unwrap();
-        assert!(matches!(
-            Engine::restore(other, &snap),
-            Err(Error::SnapshotMismatch(_))
-        ));
+        let other = EngineConfig::from_yaml(
+            "sampler: { train_size: 10, window_size: 60, height: 5 }\nkeys: { max_keys: 7 }",
+        )
+        .unwrap();
+        // Each difference is named, with both values; settings that may change do not count.
+        match Engine::restore(other, &snap) {
+            Err(Error::SnapshotMismatch(m)) => assert_eq!(
+                m,
+                "the snapshot has sampler.height 8 (the configuration has 5), \
+                 sampler.window_size 50 (the configuration has 60), keys.max_keys 10000 (the \
+                 configuration has 7)"
+            ),
+            r => panic!("{:?}", r.map(|_| ())),
+        }
         let mut bad = snap.clone();
         bad[8] = 99;
         assert!(Engine::restore(cfg, &bad).is_err());

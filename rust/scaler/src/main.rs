@@ -127,6 +127,9 @@ struct ServeArgs {
     /// configuration (the rules come from --rules).
     #[arg(long, env = "SCALE_ENGINE")]
     engine: Option<std::path::PathBuf>,
+    /// Local-engine mode: start the engine from this snapshot (`scale train`) instead of cold.
+    #[arg(long, env = "SCALE_ENGINE_SNAPSHOT", requires = "engine")]
+    engine_snapshot: Option<std::path::PathBuf>,
 }
 
 /// A positive duration in the one grammar of SCALE ([`scale_core::config::parse_duration_ms`]).
@@ -170,6 +173,10 @@ fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         let cfg = scale_core::EngineConfig::from_parts(&read(engine)?, Some(&rules_text))
             .with_context(|| format!("{}", engine.display()))?;
         opts.engine = Some(cfg);
+    }
+    if let Some(p) = &args.engine_snapshot {
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        opts.engine_snapshot = Some(bytes.into());
     }
     let token = match (&args.token_file, std::env::var("SCALE_TOKEN").ok()) {
         (Some(f), _) => Some(read(f)?.trim().to_string()),

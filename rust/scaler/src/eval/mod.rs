@@ -81,6 +81,11 @@ pub struct EvalArgs {
     /// Engine configuration (YAML); defaults otherwise. The options below override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Start from this engine snapshot (`scale train`, or a collector's snapshot_path) instead
+    /// of a fresh engine: every span is judged (no training). Its model settings must be the
+    /// configuration's.
+    #[arg(long, value_name = "FILE")]
+    pub snapshot: Option<PathBuf>,
     /// Featurization mode.
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
@@ -210,6 +215,14 @@ pub enum EvalError {
     /// The rules file could not be read.
     #[error("--rules {path}: {message}")]
     Rules {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The snapshot cannot be used.
+    #[error("--snapshot {path}: {message}")]
+    Snapshot {
         /// The file.
         path: String,
         /// What is wrong.
@@ -908,10 +921,25 @@ pub fn run(args: &EvalArgs) -> Result<Report, EvalError> {
         .map(timeline::read_faults)
         .transpose()?
         .unwrap_or_default();
+    // A snapshot (from `scale train` or a collector) is a trained engine: every span is judged.
+    let (engine, train_size) = match &args.snapshot {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|source| EvalError::ReadConfig {
+                path: p.display().to_string(),
+                source,
+            })?;
+            let e = Engine::restore(cfg, &bytes).map_err(|e| EvalError::Snapshot {
+                path: p.display().to_string(),
+                message: e.to_string(),
+            })?;
+            (e, 0)
+        }
+        None => (Engine::new(cfg), config.sampler.train_size),
+    };
     let progress = Progress::new(&args.files);
     let bytes = progress.bytes.clone();
     let mut r = Runner {
-        engine: Engine::new(cfg),
+        engine,
         out: BatchOutput::default(),
         slots: Vec::with_capacity(BATCH),
         len: 0,
@@ -927,7 +955,7 @@ pub fn run(args: &EvalArgs) -> Result<Report, EvalError> {
         engine_time: Duration::ZERO,
         fed: 0,
         unskipped: 0,
-        train_size: config.sampler.train_size,
+        train_size,
         training: 0,
         test: Vec::new(),
         progress,

@@ -225,6 +225,18 @@ impl LocalEngine {
         })
     }
 
+    /// Start the engine from `snapshot` (from `scale train`; its model settings must be the
+    /// configuration's) instead of cold; `None` keeps the cold engine.
+    pub fn with_snapshot(self, snapshot: Option<&[u8]>) -> anyhow::Result<Self> {
+        if let Some(bytes) = snapshot {
+            let mut s = self.scorer.lock();
+            let cfg = s.engine.config().clone();
+            s.engine = Engine::restore(cfg, bytes)
+                .map_err(|e| anyhow::anyhow!("--engine-snapshot: {e}"))?;
+        }
+        Ok(self)
+    }
+
     /// Record the rules' evidence into `store` every [`LOCAL_REPORT_INTERVAL`].
     pub fn with_evidence(mut self, store: Arc<EvidenceStore>) -> Self {
         self.evidence = Some(store);

@@ -102,6 +102,8 @@ pub struct ServeOptions {
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     /// Local-engine mode: score raw spans in the daemon with this engine configuration.
     pub engine: Option<scale_core::EngineConfig>,
+    /// Local-engine mode: start the engine from this snapshot (`scale train`) instead of cold.
+    pub engine_snapshot: Option<Arc<[u8]>>,
     /// A target whose rules have sent no evidence report for this long holds its scale
     /// ([`evidence`]); must exceed the collectors' `report_interval`.
     pub evidence_timeout: Duration,
@@ -118,6 +120,7 @@ impl Default for ServeOptions {
             token: None,
             tls: None,
             engine: None,
+            engine_snapshot: None,
             evidence_timeout: evidence::DEFAULT_EVIDENCE_TIMEOUT,
             leadership: Leadership::default(),
         }
@@ -160,6 +163,7 @@ pub async fn serve<O: Orchestrator>(
     let router = match &opts.engine {
         Some(cfg) => builder.add_service(
             local::LocalEngine::new(cfg.clone(), rules.clone(), tx, metrics.clone())?
+                .with_snapshot(opts.engine_snapshot.as_deref())?
                 .with_token(opts.token.clone())
                 .with_evidence(store.clone())
                 .into_service(),
