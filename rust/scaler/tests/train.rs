@@ -4,11 +4,15 @@
 
 mod harness;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use harness::collector::Collector;
 use harness::jaeger::{self, Jaeger};
-use harness::root;
+use harness::{free_addr, root};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 
 /// The recorded demo traces (24,023 spans of 2024-11-08, 02:09-02:24 UTC).
 fn demo() -> PathBuf {
@@ -138,7 +142,7 @@ async fn a_snapshot_trained_from_jaeger_equals_the_one_from_the_file_and_bad_inp
     assert!(text.contains("learned   428 spans of "), "{text}");
 
     // Jaeger unreachable.
-    let closed = harness::free_addr();
+    let closed = free_addr();
     let err = failed(&scale(&[
         "train",
         "--jaeger",
@@ -234,5 +238,177 @@ async fn a_snapshot_goes_into_a_configmap_byte_identical_and_an_oversized_one_is
             .is_err()
     );
     drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The demo's spans one by one, in the order `scale train` learns them (by end, then start,
+/// trace and span id), each as a resource span of its own.
+fn spans_by_end() -> Vec<ResourceSpans> {
+    let mut out = Vec::new();
+    for req in jaeger::requests(&demo()) {
+        for rs in req.resource_spans {
+            for ss in &rs.scope_spans {
+                for span in &ss.spans {
+                    out.push(ResourceSpans {
+                        resource: rs.resource.clone(),
+                        scope_spans: vec![ScopeSpans {
+                            scope: ss.scope.clone(),
+                            spans: vec![span.clone()],
+                            schema_url: ss.schema_url.clone(),
+                        }],
+                        schema_url: rs.schema_url.clone(),
+                    });
+                }
+            }
+        }
+    }
+    let key = |r: &ResourceSpans| {
+        let s = &r.scope_spans[0].spans[0];
+        (
+            s.end_time_unix_nano,
+            s.start_time_unix_nano,
+            s.trace_id.clone(),
+            s.span_id.clone(),
+        )
+    };
+    out.sort_by_key(key);
+    out
+}
+
+/// Export requests of `per` spans each, in order.
+fn batches(spans: &[ResourceSpans], per: usize) -> Vec<ExportTraceServiceRequest> {
+    spans
+        .chunks(per)
+        .map(|c| ExportTraceServiceRequest {
+            resource_spans: c.to_vec(),
+        })
+        .collect()
+}
+
+/// otelcol-scale with the defaults (and `extra` processor settings), exporting what it keeps to
+/// a JSON file; its Prometheus metrics on `metrics`.
+fn collector(dir: &Path, name: &str, extra: &str) -> (Collector, PathBuf, SocketAddr) {
+    let (otlp, health, metrics) = (free_addr(), free_addr(), free_addr());
+    let out = dir.join(format!("{name}.kept.json"));
+    let cfg = format!(
+        r#"
+extensions:
+  health_check: {{ endpoint: {health} }}
+receivers:
+  otlp: {{ protocols: {{ grpc: {{ endpoint: {otlp} }} }} }}
+processors:
+  scale: {{ {extra} }}
+exporters:
+  file: {{ path: {out} }}
+service:
+  extensions: [health_check]
+  telemetry:
+    metrics:
+      readers:
+        - pull: {{ exporter: {{ prometheus: {{ host: 127.0.0.1, port: {mport} }} }} }}
+  pipelines:
+    traces: {{ receivers: [otlp], processors: [scale], exporters: [file] }}
+"#,
+        out = out.display(),
+        mport = metrics.port(),
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, cfg).unwrap();
+    let c = Collector::spawn(dir, name, &[path.display().to_string()], &[], otlp, health);
+    (c, out, metrics)
+}
+
+/// Stop a collector with SIGTERM (the file exporter flushes) and read the span ids it kept.
+fn stop_and_read_kept(mut c: Collector, out: &Path) -> std::collections::BTreeSet<Vec<u8>> {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(c.child.id().to_string())
+        .status()
+        .unwrap();
+    let _ = c.child.wait();
+    let mut kept = std::collections::BTreeSet::new();
+    if out.exists() {
+        for req in jaeger::requests(out) {
+            for rs in req.resource_spans {
+                for ss in rs.scope_spans {
+                    kept.extend(ss.spans.into_iter().map(|s| s.span_id));
+                }
+            }
+        }
+    }
+    kept
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_started_from_a_trained_snapshot_judges_as_if_it_had_learned_the_spans_itself()
+{
+    let dir = tempdir("warm");
+    let spans = spans_by_end();
+    let (training, replay) = spans.split_at(spans.len() - 1_000);
+    // `scale train` over the training spans, from a file.
+    let training_file = dir.join("training.jsonl");
+    let mut text = String::new();
+    for r in batches(training, 200) {
+        text.push_str(&serde_json::to_string(&r).unwrap());
+        text.push('\n');
+    }
+    std::fs::write(&training_file, text).unwrap();
+    let snapshot = dir.join("trained.snap");
+    let summary = ok(&scale(&["train", path(&training_file), "-o", path(&snapshot)]));
+    assert!(
+        summary.contains(&format!("learned   {} spans", training.len())),
+        "{summary}"
+    );
+
+    // A: warm from the snapshot, then the replay.
+    let (a, a_out, a_metrics) = collector(
+        &dir,
+        "warm",
+        &format!("initial_snapshot: {}", snapshot.display()),
+    );
+    jaeger::export(a.otlp, &batches(replay, 100)).await;
+    let metrics = jaeger::http_get(a_metrics, "/metrics").unwrap().1;
+    let warm = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("otelcol_processor_scale_engine_starts")
+                && l.contains(r#"source="initial_snapshot""#)
+        })
+        .unwrap_or_else(|| panic!("no warm start in the metrics:\n{metrics}"));
+    assert!(warm.ends_with(" 1"), "{warm}");
+    let a_kept = stop_and_read_kept(a, &a_out);
+
+    // B: cold, learns the training spans itself (in the same order), then the replay.
+    let (b, b_out, _) = collector(&dir, "learned", "");
+    jaeger::export(b.otlp, &batches(training, 200)).await;
+    jaeger::export(b.otlp, &batches(replay, 100)).await;
+    let replay_ids: std::collections::BTreeSet<Vec<u8>> = replay
+        .iter()
+        .map(|r| r.scope_spans[0].spans[0].span_id.clone())
+        .collect();
+    let b_kept: std::collections::BTreeSet<Vec<u8>> = stop_and_read_kept(b, &b_out)
+        .intersection(&replay_ids)
+        .cloned()
+        .collect();
+
+    // C: cold, the replay only.
+    let (c, c_out, _) = collector(&dir, "cold", "");
+    jaeger::export(c.otlp, &batches(replay, 100)).await;
+    let c_kept = stop_and_read_kept(c, &c_out);
+
+    assert!(!a_kept.is_empty(), "the warm collector kept nothing");
+    assert!(a_kept.is_subset(&replay_ids));
+    assert_eq!(
+        a_kept, b_kept,
+        "warm start and learning the same spans keep different spans"
+    );
+    assert_ne!(a_kept, c_kept, "warm and cold start keep the same spans");
+    eprintln!(
+        "replay of {} spans: warm kept {}, learned-itself kept {}, cold kept {}",
+        replay.len(),
+        a_kept.len(),
+        b_kept.len(),
+        c_kept.len()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
