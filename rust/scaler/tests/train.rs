@@ -354,7 +354,12 @@ async fn a_collector_started_from_a_trained_snapshot_judges_as_if_it_had_learned
     }
     std::fs::write(&training_file, text).unwrap();
     let snapshot = dir.join("trained.snap");
-    let summary = ok(&scale(&["train", path(&training_file), "-o", path(&snapshot)]));
+    let summary = ok(&scale(&[
+        "train",
+        path(&training_file),
+        "-o",
+        path(&snapshot),
+    ]));
     assert!(
         summary.contains(&format!("learned   {} spans", training.len())),
         "{summary}"

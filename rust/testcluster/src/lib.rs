@@ -496,6 +496,8 @@ pub const KINDS: &[(&str, &str, bool)] = &[
     ("ClusterRoleBinding", "clusterrolebindings", false),
     ("Deployment", "deployments", true),
     ("StatefulSet", "statefulsets", true),
+    ("CronJob", "cronjobs", true),
+    ("Job", "jobs", true),
     ("Lease", "leases", true),
 ];
 

@@ -131,6 +131,21 @@ pub async fn read(client: kube::Client, t: &Target) -> Result<Vec<u8>, TrainErro
 mod tests {
     use super::*;
 
+    /// configs/k8s/collector-warm.yaml mounts the key this writes, from the ConfigMap its
+    /// CronJob writes.
+    #[test]
+    fn the_shipped_manifest_mounts_the_key_written_here() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../configs/k8s/collector-warm.yaml"),
+        )
+        .unwrap();
+        assert!(text.contains(&format!("items: [{{ key: {KEY}, path: {KEY} }}]")));
+        assert!(text.contains(&format!("/etc/scale/snapshot/{KEY}")));
+        assert!(text.contains("--configmap=scale-system/scale-snapshot"));
+        assert!(text.contains("name: scale-snapshot\n"));
+    }
+
     #[test]
     fn targets_parse_or_say_what_to_give() {
         assert_eq!(

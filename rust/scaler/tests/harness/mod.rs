@@ -59,7 +59,11 @@ pub async fn cluster() -> (Cluster, Client) {
     let c = tokio::task::spawn_blocking(|| -> anyhow::Result<Cluster> {
         let c = Cluster::start(Default::default())?;
         c.create_namespace(NS)?;
-        for f in ["scale-daemon.yaml", "rbac-otel-demo.yaml"] {
+        for f in [
+            "scale-daemon.yaml",
+            "rbac-otel-demo.yaml",
+            "collector-warm.yaml",
+        ] {
             c.apply_yaml(&std::fs::read_to_string(
                 root().join("configs/k8s").join(f),
             )?)?;
