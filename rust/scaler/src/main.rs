@@ -328,34 +328,33 @@ fn init_logging(format: LogFormat) {
     };
 }
 
-fn eval(args: &eval::EvalArgs) -> anyhow::Result<()> {
-    let report = eval::run(args).context("scale eval")?;
-    let text = if args.json {
-        let mut s = serde_json::to_string_pretty(&report).context("serializing the report")?;
+/// Print `value` as pretty JSON (`json`) or as `text`.
+fn print_result<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    let text = if json {
+        let mut s = serde_json::to_string_pretty(value).context("serializing the result")?;
         s.push('\n');
         s
     } else {
-        eval::render_text(&report)
+        text(value)
     };
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|_| out.flush())
-        .context("writing the report")
+        .context("writing the result")
+}
+
+fn eval(args: &eval::EvalArgs) -> anyhow::Result<()> {
+    let report = eval::run(args).context("scale eval")?;
+    print_result(args.json, &report, eval::render_text)
 }
 
 fn train_cmd(args: &train::TrainArgs) -> anyhow::Result<()> {
     let summary = train::run(args).context("scale train")?;
-    let text = if args.json {
-        let mut s = serde_json::to_string_pretty(&summary).context("serializing the summary")?;
-        s.push('\n');
-        s
-    } else {
-        train::render_text(&summary)
-    };
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|_| out.flush())
-        .context("writing the summary")
+    print_result(args.json, &summary, train::render_text)
 }
 
 fn main() -> ExitCode {

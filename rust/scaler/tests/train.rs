@@ -49,6 +49,13 @@ fn failed(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `scale train` from Jaeger at `url` over the demo's day, with `extra` arguments.
+fn from_jaeger(url: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--jaeger", url, "--since", SINCE, "--until", UNTIL];
+    args.extend_from_slice(extra);
+    scale(&args)
+}
+
 fn tempdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("scale-train-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -73,18 +80,8 @@ async fn a_snapshot_trained_from_jaeger_equals_the_one_from_the_file_and_bad_inp
     assert!(text.contains("learned   24023 spans"), "{text}");
 
     // One page per minute of the range, 1,000 traces per query (the defaults).
-    let from_jaeger = dir.join("jaeger.snap");
-    let text = ok(&scale(&[
-        "train",
-        "--jaeger",
-        &url,
-        "--since",
-        SINCE,
-        "--until",
-        UNTIL,
-        "-o",
-        path(&from_jaeger),
-    ]));
+    let jaeger_snap = dir.join("jaeger.snap");
+    let text = ok(&from_jaeger(&url, &["-o", path(&jaeger_snap)]));
     assert!(
         text.contains("learned   24023 spans"),
         "{text}\n{}",
@@ -92,7 +89,7 @@ async fn a_snapshot_trained_from_jaeger_equals_the_one_from_the_file_and_bad_inp
     );
     let (a, b) = (
         std::fs::read(&from_file).unwrap(),
-        std::fs::read(&from_jaeger).unwrap(),
+        std::fs::read(&jaeger_snap).unwrap(),
     );
     assert!(
         a == b,
@@ -103,21 +100,10 @@ async fn a_snapshot_trained_from_jaeger_equals_the_one_from_the_file_and_bad_inp
 
     // Small pages: every page is full and split, traces across pages come back twice.
     let small = dir.join("small-pages.snap");
-    let text = ok(&scale(&[
-        "train",
-        "--jaeger",
+    let text = ok(&from_jaeger(
         &url,
-        "--since",
-        SINCE,
-        "--until",
-        UNTIL,
-        "--page",
-        "5m",
-        "--page-traces",
-        "40",
-        "-o",
-        path(&small),
-    ]));
+        &["--page", "5m", "--page-traces", "40", "-o", path(&small)],
+    ));
     assert!(text.contains("learned   24023 spans"), "{text}");
     assert!(
         std::fs::read(&small).unwrap() == a,
@@ -126,34 +112,23 @@ async fn a_snapshot_trained_from_jaeger_equals_the_one_from_the_file_and_bad_inp
 
     // A service filter learns that service's spans only (428 in the recording), though Jaeger
     // answers with whole traces.
-    let text = ok(&scale(&[
-        "train",
-        "--jaeger",
+    let text = ok(&from_jaeger(
         &url,
-        "--since",
-        SINCE,
-        "--until",
-        UNTIL,
-        "--service",
-        "checkoutservice",
-        "-o",
-        path(&dir.join("checkout.snap")),
-    ]));
+        &[
+            "--service",
+            "checkoutservice",
+            "-o",
+            path(&dir.join("checkout.snap")),
+        ],
+    ));
     assert!(text.contains("learned   428 spans of "), "{text}");
 
     // Jaeger unreachable.
     let closed = free_addr();
-    let err = failed(&scale(&[
-        "train",
-        "--jaeger",
+    let err = failed(&from_jaeger(
         &format!("http://{closed}"),
-        "--since",
-        SINCE,
-        "--until",
-        UNTIL,
-        "-o",
-        path(&dir.join("unreachable.snap")),
-    ]));
+        &["-o", path(&dir.join("unreachable.snap"))],
+    ));
     assert!(err.contains("cannot reach"), "{err}");
     assert!(!dir.join("unreachable.snap").exists());
 
@@ -173,6 +148,43 @@ async fn a_snapshot_trained_from_jaeger_equals_the_one_from_the_file_and_bad_inp
     assert!(err.contains("no spans to learn from"), "{err}");
     assert!(!empty.exists());
 
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Snapshots that cannot be used are clear errors with a non-zero exit where they are loaded.
+#[test]
+fn a_damaged_snapshot_or_one_from_another_configuration_is_refused() {
+    let dir = tempdir("bad-snapshot");
+    let snap = dir.join("demo.snap");
+    ok(&scale(&["train", path(&demo()), "-o", path(&snap)]));
+    let garbage = dir.join("garbage.snap");
+    std::fs::write(&garbage, b"SCALESNP but not really").unwrap();
+    let err = failed(&scale(&[
+        "eval",
+        "--snapshot",
+        path(&garbage),
+        path(&demo()),
+    ]));
+    assert!(err.contains("invalid snapshot"), "{err}");
+    let cut = dir.join("cut.snap");
+    std::fs::write(&cut, &std::fs::read(&snap).unwrap()[..1000]).unwrap();
+    let err = failed(&scale(&["eval", "--snapshot", path(&cut), path(&demo())]));
+    assert!(err.contains("invalid snapshot"), "{err}");
+    let err = failed(&scale(&[
+        "eval",
+        "--snapshot",
+        path(&snap),
+        "--height",
+        "5",
+        path(&demo()),
+    ]));
+    assert!(
+        err.contains("sampler.height 8 (the configuration has 5)"),
+        "{err}"
+    );
+    // The right configuration: every span judged at once.
+    let text = ok(&scale(&["eval", "--snapshot", path(&snap), path(&demo())]));
+    assert!(text.contains("24023"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
