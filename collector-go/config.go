@@ -60,6 +60,12 @@ type Config struct {
 	// Errors in it cite its own lines. Default: none.
 	RulesFile string `mapstructure:"rules_file"`
 
+	// Drop removes the spans not judged anomalous (true, the default: a sampler). false is
+	// annotate-only: every span passes, each scored one carrying `scale.anomaly.score` and
+	// `scale.anomalous` (a bool: would have been kept), decisions still attached, for a
+	// downstream sampler such as tail_sampling to decide on (configs/collector/tail-sampling.yaml).
+	Drop bool `mapstructure:"drop"`
+
 	// SnapshotPath is where the engine's state (model, keys, baselines, rule windows) is saved
 	// and restored from at start, so a restart does not forget. Empty (default) disables
 	// snapshots.

@@ -7,8 +7,12 @@ import "time"
 
 // The collector -> daemon contract: the names the processor writes on spans.
 const (
-	// Span attribute (double, 0–1): the anomaly score of a span the processor kept.
+	// Span attribute (double, 0–1): the anomaly score of a span the processor kept (with
+	// `drop: false`, of every span it scored).
 	AttrAnomalyScore = "scale.anomaly.score"
+	// Span attribute (bool), with `drop: false` only: whether the processor judged the span
+	// anomalous (or a rule fired on it), i.e. would have kept it; on every span it scored.
+	AttrAnomalous = "scale.anomalous"
 	// Span event: a latency rule fired; the span is the breach that completed its window.
 	EventDecision = "scale.decision"
 	// Decision and report attribute (string): the rule's name.

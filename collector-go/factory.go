@@ -44,6 +44,7 @@ func createDefaultConfig() component.Config {
 			ContextWindow: defaultContextWindow,
 			Sides:         defaultSides,
 		},
+		Drop:             true,
 		SnapshotInterval: defaultSnapshotInterval,
 		ReportInterval:   defaultReportInterval,
 	}

@@ -459,7 +459,8 @@ type counts struct {
 	decisions             [3]int64
 }
 
-// apply removes the spans not kept and annotates the others. Spans the engine could not judge
+// apply removes the spans not kept and annotates the others (with `drop: false` it removes none
+// and annotates every scored span). Spans the engine could not judge
 // (skipped) are forwarded unscored; a span that completed a rule's window is kept even if it is
 // not anomalous, so that its scale.decision event reaches the daemon.
 func (p *scaleProcessor) apply(td ptrace.Traces, b *batch, rules []string) counts {
@@ -469,6 +470,7 @@ func (p *scaleProcessor) apply(td ptrace.Traces, b *batch, rules []string) count
 		slices.SortStableFunc(decs, func(x, y decision) int { return int(x.spanIndex) - int(y.spanIndex) })
 	}
 	i, dj := 0, 0
+	annotate := !p.cfg.Drop
 	td.ResourceSpans().RemoveIf(func(rs ptrace.ResourceSpans) bool {
 		rs.ScopeSpans().RemoveIf(func(ss ptrace.ScopeSpans) bool {
 			ss.Spans().RemoveIf(func(span ptrace.Span) bool {
@@ -492,12 +494,21 @@ func (p *scaleProcessor) apply(td ptrace.Traces, b *batch, rules []string) count
 					return false
 				}
 				c.scored++
-				if b.keep[idx] != 0 || decided {
+				anomalous := b.keep[idx] != 0 || decided
+				if anomalous || annotate {
 					if s := b.scores[idx]; !math.IsNaN(s) {
 						span.Attributes().PutDouble(AttrAnomalyScore, s)
 					}
+				}
+				if annotate {
+					span.Attributes().PutBool(AttrAnomalous, anomalous)
+				}
+				if anomalous {
 					c.kept++
 					return false
+				}
+				if annotate {
+					return false // judged normal, forwarded: scored − kept
 				}
 				c.dropped++
 				return true

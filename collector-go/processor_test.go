@@ -498,6 +498,40 @@ func TestInitialSnapshot(t *testing.T) {
 	}
 }
 
+// drop: false (annotate-only): every span passes; each scored one says whether it was judged
+// anomalous, and its score; the counters still say what was judged anomalous.
+func TestAnnotateOnlyPassesEverySpanMarked(t *testing.T) {
+	cfg := smallConfig()
+	cfg.Drop = false
+	h := newHarness(t, cfg)
+	w := newWorkload(5)
+	for range 30 {
+		h.consume(makeTraces(w.batch(100)...))
+	}
+	in := append(w.batch(50), spanSpec{service: "checkout", op: normalKeys[1].op, start: w.next, dur: 10 * time.Second})
+	out := h.consume(makeTraces(in...))
+	require.Len(t, out, len(in), "annotate-only: nothing removed")
+	anomalous := 0
+	for _, s := range out {
+		v, ok := s.Attributes().Get(AttrAnomalous)
+		require.True(t, ok, "every scored span is marked")
+		_, scored := s.Attributes().Get(AttrAnomalyScore)
+		assert.True(t, scored)
+		if v.Bool() {
+			anomalous++
+		}
+	}
+	for _, s := range out {
+		if s.EndTimestamp().AsTime().Sub(s.StartTimestamp().AsTime()) >= 10*time.Second {
+			v, _ := s.Attributes().Get(AttrAnomalous)
+			assert.True(t, v.Bool(), "the slow span is judged anomalous")
+		}
+	}
+	assert.LessOrEqual(t, anomalous, 5)
+	assert.Equal(t, int64(0), h.counter("processor_scale_spans_dropped"))
+	assert.Positive(t, h.counter("processor_scale_spans_kept"))
+}
+
 func TestPeriodicSnapshots(t *testing.T) {
 	cfg := smallConfig()
 	cfg.SnapshotPath = filepath.Join(t.TempDir(), "model.snapshot")

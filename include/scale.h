@@ -19,9 +19,16 @@ extern "C" {
  * processor writes on spans and the daemon reads. */
 
 /** \brief
- *  Span attribute (double, 0–1): the anomaly score of a span the processor kept.
+ *  Span attribute (double, 0–1): the anomaly score of a span the processor kept (with
+ *  `drop: false`, of every span it scored).
  */
 #define SCALE_ATTR_ANOMALY_SCORE "scale.anomaly.score"
+
+/** \brief
+ *  Span attribute (bool), with `drop: false` only: whether the processor judged the span
+ *  anomalous (or a rule fired on it), i.e. would have kept it; on every span it scored.
+ */
+#define SCALE_ATTR_ANOMALOUS "scale.anomalous"
 
 /** \brief
  *  Span event: a latency rule fired; the span is the breach that completed its window.

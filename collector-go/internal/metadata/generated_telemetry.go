@@ -141,7 +141,7 @@ func NewTelemetryBuilder(settings component.TelemetrySettings, options ...Teleme
 	errs = errors.Join(errs, err)
 	builder.ProcessorScaleSpansKept, err = builder.meter.Int64Counter(
 		"otelcol_processor_scale_spans_kept",
-		metric.WithDescription("Spans forwarded because the engine judged them anomalous or a rule fired on them. [Development]"),
+		metric.WithDescription("Spans the engine judged anomalous or a rule fired on (forwarded; with drop false, marked scale.anomalous). [Development]"),
 		metric.WithUnit("{spans}"),
 	)
 	errs = errors.Join(errs, err)

@@ -199,7 +199,7 @@ func AssertEqualProcessorScaleSpansDropped(t *testing.T, tt *componenttest.Telem
 func AssertEqualProcessorScaleSpansKept(t *testing.T, tt *componenttest.Telemetry, dps []metricdata.DataPoint[int64], opts ...metricdatatest.Option) {
 	want := metricdata.Metrics{
 		Name:        "otelcol_processor_scale_spans_kept",
-		Description: "Spans forwarded because the engine judged them anomalous or a rule fired on them. [Development]",
+		Description: "Spans the engine judged anomalous or a rule fired on (forwarded; with drop false, marked scale.anomalous). [Development]",
 		Unit:        "{spans}",
 		Data: metricdata.Sum[int64]{
 			Temporality: metricdata.CumulativeTemporality,

@@ -28,8 +28,12 @@ macro_rules! names {
 }
 
 names! {
-    /// Span attribute (double, 0–1): the anomaly score of a span the processor kept.
+    /// Span attribute (double, 0–1): the anomaly score of a span the processor kept (with
+    /// `drop: false`, of every span it scored).
     ATTR_ANOMALY_SCORE = "scale.anomaly.score";
+    /// Span attribute (bool), with `drop: false` only: whether the processor judged the span
+    /// anomalous (or a rule fired on it), i.e. would have kept it; on every span it scored.
+    ATTR_ANOMALOUS = "scale.anomalous";
     /// Span event: a latency rule fired; the span is the breach that completed its window.
     EVENT_DECISION = "scale.decision";
     /// Decision and report attribute (string): the rule's name.
