@@ -64,6 +64,8 @@ type Config struct {
 	// annotate-only: every span passes, each scored one carrying `scale.anomaly.score` and
 	// `scale.anomalous` (a bool: would have been kept), decisions still attached, for a
 	// downstream sampler such as tail_sampling to decide on (configs/collector/tail-sampling.yaml).
+	// With false, sampler.keep_budget counts traces: the engine measures spans per trace and
+	// marks about keep_budget of ordinary traces (a trace with any span marked), not of spans.
 	Drop bool `mapstructure:"drop"`
 
 	// SnapshotPath is where the engine's state (model, keys, baselines, rule windows) is saved

@@ -212,6 +212,9 @@ type engineSpec struct {
 	rules []byte
 	// rulesPath names the rules file in messages.
 	rulesPath string
+	// budgetInTraces counts keep_budget in traces (annotate-only mode, `drop: false`: a
+	// sampler downstream keeps whole traces), set on every engine made or restored from spec.
+	budgetInTraces bool
 }
 
 // engineYAML is the engine's configuration document (rust/core/src/config.rs).
@@ -267,7 +270,7 @@ func (cfg *Config) engineSpec() (engineSpec, error) {
 	if err != nil {
 		return engineSpec{}, fmt.Errorf("rules: cannot be written as YAML: %w", err)
 	}
-	spec := engineSpec{settings: settings}
+	spec := engineSpec{settings: settings, budgetInTraces: !cfg.Drop}
 	if cfg.RulesFile == "" {
 		return spec, nil
 	}

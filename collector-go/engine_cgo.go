@@ -182,6 +182,9 @@ func construct(spec engineSpec, call func(a *ctorArgs) C.scale_status_t) (*nativ
 	var rules C.size_t
 	e.mu.RLock()
 	st = C.scale_engine_rule_count(e.ptr(), &rules)
+	if st == C.SCALE_STATUS_OK && spec.budgetInTraces {
+		st = C.scale_engine_count_budget_in_traces(e.ptr(), 1)
+	}
 	e.mu.RUnlock()
 	runtime.KeepAlive(e)
 	if st != C.SCALE_STATUS_OK {

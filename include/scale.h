@@ -189,19 +189,9 @@ extern "C" {
  *  `scale_engine_process`, `scale_engine_process_names`, `scale_engine_process_chunk` (batches in
  *  `scale_span_batch` / `scale_batch_out` structs), `scale_engine_rule_count`,
  *  `scale_engine_rule_name`, `scale_engine_rule_reports`, `scale_engine_stats`,
- *  `scale_engine_snapshot_size`, `scale_engine_snapshot`, `scale_engine_snapshot_to_file`.
+ *  `scale_engine_count_budget_in_traces`, `scale_engine_snapshot_size`, `scale_engine_snapshot`, `scale_engine_snapshot_to_file`.
  */
 typedef struct scale_engine scale_engine_t;
-
-/** \brief
- *  Free an engine. NULL is accepted and ignored.
- *
- *  Takes ownership of `engine`: it must come from this library, must not be used afterwards,
- *  must not be freed twice, and no other call may be running on it. Works on poisoned handles.
- */
-void
-scale_engine_free (
-    scale_engine_t * engine);
 
 /** \brief
  *  Result of every `scale_*` call that can fail.
@@ -287,6 +277,30 @@ enum scale_status {
 ; typedef int32_t
 #endif
 scale_status_t;
+
+/** \brief
+ *  Count the engine's `keep_budget` in traces (`on` non-zero) or in spans (0, the default), for
+ *  a caller that marks spans and leaves the keep decision to a sampler that keeps whole traces
+ *  (the processor's `drop: false`): the engine measures spans per trace from the batches' trace
+ *  ids and keeps `keep_budget / (spans per trace)` of spans. Not saved in a snapshot: call it
+ *  again after `scale_engine_restore*`.
+ *
+ *  Thread safety: safe to call concurrently with any call but `scale_engine_free`.
+ */
+scale_status_t
+scale_engine_count_budget_in_traces (
+    scale_engine_t const * engine,
+    uint8_t on);
+
+/** \brief
+ *  Free an engine. NULL is accepted and ignored.
+ *
+ *  Takes ownership of `engine`: it must come from this library, must not be used afterwards,
+ *  must not be freed twice, and no other call may be running on it. Works on poisoned handles.
+ */
+void
+scale_engine_free (
+    scale_engine_t * engine);
 
 /** \brief
  *  The key id of `service::operation`, for `scale_engine_process`.

@@ -5,6 +5,8 @@
 #   pass-through   otlp → batch → debug
 #   scale          otlp → scale (engine defaults, one latency rule) → batch → debug
 #   tail_sampling  otlp → tail_sampling (latency policy, threshold_ms) → batch → debug
+#   annotate       otlp → scale (drop: false) → tail_sampling (a trace with a span judged
+#                  anomalous: configs/collector/tail-sampling.yaml's policy) → batch → debug
 #
 # under one or more loads (LOADS):
 #
@@ -103,11 +105,11 @@ OTELCOL="$WORK/otelcol-scale"
 VARIANTS="pass scale"
 for c in ${COMPARE:-}; do
     name="${c%%=*}"
-    case "$name" in pass | scale | tail | sidecar | "" | *[!a-z0-9_-]*) echo "COMPARE: bad name in '$c'" >&2; exit 2 ;; esac
+    case "$name" in pass | scale | tail | annotate | sidecar | "" | *[!a-z0-9_-]*) echo "COMPARE: bad name in '$c'" >&2; exit 2 ;; esac
     cp "${c#*=}" "$WORK/otelcol-$name"
     VARIANTS="$VARIANTS $name"
 done
-VARIANTS="$VARIANTS tail"
+VARIANTS="$VARIANTS tail annotate"
 # SIDECAR=1: also the sidecar layout of configs/collector/sidecar.yaml, every span to the store
 # and a copy through `scale` (two pipelines on one receiver; the receiver clones each batch for
 # the pipeline whose processor changes it).
@@ -132,6 +134,7 @@ config() {
     case "$variant" in
         pass | sidecar) procs="[batch]" ;;
         tail) procs="[tail_sampling, batch]" ;;
+        annotate) procs="[scale/annotate, tail_sampling/anomalous, batch]" ;;
         *) procs="[scale, batch]" ;;
     esac
     cat <<YAML
@@ -147,13 +150,16 @@ processors:
   batch: {}
   scale:
     # engine defaults; one rule that every span is checked against
-    rules:
+    rules: &rules
       - name: bench-latency
         match: { service: "*", operation: "*" }
         when: { duration_above: 100ms }
         count: 100
         window: 30s
         action: { kind: horizontal, target: { kind: Deployment, namespace: bench, name: bench }, max: 5 }
+  scale/annotate:
+    drop: false
+    rules: *rules
   tail_sampling:
     decision_wait: 5s
     num_traces: 100000
@@ -162,6 +168,14 @@ processors:
       - name: slow-traces
         type: latency
         latency: { threshold_ms: 100 }
+  tail_sampling/anomalous:
+    decision_wait: 5s
+    num_traces: 100000
+    expected_new_traces_per_sec: 10000
+    policies:
+      - name: judged-anomalous
+        type: boolean_attribute
+        boolean_attribute: { key: scale.anomalous, value: true }
 exporters:
   debug:
     verbosity: basic
@@ -234,7 +248,7 @@ run() {
         PIDS+=("$spid")
     fi
     local bin="$OTELCOL"
-    case "$variant" in pass | scale | tail | sidecar) ;; *) bin="$WORK/otelcol-$variant" ;; esac
+    case "$variant" in pass | scale | tail | annotate | sidecar) ;; *) bin="$WORK/otelcol-$variant" ;; esac
     if [ "$load" = telemetrygen ]; then
         "$bin" --config "$WORK/$variant.yaml" > "$WORK/$tag.log" 2>&1 &
     else
@@ -320,7 +334,7 @@ run() {
     tail -n 1 "$WORK/results" | awk '{ printf "bench-collector: %-12s %-5s round %d: %.0f spans/s, collector %.2f CPU s in %s s, peak RSS %.0f MiB, load %.2f CPU s\n", $1, $2, $3, $4, $5, "'"$MEASURE"'", $6, $7 }' >&2
 }
 
-echo "bench-collector: $ROUNDS rounds × ($LOADS) × (pass-through, scale, tail_sampling), ${LOAD_SECONDS}s of load each" >&2
+echo "bench-collector: $ROUNDS rounds × ($LOADS) × ($VARIANTS), ${LOAD_SECONDS}s of load each" >&2
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$ROUNDS"); do
     for l in $LOADS; do
@@ -356,6 +370,7 @@ for l in $LOADS; do
             pass) name="pass-through (batch)" ;;
             scale) name="\`scale\` (defaults + 1 rule)" ;;
             tail) name="\`tail_sampling\` (latency 100 ms)" ;;
+            annotate) name="\`scale\` (\`drop: false\`) → \`tail_sampling\` (a span judged anomalous)" ;;
             sidecar) name="sidecar: pass-through + a copy through \`scale\`" ;;
             *) name="\`scale\`, $v" ;;
         esac

@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,8 +40,8 @@ const (
 	inflated        = "productcatalogservice" // the demo service whose spans are delayed
 	inflateDelay    = 200 * time.Millisecond  // added to each of its spans in the faulty pass
 	demoPass        = 10 * time.Second        // one pass over the recording takes this long
-	tracesPerPost   = 25   // demo traces merged into one OTLP/HTTP request
-	demoTrainSize   = 1000 // demo scenario: the engine's defaults
+	tracesPerPost   = 25                      // demo traces merged into one OTLP/HTTP request
+	demoTrainSize   = 1000                    // demo scenario: the engine's defaults
 	demoWindowSize  = 250
 	demoSpansPerRun = 24023
 )
@@ -201,12 +203,24 @@ func startCollector(t *testing.T, bin, dir string, trainSize, windowSize int) *c
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return launch(t, bin, dir, []string{cfgPath}, nil, ports)
+}
+
+// launch starts otelcol-scale with the config files (merged in order) and extra environment,
+// and waits until health_check (at ports["health"]) answers.
+func launch(t *testing.T, bin, dir string, configs, env []string, ports map[string]int) *collector {
+	t.Helper()
 	logPath := filepath.Join(dir, "collector.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "--config", cfgPath)
+	var args []string
+	for _, c := range configs {
+		args = append(args, "--config", c)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// The collector dies with the test process, even if the test binary is killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -226,7 +240,10 @@ func startCollector(t *testing.T, bin, dir string, trainSize, windowSize int) *c
 			t.Logf("otelcol-scale exit: %v", err)
 		}
 		if t.Failed() {
-			t.Logf("config %s:\n%s", cfgPath, cfg)
+			for _, c := range configs {
+				b, _ := os.ReadFile(c)
+				t.Logf("config %s:\n%s", c, b)
+			}
 			t.Logf("otelcol-scale log (last 60 lines of %s):\n%s", logPath, logTail(logPath, 60))
 		}
 	})
@@ -287,6 +304,9 @@ func replayDemo(t *testing.T, c *collector, path, phase string, delay time.Durat
 	}
 	shift := time.Now().UnixNano() - minStart
 	sent := map[string]int{}
+	// Each pass sends new traces: trace ids derived from the phase (span ids stay unique
+	// within a trace), as a sampler that remembers its decisions per trace id would see them.
+	traceIDs := map[string]string{}
 	client := &http.Client{Timeout: 30 * time.Second}
 	began := time.Now()
 	deadline := began.Add(3 * time.Minute)
@@ -300,6 +320,13 @@ func replayDemo(t *testing.T, c *collector, path, phase string, delay time.Durat
 				st, en := nanos(sp["startTimeUnixNano"]), nanos(sp["endTimeUnixNano"])
 				if svc == inflated && en >= st {
 					en += delay.Nanoseconds()
+				}
+				if id, ok := sp["traceId"].(string); ok {
+					if _, ok := traceIDs[id]; !ok {
+						h := sha256.Sum256([]byte(phase + "/" + id))
+						traceIDs[id] = hex.EncodeToString(h[:16])
+					}
+					sp["traceId"] = traceIDs[id]
 				}
 				sp["startTimeUnixNano"] = strconv.FormatInt(st+shift, 10)
 				sp["endTimeUnixNano"] = strconv.FormatInt(en+shift, 10)

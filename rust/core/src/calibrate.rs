@@ -88,6 +88,16 @@ impl Calibrator {
         self.budget
     }
 
+    /// Change the budget (e.g. a snapshot restored under a configuration with another
+    /// `keep_budget`, or the budget counted in traces): the threshold moves at once if the
+    /// scores seen support it.
+    pub fn set_budget(&mut self, budget: f64) {
+        if budget != self.budget {
+            self.budget = budget;
+            self.recompute();
+        }
+    }
+
     /// Whether enough scores were seen for the threshold to mean something.
     pub fn is_ready(&self) -> bool {
         self.threshold.is_some()

@@ -135,6 +135,32 @@ pub struct Engine {
     calibrator: Calibrator,
     #[serde(skip)]
     last: ExplainSlot,
+    /// The budget counted in traces ([`Engine::count_budget_in_traces`]): not saved, the
+    /// caller sets it again after a restore.
+    #[serde(skip)]
+    per_trace: TraceBudget,
+}
+
+/// Spans in a measurement of spans per trace ([`Engine::count_budget_in_traces`]): long enough
+/// that a trace cut by its edges counts little, short enough to follow a change of traffic.
+pub const TRACE_BUDGET_WINDOW: u32 = 16_384;
+
+/// Counting the keep budget in traces: the spans per trace of recent traffic, measured over
+/// windows of [`TRACE_BUDGET_WINDOW`] spans (distinct trace ids among them). Not state of the
+/// model, so it takes no part in equality.
+#[derive(Debug, Clone, Default)]
+struct TraceBudget {
+    on: bool,
+    seen: std::collections::HashSet<u64>,
+    spans: u32,
+    /// Spans per trace, smoothed over windows; `None` until a window was measured.
+    spans_per_trace: Option<f64>,
+}
+
+impl PartialEq for TraceBudget {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// [`Explain`] of the last span: not state, so it takes no part in equality.
@@ -192,6 +218,7 @@ impl Engine {
             rare_share: RARE_TAIL,
             calibrator: Calibrator::new(cfg.sampler.keep_budget),
             last: ExplainSlot::default(),
+            per_trace: TraceBudget::default(),
             cfg,
         }
     }
@@ -286,6 +313,52 @@ impl Engine {
         self.cfg.sampler.min_score.or(self.calibrator.threshold())
     }
 
+    /// Count `keep_budget` in traces instead of spans (`on`), for a caller that only marks spans
+    /// and leaves the keep decision to a sampler downstream that keeps a whole trace when any of
+    /// its spans is marked (the processor's `drop: false` before `tail_sampling`). A trace of
+    /// `n` spans would otherwise have about `n` chances to be kept: the engine measures spans
+    /// per trace from the spans' trace ids ([`TRACE_BUDGET_WINDOW`]) and calibrates its
+    /// threshold to `keep_budget / (spans per trace)` of spans, so about `keep_budget` of
+    /// ordinary traces have a marked span (fewer where the slow spans of a trace come together,
+    /// as they usually do). Spans without a trace id (all zeros) are not counted. The keep flag
+    /// is what anomaly rules (`when: { anomalous: true }`) count, so they become as much
+    /// stricter. Off by default; not saved in a snapshot (call it again after a restore).
+    pub fn count_budget_in_traces(&mut self, on: bool) {
+        self.per_trace = TraceBudget {
+            on,
+            ..TraceBudget::default()
+        };
+        self.calibrator.set_budget(self.cfg.sampler.keep_budget);
+    }
+
+    /// The spans per trace the budget is divided by ([`Engine::count_budget_in_traces`]), once
+    /// measured.
+    pub fn spans_per_trace(&self) -> Option<f64> {
+        self.per_trace.spans_per_trace
+    }
+
+    fn measure_trace(&mut self, trace_id: &[u8; 16]) {
+        let t = &mut self.per_trace;
+        if *trace_id == [0; 16] {
+            return;
+        }
+        // Trace ids are random: their low 8 bytes identify a trace among a window's.
+        t.seen.insert(u64::from_le_bytes(
+            trace_id[8..].try_into().expect("8 bytes"),
+        ));
+        t.spans += 1;
+        if t.spans < TRACE_BUDGET_WINDOW {
+            return;
+        }
+        let ratio = f64::from(t.spans) / t.seen.len() as f64;
+        let spt = t.spans_per_trace.map_or(ratio, |p| p + (ratio - p) * 0.25);
+        t.spans_per_trace = Some(spt);
+        t.seen.clear();
+        t.spans = 0;
+        self.calibrator
+            .set_budget(self.cfg.sampler.keep_budget / spt.max(1.0));
+    }
+
     /// Why the last span given to [`Engine::process_span`] scored as it did.
     pub fn last_explain(&self) -> &Explain {
         &self.last.0
@@ -375,6 +448,9 @@ impl Engine {
             incident: look.incident,
             established: look.established,
         };
+        if self.per_trace.on {
+            self.measure_trace(&span.trace_id);
+        }
         let threshold = self.keep_threshold();
         let keyed = self.cfg.mode == Mode::Keyed;
         // A span of a key in an incident, or a slow span (SERVICE_INCIDENT_TAIL) of a service in
@@ -589,6 +665,7 @@ impl Engine {
                 })
                 .collect();
         }
+        e.calibrator.set_budget(cfg.sampler.keep_budget);
         e.cfg = cfg;
         Ok(e)
     }
@@ -731,6 +808,65 @@ mod tests {
         let mut bad = snap.clone();
         bad[8] = 99;
         assert!(Engine::restore(cfg, &bad).is_err());
+    }
+
+    /// Issue 14: counted in traces, the budget keeps about `keep_budget` of traces (a trace
+    /// with any span kept), not `keep_budget` of spans; counted in spans, a trace of ten spans
+    /// has ten chances. Ten operations per trace, each with its own log-normal latency.
+    #[test]
+    fn the_budget_counted_in_traces_keeps_about_the_budget_of_traces() {
+        const OPS: [&str; 10] = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+        let run = |per_trace: bool| {
+            let mut e = Engine::new(EngineConfig::default());
+            e.count_budget_in_traces(per_trace);
+            let mut rng = crate::rng::SplitMix64::new(7);
+            let mut out = BatchOutput::default();
+            let (mut traces, mut kept_traces, mut spans, mut kept_spans) = (0, 0, 0, 0);
+            for t in 0..30_000u64 {
+                let mut id = [0u8; 16];
+                id[8..].copy_from_slice(&(t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+                let batch: Vec<_> = OPS
+                    .iter()
+                    .enumerate()
+                    .map(|(k, op)| {
+                        // Box–Muller: log-normal around 2^k ms, sigma 0.3.
+                        let (u, v) = (rng.next_f64().max(1e-12), rng.next_f64());
+                        let z = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+                        SpanRef {
+                            key: SpanKey::Names {
+                                service: "svc",
+                                operation: op,
+                            },
+                            timing: Timing::DurationMs(f64::from(1u32 << k) * (0.3 * z).exp()),
+                            trace_id: id,
+                            span_id: [9; 8],
+                        }
+                    })
+                    .collect();
+                e.process_batch(&batch, t * 1_000_000, &mut out);
+                if t >= 15_000 {
+                    traces += 1;
+                    let k = out.verdicts.iter().filter(|v| v.keep).count();
+                    kept_spans += k;
+                    spans += out.verdicts.len();
+                    kept_traces += usize::from(k > 0);
+                }
+            }
+            (
+                kept_traces as f64 / traces as f64,
+                kept_spans as f64 / spans as f64,
+                e.spans_per_trace(),
+            )
+        };
+        let (traces, spans, spt) = run(true);
+        // A trace cut by a window's edge counts in both: a little under 10.
+        assert!(spt.is_some_and(|s| (s - 10.0).abs() < 0.02), "{spt:?}");
+        assert!(traces > 0.005 && traces <= 0.015, "traces kept {traces}");
+        assert!(spans <= 0.0015, "spans kept {spans}");
+        let (traces, spans, spt) = run(false);
+        assert_eq!(spt, None);
+        assert!(traces > 0.05, "counted in spans, traces kept {traces}");
+        assert!(spans > 0.005 && spans <= 0.015, "spans kept {spans}");
     }
 
     /// Feed `n` spans of `key` with durations around `base` ms; the explanations of each span.

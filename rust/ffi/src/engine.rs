@@ -51,7 +51,7 @@ const INVALID_KEY: u32 = SCALE_KEY_INVALID;
 /// `scale_engine_process`, `scale_engine_process_names`, `scale_engine_process_chunk` (batches in
 /// `scale_span_batch` / `scale_batch_out` structs), `scale_engine_rule_count`,
 /// `scale_engine_rule_name`, `scale_engine_rule_reports`, `scale_engine_stats`,
-/// `scale_engine_snapshot_size`, `scale_engine_snapshot`, `scale_engine_snapshot_to_file`.
+/// `scale_engine_count_budget_in_traces`, `scale_engine_snapshot_size`, `scale_engine_snapshot`, `scale_engine_snapshot_to_file`.
 #[derive_ReprC]
 #[repr(opaque)]
 pub struct scale_engine {
@@ -1023,6 +1023,27 @@ pub unsafe fn scale_engine_rule_reports(
             }
             reports_len.write(reports.len());
             names_len.write(at);
+            Ok(scale_status::Ok)
+        })
+    }
+}
+
+/// Count the engine's `keep_budget` in traces (`on` non-zero) or in spans (0, the default), for
+/// a caller that marks spans and leaves the keep decision to a sampler that keeps whole traces
+/// (the processor's `drop: false`): the engine measures spans per trace from the batches' trace
+/// ids and keeps `keep_budget / (spans per trace)` of spans. Not saved in a snapshot: call it
+/// again after `scale_engine_restore*`.
+///
+/// Thread safety: safe to call concurrently with any call but `scale_engine_free`.
+#[ffi_export]
+pub unsafe fn scale_engine_count_budget_in_traces(
+    engine: *const scale_engine,
+    on: u8,
+) -> scale_status {
+    // SAFETY: pointer validity is the caller's contract; every pointer goes through `ffi`.
+    unsafe {
+        on_engine(engine, |e| {
+            e.lock()?.state().engine.count_budget_in_traces(on != 0);
             Ok(scale_status::Ok)
         })
     }

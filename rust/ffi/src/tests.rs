@@ -273,7 +273,7 @@ fn every_call(e: *mut scale_engine) -> Vec<(&'static str, scale_status)> {
     (0..N_CALLS).map(|i| one_call(e, i)).collect()
 }
 
-const N_CALLS: usize = 11;
+const N_CALLS: usize = 12;
 
 /// Export number `i` of [`every_call`].
 fn one_call(e: *mut scale_engine, i: usize) -> (&'static str, scale_status) {
@@ -356,6 +356,10 @@ fn one_call(e: *mut scale_engine, i: usize) -> (&'static str, scale_status) {
                     ),
                 )
             }
+            11 => (
+                "count_budget_in_traces",
+                scale_engine_count_budget_in_traces(e, 1),
+            ),
             _ => unreachable!(),
         }
     }
