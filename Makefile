@@ -190,9 +190,10 @@ validate-collector-configs: collector
 	cd collector-go && $(GO_ENV) SCALE_OTELCOL=$(CURDIR)/$(COLLECTOR) $(GO) test -count=1 -run TestCollectorConfigsValidate .
 
 # --- End-to-end: otelcol-scale against real OTLP clients -------------------------------------
-# tests/e2e (Go, standard library only) starts the collector built above, sends spans with
-# telemetrygen (installed once by scripts/telemetrygen.sh) and replays data/otel-demo over
-# OTLP/HTTP JSON, and checks the file exporters' output. Throughput: scripts/bench-collector.sh
+# tests/e2e (Go) starts the collector built above, sends spans with telemetrygen (installed
+# once by scripts/telemetrygen.sh) and replays data/otel-demo over OTLP/HTTP JSON, and checks
+# the file exporters' output; it also runs configs/collector/tail-sampling.yaml, and drives
+# `scale serve --keda-listen` with KEDA's own external scaler client (its only dependency). Throughput: scripts/bench-collector.sh
 # (telemetrygen, and tests/otlpreplay against a collector pinned to one CPU; docs/bench/collector.md).
 .PHONY: test-e2e bench-collector
 
@@ -201,7 +202,8 @@ validate-collector-configs: collector
 test-e2e: collector
 	tgen="$$(set -o pipefail; scripts/telemetrygen.sh | tail -n 1)" && tmp="$$(mktemp -d)" && \
 		trap 'rm -rf "$$tmp"' EXIT && cd tests/e2e && \
-		TMPDIR="$$tmp" SCALE_OTELCOL=$(CURDIR)/$(COLLECTOR) SCALE_TELEMETRYGEN="$$tgen" $(GO_ENV) GOTOOLCHAIN=local \
+		TMPDIR="$$tmp" SCALE_OTELCOL=$(CURDIR)/$(COLLECTOR) SCALE_BIN=$(CURDIR)/target/release/scale \
+		SCALE_TELEMETRYGEN="$$tgen" $(GO_ENV) GOTOOLCHAIN=local \
 		$(GO) test -count=1 -v -timeout 10m ./...
 
 bench-collector: collector

@@ -83,6 +83,10 @@ struct ServeArgs {
     /// Dry run: replica count workloads are assumed to start at.
     #[arg(long, default_value_t = 1)]
     initial_replicas: u32,
+    /// Also serve KEDA's external scaler (gRPC) here, for ScaledObjects whose trigger is a
+    /// rule's evidence (off by default; TLS as the OTLP endpoint's).
+    #[arg(long, env = "SCALE_KEDA_LISTEN")]
+    keda_listen: Option<std::net::SocketAddr>,
     /// Address of the HTTP server for /metrics, /healthz, /readyz and /evidence ("off" to disable).
     #[arg(long, env = "SCALE_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     metrics_listen: String,
@@ -202,6 +206,12 @@ fn serve_cmd(args: &ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("--metrics-listen {a:?} is not an address"))?,
         ),
     };
+    if let Some(a) = args.keda_listen {
+        let l = std::net::TcpListener::bind(a)
+            .with_context(|| format!("binding {a} (--keda-listen)"))?;
+        tracing::info!(listen = %l.local_addr()?, "Serving the KEDA external scaler.");
+        opts.keda = Some(std::sync::Arc::new(l));
+    }
     // One TLS provider for kube and tonic (ring); a second install attempt is refused harmlessly.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;

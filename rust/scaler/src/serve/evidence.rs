@@ -91,6 +91,31 @@ impl Quiet {
     }
 }
 
+/// A rule's reports for a target over a span of time ([`EvidenceStore::series`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Series {
+    /// Since the last report of any of the target's rules, if there ever was one.
+    pub since_last: Option<Duration>,
+    /// How far back the current run of reports (no gap longer than the evidence timeout)
+    /// reaches; zero when reports are missing now.
+    pub covered: Duration,
+    /// The rule's reports, in the order received.
+    pub points: Vec<Point>,
+}
+
+/// One report of a [`Series`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// When the daemon received it.
+    pub at: Instant,
+    /// Spans the rule matched in the report's interval.
+    pub matched: u64,
+    /// Breaches among them.
+    pub breaches: u64,
+    /// Their p90 latency, ms.
+    pub p90_ms: Option<f64>,
+}
+
 /// One collector's part of a rule's evidence over a quiet period.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CollectorEvidence {
@@ -342,6 +367,44 @@ impl EvidenceStore {
         View {
             quiet,
             rules: per_rule,
+        }
+    }
+
+    /// Rule `rule_index`'s reports for `target` received after `now − span`, merged over
+    /// collectors, oldest first, with how far back the current run of reports reaches (the
+    /// KEDA external scaler reads these: [`crate::serve::keda`]). Does not drop entries.
+    pub fn series(
+        &self,
+        target: &Target,
+        rule_index: usize,
+        span: Duration,
+        now: Instant,
+    ) -> Series {
+        let map = self.targets.lock();
+        let Some(t) = map.get(target) else {
+            return Series::default();
+        };
+        let from = now.checked_sub(span);
+        let alive = t
+            .last
+            .is_some_and(|l| now.saturating_duration_since(l) <= self.timeout);
+        Series {
+            since_last: t.last.map(|l| now.saturating_duration_since(l)),
+            covered: match (alive, t.run_start) {
+                (true, Some(s)) => now.saturating_duration_since(s),
+                _ => Duration::ZERO,
+            },
+            points: t
+                .entries
+                .iter()
+                .filter(|e| e.rule_index == rule_index && from.is_none_or(|f| e.at > f))
+                .map(|e| Point {
+                    at: e.at,
+                    matched: e.matched,
+                    breaches: e.breaches,
+                    p90_ms: e.p90_ms,
+                })
+                .collect(),
         }
     }
 

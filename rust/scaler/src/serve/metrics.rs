@@ -24,6 +24,7 @@
 //! | `scale_reports_refused_total` | `reason` | reports refused: `unknown_rule`, `bad_service`, `malformed` |
 //! | `scale_evidence_missing` | `target` | 1 while a target that would scale down holds because its reports do not show healthy latency for the quiet period (none, no spans, or breaches) |
 //! | `scale_leader` | | 1 while this replica acts (holds the Lease, or runs without one), else 0 |
+//! | `scale_keda_requests_total` | `method`, `code` | KEDA external scaler calls (`--keda-listen`): `IsActive`, `StreamIsActive`, `GetMetricSpec`, `GetMetrics`; `ok`, `unavailable` (evidence missing), `not_found`, `failed_precondition`, `invalid_argument` |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,6 +86,15 @@ pub struct TargetLabel {
     pub target: String,
 }
 
+/// Labels of a KEDA external scaler call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KedaLabels {
+    /// `IsActive`, `StreamIsActive`, `GetMetricSpec`, `GetMetrics`.
+    pub method: String,
+    /// `ok` or the gRPC status, in snake case.
+    pub code: String,
+}
+
 /// Every metric of the daemon, registered once.
 #[derive(Debug)]
 pub struct Metrics {
@@ -112,6 +122,8 @@ pub struct Metrics {
     pub reports_refused: Family<ReasonLabel, Counter>,
     /// 1 while a target holds for want of evidence of healthy latency.
     pub evidence_missing: Family<TargetLabel, Gauge>,
+    /// KEDA external scaler calls, by method and answer.
+    pub keda_requests: Family<KedaLabels, Counter>,
     /// 1 while this replica may act (holds the Lease, or runs without election), else 0: a
     /// mirror of the [`super::leader::Leadership`] handle (see [`super::leader::Leadership::mirror`]).
     pub leader: Gauge,
@@ -154,6 +166,7 @@ impl Metrics {
             reports: Counter::default(),
             reports_refused: Family::default(),
             evidence_missing: Family::default(),
+            keda_requests: Family::default(),
             leader: Gauge::default(),
             serving: AtomicBool::new(false),
             evidence: parking_lot::Mutex::new(None),
@@ -219,11 +232,26 @@ impl Metrics {
             m.evidence_missing.clone(),
         );
         registry.register(
+            "keda_requests",
+            "KEDA external scaler calls, by method and answer",
+            m.keda_requests.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica acts (holds the Lease, or runs without one), else 0",
             m.leader.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Count a KEDA external scaler call.
+    pub fn keda_request(&self, method: &str, code: &str) {
+        self.keda_requests
+            .get_or_create(&KedaLabels {
+                method: method.to_string(),
+                code: code.to_string(),
+            })
+            .inc();
     }
 
     /// Count a refused report.

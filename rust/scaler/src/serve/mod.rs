@@ -56,6 +56,7 @@
 pub mod actor;
 pub mod evidence;
 pub mod intake;
+pub mod keda;
 pub mod kube;
 pub mod leader;
 pub mod local;
@@ -111,6 +112,8 @@ pub struct ServeOptions {
     /// drops what reaches it and its intake refuses decisions. `serve` mirrors it into the
     /// `scale_leader` gauge of its metrics.
     pub leadership: Leadership,
+    /// Serve KEDA's external scaler here too ([`keda`]), with the OTLP endpoint's TLS.
+    pub keda: Option<Arc<std::net::TcpListener>>,
 }
 
 impl Default for ServeOptions {
@@ -123,6 +126,7 @@ impl Default for ServeOptions {
             engine_snapshot: None,
             evidence_timeout: evidence::DEFAULT_EVIDENCE_TIMEOUT,
             leadership: Leadership::default(),
+            keda: None,
         }
     }
 }
@@ -153,6 +157,26 @@ pub async fn serve<O: Orchestrator>(
         opts.tick,
         shutdown.clone(),
     ));
+    let keda = match &opts.keda {
+        Some(l) => {
+            let l = l.try_clone()?;
+            l.set_nonblocking(true)?;
+            let scaler = keda::KedaScaler::new(
+                rules.clone(),
+                store.clone(),
+                metrics.clone(),
+                opts.tick,
+                shutdown.clone(),
+            );
+            Some(tokio::spawn(keda::serve_keda(
+                TcpListener::from_std(l)?,
+                scaler,
+                opts.tls.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     // TCP_NODELAY: with Nagle on, each response waits ~40 ms for the client's delayed ACK, so
     // one request at a time per connection topped out near 23 requests/s.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -185,6 +209,9 @@ pub async fn serve<O: Orchestrator>(
     *metrics.evidence.lock() = None;
     served?;
     actor.await?;
+    if let Some(k) = keda {
+        k.await??;
+    }
     Ok(())
 }
 
