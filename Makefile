@@ -13,12 +13,12 @@ SHELL := /bin/bash
 export SCALE_CACHE ?= $(HOME)/.cache/scale
 CARGO ?= cargo
 
-.PHONY: build test lint test-rust k8s-bins jaeger-bin bench bench-core bench-river bench-daemon eval detection check-fmt demo
+.PHONY: build test lint test-rust k8s-bins jaeger-bin helm-bin test-helm bench bench-core bench-river bench-daemon eval detection check-fmt demo
 
 build:
 	$(CARGO) build --workspace --release
 
-test: check-fmt lint test-rust test-ffi test-fuzz test-go test-e2e
+test: check-fmt lint test-helm test-rust test-ffi test-fuzz test-go test-e2e
 
 # Rust code is formatted by rustfmt with its default settings (`cargo fmt --all` fixes it).
 check-fmt:
@@ -36,14 +36,32 @@ lint: libscale
 # rust/scaler/tests/evidence.rs also runs the ocb-built collector, so it is built first.
 # rust/scaler/tests/train.rs reads spans from a real Jaeger v2, built once per machine from the
 # Go module proxy into $(SCALE_CACHE)/jaeger/bin (scripts/jaeger.sh, ~9 min cold).
-test-rust: k8s-bins collector jaeger-bin
-	SCALE_OTELCOL=$(CURDIR)/$(COLLECTOR) SCALE_JAEGER=$$(scripts/jaeger.sh | tail -n 1) $(CARGO) test --workspace --release
+# rust/scaler/tests/helm.rs renders the Helm chart with Helm from scripts/helm.sh (SCALE_HELM).
+test-rust: k8s-bins collector jaeger-bin helm-bin
+	SCALE_OTELCOL=$(CURDIR)/$(COLLECTOR) SCALE_JAEGER=$$(scripts/jaeger.sh | tail -n 1) \
+		SCALE_HELM=$$(scripts/helm.sh | tail -n 1)/helm $(CARGO) test --workspace --release
 
 k8s-bins:
 	scripts/k8s-bins.sh >/dev/null
 
 jaeger-bin:
 	scripts/jaeger.sh >/dev/null
+
+# Helm v4.3.2, built once per machine from the Go module proxy into $(SCALE_CACHE)/helm/bin
+# (scripts/helm.sh, ~3.5 min cold).
+helm-bin:
+	scripts/helm.sh >/dev/null
+
+# The Helm chart (deploy/helm/scale): `helm lint --strict` and `helm template` with the default
+# values and with ci/all-values.yaml (every option). rust/scaler/tests/helm.rs applies both
+# renderings to a real API server and runs the daemon with the chart's RBAC.
+HELM_CHART := deploy/helm/scale
+test-helm: helm-bin
+	helm="$$(scripts/helm.sh | tail -n 1)/helm" && \
+	for values in "" "-f $(HELM_CHART)/ci/all-values.yaml"; do \
+		$$helm lint --strict $(HELM_CHART) $$values && \
+		$$helm template scale $(HELM_CHART) --namespace scale-system $$values >/dev/null || exit 1; \
+	done
 
 bench: bench-core bench-river
 

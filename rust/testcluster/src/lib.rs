@@ -9,7 +9,7 @@
 //!
 //! Objects can be set up without kubectl, as the admin over raw HTTPS: [`Cluster::apply_yaml`]
 //! (server-side apply of a multi-document YAML file, for the [`KINDS`] the manifests in
-//! `configs/k8s/` use), [`Cluster::create_namespace`] and [`Cluster::create_deployment`]; the
+//! `configs/k8s/` and the Helm chart `deploy/helm/scale` use), [`Cluster::create_namespace`] and [`Cluster::create_deployment`]; the
 //! `scale-testcluster` binary exposes them as `--namespace`, `--apply` and `--deployment`.
 //!
 //! [`Cluster::start`] generates, in a fresh directory:
@@ -499,6 +499,13 @@ pub const KINDS: &[(&str, &str, bool)] = &[
     ("CronJob", "cronjobs", true),
     ("Job", "jobs", true),
     ("Lease", "leases", true),
+    // The Helm chart's optional ServiceMonitor, once a test has installed its CRD.
+    (
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        false,
+    ),
+    ("ServiceMonitor", "servicemonitors", true),
 ];
 
 /// The REST path of an object and a `Kind namespace/name` label for it.
