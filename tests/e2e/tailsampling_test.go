@@ -84,12 +84,13 @@ func shippedProcessors(t *testing.T) string {
 // traces without a delayed span (the normal pass and the fault pass's others) at most 1.5 × the
 // keep budget are kept.
 //
-// Not yet every trace with a delayed span (issue 14 asks for all): measured 426–445 of 841.
-// The first delayed spans of a key score like the slowest ordinary spans of the demo's many
-// rarely seen keys (their surprise feature is saturated) until the key's context shifts, and a
-// budget of 1 % of traces is 1/13 of 1 % of spans, so the threshold is above them; late in the
-// fault the calibrated threshold rises into the fault's own scores. The guard below is the
-// measured level with a margin, not the goal.
+// Not every trace with a delayed span (issue 14 asks for all): measured 800–801 of 841. The
+// traces lost are at the onset (the first second of the fault): the first delayed spans of a key
+// score like the slowest ordinary spans of the demo's many rarely seen keys (their surprise
+// feature is saturated), and a budget of 1 % of traces is 1/13 of 1 % of spans, so the threshold
+// is above them until the key is seen to be in an incident; from then on its slow spans are
+// marked whatever their score. After the onset (the first 10 % of the delayed traces), 0–4 of
+// 757 are lost. The guards below are the measured levels with a margin, not the goal.
 func TestTailSamplingKeepsWholeTracesWithinBudget(t *testing.T) {
 	began := time.Now()
 	otelcol := binary(t, "SCALE_OTELCOL", "../../_build/otelcol-scale/otelcol-scale", "`make collector`")
@@ -158,6 +159,14 @@ func TestTailSamplingKeepsWholeTracesWithinBudget(t *testing.T) {
 			t.Errorf("sampled span %s (%s %q) has no scale.anomalous", s.id(), s.Service, s.Name)
 		}
 	}
+	// The delayed traces in the order the collector received them, for the onset.
+	var faultedOrder []string
+	for _, s := range all {
+		k := s.Phase + "/" + s.TraceID
+		if tr := traces[k]; tr.faulted && tr.spans[0] == s.id() {
+			faultedOrder = append(faultedOrder, k)
+		}
+	}
 	var faulted, faultedWhole, partial int
 	counts := map[string]*tally{}
 	for k, tr := range traces {
@@ -205,8 +214,19 @@ func TestTailSamplingKeepsWholeTracesWithinBudget(t *testing.T) {
 	if partial > 0 {
 		t.Errorf("%d traces kept in part", partial)
 	}
-	if faulted < 500 || float64(faultedWhole) < 0.4*float64(faulted) {
-		t.Errorf("traces with a delayed span: %d of %d kept whole, want at least 40 %% (measured 51–53 %%)", faultedWhole, faulted)
+	if faulted < 500 || float64(faultedWhole) < 0.9*float64(faulted) {
+		t.Errorf("traces with a delayed span: %d of %d kept whole, want at least 90 %% (measured 95 %%)", faultedWhole, faulted)
+	}
+	onset := len(faultedOrder) / 10
+	lostLater := 0
+	for _, k := range faultedOrder[onset:] {
+		if _, ok := kept[traces[k].spans[0]]; !ok {
+			lostLater++
+		}
+	}
+	t.Logf("delayed traces lost after the onset (the first %d): %d of %d", onset, lostLater, len(faultedOrder)-onset)
+	if float64(lostLater) > 0.02*float64(len(faultedOrder)-onset) {
+		t.Errorf("delayed traces after the onset: %d of %d lost, want at most 2 %% (measured 0–0.5 %%)", lostLater, len(faultedOrder)-onset)
 	}
 	if ordinary.all < 1000 {
 		t.Errorf("only %d ordinary traces after the first pass; the replay sends 1,876 a pass", ordinary.all)

@@ -322,7 +322,10 @@ impl Engine {
     /// ordinary traces have a marked span (fewer where the slow spans of a trace come together,
     /// as they usually do). Spans without a trace id (all zeros) are not counted. The keep flag
     /// is what anomaly rules (`when: { anomalous: true }`) count, so they become as much
-    /// stricter. Off by default; not saved in a snapshot (call it again after a restore).
+    /// stricter. A span of a key in an incident (or of a service in one, as the engine holds
+    /// such spans back from learning) that is slower than most of its key's spans is marked
+    /// whatever its score, so every trace through an incident is kept whole. Off by default;
+    /// not saved in a snapshot (call it again after a restore).
     pub fn count_budget_in_traces(&mut self, on: bool) {
         self.per_trace = TraceBudget {
             on,
@@ -484,6 +487,17 @@ impl Engine {
             };
             learn
         });
+        // Counted in traces, a slow span of a key (or service) in an incident is marked whatever
+        // its score: the sampler downstream then keeps every trace through the incident whole,
+        // while the threshold, thinner by spans per trace, would keep only the rarest of them.
+        if self.per_trace.on
+            && trained
+            && score.is_some()
+            && incident
+            && look.tail < features::SERVICE_INCIDENT_TAIL
+        {
+            anomalous = true;
+        }
         if learn {
             self.featurizer.learn(key, look.ld, at_ns);
         }
