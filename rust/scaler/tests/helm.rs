@@ -20,8 +20,6 @@ use kube::api::{Api, ListParams, PostParams};
 use scale_scaler::serve::leader::{LEADER_LABEL, LEADER_LABEL_VALUE};
 use serde_json::Value;
 
-const LONG: Duration = Duration::from_secs(20);
-
 /// Release name and namespace of the tests: `helm install scale deploy/helm/scale -n
 /// scale-system`, as the README says; its ServiceAccount is the cluster's daemon identity.
 const RELEASE: &str = "scale";
@@ -30,22 +28,7 @@ const RELEASE_NS: &str = "scale-system";
 /// `$SCALE_HELM`, or `$SCALE_CACHE/helm/bin/helm` (default cache `~/.cache/scale`). A missing
 /// Helm fails the test: it is never skipped.
 fn helm() -> PathBuf {
-    let p = std::env::var_os("SCALE_HELM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("SCALE_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/scale")
-                });
-            cache.join("helm/bin/helm")
-        });
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/helm.sh (make test does) or set SCALE_HELM",
-        p.display()
-    );
-    p
+    cached_binary("SCALE_HELM", "helm/bin/helm", "scripts/helm.sh")
 }
 
 fn chart() -> PathBuf {
@@ -484,21 +467,7 @@ async fn rendered_manifests_apply_server_side_and_the_rbac_scales_only_listed_wo
         d.logs()
     );
 
-    send(d.otlp, "cart-latency", 4).await.unwrap();
-    send(d.otlp, "checkout-latency", 5).await.unwrap();
-    assert!(
-        eventually(LONG, || async { replicas(&admin, "checkout").await == 2 }).await,
-        "{}",
-        d.logs()
-    );
-    assert!(eventually(LONG, || async { d.metric("scale_actions_refused_total{reason=\"forbidden\",target=\"Deployment/otel-demo/cart\"}") == 1.0 }).await, "{}", d.logs());
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        replicas(&admin, "cart").await,
-        1,
-        "cart is not listed in the chart's values"
-    );
-    assert!(d.logs().contains("forbidden"), "the refusal is logged");
+    checkout_scales_and_cart_is_forbidden(&d, &admin, "the chart's values").await;
 }
 
 /// Names of the pods in the release namespace that `selector` selects.

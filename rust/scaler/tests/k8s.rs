@@ -24,8 +24,6 @@ use scale_scaler::serve::orchestrator::{Observed, Orchestrator, OrchestratorErro
 use scale_scaler::serve::planner::History;
 use scale_scaler::serve::{ServeOptions, bind, serve};
 
-const LONG: Duration = Duration::from_secs(20);
-
 fn note(e: &k8s_openapi::api::events::v1::Event) -> String {
     e.note.clone().unwrap_or_default()
 }
@@ -796,21 +794,7 @@ async fn rbac_allows_listed_workloads_and_refuses_others() {
         &rules(", min: 1, max: 5, cooldown: 1s, scale_down_after: 10m"),
         &[],
     );
-    send(d.otlp, "cart-latency", 4).await.unwrap();
-    send(d.otlp, "checkout-latency", 5).await.unwrap();
-    assert!(
-        eventually(LONG, || async { replicas(&admin, "checkout").await == 2 }).await,
-        "{}",
-        d.logs()
-    );
-    assert!(eventually(LONG, || async { d.metric("scale_actions_refused_total{reason=\"forbidden\",target=\"Deployment/otel-demo/cart\"}") == 1.0 }).await, "{}", d.logs());
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        replicas(&admin, "cart").await,
-        1,
-        "cart is not listed in the Role"
-    );
-    assert!(d.logs().contains("forbidden"), "the refusal is logged");
+    checkout_scales_and_cart_is_forbidden(&d, &admin, "the Role").await;
 }
 
 /// Must show 8: a workload with an HPA is left alone; the refusal is reported as a Warning

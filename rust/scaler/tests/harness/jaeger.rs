@@ -14,22 +14,7 @@ use super::{free_addr, root};
 
 /// `$SCALE_JAEGER`, or `$SCALE_CACHE/jaeger/bin/jaeger` (default cache `~/.cache/scale`).
 pub fn binary() -> PathBuf {
-    let p = std::env::var_os("SCALE_JAEGER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("SCALE_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/scale")
-                });
-            cache.join("jaeger/bin/jaeger")
-        });
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/jaeger.sh (make test does) or set SCALE_JAEGER",
-        p.display()
-    );
-    p
+    super::cached_binary("SCALE_JAEGER", "jaeger/bin/jaeger", "scripts/jaeger.sh")
 }
 
 /// A running Jaeger.

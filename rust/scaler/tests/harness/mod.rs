@@ -25,6 +25,49 @@ use opentelemetry_proto::tonic::trace::v1::{
 pub use scale_testcluster::Cluster;
 
 /// The repository root.
+/// How long the tests wait for the daemon to act.
+pub const LONG: Duration = Duration::from_secs(20);
+
+/// `$ENV`, or `$SCALE_CACHE/<rel>` (default cache `~/.cache/scale`): a tool that `script`
+/// builds into the cache. A missing one fails the test: it is never skipped.
+pub fn cached_binary(env: &str, rel: &str, script: &str) -> PathBuf {
+    let p = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("SCALE_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/scale")
+            });
+        cache.join(rel)
+    });
+    assert!(
+        p.exists(),
+        "{} is missing: run {script} (make test does) or set {env}",
+        p.display()
+    );
+    p
+}
+
+/// A decision for `checkout-latency` scales checkout 1 → 2 and one for `cart-latency` is
+/// refused as `forbidden` (counted and logged), cart staying at 1: the daemon's RBAC lists
+/// checkout, not cart (`why` says where).
+pub async fn checkout_scales_and_cart_is_forbidden(d: &Daemon, admin: &Client, why: &str) {
+    send(d.otlp, "cart-latency", 4).await.unwrap();
+    send(d.otlp, "checkout-latency", 5).await.unwrap();
+    assert!(
+        eventually(LONG, || async { replicas(admin, "checkout").await == 2 }).await,
+        "{}",
+        d.logs()
+    );
+    assert!(eventually(LONG, || async { d.metric("scale_actions_refused_total{reason=\"forbidden\",target=\"Deployment/otel-demo/cart\"}") == 1.0 }).await, "{}", d.logs());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        replicas(admin, "cart").await,
+        1,
+        "cart is not listed in {why}"
+    );
+    assert!(d.logs().contains("forbidden"), "the refusal is logged");
+}
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
