@@ -26,7 +26,9 @@
 //!   handle the actor and the intake consult; [`metrics`]: `/metrics`,
 //!   `/healthz`, `/readyz` (this process serves — readiness is not leadership), `/evidence`;
 //!   [`throttle`]: API failures logged at a limited rate; [`evidence`]: the collectors' reports
-//!   that a scale-down needs.
+//!   that a scale-down needs; [`keda`]: KEDA's external scaler (`--keda-listen`, its own
+//!   listener, [`ServeOptions::keda`]), answering from the same evidence for workloads a
+//!   ScaledObject owns.
 //!
 //! # Memory
 //!
