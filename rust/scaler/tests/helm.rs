@@ -422,16 +422,8 @@ async fn rendered_manifests_apply_server_side_and_the_rbac_scales_only_listed_wo
         .await
         .unwrap();
 
-    deployment(&admin, "checkout", 1).await;
-    deployment(&admin, "cart", 1).await;
     // The chart's RBAC itself: the ServiceAccount may read checkout's scale, not cart's.
-    let daemon_client = client(&c.daemon_kubeconfig()).await;
-    let deps = Api::<Deployment>::namespaced(daemon_client, NS);
-    assert!(deps.get_scale("checkout").await.is_ok());
-    match deps.get_scale("cart").await {
-        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403),
-        other => panic!("expected 403 for cart, got {other:?}"),
-    }
+    checkout_readable_cart_forbidden(&c, &admin).await;
 
     let d = Daemon::start_with_env(
         &c,

@@ -779,16 +779,7 @@ async fn r15_a_new_leader_keeps_the_cooldown_of_the_old_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_allows_listed_workloads_and_refuses_others() {
     let (c, admin) = cluster().await;
-    deployment(&admin, "checkout", 1).await;
-    deployment(&admin, "cart", 1).await;
-    // The RBAC itself: the daemon's identity may read checkout's scale, not cart's.
-    let daemon_client = client(&c.daemon_kubeconfig()).await;
-    let deps = Api::<Deployment>::namespaced(daemon_client, NS);
-    assert!(deps.get_scale("checkout").await.is_ok());
-    match deps.get_scale("cart").await {
-        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403),
-        other => panic!("expected 403 for cart, got {other:?}"),
-    }
+    checkout_readable_cart_forbidden(&c, &admin).await;
     let d = Daemon::start(
         &c,
         &rules(", min: 1, max: 5, cooldown: 1s, scale_down_after: 10m"),

@@ -47,6 +47,20 @@ pub fn cached_binary(env: &str, rel: &str, script: &str) -> PathBuf {
     p
 }
 
+/// Deployments checkout and cart (1 replica each), and the RBAC itself: the daemon's identity
+/// may read checkout's scale, not cart's (403).
+pub async fn checkout_readable_cart_forbidden(c: &Cluster, admin: &Client) {
+    deployment(admin, "checkout", 1).await;
+    deployment(admin, "cart", 1).await;
+    let daemon_client = client(&c.daemon_kubeconfig()).await;
+    let deps = Api::<Deployment>::namespaced(daemon_client, NS);
+    assert!(deps.get_scale("checkout").await.is_ok());
+    match deps.get_scale("cart").await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403),
+        other => panic!("expected 403 for cart, got {other:?}"),
+    }
+}
+
 /// A decision for `checkout-latency` scales checkout 1 → 2 and one for `cart-latency` is
 /// refused as `forbidden` (counted and logged), cart staying at 1: the daemon's RBAC lists
 /// checkout, not cart (`why` says where).
