@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use harness::*;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
 use scale_scaler::serve::leader::{LEADER_LABEL, LEADER_LABEL_VALUE};
 use serde_json::Value;
 
@@ -437,39 +437,14 @@ async fn rendered_manifests_apply_server_side_and_the_rbac_scales_only_listed_wo
         d.logs()
     );
     // The leader label on its pod, and the chart's Service selects exactly that pod.
-    let svc = Api::<Service>::namespaced(admin.clone(), RELEASE_NS)
-        .get("scale")
-        .await
-        .unwrap();
-    let selector = svc
-        .spec
-        .unwrap()
-        .selector
-        .unwrap()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
     assert!(
         eventually(LONG, || async {
-            selected(&admin, &selector).await == ["scale-0"]
+            service_pods(&admin, RELEASE_NS).await == ["scale-0"]
         })
         .await,
-        "the chart's Service selects the leader's pod ({selector}):\n{}",
+        "the chart's Service selects the leader's pod:\n{}",
         d.logs()
     );
 
     checkout_scales_and_cart_is_forbidden(&d, &admin, "the chart's values").await;
-}
-
-/// Names of the pods in the release namespace that `selector` selects.
-async fn selected(admin: &kube::Client, selector: &str) -> Vec<String> {
-    Api::<Pod>::namespaced(admin.clone(), RELEASE_NS)
-        .list(&ListParams::default().labels(selector))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|p| p.metadata.name)
-        .collect()
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 use harness::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v1::Scale as K8sScale;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
 use scale_core::{Action, Target};
 use scale_scaler::serve::kube::{HISTORY_ANNOTATION, Kube};
 use scale_scaler::serve::leader::{LEADER_LABEL, LEADER_LABEL_VALUE};
@@ -409,34 +409,6 @@ async fn labelled(admin: &kube::Client, name: &str) -> bool {
         == Some(LEADER_LABEL_VALUE)
 }
 
-/// The pods that the OTLP Service of configs/k8s/scale-daemon.yaml (as applied to the API
-/// server) selects, by name.
-async fn service_pods(admin: &kube::Client) -> Vec<String> {
-    let svc = Api::<Service>::namespaced(admin.clone(), DAEMON_NS)
-        .get("scale")
-        .await
-        .unwrap();
-    let selector = svc
-        .spec
-        .unwrap()
-        .selector
-        .unwrap()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut names: Vec<String> = Api::<Pod>::namespaced(admin.clone(), DAEMON_NS)
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|p| p.metadata.name)
-        .collect();
-    names.sort();
-    names
-}
-
 fn ready(d: &Daemon) -> bool {
     d.http_get("/readyz")
         .map(|(code, _)| code == 200)
@@ -496,7 +468,10 @@ async fn only_the_lease_holder_acts() {
         "the leader's pod alone is labelled:\n{}",
         leader.logs()
     );
-    assert_eq!(service_pods(&admin).await, vec![leader_pod.to_string()]);
+    assert_eq!(
+        service_pods(&admin, DAEMON_NS).await,
+        vec![leader_pod.to_string()]
+    );
     let refused = send(standby.otlp, "checkout-latency", 1).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     send(leader.otlp, "checkout-latency", 2).await.unwrap();
@@ -530,7 +505,10 @@ async fn only_the_lease_holder_acts() {
         "the label moves to the new leader's pod:\n{}",
         survivor.logs()
     );
-    assert_eq!(service_pods(&admin).await, vec![standby_pod.to_string()]);
+    assert_eq!(
+        service_pods(&admin, DAEMON_NS).await,
+        vec![standby_pod.to_string()]
+    );
     send(survivor.otlp, "checkout-latency", 3).await.unwrap();
     assert!(
         eventually(LONG, || async { replicas(&admin, "checkout").await == 3 }).await,

@@ -47,6 +47,35 @@ pub fn cached_binary(env: &str, rel: &str, script: &str) -> PathBuf {
     p
 }
 
+/// The pods, by name (sorted), that the Service `scale` in `namespace` (the daemon's OTLP
+/// Service, from `configs/k8s/scale-daemon.yaml` or the chart) selects.
+pub async fn service_pods(admin: &Client, namespace: &str) -> Vec<String> {
+    let svc = Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), namespace)
+        .get("scale")
+        .await
+        .unwrap();
+    let selector = svc
+        .spec
+        .unwrap()
+        .selector
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut names: Vec<String> =
+        Api::<k8s_openapi::api::core::v1::Pod>::namespaced(admin.clone(), namespace)
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+    names.sort();
+    names
+}
+
 /// Deployments checkout and cart (1 replica each), and the RBAC itself: the daemon's identity
 /// may read checkout's scale, not cart's (403).
 pub async fn checkout_readable_cart_forbidden(c: &Cluster, admin: &Client) {
