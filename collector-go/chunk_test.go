@@ -8,6 +8,8 @@ package scaleprocessor
 import (
 	"context"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"syscall"
 	"testing"
 	"time"
@@ -107,6 +109,65 @@ func TestChunkedEqualsOneCallPerBatch(t *testing.T) {
 		assert.Equal(t, whole.counter(m), byDefault.counter(m), m)
 	}
 	assert.Positive(t, whole.counter("processor_scale_spans_kept"))
+	assert.Zero(t, chunked.counter("processor_scale_engine_errors"))
+}
+
+// TestChunkedAnnotateEqualsOneCallPerBatch: in annotate-only mode (the keep budget counted in
+// traces), the spans the engine marks only at a batch's end (the first spans of an onset that
+// showed later in the batch, in an earlier chunk: scale_batch_out.late_keep) are marked as if
+// the batch had been one call.
+func TestChunkedAnnotateEqualsOneCallPerBatch(t *testing.T) {
+	cfg := smallConfig()
+	cfg.Drop = false
+	cfg.Sampler.KeepBudget = 0.001
+	whole := newHarness(t, cfg, withEngineFactory(chunkedFactory(0)))
+	chunked := newHarness(t, cfg, withEngineFactory(chunkedFactory(7)))
+	// Log-normal latencies (sigma 0.3) around each key's base; in the last batch the frontend
+	// takes 2.2 times its base from the 20th span on: rare (2.6 sigma), but not so rare that
+	// one such span alone is marked.
+	rng := rand.New(rand.NewPCG(22, 1))
+	next := t0
+	var anomalous, lateFirst int
+	for i := range 16 {
+		specs := make([]spanSpec, 512)
+		for j := range specs {
+			k := normalKeys[rng.IntN(len(normalKeys))]
+			d := float64(k.base) * math.Exp(0.3*rng.NormFloat64())
+			if i == 15 && j >= 20 && k.service == "frontend" {
+				d = 2.2 * float64(k.base)
+			}
+			specs[j] = spanSpec{service: k.service, op: k.op, start: next, dur: time.Duration(d)}
+			next = next.Add(time.Millisecond)
+		}
+		td := makeTraces(specs...)
+		var want string
+		for k, h := range []*harness{whole, chunked} {
+			h.clock.Advance(time.Second)
+			in := ptrace.NewTraces()
+			td.CopyTo(in)
+			out := h.consume(in)
+			got := marshalSpans(t, out)
+			if k == 0 {
+				want = got
+				continue
+			}
+			require.Equal(t, want, got, "batch %d", i)
+			if i == 15 {
+				// The first slow frontend spans (21 and 22, in the 4th chunk; the onset shows at
+				// the third, 27, in the 5th), marked at the batch's end.
+				for j, s := range out {
+					if v, _ := s.Attributes().Get(AttrAnomalous); v.Bool() {
+						anomalous++
+						if j >= 20 && j < 23 && s.Name() == normalKeys[0].op {
+							lateFirst++
+						}
+					}
+				}
+			}
+		}
+	}
+	assert.Positive(t, anomalous)
+	assert.Positive(t, lateFirst, "the onset's first spans are marked")
 	assert.Zero(t, chunked.counter("processor_scale_engine_errors"))
 }
 

@@ -128,7 +128,8 @@ type batch struct {
 
 	decisions []decision // the batch's decisions, copied out of raw
 	raw       rawDecisions
-	c         cBatch // the engine call's argument structs (kept here so they do not escape)
+	lateKeep  []uint32 // a chunked batch's late marks (scale_batch_out.late_keep), n of room
+	c         cBatch   // the engine call's argument structs (kept here so they do not escape)
 
 	misses []keyMiss
 }

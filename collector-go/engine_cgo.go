@@ -253,7 +253,7 @@ func (e *nativeEngine) intern(service, operation string) (uint32, error) {
 
 // pinArrays pins b's arrays and raw for the engine calls of one batch (their structs point at
 // them); unpinArrays releases them.
-func (b *batch) pinArrays(raw rawDecisions) {
+func (b *batch) pinArrays(raw rawDecisions, lateKeep []uint32) {
 	in, out := &b.c.pinIn, &b.c.pinOut
 	in.Pin(&b.keyIDs[0])
 	in.Pin(&b.startNs[0])
@@ -264,6 +264,9 @@ func (b *batch) pinArrays(raw rawDecisions) {
 	out.Pin(&b.keep[0])
 	out.Pin(&b.skip[0])
 	out.Pin(&raw[0])
+	if len(lateKeep) > 0 {
+		out.Pin(&lateKeep[0])
+	}
 }
 
 func (b *batch) unpinArrays() {
@@ -272,9 +275,9 @@ func (b *batch) unpinArrays() {
 }
 
 // args fills the argument structs of one engine call on spans lo..hi of b (hi > lo; their
-// outputs at the same indices), with room for len(dec) decisions (none: NULL, 0). The arrays
-// must be pinned (pinArrays).
-func (b *batch) args(nowNs uint64, lo, hi int, dec rawDecisions) (*C.scale_span_batch_t, *C.scale_batch_out_t) {
+// outputs at the same indices), with room for len(dec) decisions and len(late) late marks
+// (none: NULL, 0). The arrays must be pinned (pinArrays).
+func (b *batch) args(nowNs uint64, lo, hi int, dec rawDecisions, late []uint32) (*C.scale_span_batch_t, *C.scale_batch_out_t) {
 	if b.c.args == nil {
 		b.c.args = new(cArgs)
 	}
@@ -294,6 +297,8 @@ func (b *batch) args(nowNs uint64, lo, hi int, dec rawDecisions) (*C.scale_span_
 		skip:          (*C.scale_skip_t)(unsafe.Pointer(&b.skip[lo])),
 		decisions:     unsafe.SliceData(dec),
 		decisions_cap: C.size_t(len(dec)),
+		late_keep:     (*C.uint32_t)(unsafe.Pointer(unsafe.SliceData(late))),
+		late_keep_cap: C.size_t(len(late)),
 	}
 	return &a.in, &a.out
 }
@@ -314,25 +319,32 @@ func (e *nativeEngine) process(nowNs uint64, b *batch) (int, error) {
 		b.raw = make(rawDecisions, e.decisionCap)
 	}
 	raw := b.raw[:cap(b.raw)]
+	chunk := e.chunkSpans
+	chunked := chunk > 0 && n > chunk
+	var late []uint32 // a chunked batch's last chunk lists its late marks: room for all n
+	if chunked {
+		b.lateKeep = grow(b.lateKeep, n)
+		late = b.lateKeep
+	}
 	e.mu.RLock()
 	if e._ptr == nil {
 		e.mu.RUnlock()
 		return 0, errClosed
 	}
-	b.pinArrays(raw)
+	b.pinArrays(raw, late)
 	var st C.scale_status_t
-	if chunk := e.chunkSpans; chunk <= 0 || n <= chunk {
-		in, out := b.args(nowNs, 0, n, raw)
+	if !chunked {
+		in, out := b.args(nowNs, 0, n, raw, nil)
 		st = C.scale_engine_process(e.ptr(), in, out)
 	} else {
 		e.batchMu.Lock()
 		for lo := 0; lo < n; lo += chunk {
 			hi := min(lo+chunk, n)
-			last, dec := C.uint8_t(0), rawDecisions(nil)
+			last, dec, lk := C.uint8_t(0), rawDecisions(nil), []uint32(nil)
 			if hi == n {
-				last, dec = 1, raw
+				last, dec, lk = 1, raw, late
 			}
-			in, out := b.args(nowNs, lo, hi, dec)
+			in, out := b.args(nowNs, lo, hi, dec, lk)
 			st = C.scale_engine_process_chunk(e.ptr(), in, C.size_t(lo), last, out)
 			if st != C.SCALE_STATUS_OK {
 				break // an error, or DECISIONS_TRUNCATED (only the last chunk has decisions)
@@ -345,6 +357,10 @@ func (e *nativeEngine) process(nowNs uint64, b *batch) (int, error) {
 	runtime.KeepAlive(e)
 	runtime.KeepAlive(b)
 	lost, nOut := 0, int(b.c.args.out.decisions_len)
+	nLate := 0
+	if chunked {
+		nLate = min(int(b.c.args.out.late_keep_len), len(late))
+	}
 	*b.c.args = cArgs{} // no stale (unpinned) pointers
 	switch st {
 	case C.SCALE_STATUS_OK:
@@ -352,6 +368,13 @@ func (e *nativeEngine) process(nowNs uint64, b *batch) (int, error) {
 		lost, nOut = nOut-len(raw), len(raw)
 	default:
 		return 0, statusError(st)
+	}
+	// Spans of earlier chunks the engine marked at the batch's end (the last chunk's own are
+	// already in keep).
+	for _, idx := range late[:nLate] {
+		if int(idx) < n {
+			b.keep[idx] = 1
+		}
 	}
 	for i := range nOut {
 		d := &raw[i]

@@ -605,6 +605,28 @@ typedef struct scale_batch_out {
      *  `decisions_cap` were written and the status is `SCALE_STATUS_DECISIONS_TRUNCATED`.
      */
     size_t decisions_len;
+
+    /** \brief
+     *  `scale_engine_process_chunk` only, with the keep budget counted in traces
+     *  (`scale_engine_count_budget_in_traces`): `late_keep_cap` elements for the batch indices
+     *  of spans (in any chunk, the last one included) that the engine marks only once it has
+     *  seen the whole batch: the first spans of an incident that showed later in it. Their
+     *  `keep` is 1 from then on (the last chunk's own `keep` already says so; earlier chunks'
+     *  must be set by the caller). Read and written on the last chunk only, where
+     *  `late_keep_cap` must be at least the batch's length (`first_index + n`; else
+     *  `SCALE_STATUS_INVALID_LENGTH`). May be NULL with `late_keep_cap` 0 otherwise.
+     */
+    uint32_t * late_keep;
+
+    /** \brief
+     *  Capacity of `late_keep`.
+     */
+    size_t late_keep_cap;
+
+    /** \brief
+     *  Written on the last chunk: how many indices `late_keep` holds.
+     */
+    size_t late_keep_len;
 } scale_batch_out_t;
 
 /** \brief
@@ -651,7 +673,10 @@ scale_engine_process (
  *  has `first_index` 0 and `last` 1; an empty last chunk is allowed).
  *
  *  Per-span outputs (`out->scores`, `out->keep`, `out->skip`) are written for every chunk,
- *  equal to what `scale_engine_process` writes for those spans of the whole batch. Decisions
+ *  equal to what `scale_engine_process` writes for those spans of the whole batch, except that
+ *  with the keep budget counted in traces a span the engine marks only at the batch's end (the
+ *  start of an incident that showed later in the batch) is listed in the last chunk's
+ *  `out->late_keep` instead (see `scale_batch_out`): set `keep` of those. Decisions
  *  are kept inside the handle until the last chunk: then the whole batch's decisions are
  *  conflated by target (one `conflated` count over all chunks) and written to
  *  `out->decisions` with their batch-relative `span_index`, with `out->decisions_len` and

@@ -66,7 +66,7 @@ fuzz_target!(|batches: Vec<Batch>| {
         now = now.wrapping_add(b.now % 10_000_000_000);
         let batch = scale_span_batch { now_ns: now, n, key_ids: keys.as_ptr(), start_ns: start.as_ptr(), end_ns: end.as_ptr(), trace_ids: trace.as_ptr(), span_ids: null() };
         let names = scale_span_names { services: sp.as_ptr(), service_lens: sl.as_ptr(), operations: op.as_ptr(), operation_lens: ol.as_ptr() };
-        let mut out = scale_batch_out { scores: sc.as_mut_ptr(), keep: kp.as_mut_ptr(), skip: sk.as_mut_ptr(), decisions: dec.as_mut_ptr(), decisions_cap: dec.capacity(), decisions_len: 0 };
+        let mut out = scale_batch_out { scores: sc.as_mut_ptr(), keep: kp.as_mut_ptr(), skip: sk.as_mut_ptr(), decisions: dec.as_mut_ptr(), decisions_cap: dec.capacity(), decisions_len: 0, late_keep: std::ptr::null_mut(), late_keep_cap: 0, late_keep_len: 0 };
         // SAFETY: every array has n elements (decisions: cap).
         let st = unsafe {
             if b.by_names {

@@ -84,13 +84,12 @@ func shippedProcessors(t *testing.T) string {
 // traces without a delayed span (the normal pass and the fault pass's others) at most 1.5 × the
 // keep budget are kept.
 //
-// Not every trace with a delayed span (issue 14 asks for all): measured 800–801 of 841. The
-// traces lost are at the onset (the first second of the fault): the first delayed spans of a key
-// score like the slowest ordinary spans of the demo's many rarely seen keys (their surprise
-// feature is saturated), and a budget of 1 % of traces is 1/13 of 1 % of spans, so the threshold
-// is above them until the key is seen to be in an incident; from then on its slow spans are
-// marked whatever their score. After the onset (the first 10 % of the delayed traces), 0–4 of
-// 757 are lost. The guards below are the measured levels with a margin, not the goal.
+// Every trace with a delayed span is kept whole (measured 841 of 841), the fault's first
+// second included: the first delayed spans of a key score like the slowest ordinary spans of the
+// demo's many rarely seen keys, below the threshold (a budget of 1 % of traces is 1/13 of 1 % of
+// spans), but a few rare spans of one key in a row are an onset (the engine's CUSUM, counted
+// once per trace), and the engine judges a batch as a whole, so the spans before the onset in
+// the same batch are marked too. Ordinary traces: measured 20 of 2,911 (0.7 %).
 func TestTailSamplingKeepsWholeTracesWithinBudget(t *testing.T) {
 	began := time.Now()
 	otelcol := binary(t, "SCALE_OTELCOL", "../../_build/otelcol-scale/otelcol-scale", "`make collector`")
@@ -214,19 +213,22 @@ func TestTailSamplingKeepsWholeTracesWithinBudget(t *testing.T) {
 	if partial > 0 {
 		t.Errorf("%d traces kept in part", partial)
 	}
-	if faulted < 500 || float64(faultedWhole) < 0.9*float64(faulted) {
-		t.Errorf("traces with a delayed span: %d of %d kept whole, want at least 90 %% (measured 95 %%)", faultedWhole, faulted)
+	// Every trace with a delayed span kept whole, the onset's included: the first delayed
+	// spans (which alone look like the slowest ordinary ones) are marked once the few after
+	// them show the onset, within the same batch.
+	if faulted < 500 {
+		t.Errorf("only %d traces with a delayed span; the fault pass sends 841", faulted)
 	}
-	onset := len(faultedOrder) / 10
-	lostLater := 0
-	for _, k := range faultedOrder[onset:] {
-		if _, ok := kept[traces[k].spans[0]]; !ok {
-			lostLater++
+	lost := 0
+	for i, k := range faultedOrder {
+		if !traceKept(traces[k].spans, kept) {
+			if lost++; lost <= 10 {
+				t.Errorf("delayed trace %s (number %d of %d in arrival order) not kept whole", k, i+1, len(faultedOrder))
+			}
 		}
 	}
-	t.Logf("delayed traces lost after the onset (the first %d): %d of %d", onset, lostLater, len(faultedOrder)-onset)
-	if float64(lostLater) > 0.02*float64(len(faultedOrder)-onset) {
-		t.Errorf("delayed traces after the onset: %d of %d lost, want at most 2 %% (measured 0–0.5 %%)", lostLater, len(faultedOrder)-onset)
+	if faultedWhole != faulted {
+		t.Errorf("traces with a delayed span: %d of %d kept whole, want all", faultedWhole, faulted)
 	}
 	if ordinary.all < 1000 {
 		t.Errorf("only %d ordinary traces after the first pass; the replay sends 1,876 a pass", ordinary.all)
@@ -235,4 +237,14 @@ func TestTailSamplingKeepsWholeTracesWithinBudget(t *testing.T) {
 		t.Errorf("ordinary traces: %v, want at most 1.5 × the keep budget (%.1f %%)", ordinary, 150*tailKeepBudget)
 	}
 	t.Logf("wall time %.1f s", time.Since(began).Seconds())
+}
+
+// traceKept says whether every span of a trace (by span id) was kept.
+func traceKept(spans []string, kept map[string]span) bool {
+	for _, id := range spans {
+		if _, ok := kept[id]; !ok {
+			return false
+		}
+	}
+	return true
 }

@@ -155,6 +155,120 @@ struct TraceBudget {
     spans: u32,
     /// Spans per trace, smoothed over windows; `None` until a window was measured.
     spans_per_trace: Option<f64>,
+    /// The onset of an incident, by key id and by service id.
+    key_onsets: Vec<Onset>,
+    service_onsets: Vec<Onset>,
+    /// Spans of the current batch that a key or service in an incident by the batch's end would
+    /// have marked: (index in the batch, key, tail probability). Cleared when a batch starts (index 0).
+    pending: Vec<(u32, KeyId, f64)>,
+    /// The current batch's number (counts batches, wrapping).
+    batch: u32,
+}
+
+/// The onset of an incident on one key (or service), counted in traces: a CUSUM of its rare
+/// spans (a tail probability under [`RARE_TAIL`]), which ordinary traffic has at [`RARE_TAIL`]
+/// and a fault at [`ONSET_RARE_SHARE`] or more. Each rare span adds `ln(ONSET_RARE_SHARE /
+/// RARE_TAIL)`, each other one takes `ln((1 − RARE_TAIL) / (1 − ONSET_RARE_SHARE))` away, and
+/// the sum (never below 0) over `ln(1 / ONSET_FALSE_ALARM)` is an onset: three rare spans in
+/// a row, or a run in which they keep coming. Unlike an incident ([`features::Look::incident`]),
+/// which averages a key's spans over `context_window` and so takes a share of them (hundreds of
+/// spans on a busy key), this needs a few spans whatever the rate; it only decides which spans
+/// are marked, never what is learned.
+#[derive(Debug, Clone, Copy, Default)]
+struct Onset {
+    cusum: f32,
+    /// The key (service) was in an incident at its last span.
+    incident: bool,
+    /// The trace of its last span (low 8 bytes of the id).
+    trace: u64,
+    /// In batch `batch` (its number, [`TraceBudget::batch`]), the last index at which the key
+    /// (service) marked spans, and the tail probability under which it marked them then: the
+    /// spans of the batch before that index are marked late ([`Engine::late_marks`]) even if
+    /// the onset was over by the batch's end (a model that learns a fault's first spans soon
+    /// finds them less rare).
+    batch: u32,
+    marked_until: u32,
+    marked_below: f32,
+}
+
+/// The share of a key's spans that are rare under a fault, for the onset of an incident
+/// ([`Engine::count_budget_in_traces`]).
+pub const ONSET_RARE_SHARE: f64 = 0.5;
+/// The chance per span of an onset of an incident in ordinary traffic, at most (Wald's bound on
+/// a CUSUM's false alarms; [`Engine::count_budget_in_traces`]).
+pub const ONSET_FALSE_ALARM: f64 = 1e-5;
+
+impl Onset {
+    /// The log-likelihood ratios of a rare span and of another one, and the onset's level.
+    fn rise() -> f32 {
+        (ONSET_RARE_SHARE / RARE_TAIL).ln() as f32
+    }
+    fn fall() -> f32 {
+        ((1.0 - RARE_TAIL) / (1.0 - ONSET_RARE_SHARE)).ln() as f32
+    }
+    fn level() -> f32 {
+        (1.0 / ONSET_FALSE_ALARM).ln() as f32
+    }
+
+    /// Add a span of `trace`, batch `batch` at `index`; whether the span is marked (its tail
+    /// probability `tail`).
+    fn observe(&mut self, trace: u64, tail: f64, incident: bool, batch: u32, index: u32) -> bool {
+        self.note(trace, tail < RARE_TAIL, incident);
+        let below = self.marks_below();
+        if below > 0.0 {
+            if self.batch != batch {
+                self.batch = batch;
+                self.marked_below = 0.0;
+            }
+            self.marked_until = index;
+            self.marked_below = self.marked_below.max(below as f32);
+        }
+        tail < below
+    }
+
+    fn note(&mut self, trace: u64, rare: bool, incident: bool) {
+        self.incident = incident;
+        // The spans of one trace are one observation: a slow request is often slow in each of
+        // its calls to an operation, for one reason, and is not evidence many times over.
+        if trace == self.trace && trace != 0 {
+            return;
+        }
+        self.trace = trace;
+        self.cusum = if rare {
+            self.cusum + Self::rise()
+        } else {
+            (self.cusum - Self::fall()).max(0.0)
+        }
+        // Bounded, so that the end of a fault shows within a few spans.
+        .min(2.0 * Self::level());
+    }
+
+    /// The tail probability under which a span is marked now: slower than most of its key's
+    /// spans ([`features::SERVICE_INCIDENT_TAIL`]) in an incident, rare at an onset, none (0)
+    /// otherwise.
+    fn marks_below(&self) -> f64 {
+        if self.incident {
+            features::SERVICE_INCIDENT_TAIL
+        } else if self.cusum >= Self::level() {
+            RARE_TAIL
+        } else {
+            0.0
+        }
+    }
+
+    /// Whether a span of batch `batch` at `index`, with tail probability `tail`, not marked when
+    /// it came, is marked at the batch's end.
+    fn marks_late(&self, batch: u32, index: u32, tail: f64) -> bool {
+        self.batch == batch && self.marked_until > index && tail < f64::from(self.marked_below)
+    }
+}
+
+fn onset_slot(v: &mut Vec<Onset>, i: u32) -> &mut Onset {
+    let i = i as usize;
+    if i >= v.len() {
+        v.resize(i + 1, Onset::default());
+    }
+    &mut v[i]
 }
 
 impl PartialEq for TraceBudget {
@@ -324,14 +438,25 @@ impl Engine {
     /// is what anomaly rules (`when: { anomalous: true }`) count, so they become as much
     /// stricter. A span of a key in an incident (or of a service in one, as the engine holds
     /// such spans back from learning) that is slower than most of its key's spans is marked
-    /// whatever its score, so every trace through an incident is kept whole. Off by default;
-    /// not saved in a snapshot (call it again after a restore).
+    /// whatever its score, so every trace through an incident is kept whole. So is a rare span
+    /// of a key (or service) at the onset of an incident (a CUSUM of its rare spans, counted
+    /// once per trace, over `ln(1 / ONSET_FALSE_ALARM)`: three rare spans in a row, or a run in
+    /// which they keep coming; see [`ONSET_RARE_SHARE`]), which shows within a few spans where
+    /// an incident takes a share of a busy key's `context_window`; and the
+    /// spans of the same batch that came before the onset ([`Engine::late_marks`]), since a
+    /// fault's first spans alone look like the slowest ordinary ones. None of this changes what
+    /// is learned. Off by default; not saved in a snapshot (call it again after a restore).
     pub fn count_budget_in_traces(&mut self, on: bool) {
         self.per_trace = TraceBudget {
             on,
             ..TraceBudget::default()
         };
         self.calibrator.set_budget(self.cfg.sampler.keep_budget);
+    }
+
+    /// Whether the keep budget is counted in traces ([`Engine::count_budget_in_traces`]).
+    pub fn counts_budget_in_traces(&self) -> bool {
+        self.per_trace.on
     }
 
     /// The spans per trace the budget is divided by ([`Engine::count_budget_in_traces`]), once
@@ -490,13 +615,37 @@ impl Engine {
         // Counted in traces, a slow span of a key (or service) in an incident is marked whatever
         // its score: the sampler downstream then keeps every trace through the incident whole,
         // while the threshold, thinner by spans per trace, would keep only the rarest of them.
-        if self.per_trace.on
-            && trained
-            && score.is_some()
-            && incident
-            && look.tail < features::SERVICE_INCIDENT_TAIL
-        {
-            anomalous = true;
+        //
+        // So is one of a key (or service) at the onset of an incident ([`Onset`]), which shows
+        // within a few spans, before the context shows an incident; and one that came earlier in
+        // the same batch than such an onset ([`Engine::late_marks`]).
+        if self.per_trace.on {
+            let t = &mut self.per_trace;
+            if index == 0 {
+                t.pending.clear();
+                t.batch = t.batch.wrapping_add(1);
+            }
+            if trained && score.is_some() && look.established {
+                let tail = look.tail;
+                let marked = if key == OVERFLOW {
+                    incident && tail < features::SERVICE_INCIDENT_TAIL
+                } else {
+                    let trace = u64::from_le_bytes(span.trace_id[8..].try_into().expect("8 bytes"));
+                    let batch = t.batch;
+                    let k = onset_slot(&mut t.key_onsets, key);
+                    let mut marked = k.observe(trace, tail, look.incident, batch, index);
+                    if let Some(s) = service {
+                        let s = onset_slot(&mut t.service_onsets, s);
+                        marked |= s.observe(trace, tail, look.service_incident, batch, index);
+                    }
+                    marked
+                };
+                if marked {
+                    anomalous = true;
+                } else if !anomalous && key != OVERFLOW && tail < features::SERVICE_INCIDENT_TAIL {
+                    t.pending.push((index, key, tail));
+                }
+            }
         }
         if learn {
             self.featurizer.learn(key, look.ld, at_ns);
@@ -588,7 +737,42 @@ impl Engine {
             let v = self.process_span(s, i as u32, now_ns, &mut out.decisions);
             out.verdicts.push(v);
         }
+        if self.per_trace.on {
+            let mut late = Vec::new();
+            self.late_marks(&mut late);
+            for i in late {
+                out.verdicts[i as usize].keep = true;
+            }
+        }
         self.finish_batch(&mut out.decisions);
+    }
+
+    /// Counted in traces ([`Engine::count_budget_in_traces`]), the spans of the batch just
+    /// processed (by their index in it) that were not marked but are marked now: slow spans of
+    /// a key or service whose incident began later in the same batch. The batch is judged as a
+    /// whole, so a fault's first spans are kept with the ones that showed it. Rule windows
+    /// counted them as they came (not anomalous). [`Engine::process_batch`] applies them to its
+    /// verdicts; callers that give a batch span by span call this after its last span.
+    pub fn late_marks(&mut self, out: &mut Vec<u32>) {
+        let t = &mut self.per_trace;
+        let batch = t.batch;
+        let late = |v: &Vec<Onset>, i: u32, index, tail| {
+            v.get(i as usize)
+                .is_some_and(|o| o.marks_late(batch, index, tail))
+        };
+        let before = out.len();
+        for &(index, key, tail) in &t.pending {
+            if late(&t.key_onsets, key, index, tail)
+                || self
+                    .keys
+                    .service_of(key)
+                    .is_some_and(|s| late(&t.service_onsets, s, index, tail))
+            {
+                out.push(index);
+            }
+        }
+        t.pending.clear();
+        self.stats.spans_kept += (out.len() - before) as u64;
     }
 
     /// End a batch given span by span ([`Engine::process_span`], with batch-relative indices):
@@ -881,6 +1065,104 @@ mod tests {
         assert_eq!(spt, None);
         assert!(traces > 0.05, "counted in spans, traces kept {traces}");
         assert!(spans > 0.005 && spans <= 0.015, "spans kept {spans}");
+    }
+
+    /// Issue 14: counted in traces, the first spans of a fault, which alone score like the
+    /// slowest ordinary spans, are marked once a few more show its onset in the same batch; a
+    /// trace through the fault is then kept from the fault's first span on.
+    #[test]
+    fn the_onset_of_a_fault_is_marked_from_its_first_span_in_the_batch() {
+        const OPS: [&str; 10] = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+        let mut e = Engine::new(EngineConfig::default());
+        e.count_budget_in_traces(true);
+        let mut rng = crate::rng::SplitMix64::new(11);
+        // Trace `t`: ten operations, log-normal around 2^k ms; with `slow` above 1, operation
+        // "c" takes `slow` times its median.
+        let mut trace = |t: u64, slow: f64| -> Vec<SpanRef<'static>> {
+            let mut id = [0u8; 16];
+            id[8..].copy_from_slice(&(t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+            OPS.iter()
+                .enumerate()
+                .map(|(k, op)| {
+                    let (u, v) = (rng.next_f64().max(1e-12), rng.next_f64());
+                    let z = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+                    let d = f64::from(1u32 << k) * (0.3 * z).exp();
+                    SpanRef {
+                        key: SpanKey::Names {
+                            service: "svc",
+                            operation: op,
+                        },
+                        timing: Timing::DurationMs(if *op == "c" && slow > 1.0 {
+                            4.0 * slow
+                        } else {
+                            d
+                        }),
+                        trace_id: id,
+                        span_id: [9; 8],
+                    }
+                })
+                .collect()
+        };
+        let mut out = BatchOutput::default();
+        let mut t = 0;
+        for _ in 0..200 {
+            // Batches of 100 traces of ordinary traffic.
+            let batch: Vec<_> = (0..100)
+                .flat_map(|_| {
+                    t += 1;
+                    trace(t, 1.0)
+                })
+                .collect();
+            e.process_batch(&batch, t * 1_000_000, &mut out);
+        }
+        // A batch in which "c" takes 2.2 times its median (2.6 σ of its log-normal: rare, under
+        // RARE_TAIL, but not among the slowest ordinary spans of all keys) from its fifth trace
+        // on, given span by span.
+        let batch: Vec<_> = (0..20)
+            .flat_map(|i| {
+                t += 1;
+                trace(t, if i >= 4 { 2.2 } else { 1.0 })
+            })
+            .collect();
+        let mut decisions = Vec::new();
+        let verdicts: Vec<_> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, s)| e.process_span(s, i as u32, t * 1_000_000, &mut decisions))
+            .collect();
+        let mut late = Vec::new();
+        e.late_marks(&mut late);
+        e.finish_batch(&mut decisions);
+        let first = 4 * OPS.len() + 2; // the first slow span
+        assert!(
+            !verdicts[first].keep,
+            "the first slow span alone is not marked"
+        );
+        assert!(
+            late.contains(&(first as u32)),
+            "but it is at the batch's end: {late:?}"
+        );
+        for (i, v) in verdicts.iter().enumerate() {
+            let slow = i >= 4 * OPS.len() && i % OPS.len() == 2;
+            let marked = v.keep || late.contains(&(i as u32));
+            assert_eq!(
+                marked,
+                slow,
+                "span {i} ({}), late {late:?}",
+                OPS[i % OPS.len()]
+            );
+        }
+        // The next batch goes on with the fault: marked as the spans come.
+        let batch: Vec<_> = (0..5)
+            .flat_map(|_| {
+                t += 1;
+                trace(t, 2.2)
+            })
+            .collect();
+        e.process_batch(&batch, t * 1_000_000, &mut out);
+        for (i, v) in out.verdicts.iter().enumerate() {
+            assert_eq!(v.keep, i % OPS.len() == 2, "span {i}");
+        }
     }
 
     /// Feed `n` spans of `key` with durations around `base` ms; the explanations of each span.

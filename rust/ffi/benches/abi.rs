@@ -145,6 +145,9 @@ fn c_batch(e: *mut scale_engine, f: &Flat, off: usize, n: usize, o: &mut Outs) {
         decisions: o.decisions.as_mut_ptr(),
         decisions_cap: o.decisions.capacity(),
         decisions_len: 0,
+        late_keep: std::ptr::null_mut(),
+        late_keep_cap: 0,
+        late_keep_len: 0,
     };
     // SAFETY: every array has at least `n` elements from `off`.
     let st = unsafe { c::scale_engine_process(e, &batch, &mut out) };

@@ -84,4 +84,17 @@ pub struct scale_batch_out {
     /// Written: how many decisions fired. More than `decisions_cap` means the first
     /// `decisions_cap` were written and the status is `SCALE_STATUS_DECISIONS_TRUNCATED`.
     pub decisions_len: usize,
+    /// `scale_engine_process_chunk` only, with the keep budget counted in traces
+    /// (`scale_engine_count_budget_in_traces`): `late_keep_cap` elements for the batch indices
+    /// of spans (in any chunk, the last one included) that the engine marks only once it has
+    /// seen the whole batch: the first spans of an incident that showed later in it. Their
+    /// `keep` is 1 from then on (the last chunk's own `keep` already says so; earlier chunks'
+    /// must be set by the caller). Read and written on the last chunk only, where
+    /// `late_keep_cap` must be at least the batch's length (`first_index + n`; else
+    /// `SCALE_STATUS_INVALID_LENGTH`). May be NULL with `late_keep_cap` 0 otherwise.
+    pub late_keep: *mut u32,
+    /// Capacity of `late_keep`.
+    pub late_keep_cap: usize,
+    /// Written on the last chunk: how many indices `late_keep` holds.
+    pub late_keep_len: usize,
 }

@@ -89,6 +89,8 @@ struct Chunked {
     next_index: usize,
     /// Decisions fired so far, unconflated (the allocation is reused across batches).
     decisions: Vec<Decision>,
+    /// The last chunk's late marks (`scale_batch_out.late_keep`; the allocation is reused).
+    late_keep: Vec<u32>,
 }
 
 /// A locked handle; poisons the handle if dropped during a panic (before the lock is released,
@@ -595,6 +597,8 @@ struct Batch<'a> {
     skip: &'a mut [MaybeUninit<scale_skip>],
     decisions: &'a mut [MaybeUninit<scale_decision>],
     decisions_len: &'a mut MaybeUninit<usize>,
+    late_keep: &'a mut [MaybeUninit<u32>],
+    late_keep_len: &'a mut MaybeUninit<usize>,
 }
 
 /// Reuse `v`'s allocation for borrows of another lifetime (the in-place `collect` of an empty
@@ -699,6 +703,9 @@ impl<'a> Batch<'a> {
         last: bool,
     ) -> FfiResult<scale_status> {
         let n = self.start_ns.len();
+        if last && st.engine.counts_budget_in_traces() && self.late_keep.len() < first_index + n {
+            return Err(scale_status::InvalidLength);
+        }
         let c = &mut st.chunked;
         if first_index == 0 {
             // A new batch; one left unfinished by its caller is abandoned with its decisions.
@@ -726,6 +733,16 @@ impl<'a> Batch<'a> {
             return Ok(scale_status::Ok);
         }
         c.open = false;
+        let late = &mut c.late_keep;
+        late.clear();
+        st.engine.late_marks(late);
+        for (dst, &index) in self.late_keep.iter_mut().zip(late.iter()) {
+            dst.write(index);
+            if let Some(i) = (index as usize).checked_sub(first_index) {
+                self.keep[i].write(1);
+            }
+        }
+        self.late_keep_len.write(late.len());
         st.engine.finish_batch(&mut c.decisions);
         Ok(self.write_decisions(&c.decisions))
     }
@@ -793,6 +810,9 @@ unsafe fn batch_args<'a>(
             decisions: ffi::out_slice(o.decisions, o.decisions_cap)?,
             // `out` was checked above: non-NULL and aligned.
             decisions_len: &mut *std::ptr::addr_of_mut!((*out).decisions_len)
+                .cast::<MaybeUninit<usize>>(),
+            late_keep: ffi::out_slice(o.late_keep, o.late_keep_cap)?,
+            late_keep_len: &mut *std::ptr::addr_of_mut!((*out).late_keep_len)
                 .cast::<MaybeUninit<usize>>(),
         })
     }
@@ -871,7 +891,10 @@ pub unsafe fn scale_engine_process_names(
 /// has `first_index` 0 and `last` 1; an empty last chunk is allowed).
 ///
 /// Per-span outputs (`out->scores`, `out->keep`, `out->skip`) are written for every chunk,
-/// equal to what `scale_engine_process` writes for those spans of the whole batch. Decisions
+/// equal to what `scale_engine_process` writes for those spans of the whole batch, except that
+/// with the keep budget counted in traces a span the engine marks only at the batch's end (the
+/// start of an incident that showed later in the batch) is listed in the last chunk's
+/// `out->late_keep` instead (see `scale_batch_out`): set `keep` of those. Decisions
 /// are kept inside the handle until the last chunk: then the whole batch's decisions are
 /// conflated by target (one `conflated` count over all chunks) and written to
 /// `out->decisions` with their batch-relative `span_index`, with `out->decisions_len` and

@@ -94,6 +94,7 @@
 //!     let mut out = scale_batch_out {
 //!         scores: scores.as_mut_ptr(), keep: keep.as_mut_ptr(), skip: skip.as_mut_ptr(),
 //!         decisions: null_mut(), decisions_cap: 0, decisions_len: 0,
+//!         late_keep: null_mut(), late_keep_cap: 0, late_keep_len: 0,
 //!     };
 //!     let st = scale_engine_process(engine, &batch, &mut out);
 //!     assert_eq!(st, scale_status::Ok);

@@ -134,6 +134,9 @@ fn output(
         decisions,
         decisions_cap: cap,
         decisions_len: usize::MAX,
+        late_keep: null_mut(),
+        late_keep_cap: 0,
+        late_keep_len: usize::MAX,
     }
 }
 
@@ -2108,4 +2111,105 @@ fn chunked_decisions_and_snapshots() {
     let (a, b) = (stats(&e), stats(&r));
     assert_eq!(a.decisions, c.n_decisions as u64);
     assert_eq!(b, a);
+}
+
+/// Counted in traces, a chunked batch's late marks (spans of earlier chunks marked at the
+/// batch's end, when a fault's onset showed) come in the last chunk's `late_keep`; with them
+/// applied, `keep` equals one call per batch. The last chunk needs room for the whole batch.
+#[test]
+fn chunked_late_marks_equal_whole_batches() {
+    let cfg = "sampler: { window_size: 20, train_size: 300 }";
+    let (whole, chunked) = (new(cfg), new(cfg));
+    let key = intern(&whole, "a", "x");
+    assert_eq!(intern(&chunked, "a", "x"), key);
+    for e in [&whole, &chunked] {
+        // SAFETY: a live handle.
+        assert_eq!(
+            unsafe { scale_engine_count_budget_in_traces(e.0, 1) },
+            scale_status::Ok
+        );
+    }
+    // Ordinary spans: log-normal around 10 ms (sigma 0.3); then 2.2 times the median (rare,
+    // 2.6 sigma) from span 28 of the last batch on.
+    let mut rng = scale_core::rng::SplitMix64::new(5);
+    let mut normal = || {
+        let (u, v) = (rng.next_f64().max(1e-12), rng.next_f64());
+        10.0 * (0.3 * (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()).exp()
+    };
+    let (chunk, n) = (32, 200);
+    // Enough batches for the engine to measure spans per trace (TRACE_BUDGET_WINDOW spans; the
+    // test's trace ids repeat every batch).
+    for b in 0..90u64 {
+        let fault = b == 89;
+        let v: Vec<(u32, f64)> = (0..n)
+            .map(|i| (key, if fault && i >= 28 { 22.0 } else { normal() }))
+            .collect();
+        let now = T0 + b * 1_000 * MS;
+        let w = process_cap(&whole, now, &v, 0);
+        assert_eq!(w.status, scale_status::Ok);
+        let s = spans_with_ids(&v);
+        let mut o = Out {
+            status: scale_status::Ok,
+            scores: vec![-1.0; n],
+            keep: vec![9; n],
+            skip: vec![scale_skip::None; n],
+            decisions: Vec::new(),
+            n_decisions: 0,
+        };
+        let mut late = vec![u32::MAX; n];
+        for lo in (0..n).step_by(chunk) {
+            let hi = (lo + chunk).min(n);
+            let last = hi == n;
+            let mut out = out_args(&mut o, lo, 0);
+            if last {
+                // Too little room for the late marks: refused, nothing processed.
+                out.late_keep = late.as_mut_ptr();
+                out.late_keep_cap = n - 1;
+                // SAFETY: arrays of at least `hi` (`n - 1`) elements.
+                let st = unsafe {
+                    scale_engine_process_chunk(
+                        chunked.0,
+                        &s.input(now, lo, hi - lo),
+                        lo,
+                        1,
+                        &mut out,
+                    )
+                };
+                assert_eq!(st, scale_status::InvalidLength);
+                out.late_keep_cap = n;
+            }
+            // SAFETY: as above, with `n` elements of room for the late marks.
+            let st = unsafe {
+                scale_engine_process_chunk(
+                    chunked.0,
+                    &s.input(now, lo, hi - lo),
+                    lo,
+                    u8::from(last),
+                    &mut out,
+                )
+            };
+            assert_eq!(st, scale_status::Ok, "batch {b} chunk {lo}");
+            if last {
+                late.truncate(out.late_keep_len);
+            }
+        }
+        for &i in &late {
+            o.keep[i as usize] = 1;
+        }
+        assert_eq!(
+            o.keep, w.keep,
+            "batch {b}: keep with the late marks applied"
+        );
+        assert_eq!(o.score_bits(), w.score_bits(), "batch {b}: scores");
+        if fault {
+            // The fault's first spans, in the first chunk, are marked late.
+            assert!(
+                late.contains(&28) && late.contains(&29),
+                "late marks {late:?}"
+            );
+            assert!((28..n).all(|i| w.keep[i] == 1), "keep {:?}", &w.keep[28..]);
+        } else {
+            assert!(late.is_empty(), "batch {b}: late marks {late:?}");
+        }
+    }
 }
