@@ -7,7 +7,7 @@ use crate::config::{EngineConfig, Mode};
 use crate::error::{Error, Result};
 use crate::features::{self, Featurizer, N_FEATURES, RARE_TAIL, SkipReason};
 use crate::hst::{Hst, HstParams};
-use crate::keys::{KeyId, KeyTable, OVERFLOW};
+use crate::keys::{KeyId, KeyTable, OVERFLOW, ServiceId};
 use crate::rules::{Decision, Observation, RuleSet, Slot};
 
 /// How a span names its key.
@@ -139,6 +139,142 @@ pub struct Engine {
     /// caller sets it again after a restore.
     #[serde(skip)]
     per_trace: TraceBudget,
+    /// Calls between services, from operation names; rebuilt from the keys on restore.
+    #[serde(skip)]
+    calls: Calls,
+}
+
+/// Which services call which, from the keys' names, and when each service was last in an
+/// incident: so that a service that is slow only because a service it calls is slow is not taken
+/// as the incident's cause ([`Observation::incident`], what `when: { incident: true }` rules
+/// count).
+///
+/// RPC instrumentations (gRPC's, OpenTelemetry's RPC conventions) name a call's client span and
+/// its server span alike (`package.Service/Method`, give or take a leading `/` or a prefix:
+/// [`call_name`]), so a call that several services have is a call between them; the one whose
+/// spans of it are shortest serves it (a client span holds the server span and the network both
+/// ways) and the others call it. Services whose calls are named otherwise (an HTTP client span
+/// named `GET`) show no calls, and are judged as before.
+#[derive(Debug, Clone, Default)]
+struct Calls {
+    /// Call name ([`call_name`]) → its group: the keys of that call.
+    by_call: std::collections::HashMap<Box<str>, u32>,
+    groups: Vec<Vec<KeyId>>,
+    /// By service id: its keys that are calls, with their groups.
+    of_service: Vec<Vec<(KeyId, u32)>>,
+    /// By service id: engine time until which it counts as in an incident (its last span in
+    /// one, plus `context_window`).
+    incident_until_ns: Vec<u64>,
+}
+
+impl PartialEq for Calls {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// The call an operation name stands for, as RPC instrumentations name it: `Service/Method` of
+/// `package.Service/Method`, gRPC's full method name `/package.Service/Method`, or a name with
+/// a prefix of the instrumentation's (`grpc.package.Service/Method`); `None` for a name that
+/// is not one call (with white space, like `GET /api/cart`, or more than one `/`).
+fn call_name(operation: &str) -> Option<&str> {
+    let name = operation.strip_prefix('/').unwrap_or(operation);
+    if name.chars().any(char::is_whitespace) {
+        return None;
+    }
+    let (service, method) = name.split_once('/')?;
+    if method.is_empty() || method.contains('/') {
+        return None;
+    }
+    let start = service.rfind('.').map_or(0, |i| i + 1);
+    (start < service.len()).then(|| &name[start..])
+}
+
+impl Calls {
+    /// Record key `id` of `service`, operation `operation`.
+    fn add(&mut self, id: KeyId, service: ServiceId, operation: &str) {
+        let Some(call) = call_name(operation) else {
+            return;
+        };
+        let next = self.groups.len() as u32;
+        let g = *self.by_call.entry(call.into()).or_insert(next);
+        if g == next {
+            self.groups.push(Vec::new());
+        }
+        self.groups[g as usize].push(id);
+        let s = service as usize;
+        if s >= self.of_service.len() {
+            self.of_service.resize_with(s + 1, Vec::new);
+        }
+        self.of_service[s].push((id, g));
+    }
+
+    /// Rebuild from a key table (after a restore).
+    fn of(keys: &KeyTable) -> Self {
+        let mut c = Self::default();
+        for id in 0..keys.len() as KeyId {
+            if let (Some((_, o)), Some(s)) = (keys.names(id), keys.service_of(id)) {
+                c.add(id, s, o);
+            }
+        }
+        c
+    }
+
+    /// Heap bytes, roughly.
+    fn memory_bytes(&self) -> usize {
+        self.by_call.keys().map(|k| k.len() + 32).sum::<usize>()
+            + self
+                .groups
+                .iter()
+                .map(|g| g.capacity() * 4 + 24)
+                .sum::<usize>()
+            + self
+                .of_service
+                .iter()
+                .map(|v| v.capacity() * 8 + 24)
+                .sum::<usize>()
+            + self.incident_until_ns.capacity() * 8
+    }
+
+    /// `service` is in an incident at `at_ns`, for `window_ns` more.
+    fn note_incident(&mut self, service: ServiceId, at_ns: u64, window_ns: u64) {
+        let s = service as usize;
+        if s >= self.incident_until_ns.len() {
+            self.incident_until_ns.resize(s + 1, 0);
+        }
+        self.incident_until_ns[s] = at_ns.saturating_add(window_ns);
+    }
+
+    /// Whether a service that `service` calls is in an incident at `at_ns`. Of the keys of one
+    /// call, the server's is the one with the shortest spans (every client span holds it); the
+    /// others are its callers.
+    fn callee_in_incident(
+        &self,
+        keys: &KeyTable,
+        featurizer: &Featurizer,
+        service: ServiceId,
+        at_ns: u64,
+    ) -> bool {
+        let Some(calls) = self.of_service.get(service as usize) else {
+            return false;
+        };
+        let until = |v: &Vec<u64>, i: u32| v.get(i as usize).is_some_and(|&u| u > at_ns);
+        calls.iter().any(|&(own, g)| {
+            let server = self.groups[g as usize]
+                .iter()
+                .filter_map(|&k| featurizer.mean_ld(k).map(|m| (m, k)))
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            let Some((_, server)) = server.filter(|&(_, k)| k != own) else {
+                return false;
+            };
+            let Some(t) = keys.service_of(server).filter(|&t| t != service) else {
+                return false;
+            };
+            // The callee is in an incident, or at least its side of this call is (a busy caller
+            // can show an incident before its callee as a whole does).
+            until(&self.incident_until_ns, t) || featurizer.key_in_incident(server)
+        })
+    }
 }
 
 /// Spans in a measurement of spans per trace ([`Engine::count_budget_in_traces`]): long enough
@@ -199,16 +335,12 @@ pub const ONSET_RARE_SHARE: f64 = 0.5;
 pub const ONSET_FALSE_ALARM: f64 = 1e-5;
 
 impl Onset {
-    /// The log-likelihood ratios of a rare span and of another one, and the onset's level.
-    fn rise() -> f32 {
-        (ONSET_RARE_SHARE / RARE_TAIL).ln() as f32
-    }
-    fn fall() -> f32 {
-        ((1.0 - RARE_TAIL) / (1.0 - ONSET_RARE_SHARE)).ln() as f32
-    }
-    fn level() -> f32 {
-        (1.0 / ONSET_FALSE_ALARM).ln() as f32
-    }
+    /// The log-likelihood ratio of a rare span, `ln(ONSET_RARE_SHARE / RARE_TAIL)`...
+    const RISE: f32 = 3.912_023;
+    /// ...of another span, `ln((1 − RARE_TAIL) / (1 − ONSET_RARE_SHARE))`...
+    const FALL: f32 = 0.683_097;
+    /// ...and the onset's level, `ln(1 / ONSET_FALSE_ALARM)` (checked by a test).
+    const LEVEL: f32 = 11.512_925;
 
     /// Add a span of `trace`, batch `batch` at `index`; whether the span is marked (its tail
     /// probability `tail`).
@@ -235,12 +367,12 @@ impl Onset {
         }
         self.trace = trace;
         self.cusum = if rare {
-            self.cusum + Self::rise()
+            self.cusum + Self::RISE
         } else {
-            (self.cusum - Self::fall()).max(0.0)
+            (self.cusum - Self::FALL).max(0.0)
         }
         // Bounded, so that the end of a fault shows within a few spans.
-        .min(2.0 * Self::level());
+        .min(2.0 * Self::LEVEL);
     }
 
     /// The tail probability under which a span is marked now: slower than most of its key's
@@ -249,7 +381,7 @@ impl Onset {
     fn marks_below(&self) -> f64 {
         if self.incident {
             features::SERVICE_INCIDENT_TAIL
-        } else if self.cusum >= Self::level() {
+        } else if self.cusum >= Self::LEVEL {
             RARE_TAIL
         } else {
             0.0
@@ -333,6 +465,7 @@ impl Engine {
             calibrator: Calibrator::new(cfg.sampler.keep_budget),
             last: ExplainSlot::default(),
             per_trace: TraceBudget::default(),
+            calls: Calls::default(),
             cfg,
         }
     }
@@ -506,6 +639,7 @@ impl Engine {
             + self.keys.memory_bytes()
             + self.featurizer.memory_bytes()
             + self.rules.memory_bytes()
+            + self.calls.memory_bytes()
             + self
                 .key_rules
                 .iter()
@@ -520,6 +654,9 @@ impl Engine {
         if added {
             debug_assert_eq!(id as usize, self.key_rules.len());
             self.key_rules.push(self.rules.slots(service, operation));
+            if let Some(s) = self.keys.service_of(id) {
+                self.calls.add(id, s, operation);
+            }
         }
         id
     }
@@ -678,11 +815,25 @@ impl Engine {
             self.stats.spans_kept += 1;
         }
         if !self.rules.rules().is_empty() {
+            // The span's service in an incident of its own: not only waiting on a service it
+            // calls that is in one.
+            let mut own_incident = false;
+            let window_ns = self.cfg.keyed.context_window_ms as u64 * 1_000_000;
+            if keyed
+                && look.service_incident
+                && let Some(s) = service
+            {
+                self.calls.note_incident(s, at_ns, window_ns);
+                own_incident =
+                    !self
+                        .calls
+                        .callee_in_incident(&self.keys, &self.featurizer, s, at_ns);
+            }
             let obs = Observation {
                 duration_ms: d,
                 score,
                 anomalous,
-                incident: keyed && look.service_incident,
+                incident: own_incident,
                 trace_id: span.trace_id,
                 span_id: span.span_id,
                 span_index: index,
@@ -864,6 +1015,7 @@ impl Engine {
                 .collect();
         }
         e.calibrator.set_budget(cfg.sampler.keep_budget);
+        e.calls = Calls::of(&e.keys);
         e.cfg = cfg;
         Ok(e)
     }
@@ -1065,6 +1217,114 @@ mod tests {
         assert_eq!(spt, None);
         assert!(traces > 0.05, "counted in spans, traces kept {traces}");
         assert!(spans > 0.005 && spans <= 0.015, "spans kept {spans}");
+    }
+
+    #[test]
+    fn call_names_are_the_rpc_conventions() {
+        for (op, call) in [
+            (
+                "hipstershop.CartService/GetCart",
+                Some("CartService/GetCart"),
+            ),
+            (
+                "/hipstershop.CartService/GetCart",
+                Some("CartService/GetCart"),
+            ),
+            (
+                "grpc.hipstershop.CartService/GetCart",
+                Some("CartService/GetCart"),
+            ),
+            ("CartService/GetCart", Some("CartService/GetCart")),
+            ("GET /api/cart", None),
+            ("/api/cart/items", None),
+            ("sql.rows", None),
+            ("pkg./Get", None),
+            ("pkg.Svc/", None),
+        ] {
+            assert_eq!(call_name(op), call, "{op}");
+        }
+    }
+
+    /// Issue 11: a service that is slow because a service it calls is slow is not in an
+    /// incident of its own (rules named after the service decide for the callee only); one that
+    /// is slow itself is.
+    #[test]
+    fn a_caller_of_a_service_in_an_incident_is_not_in_one_of_its_own() {
+        let mut e = Engine::from_yaml(
+            r#"
+sampler: { train_size: 2000, window_size: 100 }
+rules:
+  - name: own-incident
+    match: { service: "*" }
+    when: { incident: true }
+    count: 20
+    window: 10s
+    action: { kind: horizontal, target: { kind: Deployment, name: "${service}" }, max: 5 }
+"#,
+        )
+        .unwrap();
+        let mut rng = crate::rng::SplitMix64::new(3);
+        let mut t = 0u64;
+        // One request: front's own route, its call to back (client span), back's server span.
+        let mut request = |e: &mut Engine, back_slow: f64, front_slow: f64| {
+            let mut jitter = || 1.0 + 0.2 * rng.next_f64();
+            let back = 10.0 * back_slow * jitter();
+            let client = back + 2.0 * jitter();
+            let route = (client + 5.0 * jitter()) * front_slow;
+            let mut decisions = Vec::new();
+            for (svc, op, d) in [
+                ("back", "/pkg.Back/Get", back),
+                ("front", "pkg.Back/Get", client),
+                ("front", "GET /", route),
+            ] {
+                t += 2_000_000;
+                e.process_span(&span(svc, op, d), 0, t, &mut decisions);
+            }
+            decisions
+                .iter()
+                .map(|d| d.service.clone().unwrap())
+                .collect::<Vec<_>>()
+        };
+        for _ in 0..5_000 {
+            assert!(request(&mut e, 1.0, 1.0).is_empty());
+        }
+        // Back is slow: front's spans are slower too, but only back is decided for.
+        let decided: Vec<_> = (0..3_000)
+            .flat_map(|_| request(&mut e, 10.0, 1.0))
+            .collect();
+        assert!(decided.iter().any(|s| s == "back"), "{decided:?}");
+        assert!(decided.iter().all(|s| s == "back"), "{decided:?}");
+        for _ in 0..20_000 {
+            request(&mut e, 1.0, 1.0);
+        }
+        // Front is slow itself: decided for.
+        let decided: Vec<_> = (0..3_000)
+            .flat_map(|_| request(&mut e, 1.0, 10.0))
+            .collect();
+        assert!(decided.iter().any(|s| s == "front"), "{decided:?}");
+        assert!(decided.iter().all(|s| s == "front"), "{decided:?}");
+        for _ in 0..20_000 {
+            request(&mut e, 1.0, 1.0);
+        }
+        // A snapshot restores the calls (they are not saved but rebuilt from the keys).
+        let mut r = Engine::restore(e.config().clone(), &e.snapshot()).unwrap();
+        let decided: Vec<_> = (0..3_000)
+            .flat_map(|_| request(&mut r, 10.0, 1.0))
+            .collect();
+        assert!(decided.iter().all(|s| s == "back"), "{decided:?}");
+    }
+
+    #[test]
+    fn onset_constants_are_their_formulas() {
+        let close = |c: f32, f: f64| (f64::from(c) - f).abs() < 1e-5;
+        assert!(close(Onset::RISE, (ONSET_RARE_SHARE / RARE_TAIL).ln()));
+        assert!(close(
+            Onset::FALL,
+            ((1.0 - RARE_TAIL) / (1.0 - ONSET_RARE_SHARE)).ln()
+        ));
+        assert!(close(Onset::LEVEL, (1.0 / ONSET_FALSE_ALARM).ln()));
+        // Three rare spans in a row are an onset; two are not.
+        const { assert!(3.0 * Onset::RISE >= Onset::LEVEL && 2.0 * Onset::RISE < Onset::LEVEL) };
     }
 
     /// Issue 14: counted in traces, the first spans of a fault, which alone score like the

@@ -278,6 +278,19 @@ impl Featurizer {
         }
     }
 
+    /// `keyed` mode: the mean log-duration a key learned ([`KeyModel::mean_ld`]); `None` for an
+    /// unknown key or one with nothing learned.
+    pub fn mean_ld(&self, key: KeyId) -> Option<f64> {
+        self.models.get(key as usize).and_then(KeyModel::mean_ld)
+    }
+
+    /// `keyed` mode: whether a key is in an incident (as of its last span).
+    pub fn key_in_incident(&self, key: KeyId) -> bool {
+        self.models
+            .get(key as usize)
+            .is_some_and(|m| judge_context(m.context(), self.keyed.sides).incident)
+    }
+
     fn model_mut(&mut self, key: KeyId) -> &mut KeyModel {
         if key == OVERFLOW {
             return &mut self.overflow;

@@ -265,6 +265,12 @@ impl KeyModel {
         self.n
     }
 
+    /// The moving mean of the learned spans' log-durations ([`log_duration`]); `None` before
+    /// any.
+    pub fn mean_ld(&self) -> Option<f64> {
+        (self.n > 0).then_some(f64::from(self.mean))
+    }
+
     /// The key's recent spans as a whole.
     pub fn context(&self) -> &Context {
         &self.context

@@ -346,7 +346,9 @@ pub struct Observation {
     pub score: Option<f64>,
     /// Whether the span counts as anomalous (kept, after training).
     pub anomalous: bool,
-    /// Whether the span's service is in an incident.
+    /// Whether the span's service is in an incident of its own: its recent spans far slower
+    /// than usual, and no service it calls (by operation names shared between services) in an
+    /// incident at the same time.
     pub incident: bool,
     /// Evidence ids.
     pub trace_id: [u8; 16],

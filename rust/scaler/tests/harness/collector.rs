@@ -114,7 +114,11 @@ service:
             .expect("start otelcol-scale");
         let c = Collector { child, otlp, log };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(health).is_err() {
+        // health_check listens from the extensions' start, before the receivers bind: ready
+        // when both accept.
+        while std::net::TcpStream::connect(health).is_err()
+            || std::net::TcpStream::connect(otlp).is_err()
+        {
             assert!(
                 Instant::now() < deadline,
                 "otelcol-scale did not come up:\n{}",
