@@ -316,8 +316,10 @@ pub struct Rule {
     pub duration_above_ms: Option<f64>,
     /// Breach only if the span is also anomalous (kept by the sampler).
     pub anomalous: bool,
-    /// Breach only if the span's service is in an incident: its recent spans, all operations
-    /// together, are far slower than usual (see [`crate::features`]), not just this one.
+    /// Breach only if the span's service is in an incident of its own: its recent spans, all
+    /// operations together, are far slower than usual (see [`crate::features`]), not just this
+    /// one, and no service it calls is in an incident (see the crate docs, "The cause, not its
+    /// callers").
     pub incident: bool,
     /// N: breaches within the window that fire the rule.
     pub count: u32,
