@@ -318,8 +318,8 @@ pub struct Rule {
     pub anomalous: bool,
     /// Breach only if the span's service is in an incident of its own: its recent spans, all
     /// operations together, are far slower than usual (see [`crate::features`]), not just this
-    /// one, and no service it calls is in an incident (see the crate docs, "The cause, not its
-    /// callers").
+    /// one, and not because of a service it calls, in an incident or delayed on the way (see the
+    /// crate docs, "The cause, not its callers").
     pub incident: bool,
     /// N: breaches within the window that fire the rule.
     pub count: u32,

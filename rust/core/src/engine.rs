@@ -145,8 +145,8 @@ pub struct Engine {
 }
 
 /// Which services call which, from the keys' names, and when each service was last in an
-/// incident: so that a service that is slow only because a service it calls is slow is not taken
-/// as the incident's cause ([`Observation::incident`], what `when: { incident: true }` rules
+/// incident: so that a service that is slow only because a service it calls is slow, or its
+/// calls into one are delayed on the way, is not taken as the incident's cause ([`Observation::incident`], what `when: { incident: true }` rules
 /// count).
 ///
 /// RPC instrumentations (gRPC's, OpenTelemetry's RPC conventions) name a call's client span and
@@ -245,9 +245,23 @@ impl Calls {
         self.incident_until_ns[s] = at_ns.saturating_add(window_ns);
     }
 
-    /// Whether a service that `service` calls is in an incident at `at_ns`. Of the keys of one
-    /// call, the server's is the one with the shortest spans (every client span holds it); the
-    /// others are its callers.
+    /// The server's key of call group `g`: the one with the shortest spans (every client span
+    /// holds it); the others are its callers.
+    fn server_of(&self, featurizer: &Featurizer, g: u32) -> Option<KeyId> {
+        self.groups[g as usize]
+            .iter()
+            .filter_map(|&k| featurizer.mean_ld(k).map(|m| (m, k)))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, k)| k)
+    }
+
+    /// Whether `service`'s slowness at `at_ns` is explained by a service it calls: the callee
+    /// is in an incident, or at least its side of the call is; or the calls into it are delayed
+    /// on the way (its network), which shows on the callers' side only (their client spans) and
+    /// so is told from the caller's own slowness by the company it keeps: the same call is slow
+    /// from another caller too, or, of this service's calls, only those into that callee are.
+    /// A CPU-starved caller is slow in every call it makes, and the other callers of its
+    /// callees are not.
     fn callee_in_incident(
         &self,
         keys: &KeyTable,
@@ -258,21 +272,42 @@ impl Calls {
         let Some(calls) = self.of_service.get(service as usize) else {
             return false;
         };
-        let until = |v: &Vec<u64>, i: u32| v.get(i as usize).is_some_and(|&u| u > at_ns);
+        let callee = |g: u32| {
+            self.server_of(featurizer, g)
+                .and_then(|k| Some((k, keys.service_of(k)?)))
+                .filter(|&(_, t)| t != service)
+        };
         calls.iter().any(|&(own, g)| {
-            let server = self.groups[g as usize]
+            let Some((server, t)) = callee(g).filter(|&(k, _)| k != own) else {
+                return false;
+            };
+            // A busy caller can show an incident before its callee as a whole does.
+            if self
+                .incident_until_ns
+                .get(t as usize)
+                .is_some_and(|&u| u > at_ns)
+                || featurizer.key_in_incident(server)
+            {
+                return true;
+            }
+            if !featurizer.key_in_incident(own) {
+                return false;
+            }
+            let from_another_caller = self.groups[g as usize].iter().any(|&k| {
+                k != own
+                    && k != server
+                    && keys.service_of(k).is_some_and(|c| c != service && c != t)
+                    && featurizer.key_in_incident(k)
+            });
+            if from_another_caller {
+                return true;
+            }
+            // Its calls into other callees: some, and none slow.
+            let mut others = calls
                 .iter()
-                .filter_map(|&k| featurizer.mean_ld(k).map(|m| (m, k)))
-                .min_by(|a, b| a.0.total_cmp(&b.0));
-            let Some((_, server)) = server.filter(|&(_, k)| k != own) else {
-                return false;
-            };
-            let Some(t) = keys.service_of(server).filter(|&t| t != service) else {
-                return false;
-            };
-            // The callee is in an incident, or at least its side of this call is (a busy caller
-            // can show an incident before its callee as a whole does).
-            until(&self.incident_until_ns, t) || featurizer.key_in_incident(server)
+                .filter(|&&(k, g2)| g2 != g && k != own && callee(g2).is_some_and(|(_, c)| c != t))
+                .peekable();
+            others.peek().is_some() && others.all(|&(k, _)| !featurizer.key_in_incident(k))
         })
     }
 }
@@ -1245,9 +1280,10 @@ mod tests {
         }
     }
 
-    /// Issue 11: a service that is slow because a service it calls is slow is not in an
-    /// incident of its own (rules named after the service decide for the callee only); one that
-    /// is slow itself is.
+    /// Issue 11: a service that is slow because a service it calls is slow, or because its
+    /// calls into one are delayed on the way (the callee's network), is not in an incident of
+    /// its own (rules named after the service decide for the callee only, or for none); one
+    /// that is slow itself is, whether or not its calls are slower too.
     #[test]
     fn a_caller_of_a_service_in_an_incident_is_not_in_one_of_its_own() {
         let mut e = Engine::from_yaml(
@@ -1265,16 +1301,36 @@ rules:
         .unwrap();
         let mut rng = crate::rng::SplitMix64::new(3);
         let mut t = 0u64;
-        // One request: front's own route, its call to back (client span), back's server span.
-        let mut request = |e: &mut Engine, back_slow: f64, front_slow: f64| {
+        /// How one request is slowed: back's own work, front's own work (its route alone, or
+        /// everything it does, calls included, as under CPU starvation), the way into back.
+        #[derive(Clone, Copy, Default)]
+        struct Slow {
+            back: f64,
+            front: f64,
+            front_cpu: f64,
+            network_ms: f64,
+        }
+        const ORDINARY: Slow = Slow {
+            back: 1.0,
+            front: 1.0,
+            front_cpu: 1.0,
+            network_ms: 0.0,
+        };
+        // One request: front's own route, its calls to back and to other (client spans), their
+        // server spans.
+        let mut request = |e: &mut Engine, s: Slow| {
             let mut jitter = || 1.0 + 0.2 * rng.next_f64();
-            let back = 10.0 * back_slow * jitter();
-            let client = back + 2.0 * jitter();
-            let route = (client + 5.0 * jitter()) * front_slow;
+            let back = 10.0 * s.back * jitter();
+            let to_back = (back + 2.0 * jitter() + s.network_ms) * s.front_cpu;
+            let other = 8.0 * jitter();
+            let to_other = (other + 2.0 * jitter()) * s.front_cpu;
+            let route = (to_back + to_other + 5.0 * jitter()) * s.front * s.front_cpu;
             let mut decisions = Vec::new();
             for (svc, op, d) in [
                 ("back", "/pkg.Back/Get", back),
-                ("front", "pkg.Back/Get", client),
+                ("front", "pkg.Back/Get", to_back),
+                ("other", "/pkg.Other/Get", other),
+                ("front", "pkg.Other/Get", to_other),
                 ("front", "GET /", route),
             ] {
                 t += 2_000_000;
@@ -1286,25 +1342,59 @@ rules:
                 .collect::<Vec<_>>()
         };
         for _ in 0..5_000 {
-            assert!(request(&mut e, 1.0, 1.0).is_empty());
+            assert!(request(&mut e, ORDINARY).is_empty());
         }
-        // 3,000 requests with back (or front) `slow` times slower: only `who` is decided for;
-        // then 20,000 ordinary ones.
-        let mut phase = |e: &mut Engine, back: f64, front: f64, who: &str| {
-            let decided: Vec<_> = (0..3_000).flat_map(|_| request(e, back, front)).collect();
-            assert!(decided.iter().any(|s| s == who), "{who}: {decided:?}");
-            assert!(decided.iter().all(|s| s == who), "{who}: {decided:?}");
+        // 3,000 slowed requests: only `who` is decided for (no one if `None`); then 20,000
+        // ordinary ones.
+        let mut phase = |e: &mut Engine, s: Slow, who: Option<&str>| {
+            let decided: Vec<_> = (0..3_000).flat_map(|_| request(e, s)).collect();
+            match who {
+                Some(who) => {
+                    assert!(decided.iter().any(|s| s == who), "{who}: {decided:?}");
+                    assert!(decided.iter().all(|s| s == who), "{who}: {decided:?}");
+                }
+                None => assert!(decided.is_empty(), "{decided:?}"),
+            }
             for _ in 0..20_000 {
-                request(e, 1.0, 1.0);
+                request(e, ORDINARY);
             }
         };
+        let back_slow = Slow {
+            back: 10.0,
+            ..ORDINARY
+        };
         // Back is slow: front's spans are slower too, but only back is decided for.
-        phase(&mut e, 10.0, 1.0, "back");
-        // Front is slow itself: decided for.
-        phase(&mut e, 1.0, 10.0, "front");
+        phase(&mut e, back_slow, Some("back"));
+        // Front is slow itself (its own work; then everything it does): decided for.
+        phase(
+            &mut e,
+            Slow {
+                front: 10.0,
+                ..ORDINARY
+            },
+            Some("front"),
+        );
+        phase(
+            &mut e,
+            Slow {
+                front_cpu: 3.0,
+                ..ORDINARY
+            },
+            Some("front"),
+        );
+        // The calls into back are delayed on the way: front's route and its calls into back are
+        // slower, back and front's other calls are not. Scaling front would not help: no one.
+        phase(
+            &mut e,
+            Slow {
+                network_ms: 100.0,
+                ..ORDINARY
+            },
+            None,
+        );
         // A snapshot restores the calls (they are not saved but rebuilt from the keys).
         let mut r = Engine::restore(e.config().clone(), &e.snapshot()).unwrap();
-        phase(&mut r, 10.0, 1.0, "back");
+        phase(&mut r, back_slow, Some("back"));
     }
 
     #[test]

@@ -96,23 +96,28 @@
 //!
 //! * **The cause, not its callers.** A fault in one service slows its callers too, and scaling a
 //!   caller does not help. For rules (`when: { incident: true }`), a service is in an incident
-//!   of its own only while no service it calls is in one. Calls come from the keys' names alone,
+//!   of its own only while no service it calls explains it. Calls come from the keys' names alone,
 //!   so this holds on any system instrumented with the RPC conventions (a client span and its
 //!   server span are both named `package.Service/Method`; a leading `/` or an instrumentation's
 //!   prefix aside), and the direction from latency alone (a client span holds its server span,
 //!   so the server's key of a call is the shortest). A callee counts as in an incident when
 //!   its service is, or its own key of the call is (a busy caller can show an incident before a
-//!   quieter callee as a whole does). Anything broader (a callee merely slower than usual)
-//!   also silenced CPU-starved callers, whose callees look slower from a shared node. On the
-//!   fault data it cut the decisions for services that were not faulted from 690 to 136 (69
-//!   to 39 outside the cooldown) and kept every faulted service's.
+//!   quieter callee as a whole does). A delay on the way into a callee (a network delay)
+//!   slows its callers' client spans of the call and not the callee's own, so it is told from
+//!   the caller's own slowness by the company it keeps: the same call is slow from another
+//!   caller too, or, of the caller's calls, only those into that callee are slow; a CPU-starved
+//!   caller is slow in every call it makes, and the other callers of its callees are not.
+//!   Anything broader (a callee merely slower than usual, or any slow call into a callee that
+//!   is not) also silenced CPU-starved callers, whose callees look slower from a shared node.
+//!   On the fault data the callee's incident cut the decisions for services that were not
+//!   faulted from 690 to 136 (69 to 39 outside the cooldown), the delay on the way from 136 to
+//!   63 (24 outside the cooldown), and kept every faulted service's.
 //!
 //! Known limits: a caller whose calls are not named as RPCs (`GET`) is still decided for when
-//! its callee is faulted; a network delay before a callee slows its callers' spans of the call
-//! and not the callee's own, so the callers are decided for (telling that from a CPU-starved
-//! caller, whose calls are slower too, needs the spans' own time, without their children's,
-//! which needs the trace's structure); and a stream with a steady 5 % of isolated anomalies in
-//! every key (the paper's) is partly learned as ordinary.
+//! its callee is faulted; a network delay into the only callee of a caller that no other
+//! service calls cannot be told from that caller's own slowness (that needs the spans' own
+//! time, without their children's, which needs the trace's structure); and a stream with a
+//! steady 5 % of isolated anomalies in every key (the paper's) is partly learned as ordinary.
 
 //! # Cost
 //!

@@ -347,8 +347,8 @@ pub struct Observation {
     /// Whether the span counts as anomalous (kept, after training).
     pub anomalous: bool,
     /// Whether the span's service is in an incident of its own: its recent spans far slower
-    /// than usual, and no service it calls (by operation names shared between services) in an
-    /// incident at the same time.
+    /// than usual, and not explained by a service it calls (by operation names shared between
+    /// services): one in an incident at the same time, or delayed calls into one.
     pub incident: bool,
     /// Evidence ids.
     pub trace_id: [u8; 16],
