@@ -146,8 +146,8 @@ pub struct Engine {
 
 /// Which services call which, from the keys' names, and when each service was last in an
 /// incident: so that a service that is slow only because a service it calls is slow, or its
-/// calls into one are delayed on the way, is not taken as the incident's cause ([`Observation::incident`], what `when: { incident: true }` rules
-/// count).
+/// calls into one are delayed on the way, is not taken as the incident's cause
+/// ([`Observation::incident`], what `when: { incident: true }` rules count).
 ///
 /// RPC instrumentations (gRPC's, OpenTelemetry's RPC conventions) name a call's client span and
 /// its server span alike (`package.Service/Method`, give or take a leading `/` or a prefix:
@@ -1303,7 +1303,7 @@ rules:
         let mut t = 0u64;
         /// How one request is slowed: back's own work, front's own work (its route alone, or
         /// everything it does, calls included, as under CPU starvation), the way into back.
-        #[derive(Clone, Copy, Default)]
+        #[derive(Clone, Copy)]
         struct Slow {
             back: f64,
             front: f64,
