@@ -63,6 +63,10 @@ pub struct Verdict {
     /// The engine took the span as ordinary and learned it (a span it held back as part of an
     /// anomaly or an incident is not learned; see [`Engine`]).
     pub learned: bool,
+    /// `keyed`, with rules: the span's service was in an incident of its own (what
+    /// `when: { incident: true }` rules count; [`crate::rules::Observation::incident`]). For
+    /// evaluation tools.
+    pub incident: bool,
 }
 
 /// Why the last span scored as it did (see [`Engine::last_explain`]); for evaluation tools.
@@ -849,10 +853,10 @@ impl Engine {
         if anomalous {
             self.stats.spans_kept += 1;
         }
+        // The span's service in an incident of its own: not only waiting on a service it calls
+        // that is in one.
+        let mut own_incident = false;
         if !self.rules.rules().is_empty() {
-            // The span's service in an incident of its own: not only waiting on a service it
-            // calls that is in one.
-            let mut own_incident = false;
             let window_ns = self.cfg.keyed.context_window_ms as u64 * 1_000_000;
             if keyed
                 && look.service_incident
@@ -900,6 +904,7 @@ impl Engine {
             keep: anomalous,
             skipped: None,
             learned: learn,
+            incident: own_incident,
         }
     }
 
@@ -910,6 +915,7 @@ impl Engine {
             keep: false,
             skipped: Some(r),
             learned: false,
+            incident: false,
         }
     }
 
@@ -1301,6 +1307,8 @@ rules:
         .unwrap();
         let mut rng = crate::rng::SplitMix64::new(3);
         let mut t = 0u64;
+        // Services whose spans the verdicts put in an incident of their own, since last cleared.
+        let incident_in = std::cell::RefCell::new(std::collections::BTreeSet::new());
         /// How one request is slowed: back's own work, front's own work (its route alone, or
         /// everything it does, calls included, as under CPU starvation), the way into back.
         #[derive(Clone, Copy)]
@@ -1334,7 +1342,16 @@ rules:
                 ("front", "GET /", route),
             ] {
                 t += 2_000_000;
-                e.process_span(&span(svc, op, d), 0, t, &mut decisions);
+                let n = decisions.len();
+                let v = e.process_span(&span(svc, op, d), 0, t, &mut decisions);
+                // The verdict says what the rule counted (`scale eval --scores` writes it).
+                assert!(
+                    decisions.len() == n || v.incident,
+                    "{svc}: a decision, not counted"
+                );
+                if v.incident {
+                    incident_in.borrow_mut().insert(svc);
+                }
             }
             decisions
                 .iter()
@@ -1347,7 +1364,10 @@ rules:
         // 3,000 slowed requests: only `who` is decided for (no one if `None`); then 20,000
         // ordinary ones.
         let mut phase = |e: &mut Engine, s: Slow, who: Option<&str>| {
+            incident_in.borrow_mut().clear();
             let decided: Vec<_> = (0..3_000).flat_map(|_| request(e, s)).collect();
+            let counted: Vec<_> = incident_in.borrow().iter().copied().collect();
+            assert_eq!(counted, who.into_iter().collect::<Vec<_>>(), "{who:?}");
             match who {
                 Some(who) => {
                     assert!(decided.iter().any(|s| s == who), "{who}: {decided:?}");

@@ -120,7 +120,7 @@ pub struct EvalArgs {
     /// gzip) to compare against.
     #[arg(long, value_name = "FILE")]
     pub compare_seed: Option<PathBuf>,
-    /// Write the test stream's `index,score,keep,label,learned,arrival_unix_nano,service,operation`
+    /// Write the test stream's `index,score,keep,label,learned,arrival_unix_nano,service,operation,incident`
     /// here (CSV).
     #[arg(long, value_name = "FILE")]
     pub scores: Option<PathBuf>,
@@ -263,6 +263,8 @@ pub struct TestSpan {
     pub arrival_ns: u64,
     /// Its key id in the engine (names from [`Engine::keys`]).
     pub key: scale_core::KeyId,
+    /// With rules: its service was in an incident of its own (what `incident: true` counts).
+    pub incident: bool,
     /// The engine took it as ordinary and learned it.
     pub learned: bool,
 }
@@ -702,6 +704,7 @@ impl Runner {
                 arrival_ns: s.arrival_ns,
                 key,
                 learned: v.learned,
+                incident: v.incident,
             });
         }
         self.fed += self.len as u64;
@@ -840,7 +843,7 @@ fn write_scores(
     write_file(path, |w| {
         writeln!(
             w,
-            "index,score,keep,label,learned,arrival_unix_nano,service,operation"
+            "index,score,keep,label,learned,arrival_unix_nano,service,operation,incident"
         )?;
         for s in spans {
             let score = s.score.map(|v| v.to_string()).unwrap_or_default();
@@ -855,13 +858,14 @@ fn write_scores(
             };
             writeln!(
                 w,
-                "{},{score},{},{label},{},{},{},{}",
+                "{},{score},{},{label},{},{},{},{},{}",
                 s.index,
                 u8::from(s.keep),
                 u8::from(s.learned),
                 s.arrival_ns,
                 q(svc),
-                q(op)
+                q(op),
+                u8::from(s.incident)
             )?;
         }
         Ok(())

@@ -780,6 +780,7 @@ pub(crate) mod tests {
                     arrival_ns: i * 1_000_000,
                     key: (i % 7) as u32,
                     learned: i % 5 != 0,
+                    incident: false,
                 }
             })
             .collect()
@@ -846,6 +847,7 @@ pub(crate) mod tests {
                 arrival_ns: 0,
                 key: 0,
                 learned: true,
+                incident: false,
             })
             .collect();
         let doc = scores_svg(&s, &th(0.6), "t");

@@ -437,6 +437,7 @@ mod tests {
             arrival_ns: t,
             key,
             learned: !keep,
+            incident: false,
         }
     }
 

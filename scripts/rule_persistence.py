@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Replay `incident: true` rules offline from `scale eval --scores`, to weigh rule shapes.
+
+`scale eval --rules FILE --scores S.csv --json` writes, per span, whether its service was in an
+incident of its own (the `incident` column: what `when: { incident: true }` counts). This script
+replays rule windows over that column, per service, and judges the decisions the way
+`scale eval` does (a decision acts unless its service acted within the cooldown; a decision for
+a service outside its fault windows plus the grace is false; a CPU fault with labelled spans is
+caught when an acting decision comes within `within_s` of its onset).
+
+It first replays the rule `scale eval` ran (`--count`, `--window`, `--cooldown`: those of
+configs/rules/nezha-ob.yaml by default) and checks that it finds the engine's own decisions
+(the count, the false ones and the ones that acted, from the JSON report); it then prints the
+same for each variant given with `--sustain D:G` (a decision also needs the service's own
+incident to have lasted D seconds, with no gap between its spans longer than G seconds).
+
+Usage (the nezha-ob data, see scripts/nezha-eval.sh):
+  scale eval --json --rules configs/rules/nezha-ob.yaml --faults FAULTS --scores /tmp/s.csv \\
+      SPANS > /tmp/r.json
+  scripts/rule_persistence.py /tmp/s.csv /tmp/r.json --sustain 5:2 7:2 10:5
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import json
+import sys
+
+S = 1_000_000_000
+CPU = ("cpu_contention", "cpu_consumed")
+
+ap = argparse.ArgumentParser()
+ap.add_argument("scores", help="scale eval --scores CSV (with the incident column)")
+ap.add_argument("report", help="scale eval --json report of the same run (with --faults and --rules)")
+ap.add_argument("--count", type=int, default=50)
+ap.add_argument("--window", type=float, default=30.0, help="s")
+ap.add_argument("--cooldown", type=float, default=60.0, help="s")
+ap.add_argument("--sustain", nargs="*", default=[], metavar="D:G",
+                help="variants: the own incident lasted D s with no gap over G s")
+args = ap.parse_args()
+
+report = json.load(open(args.report))["timeline"]
+rules = report["rules"]
+faults = [dict(f["fault"] if "fault" in f else f, labelled=f["labelled"]) for f in report["faults"]]
+grace, within = rules["grace_s"] * S, rules["within_s"] * S
+
+# Per service, the arrival times of its spans in an incident of its own.
+own: dict[str, list[int]] = collections.defaultdict(list)
+with open(args.scores, newline="") as f:
+    for r in csv.DictReader(f):
+        if r["incident"] == "1":
+            own[r["service"]].append(int(r["arrival_unix_nano"]))
+
+
+def replay(count: int, window: float, sustain: tuple[float, float] | None) -> list[tuple[int, str]]:
+    """Decisions (time, service): `count` breaches within `window` (the ring then cleared, as
+    the engine does), and with `sustain`, an episode of at least D s with no gap over G s."""
+    out = []
+    for svc, times in own.items():
+        ring: collections.deque[int] = collections.deque()
+        start = last = None
+        for t in times:
+            if start is None or (sustain and t - last > sustain[1] * S):
+                start = t
+            last = t
+            while ring and t - ring[0] >= window * S:
+                ring.popleft()
+            ring.append(t)
+            if len(ring) >= count and (sustain is None or t - start >= sustain[0] * S):
+                out.append((t, svc))
+                ring.clear()
+    return sorted(out)
+
+
+def judge(decisions: list[tuple[int, str]]) -> dict:
+    acted, last = [], {}
+    for t, s in decisions:
+        if s not in last or t - last[s] >= args.cooldown * S:
+            last[s] = t
+            acted.append((t, s))
+
+    def fault_of(t: int, s: str):
+        return next((f for f in faults if f["service"] == s and f["start_ns"] <= t < f["end_ns"] + grace), None)
+
+    first: dict[str, int] = {}
+    false_acted = 0
+    for t, s in acted:
+        f = fault_of(t, s)
+        if f is None:
+            false_acted += 1
+        else:
+            first.setdefault(f["fault_id"], t - f["start_ns"])
+    cpu = [f for f in faults if f["fault_type"] in CPU and f["labelled"] > 0]
+    return {
+        "false": sum(1 for t, s in decisions if fault_of(t, s) is None),
+        "acted": len(acted),
+        "false_acted": false_acted,
+        "cpu_in_time": sum(1 for f in cpu if first.get(f["fault_id"], within + 1) <= within),
+        "cpu": len(cpu),
+    }
+
+
+base = judge(replay(args.count, args.window, None))
+# Decisions of one batch for one target are merged into one by the engine, so their total
+# depends on batching; the acting ones (one per cooldown) and the false ones do not.
+engine = {"false": rules["false_decisions"], "acted": rules["acted"], "false_acted": rules["false_acted"]}
+if any(base[k] != v for k, v in engine.items()):
+    sys.exit(f"the replay does not find the engine's decisions: {base} vs {engine} "
+             "(are --count/--window/--cooldown the rule's?)")
+print(f"| rule | false decisions | acting | false acting | CPU faults decided within {within / S:.0f} s |")
+print("| --- | ---: | ---: | ---: | ---: |")
+rows = [(f"count {args.count} in {args.window:g} s (as run)", base)]
+for v in args.sustain:
+    d, g = (float(x) for x in v.split(":"))
+    rows.append((f"… and lasting {d:g} s (gaps ≤ {g:g} s)", judge(replay(args.count, args.window, (d, g)))))
+for name, r in rows:
+    print(f"| {name} | {r['false']} | {r['acted']} | {r['false_acted']} | {r['cpu_in_time']}/{r['cpu']} |")
