@@ -120,8 +120,9 @@ pub struct EvalArgs {
     /// gzip) to compare against.
     #[arg(long, value_name = "FILE")]
     pub compare_seed: Option<PathBuf>,
-    /// Write the test stream's `index,score,keep,label,learned,arrival_unix_nano,service,operation,incident`
-    /// here (CSV).
+    /// Write the test stream's
+    /// `index,score,keep,label,learned,arrival_unix_nano,service,operation,incident` here (CSV;
+    /// `incident`: with rules, the span's service was in an incident of its own).
     #[arg(long, value_name = "FILE")]
     pub scores: Option<PathBuf>,
     /// Write scores.svg, confusion.svg and durations.svg (and timeline.svg for a timeline) into
