@@ -325,6 +325,12 @@ pub struct Rule {
     pub count: u32,
     /// W: the sliding window, ms.
     pub window_ms: f64,
+    /// `for`: the rule fires only once every span it matched (of its target) in this long has
+    /// breached, ms (0: at once). Like a Prometheus alert's `for`, it asks for a condition that
+    /// lasts, so it suits `incident: true` (a service's state, which every one of its spans
+    /// shares) more than a per-span threshold. A span that matches and does not breach, or no
+    /// span for a whole window, starts it over ([`crate::rules`]).
+    pub for_ms: f64,
     /// What to do.
     pub action: Action,
 }
@@ -576,6 +582,8 @@ struct RawRule {
     when: RawWhen,
     count: S<i64>,
     window: S<DurationMs>,
+    #[serde(rename = "for", default)]
+    hold: Option<S<DurationMs>>,
     action: RawAction,
 }
 
@@ -744,6 +752,11 @@ fn validate_rules(p: &mut Problems, raw: &[S<RawRule>], prefix: &str) -> Vec<Rul
             r.count.value as u32
         };
         let window_ms = p.duration(&at("window"), &Some(r.window.clone()), 1.0);
+        // `for: 0s` is `for` left out, as in Prometheus.
+        let for_ms = match &r.hold {
+            Some(h) if h.value.0 == 0.0 => 0.0,
+            h => p.duration(&at("for"), h, 0.0),
+        };
         let a = &r.action;
         let min = p.int(&at("action.min"), &a.min, 0, 100_000, 1) as u32;
         let max = p.int(
@@ -865,6 +878,7 @@ fn validate_rules(p: &mut Problems, raw: &[S<RawRule>], prefix: &str) -> Vec<Rul
             incident,
             count,
             window_ms,
+            for_ms,
             action: Action {
                 kind: a.kind.value,
                 target: t.clone(),
@@ -1284,6 +1298,25 @@ rules:
         );
         let e = RulesFile::from_yaml(&rule(", max_decision_age: soon", "30s")).unwrap_err();
         assert!(e.to_string().contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn for_is_optional_and_names_its_key() {
+        let rule = |extra: &str| {
+            format!(
+                "rules:\n- name: r\n  when: {{ incident: true }}\n  count: 2\n  window: 30s\n{extra}  action: {{ kind: horizontal, target: {{ kind: Deployment, name: x }}, max: 3 }}\n"
+            )
+        };
+        let hold = |y: &str| RulesFile::from_yaml(y).unwrap().rules[0].for_ms;
+        assert_eq!(hold(&rule("")), 0.0, "at once");
+        assert_eq!(hold(&rule("  for: 0s\n")), 0.0, "at once");
+        assert_eq!(hold(&rule("  for: 10s\n")), 10_000.0);
+        let e = RulesFile::from_yaml(&rule("  for: -5s\n")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("line 6: rules[0].for: must be a positive duration"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -284,6 +284,22 @@ impl Featurizer {
         self.models.get(key as usize).and_then(KeyModel::mean_ld)
     }
 
+    /// `keyed` mode: whether a key's model is trusted (`min_key_count` spans learned).
+    pub fn is_established(&self, key: KeyId) -> bool {
+        self.models
+            .get(key as usize)
+            .is_some_and(|m| m.count() >= self.keyed.min_key_count)
+    }
+
+    /// `keyed` mode: how much longer a key's recent spans take than it learned they usually do,
+    /// in µs ([`Context::excess_us`]); 0 for an unknown key or one with nothing learned.
+    pub fn recent_excess_us(&self, key: KeyId) -> f64 {
+        self.models
+            .get(key as usize)
+            .and_then(|m| Some(m.context().excess_us(m.mean_ld()?)))
+            .unwrap_or(0.0)
+    }
+
     /// `keyed` mode: whether a key is in an incident (as of its last span).
     pub fn key_in_incident(&self, key: KeyId) -> bool {
         self.models
@@ -343,7 +359,7 @@ impl Featurizer {
             };
         }
         let rare = j.tail < RARE_TAIL;
-        m.context_mut().add(j.position, rare, now_ns, window_ns);
+        m.context_mut().add(j.position, ld, rare, now_ns, window_ns);
         let own = judge_context(m.context(), k.sides);
         let sc = match service {
             Some(s) => {
@@ -355,7 +371,7 @@ impl Featurizer {
             }
             None => &mut self.overflow_service,
         };
-        sc.add(j.position, rare, now_ns, window_ns);
+        sc.add(j.position, ld, rare, now_ns, window_ns);
         let svc = judge_context(sc, k.sides);
         let use_service = svc.feature > own.feature;
         let ctx = if use_service { svc } else { own };

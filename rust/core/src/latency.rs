@@ -143,14 +143,17 @@ pub struct Context {
     weight_sq: f32,
     /// Time-weighted count of recent rare spans.
     rare: f32,
+    /// Time-weighted sum of recent log-durations ([`log_duration`]), for
+    /// [`Context::excess_us`].
+    ld: f32,
     at_ns: u64,
 }
 
 impl Context {
-    /// Add a span's position (and whether it was rare) at engine time `now_ns`; older spans fade
-    /// with time constant `window_ns`.
+    /// Add a span's position, its log-duration ([`log_duration`]) and whether it was rare at
+    /// engine time `now_ns`; older spans fade with time constant `window_ns`.
     #[inline]
-    pub fn add(&mut self, position: f64, rare: bool, now_ns: u64, window_ns: f64) {
+    pub fn add(&mut self, position: f64, ld: f64, rare: bool, now_ns: u64, window_ns: f64) {
         if now_ns > self.at_ns {
             if self.weight > 0.0 {
                 let f = decay((now_ns - self.at_ns) as f64 / window_ns) as f32;
@@ -158,12 +161,14 @@ impl Context {
                 self.weight *= f;
                 self.weight_sq *= f * f;
                 self.rare *= f;
+                self.ld *= f;
             }
             self.at_ns = now_ns;
         }
         self.sum += (position - 0.5) as f32;
         self.weight += 1.0;
         self.weight_sq += 1.0;
+        self.ld += ld as f32;
         if rare {
             self.rare += 1.0;
         }
@@ -193,6 +198,18 @@ impl Context {
         } else {
             0.0
         }
+    }
+
+    /// How much longer the recent spans take than `learned_ld` (a mean log-duration,
+    /// [`KeyModel::mean_ld`]) says they usually do, in µs of absolute time (their geometric
+    /// means; 0 if they are not slower, or there are none).
+    #[inline]
+    pub fn excess_us(&self, learned_ld: f64) -> f64 {
+        if self.weight <= 0.0 {
+            return 0.0;
+        }
+        let recent = f64::from(self.ld / self.weight);
+        (recent.exp() - learned_ld.exp()).max(0.0)
     }
 
     /// The share of rare spans in the window, and its excess over `expected` (the share chance
@@ -520,6 +537,7 @@ mod tests {
         for i in 0..1_000u64 {
             c.add(
                 if i % 2 == 0 { 0.25 } else { 0.75 },
+                log_duration(1.0),
                 false,
                 i * S / 100,
                 10.0 * S as f64,
@@ -527,8 +545,19 @@ mod tests {
         }
         assert!(c.shift().abs() < 0.01 && c.z().abs() < 1.0);
         for i in 0..200u64 {
-            c.add(0.9, i % 2 == 0, (10 + i / 100) * S, 10.0 * S as f64);
+            c.add(
+                0.9,
+                log_duration(4.0),
+                i % 2 == 0,
+                (10 + i / 100) * S,
+                10.0 * S as f64,
+            );
         }
+        // 1 ms spans, then 4 ms ones for two seconds of a 10 s window: about a third of the
+        // recent weight, so a geometric mean of about 1 ms · 4^⅓ ≈ 1.4–1.6 ms, 0.4–0.6 ms more.
+        let excess = c.excess_us(log_duration(1.0));
+        assert!((300.0..600.0).contains(&excess), "{excess}");
+        assert_eq!(c.excess_us(log_duration(10.0)), 0.0);
         assert!(c.shift() > 0.08 && c.z() > 10.0, "{c:?}");
         let (share, z) = c.rare_excess(0.01);
         assert!(share > 0.1 && z > 4.0, "{share} {z}");

@@ -107,11 +107,23 @@
 //!   the caller's own slowness by the company it keeps: the same call is slow from another
 //!   caller too, or, of the caller's calls, only those into that callee are slow; a CPU-starved
 //!   caller is slow in every call it makes, and the other callers of its callees are not.
+//!   Either explanation must also account for the time, in absolute terms: what the callee's
+//!   side added (its recent spans' geometric mean over what it learned) must be at least half
+//!   of what the caller's client spans of the call added. Only then is the callee the larger
+//!   part of the delay; a CPU-starved caller whose calls take 90 ms more while its callees on
+//!   the same node take 3 ms more is slow of its own, on any system, whatever the callees'
+//!   incidents say. Which side serves a call is settled once both sides are established, since
+//!   a long incident brings what they learn too close to tell.
 //!   Anything broader (a callee merely slower than usual, or any slow call into a callee that
 //!   is not) also silenced CPU-starved callers, whose callees look slower from a shared node.
 //!   On the fault data the callee's incident cut the decisions for services that were not
 //!   faulted from 690 to 136 (69 to 39 outside the cooldown), the delay on the way from 136 to
 //!   63 (24 outside the cooldown), and kept every faulted service's.
+//! * **Acting on an incident that lasts.** A rule's `for` (see [`rules`]) asks every span it
+//!   matched to have breached for that long. Scaling helps only once a new pod has started, so
+//!   a slowdown over sooner (a garbage collection, a burst, a neighbour's moment on the node) is
+//!   not worth acting on, and a fault that needs capacity lasts minutes: `for: 10s` in our
+//!   rules, for any system, not fitted to one (BENCHMARKS.md has the whole range measured).
 //!
 //! Known limits: a caller whose calls are not named as RPCs (`GET`) is still decided for when
 //! its callee is faulted; a network delay into the only callee of a caller that no other

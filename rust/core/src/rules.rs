@@ -9,6 +9,18 @@
 //! cleared, so the next decision needs `N` fresh breaches. Rules see every scored span, whether
 //! or not the sampler keeps it.
 //!
+//! # `for`: a condition that lasts
+//!
+//! A rule with `for: D` fires only once every span it matched (of its target) for the last `D`
+//! has breached: a run of breaches that began at least `D` ago. A matched span that does not
+//! breach ends the run, and so does a silence of a whole window between two breaches (missing
+//! input is not evidence). Until the run is old enough, the window keeps its `N` latest breaches
+//! instead of firing. This is a Prometheus alert's `for`, and it is made for `incident: true`:
+//! an incident is a state of the service, which all its spans share, so a run of them is the
+//! incident lasting. Scaling takes as long as a new pod needs to start to help at all, so a
+//! slowdown that is over sooner (a garbage collection, a burst, a neighbour's moment on the node)
+//! is not worth acting on; a fault that calls for more capacity lasts minutes.
+//!
 //! # One rule for every service
 //!
 //! A rule whose target name contains `${service}` (see [`SERVICE_PLACEHOLDER`]) counts each
@@ -115,6 +127,9 @@ struct RuleState {
     closed_buckets: u64,
     /// Whether the current bucket saw a breach (such buckets do not update the baseline).
     bucket_breached: bool,
+    /// A rule with `for`: since when every matched span has breached, and the last one's time
+    /// (engine clock, ns; `None`: the last matched span did not breach).
+    run: Option<(u64, u64)>,
     /// What the window saw since its last report (not snapshotted).
     #[serde(skip)]
     evidence: Evidence,
@@ -262,8 +277,24 @@ impl RuleState {
             baseline_per_bucket: 0.0,
             closed_buckets: 0,
             bucket_breached: false,
+            run: None,
             evidence: Evidence::default(),
         }
+    }
+
+    /// Note a matched span at `now` for a rule with `for` (`for_ns`); whether the breaches
+    /// have now lasted that long. A span that does not breach ends the run, and so does a
+    /// silence longer than the window (missing input is not evidence).
+    fn held(&mut self, breach: bool, now: u64, window_ns: u64, for_ns: u64) -> bool {
+        self.run = match self.run {
+            Some((since, last)) if breach && now.saturating_sub(last) < window_ns => {
+                Some((since, now.max(last)))
+            }
+            _ if breach => Some((now, now)),
+            _ => None,
+        };
+        self.run
+            .is_some_and(|(since, _)| now.saturating_sub(since) >= for_ns)
     }
 
     /// Breaches still inside the window at `now`.
@@ -277,8 +308,9 @@ impl RuleState {
             .count() as u32
     }
 
-    /// Record a breach at `now`; true when the window now holds `N` breaches.
-    fn breach(&mut self, now: u64, window_ns: u64) -> bool {
+    /// Record a breach at `now`; true when the window now holds `N` breaches and `may_fire`
+    /// (the window is then emptied; otherwise it keeps its `N` latest).
+    fn breach(&mut self, now: u64, window_ns: u64, may_fire: bool) -> bool {
         let cap = self.ring.len();
         // Drop breaches that left the window (oldest first).
         while self.len > 0 {
@@ -292,7 +324,7 @@ impl RuleState {
         self.ring[self.head] = now;
         self.head = (self.head + 1) % cap;
         self.len = (self.len + 1).min(cap);
-        if self.len == cap {
+        if self.len == cap && may_fire {
             self.len = 0;
             true
         } else {
@@ -523,7 +555,9 @@ impl RuleSet {
         ev.matched += 1;
         ev.breaches += u64::from(breach);
         ev.latency.add(obs.duration_ms);
-        if !breach || !st.breach(now_ns, window_ns.max(1)) {
+        let held = rule.for_ms <= 0.0
+            || st.held(breach, now_ns, window_ns.max(1), (rule.for_ms * 1e6) as u64);
+        if !breach || !st.breach(now_ns, window_ns.max(1), held) {
             return None;
         }
         let load_ratio = st.load_ratio();
@@ -796,6 +830,41 @@ rules:
         assert_eq!(d.action, ActionKind::Horizontal);
         // Cleared: needs three fresh breaches.
         assert!(rs.observe((0, 0), &obs(300.0), 40 * MS).is_none());
+    }
+
+    #[test]
+    fn for_asks_every_matched_span_to_breach_that_long() {
+        let mut rs = rules(
+            "rules:\n- name: r\n  when: { duration_above: 100ms }\n  count: 3\n  window: 1s\n  for: 500ms\n  action: { kind: horizontal, target: { kind: Deployment, name: a }, max: 5 }\n",
+        );
+        // Three breaches, but the run is 200 ms old: no decision yet, and the window keeps them.
+        for t in [0, 100, 200] {
+            assert!(rs.observe((0, 0), &obs(200.0), t * MS).is_none());
+        }
+        // A span that does not breach ends the run.
+        assert!(rs.observe((0, 0), &obs(50.0), 300 * MS).is_none());
+        for t in [400, 500, 600, 800] {
+            assert!(rs.observe((0, 0), &obs(200.0), t * MS).is_none(), "{t}");
+        }
+        // The run began at 400 ms: at 900 ms it has lasted 500 ms, with three breaches in the
+        // window.
+        let d = rs
+            .observe((0, 0), &obs(200.0), 900 * MS)
+            .expect("held for 500 ms");
+        assert_eq!(d.count, 3);
+        // Cleared, as without `for`; the run goes on.
+        assert!(rs.observe((0, 0), &obs(200.0), 1_000 * MS).is_none());
+        assert!(rs.observe((0, 0), &obs(200.0), 1_100 * MS).is_none());
+        assert!(rs.observe((0, 0), &obs(200.0), 1_200 * MS).is_some());
+        // A silence of a whole window ends the run too: missing input is not evidence.
+        for t in [3_000, 3_100] {
+            assert!(rs.observe((0, 0), &obs(200.0), t * MS).is_none());
+        }
+        assert!(
+            rs.observe((0, 0), &obs(200.0), 3_200 * MS).is_none(),
+            "run of 200 ms"
+        );
+        assert!(rs.observe((0, 0), &obs(200.0), 3_500 * MS).is_some());
     }
 
     #[test]
