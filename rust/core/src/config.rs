@@ -316,9 +316,10 @@ pub struct Rule {
     pub duration_above_ms: Option<f64>,
     /// Breach only if the span is also anomalous (kept by the sampler).
     pub anomalous: bool,
-    /// Breach only if the span's service is in an incident of its own: its recent spans, all
-    /// operations together, are far slower than usual (see [`crate::features`]), not just this
-    /// one, and not because of a service it calls, in an incident or delayed on the way (see the
+    /// Breach only if the span's service is in an incident of its own: the recent spans of its
+    /// own work (server and internal spans, not client spans of its calls), all operations
+    /// together, are far slower than usual (see [`crate::features::Featurizer::own_work`]), not
+    /// just this one, and not because of a service it calls, in an incident or delayed on the way (see the
     /// crate docs, "The cause, not its callers").
     pub incident: bool,
     /// N: breaches within the window that fire the rule.

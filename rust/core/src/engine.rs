@@ -271,6 +271,18 @@ impl Calls {
             .map(|(_, k)| k)
     }
 
+    /// Whether `key` of `service` is its side of a call it makes (a client span).
+    fn is_client(&self, featurizer: &Featurizer, service: ServiceId, key: KeyId) -> bool {
+        self.of_service.get(service as usize).is_some_and(|calls| {
+            calls.iter().any(|&(k, g)| {
+                k == key
+                    && self
+                        .server_of(featurizer, g)
+                        .is_some_and(|server| server != key)
+            })
+        })
+    }
+
     /// Settle the server of the calls `key` (of `service`) takes part in, once every side of
     /// one is established: from then on it does not change (until a new side appears). A long
     /// incident in the callee makes its callers' client spans mostly the callee's time, and
@@ -519,8 +531,8 @@ pub const RARE_EXCESS: f64 = 1.5;
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SCALESNP";
 /// Snapshot format version. Bump on any change to the serialized state (4: a rule's action
 /// carries `max_decision_age`; 5: contexts carry their spans' log-durations, rules their `for`
-/// and its run).
-pub const SNAPSHOT_VERSION: u32 = 5;
+/// and its run; 6: each service's own work has a context).
+pub const SNAPSHOT_VERSION: u32 = 6;
 
 impl Engine {
     /// A fresh engine. In `keyed` mode the trees are built now; in `paper` mode on the first
@@ -908,18 +920,18 @@ impl Engine {
         let mut own_incident = false;
         if !self.rules.rules().is_empty() {
             let window_ns = self.cfg.keyed.context_window_ms as u64 * 1_000_000;
+            // Judged on the service's own work (not the calls it makes): see `own_work`.
             if keyed && let Some(s) = service {
                 self.calls.settle(&self.featurizer, s, key);
-            }
-            if keyed
-                && look.service_incident
-                && let Some(s) = service
-            {
-                self.calls.note_incident(s, at_ns, window_ns);
-                own_incident =
-                    !self
-                        .calls
-                        .callee_in_incident(&self.keys, &self.featurizer, s, at_ns);
+                let own = look.established && !self.calls.is_client(&self.featurizer, s, key);
+                let in_incident = self.featurizer.own_work(key, s, look.ld, at_ns, own);
+                if in_incident {
+                    self.calls.note_incident(s, at_ns, window_ns);
+                    own_incident =
+                        !self
+                            .calls
+                            .callee_in_incident(&self.keys, &self.featurizer, s, at_ns);
+                }
             }
             let obs = Observation {
                 duration_ms: d,
@@ -1480,6 +1492,58 @@ rules:
         // A snapshot restores the calls (they are not saved but rebuilt from the keys).
         let mut r = Engine::restore(e.config().clone(), &e.snapshot()).unwrap();
         phase(&mut r, back_slow, &["back"]);
+    }
+
+    /// Issue 11: a service is judged on its own work (its server and internal spans), not on
+    /// the calls it makes. A service that makes many calls per request and is slow in what it
+    /// does itself, its calls not slower, is in an incident: among all its spans, most of them
+    /// its ordinary client spans, it would not be (frontend under `cpu_consumed` in nezha-ob).
+    #[test]
+    fn a_service_is_judged_on_its_own_work_not_its_calls() {
+        let mut e = Engine::from_yaml(
+            r#"
+sampler: { train_size: 2000, window_size: 100 }
+rules:
+  - name: own-incident
+    match: { service: "*" }
+    when: { incident: true }
+    count: 20
+    window: 10s
+    action: { kind: horizontal, target: { kind: Deployment, name: "${service}" }, max: 5 }
+"#,
+        )
+        .unwrap();
+        let mut rng = crate::rng::SplitMix64::new(5);
+        let mut t = 0u64;
+        // One request: web's route makes ten calls into api (client spans and api's server
+        // spans); web's own work (the route beyond its calls) takes `own` times as long.
+        let mut request = |e: &mut Engine, own: f64| {
+            let mut jitter = || 1.0 + 0.2 * rng.next_f64();
+            let mut decisions = Vec::new();
+            let mut calls = 0.0;
+            for _ in 0..10 {
+                let api = 4.0 * jitter();
+                let to_api = api + jitter();
+                calls += to_api;
+                for (svc, op, d) in [("api", "/pkg.Api/Get", api), ("web", "pkg.Api/Get", to_api)] {
+                    t += 1_000_000;
+                    e.process_span(&span(svc, op, d), 0, t, &mut decisions);
+                }
+            }
+            t += 1_000_000;
+            let route = calls + 20.0 * own * jitter();
+            e.process_span(&span("web", "GET /", route), 0, t, &mut decisions);
+            decisions
+                .iter()
+                .map(|d| d.service.clone().unwrap())
+                .collect::<Vec<_>>()
+        };
+        for _ in 0..3_000 {
+            assert!(request(&mut e, 1.0).is_empty());
+        }
+        let decided: Vec<_> = (0..1_000).flat_map(|_| request(&mut e, 2.0)).collect();
+        assert!(decided.iter().any(|s| s == "web"), "{decided:?}");
+        assert!(decided.iter().all(|s| s == "web"), "{decided:?}");
     }
 
     #[test]

@@ -223,7 +223,8 @@ pub struct Look {
     pub incident: bool,
     /// The key's service is in an incident: the service's recent spans, all its keys together,
     /// are far slower than usual (a fault in the service itself slows them all; one in a service
-    /// it calls, only those that wait for it).
+    /// it calls, only those that wait for it). For what is kept and learned; rules judge a
+    /// service on its own work ([`Featurizer::own_work`]).
     pub service_incident: bool,
 }
 
@@ -243,6 +244,9 @@ pub struct Featurizer {
     /// key.
     services: Vec<Context>,
     overflow_service: Context,
+    /// `keyed`, with rules: each service's own work, by service id: its spans that are not
+    /// its side of a call it makes ([`Featurizer::own_work`]).
+    own_work: Vec<Context>,
 }
 
 impl Featurizer {
@@ -257,7 +261,34 @@ impl Featurizer {
             overflow: KeyModel::default(),
             services: Vec::new(),
             overflow_service: Context::default(),
+            own_work: Vec::new(),
         }
+    }
+
+    /// `keyed` mode: whether `service`'s own work is in an incident at `now_ns`, adding a span
+    /// of `key` (log-duration `ld`) to it first when `own` (a span of its own work, of an
+    /// established key). A service's own work is its spans that are not its side of a call it
+    /// makes: its server spans and its internal ones. A service starved of CPU is slower in
+    /// them, while its client spans may barely show it (most of their time is the callee's),
+    /// and with many of them would dilute it in the service's context as a whole.
+    pub fn own_work(
+        &mut self,
+        key: KeyId,
+        service: ServiceId,
+        ld: f64,
+        now_ns: u64,
+        own: bool,
+    ) -> bool {
+        let s = service as usize;
+        if s >= self.own_work.len() {
+            self.own_work.resize_with(s + 1, Context::default);
+        }
+        if own && let Some(m) = self.models.get(key as usize) {
+            let j = m.judge(ld);
+            let window_ns = self.keyed.context_window_ms * 1e6;
+            self.own_work[s].add(j.position, ld, j.tail < RARE_TAIL, now_ns, window_ns);
+        }
+        judge_context(&self.own_work[s], self.keyed.sides).incident
     }
 
     /// Features are known (in `paper` mode only after the first span).

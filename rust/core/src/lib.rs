@@ -95,8 +95,11 @@
 //!   its slowest span they fall on a spread shrunk towards a factor of 1.65.
 //!
 //! * **The cause, not its callers.** A fault in one service slows its callers too, and scaling a
-//!   caller does not help. For rules (`when: { incident: true }`), a service is in an incident
-//!   of its own only while no service it calls explains it. Calls come from the keys' names alone,
+//!   caller does not help. For rules (`when: { incident: true }`), a service's incident is
+//!   judged on its own work, its server and internal spans: a CPU-starved service is slower in
+//!   what it does itself, while its client spans are mostly its callees' time and, a dozen a
+//!   request, would dilute it (frontend's `cpu_consumed` on the fault data). And it is in an
+//!   incident of its own only while no service it calls explains it. Calls come from the keys' names alone,
 //!   so this holds on any system instrumented with the RPC conventions (a client span and its
 //!   server span are both named `package.Service/Method`; a leading `/` or an instrumentation's
 //!   prefix aside), and the direction from latency alone (a client span holds its server span,

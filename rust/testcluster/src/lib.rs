@@ -75,7 +75,32 @@ pub struct Cluster {
     pub daemon_token: String,
 }
 
-fn free_port() -> Result<u16> {
+/// A loopback port that is free now, for a process the caller is about to start.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`), not with `bind(0)`: a port
+/// from that range can be handed to any outgoing connection (a kube client, a test's own gRPC
+/// channel) between this call and the child's bind, which made a daemon fail with "address
+/// already in use" now and then. Below the range only another listener can take it, and the
+/// ports handed out here never repeat within a process (a counter) and rarely across processes
+/// (the walk starts at a point derived from the process id).
+pub fn free_port() -> Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_lo = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let lo = (ephemeral_lo / 2).max(1024);
+    if ephemeral_lo > lo {
+        let span = ephemeral_lo - lo;
+        let start = std::process::id().wrapping_mul(7919) % span;
+        for _ in 0..span {
+            let port = lo + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+                return Ok(l.local_addr()?.port());
+            }
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

@@ -7,7 +7,7 @@ pub mod collector;
 pub mod jaeger;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -121,11 +121,9 @@ pub fn root() -> PathBuf {
 /// Namespace of the workloads in `configs/k8s/rbac-otel-demo.yaml`.
 pub const NS: &str = "otel-demo";
 
+/// A loopback address free now (see [`scale_testcluster::free_port`]).
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    SocketAddr::from(([127, 0, 0, 1], scale_testcluster::free_port().unwrap()))
 }
 
 /// A kube client from a kubeconfig file.
