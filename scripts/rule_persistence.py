@@ -8,18 +8,18 @@ replays rule windows over that column, per service, and judges the decisions the
 a service outside its fault windows plus the grace is false; a CPU fault with labelled spans is
 caught when an acting decision comes within `within_s` of its onset).
 
-It first replays the rule `scale eval` ran (`--count`, `--window`, `--cooldown`, `--for`:
-those of configs/rules/nezha-ob.yaml by default) and checks that it finds the engine's own
-decisions (the count, the false ones and the ones that acted, from the JSON report); it then
-prints the same for each variant: `--hold S` the rule with `for: S` seconds instead (every span
-of the service in an incident of its own for S seconds, as the engine does), `--sustain D:G` the
-rule as run and the service's incident spans lasting D seconds with no gap between them over G
-seconds (spans not in one in between allowed).
+It first replays the rule `scale eval` ran (`--count`, `--window`, `--cooldown`, `--for`,
+`--break`: those of configs/rules/nezha-ob.yaml and the report's by default) and checks
+that it finds the engine's own decisions (the count, the false ones and the ones that acted,
+from the JSON report); it then prints the same for each variant: `--hold S` the rule with
+`for: S` seconds instead (the service's spans in an incident of its own for S seconds, with no
+break between two of them over `--break`, as the engine does), `--sustain D:G` with `for: D`
+and breaks of up to G seconds.
 
 Usage (the nezha-ob data, see scripts/nezha-eval.sh):
   scale eval --json --rules configs/rules/nezha-ob.yaml --faults FAULTS --scores /tmp/s.csv \\
       SPANS > /tmp/r.json
-  scripts/rule_persistence.py /tmp/s.csv /tmp/r.json --hold 0 5 7 15 20
+  scripts/rule_persistence.py /tmp/s.csv /tmp/r.json --hold 0 5 7 15 20 --sustain 10:2 10:3
 """
 from __future__ import annotations
 
@@ -39,47 +39,46 @@ ap.add_argument("--count", type=int, default=50)
 ap.add_argument("--window", type=float, default=30.0, help="s")
 ap.add_argument("--cooldown", type=float, default=60.0, help="s")
 ap.add_argument("--for", dest="hold", type=float, default=10.0, help="the rule's `for`, s")
+ap.add_argument("--break", dest="brk", type=float, default=None,
+                help="the longest break a `for` run survives, s (default: the engine's, from the report)")
 ap.add_argument("--hold", dest="holds", nargs="*", default=[], metavar="S",
                 help="variants: the rule with `for` of S seconds instead")
 ap.add_argument("--sustain", nargs="*", default=[], metavar="D:G",
-                help="variants: the own incident lasted D s with no gap over G s")
+                help="variants: `for: D` with breaks of up to G s")
 args = ap.parse_args()
 
 report = json.load(open(args.report))["timeline"]
 rules = report["rules"]
 faults = [dict(f["fault"] if "fault" in f else f, labelled=f["labelled"]) for f in report["faults"]]
 grace, within = rules["grace_s"] * S, rules["within_s"] * S
+if args.brk is None:
+    args.brk = rules["for_break_s"]
 
-# Per service, the arrival times of its spans, and whether its service was in an incident of its own.
+# Per service, the times the engine judged its spans (their batch's clock, what rule windows see), and whether its service was in an incident of its own.
 spans: dict[str, list[tuple[int, bool]]] = collections.defaultdict(list)
 with open(args.scores, newline="") as f:
     for r in csv.DictReader(f):
-        spans[r["service"]].append((int(r["arrival_unix_nano"]), r["incident"] == "1"))
+        spans[r["service"]].append((int(r["judged_unix_nano"]), r["incident"] == "1"))
 
 
-def replay(count: int, window: float, hold: float = 0.0, sustain: tuple[float, float] | None = None
-           ) -> list[tuple[int, str]]:
+def replay(count: int, window: float, hold: float = 0.0, brk: float = 0.0) -> list[tuple[int, str]]:
     """Decisions (time, service): `count` breaches within `window` (the ring then cleared, as
-    the engine does); with `hold` (the rule's `for`, s), every span of the service for that long
-    in an incident, with no silence of a window; with `sustain`, an episode of incident spans
-    of at least D s with no gap over G s (non-incident spans between them allowed)."""
+    the engine does); with `hold` (the rule's `for`, s), the service's spans in an incident for
+    that long with no break between two of them over `brk` s (nor a whole window)."""
     out = []
     for svc, times in spans.items():
         ring: collections.deque[int] = collections.deque()
-        start = last = None  # sustain
         run = None  # hold: (since, last)
         for t, inc in times:
-            if hold:
-                run = ((run[0] if run and t - run[1] < window * S else t), t) if inc else None
             if not inc:
                 continue
-            if start is None or (sustain and t - last > sustain[1] * S):
-                start = t
-            last = t
+            if hold:
+                keep = run and t - run[1] <= brk * S and t - run[1] < window * S
+                run = (run[0] if keep else t, t)
             while ring and t - ring[0] >= window * S:
                 ring.popleft()
             ring.append(t)
-            held = (not hold or t - run[0] >= hold * S) and (sustain is None or t - start >= sustain[0] * S)
+            held = not hold or t - run[0] >= hold * S
             if len(ring) >= count and held:
                 out.append((t, svc))
                 ring.clear()
@@ -114,7 +113,7 @@ def judge(decisions: list[tuple[int, str]]) -> dict:
     }
 
 
-base = judge(replay(args.count, args.window, args.hold))
+base = judge(replay(args.count, args.window, args.hold, args.brk))
 # Decisions of one batch for one target are merged into one by the engine, so their total
 # depends on batching; the acting ones (one per cooldown) and the false ones do not.
 engine = {"false": rules["false_decisions"], "acted": rules["acted"], "false_acted": rules["false_acted"]}
@@ -123,13 +122,14 @@ if any(base[k] != v for k, v in engine.items()):
              "(are --count/--window/--cooldown the rule's?)")
 print(f"| rule | false decisions | acting | false acting | CPU faults decided within {within / S:.0f} s |")
 print("| --- | ---: | ---: | ---: | ---: |")
-rows = [(f"count {args.count} in {args.window:g} s, for {args.hold:g} s (as run)", base)]
+rows = [(f"count {args.count} in {args.window:g} s, for {args.hold:g} s, breaks ≤ {args.brk:g} s (as run)",
+         base)]
 for v in args.holds:
     rows.append((f"count {args.count} in {args.window:g} s, for {float(v):g} s",
-                 judge(replay(args.count, args.window, float(v)))))
+                 judge(replay(args.count, args.window, float(v), args.brk))))
 for v in args.sustain:
     d, g = (float(x) for x in v.split(":"))
-    rows.append((f"… and lasting {d:g} s (gaps ≤ {g:g} s)",
-                 judge(replay(args.count, args.window, args.hold, (d, g)))))
+    rows.append((f"count {args.count} in {args.window:g} s, for {d:g} s, breaks ≤ {g:g} s",
+                 judge(replay(args.count, args.window, d, g))))
 for name, r in rows:
     print(f"| {name} | {r['false']} | {r['acted']} | {r['false_acted']} | {r['cpu_in_time']}/{r['cpu']} |")

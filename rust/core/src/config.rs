@@ -326,11 +326,11 @@ pub struct Rule {
     pub count: u32,
     /// W: the sliding window, ms.
     pub window_ms: f64,
-    /// `for`: the rule fires only once every span it matched (of its target) in this long has
-    /// breached, ms (0: at once). Like a Prometheus alert's `for`, it asks for a condition that
+    /// `for`: the rule fires only once the spans it matched (of its target) have breached for
+    /// this long, ms (0: at once). Like a Prometheus alert's `for`, it asks for a condition that
     /// lasts, so it suits `incident: true` (a service's state, which every one of its spans
-    /// shares) more than a per-span threshold. A span that matches and does not breach, or no
-    /// span for a whole window, starts it over ([`crate::rules`]).
+    /// shares) more than a per-span threshold. A break between breaches over half of
+    /// `keyed.context_window`, or of the window, starts it over ([`crate::rules`]).
     pub for_ms: f64,
     /// What to do.
     pub action: Action,

@@ -557,7 +557,7 @@ impl Engine {
             key_rules: Vec::new(),
             featurizer: Featurizer::new(&cfg),
             hst,
-            rules: RuleSet::new(cfg.rules.clone()),
+            rules: RuleSet::new(cfg.rules.clone(), cfg.keyed.context_window_ms),
             learned: 0,
             stats: Stats::default(),
             feature_names,
@@ -1112,7 +1112,7 @@ impl Engine {
         }
         if a.rules != b.rules {
             // Rules changed: start their windows afresh and recompute key → rule matches.
-            e.rules = RuleSet::new(cfg.rules.clone());
+            e.rules = RuleSet::new(cfg.rules.clone(), cfg.keyed.context_window_ms);
             e.key_rules = (0..e.keys.len() as u32)
                 .map(|id| {
                     let (s, o) = e.keys.names(id).expect("known id");
@@ -1121,6 +1121,7 @@ impl Engine {
                 .collect();
         }
         e.calibrator.set_budget(cfg.sampler.keep_budget);
+        e.rules.set_context_window(cfg.keyed.context_window_ms);
         e.calls = Calls::of(&e.keys);
         e.cfg = cfg;
         Ok(e)

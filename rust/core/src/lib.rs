@@ -122,8 +122,9 @@
 //!   On the fault data the callee's incident cut the decisions for services that were not
 //!   faulted from 690 to 136 (69 to 39 outside the cooldown), the delay on the way from 136 to
 //!   63 (24 outside the cooldown), and kept every faulted service's.
-//! * **Acting on an incident that lasts.** A rule's `for` (see [`rules`]) asks every span it
-//!   matched to have breached for that long. Scaling helps only once a new pod has started, so
+//! * **Acting on an incident that lasts.** A rule's `for` (see [`rules`]) asks the spans it
+//!   matched to have breached for that long, with no break over half of `context_window` (the
+//!   incident verdict's own wobble near its bar). Scaling helps only once a new pod has started, so
 //!   a slowdown over sooner (a garbage collection, a burst, a neighbour's moment on the node) is
 //!   not worth acting on, and a fault that needs capacity lasts minutes: `for: 10s` in our
 //!   rules, for any system, not fitted to one (BENCHMARKS.md has the whole range measured).

@@ -11,13 +11,17 @@
 //!
 //! # `for`: a condition that lasts
 //!
-//! A rule with `for: D` fires only once every span it matched (of its target) for the last `D`
-//! has breached: a run of breaches that began at least `D` ago. A matched span that does not
-//! breach ends the run, and so does a silence of a whole window between two breaches (missing
-//! input is not evidence). Until the run is old enough, the window keeps its `N` latest breaches
+//! A rule with `for: D` fires only once its target's matched spans have breached for the last
+//! `D`: a run of breaches that began at least `D` ago, with no break between two of them longer
+//! than [`FOR_BREAK`] of the engine's `keyed.context_window` (nor than the window: missing input
+//! is not evidence). Until the run is old enough, the window keeps its `N` latest breaches
 //! instead of firing. This is a Prometheus alert's `for`, and it is made for `incident: true`:
 //! an incident is a state of the service, which all its spans share, so a run of them is the
-//! incident lasting. Scaling takes as long as a new pod needs to start to help at all, so a
+//! incident lasting. The break a run survives is the verdict's own wobble: an incident is judged
+//! on a context that fades over `context_window`, and a service whose slowness sits near the bar
+//! goes in and out of it by chance; over half that window the context has replaced less than
+//! 40 % of what it holds, so a break that short is the verdict wavering, not the evidence
+//! changing (Prometheus, which evaluates `for` every interval, does not see such breaks either). Scaling takes as long as a new pod needs to start to help at all, so a
 //! slowdown that is over sooner (a garbage collection, a burst, a neighbour's moment on the node)
 //! is not worth acting on; a fault that calls for more capacity lasts minutes.
 //!
@@ -127,8 +131,8 @@ struct RuleState {
     closed_buckets: u64,
     /// Whether the current bucket saw a breach (such buckets do not update the baseline).
     bucket_breached: bool,
-    /// A rule with `for`: since when every matched span has breached, and the last one's time
-    /// (engine clock, ns; `None`: the last matched span did not breach).
+    /// A rule with `for`: since when its matched spans have breached (with no break over
+    /// [`FOR_BREAK`]), and the last breach's time (engine clock, ns; `None`: none yet).
     run: Option<(u64, u64)>,
     /// What the window saw since its last report (not snapshotted).
     #[serde(skip)]
@@ -282,16 +286,17 @@ impl RuleState {
         }
     }
 
-    /// Note a matched span at `now` for a rule with `for` (`for_ns`); whether the breaches
-    /// have now lasted that long. A span that does not breach ends the run, and so does a
-    /// silence longer than the window (missing input is not evidence).
-    fn held(&mut self, breach: bool, now: u64, window_ns: u64, for_ns: u64) -> bool {
+    /// Note a breach at `now` for a rule with `for` (`for_ns`); whether the breaches have now
+    /// lasted that long. A break since the last breach over `break_ns`, or not shorter than the
+    /// window (missing input is not evidence), starts the run over.
+    fn held(&mut self, now: u64, window_ns: u64, break_ns: u64, for_ns: u64) -> bool {
         self.run = match self.run {
-            Some((since, last)) if breach && now.saturating_sub(last) < window_ns => {
+            Some((since, last))
+                if now.saturating_sub(last) <= break_ns && now.saturating_sub(last) < window_ns =>
+            {
                 Some((since, now.max(last)))
             }
-            _ if breach => Some((now, now)),
-            _ => None,
+            _ => Some((now, now)),
         };
         self.run
             .is_some_and(|(since, _)| now.saturating_sub(since) >= for_ns)
@@ -404,7 +409,15 @@ pub struct RuleSet {
     /// Per rule: its window (a fixed target) or its windows by service (`${service}`), with
     /// the service each window is for.
     windows: Vec<Windows>,
+    /// The longest break between breaches a `for` run survives, ns ([`FOR_BREAK`]; from the
+    /// configuration, not the snapshot).
+    #[serde(skip)]
+    for_break_ns: u64,
 }
+
+/// A rule's `for` run survives a break between breaches of up to this share of the engine's
+/// `keyed.context_window` (see the module docs, "`for`: a condition that lasts").
+pub const FOR_BREAK: f64 = 0.5;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Windows {
@@ -454,8 +467,9 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
 }
 
 impl RuleSet {
-    /// Windows for `rules`, all empty.
-    pub fn new(rules: Vec<Rule>) -> Self {
+    /// Windows for `rules`, all empty; `context_window_ms` is the engine's
+    /// `keyed.context_window` (for [`FOR_BREAK`]).
+    pub fn new(rules: Vec<Rule>, context_window_ms: f64) -> Self {
         let mut state = Vec::new();
         let windows = rules
             .iter()
@@ -468,11 +482,25 @@ impl RuleSet {
                 }
             })
             .collect();
-        Self {
+        let mut set = Self {
             rules,
             state,
             windows,
-        }
+            for_break_ns: 0,
+        };
+        set.set_context_window(context_window_ms);
+        set
+    }
+
+    /// The longest break between breaches a `for` run survives, ms ([`FOR_BREAK`]).
+    pub fn for_break_ms(&self) -> f64 {
+        self.for_break_ns as f64 / 1e6
+    }
+
+    /// Set the engine's `keyed.context_window` (a restored rule set has it from the
+    /// configuration, not the snapshot).
+    pub fn set_context_window(&mut self, context_window_ms: f64) {
+        self.for_break_ns = (context_window_ms * FOR_BREAK * 1e6) as u64;
     }
 
     /// The rules.
@@ -555,9 +583,17 @@ impl RuleSet {
         ev.matched += 1;
         ev.breaches += u64::from(breach);
         ev.latency.add(obs.duration_ms);
+        if !breach {
+            return None;
+        }
         let held = rule.for_ms <= 0.0
-            || st.held(breach, now_ns, window_ns.max(1), (rule.for_ms * 1e6) as u64);
-        if !breach || !st.breach(now_ns, window_ns.max(1), held) {
+            || st.held(
+                now_ns,
+                window_ns.max(1),
+                self.for_break_ns,
+                (rule.for_ms * 1e6) as u64,
+            );
+        if !st.breach(now_ns, window_ns.max(1), held) {
             return None;
         }
         let load_ratio = st.load_ratio();
@@ -707,7 +743,7 @@ mod tests {
     use crate::config::RulesFile;
 
     fn rules(yaml: &str) -> RuleSet {
-        RuleSet::new(RulesFile::from_yaml(yaml).unwrap().rules)
+        RuleSet::new(RulesFile::from_yaml(yaml).unwrap().rules, 5_000.0)
     }
 
     fn obs(d: f64) -> Observation {
@@ -833,38 +869,44 @@ rules:
     }
 
     #[test]
-    fn for_asks_every_matched_span_to_breach_that_long() {
-        let mut rs = rules(
-            "rules:\n- name: r\n  when: { duration_above: 100ms }\n  count: 3\n  window: 1s\n  for: 500ms\n  action: { kind: horizontal, target: { kind: Deployment, name: a }, max: 5 }\n",
-        );
+    fn for_asks_the_breaches_to_last_that_long_without_a_long_break() {
+        let y = "rules:\n- name: r\n  when: { duration_above: 100ms }\n  count: 3\n  window: 1s\n  for: 500ms\n  action: { kind: horizontal, target: { kind: Deployment, name: a }, max: 5 }\n";
+        // A context window of 400 ms: a run survives breaks of up to 200 ms.
+        let mut rs = RuleSet::new(RulesFile::from_yaml(y).unwrap().rules, 400.0);
         // Three breaches, but the run is 200 ms old: no decision yet, and the window keeps them.
         for t in [0, 100, 200] {
             assert!(rs.observe((0, 0), &obs(200.0), t * MS).is_none());
         }
-        // A span that does not breach ends the run.
-        assert!(rs.observe((0, 0), &obs(50.0), 300 * MS).is_none());
-        for t in [400, 500, 600, 800] {
+        // A span that does not breach is not a break by itself...
+        assert!(rs.observe((0, 0), &obs(50.0), 250 * MS).is_none());
+        // ...but 300 ms without a breach is: the run starts over at 500 ms.
+        for t in [500, 600, 700, 900] {
             assert!(rs.observe((0, 0), &obs(200.0), t * MS).is_none(), "{t}");
         }
-        // The run began at 400 ms: at 900 ms it has lasted 500 ms, with three breaches in the
-        // window.
+        // At 1,000 ms it has lasted 500 ms, with three breaches in the window.
         let d = rs
-            .observe((0, 0), &obs(200.0), 900 * MS)
+            .observe((0, 0), &obs(200.0), 1_000 * MS)
             .expect("held for 500 ms");
         assert_eq!(d.count, 3);
-        // Cleared, as without `for`; the run goes on.
-        assert!(rs.observe((0, 0), &obs(200.0), 1_000 * MS).is_none());
-        assert!(rs.observe((0, 0), &obs(200.0), 1_100 * MS).is_none());
-        assert!(rs.observe((0, 0), &obs(200.0), 1_200 * MS).is_some());
-        // A silence of a whole window ends the run too: missing input is not evidence.
-        for t in [3_000, 3_100] {
-            assert!(rs.observe((0, 0), &obs(200.0), t * MS).is_none());
+        // Cleared, as without `for`; the run goes on through a span that does not breach and
+        // a break of 200 ms.
+        assert!(rs.observe((0, 0), &obs(50.0), 1_050 * MS).is_none());
+        assert!(rs.observe((0, 0), &obs(200.0), 1_200 * MS).is_none());
+        assert!(rs.observe((0, 0), &obs(200.0), 1_300 * MS).is_none());
+        assert!(rs.observe((0, 0), &obs(200.0), 1_400 * MS).is_some());
+        // A silence ends the run too: missing input is not evidence.
+        for t in [3_000, 3_100, 3_200, 3_300, 3_400] {
+            assert!(rs.observe((0, 0), &obs(200.0), t * MS).is_none(), "{t}");
         }
-        assert!(
-            rs.observe((0, 0), &obs(200.0), 3_200 * MS).is_none(),
-            "run of 200 ms"
-        );
         assert!(rs.observe((0, 0), &obs(200.0), 3_500 * MS).is_some());
+        // A break the context window would allow is still cut at the rule's window: with a
+        // context window of 10 s (breaks of 5 s), 1.2 s without a breach in a 1 s window ends
+        // the run.
+        let mut rs = RuleSet::new(RulesFile::from_yaml(y).unwrap().rules, 10_000.0);
+        for t in [0, 100, 200, 1_400, 1_500] {
+            assert!(rs.observe((0, 0), &obs(200.0), t * MS).is_none(), "{t}");
+        }
+        assert!(rs.observe((0, 0), &obs(200.0), 1_900 * MS).is_some());
     }
 
     #[test]

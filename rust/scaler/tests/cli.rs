@@ -145,7 +145,7 @@ fn eval_csv_json_scores_and_plots() {
         .collect();
     assert_eq!(
         lines[0],
-        "index,score,keep,label,learned,arrival_unix_nano,service,operation,incident"
+        "index,score,keep,label,learned,arrival_unix_nano,service,operation,incident,judged_unix_nano"
     );
     assert_eq!(lines.len(), 2001);
     let field = |l: &str, i: usize| l.split(',').nth(i).unwrap().to_string();

@@ -121,8 +121,10 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub compare_seed: Option<PathBuf>,
     /// Write the test stream's
-    /// `index,score,keep,label,learned,arrival_unix_nano,service,operation,incident` here (CSV;
-    /// `incident`: with rules, the span's service was in an incident of its own).
+    /// `index,score,keep,label,learned,arrival_unix_nano,service,operation,incident,judged_unix_nano`
+    /// here (CSV; `incident`: with rules, the span's service was in an incident of its own;
+    /// `judged_unix_nano`: the engine's clock when it judged the span's batch, which rule
+    /// windows see).
     #[arg(long, value_name = "FILE")]
     pub scores: Option<PathBuf>,
     /// Write scores.svg, confusion.svg and durations.svg (and timeline.svg for a timeline) into
@@ -266,6 +268,8 @@ pub struct TestSpan {
     pub key: scale_core::KeyId,
     /// With rules: its service was in an incident of its own (what `incident: true` counts).
     pub incident: bool,
+    /// The engine's clock when it judged the span's batch (what rule windows see), ns.
+    pub judged_ns: u64,
     /// The engine took it as ordinary and learned it.
     pub learned: bool,
 }
@@ -706,6 +710,7 @@ impl Runner {
                 key,
                 learned: v.learned,
                 incident: v.incident,
+                judged_ns: self.clock_ns,
             });
         }
         self.fed += self.len as u64;
@@ -844,7 +849,7 @@ fn write_scores(
     write_file(path, |w| {
         writeln!(
             w,
-            "index,score,keep,label,learned,arrival_unix_nano,service,operation,incident"
+            "index,score,keep,label,learned,arrival_unix_nano,service,operation,incident,judged_unix_nano"
         )?;
         for s in spans {
             let score = s.score.map(|v| v.to_string()).unwrap_or_default();
@@ -859,14 +864,15 @@ fn write_scores(
             };
             writeln!(
                 w,
-                "{},{score},{},{label},{},{},{},{},{}",
+                "{},{score},{},{label},{},{},{},{},{},{}",
                 s.index,
                 u8::from(s.keep),
                 u8::from(s.learned),
                 s.arrival_ns,
                 q(svc),
                 q(op),
-                u8::from(s.incident)
+                u8::from(s.incident),
+                s.judged_ns
             )?;
         }
         Ok(())
@@ -1012,6 +1018,7 @@ pub fn run(args: &EvalArgs) -> Result<Report, EvalError> {
                 after_ns: args.after,
                 grace_ns: args.grace,
                 within_ns: args.within,
+                for_break_ns: (r.engine.rules().for_break_ms() * 1e6) as u64,
             },
         )
     });

@@ -781,6 +781,7 @@ pub(crate) mod tests {
                     key: (i % 7) as u32,
                     learned: i % 5 != 0,
                     incident: false,
+                    judged_ns: i * 1_000_000,
                 }
             })
             .collect()
@@ -848,6 +849,7 @@ pub(crate) mod tests {
                 key: 0,
                 learned: true,
                 incident: false,
+                judged_ns: 0,
             })
             .collect();
         let doc = scores_svg(&s, &th(0.6), "t");

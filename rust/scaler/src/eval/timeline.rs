@@ -234,6 +234,9 @@ pub struct RulesReport {
     pub grace_s: f64,
     /// "In time" means within this many seconds of the onset.
     pub within_s: f64,
+    /// The longest break between breaches a rule's `for` run survives, s (what the engine
+    /// used; for replays of its rules).
+    pub for_break_s: f64,
     /// By fault type.
     pub by_type: Vec<RulesByType>,
 }
@@ -266,6 +269,8 @@ pub struct Options {
     pub grace_ns: u64,
     /// "In time" for decisions, ns.
     pub within_ns: u64,
+    /// The engine's `for` break ([`scale_core::rules::RuleSet::for_break_ms`]), ns.
+    pub for_break_ns: u64,
 }
 
 /// Build the timeline report. `service_of` names the service of a key id.
@@ -408,6 +413,7 @@ pub fn report<'a>(
             false_acted,
             grace_s: o.grace_ns as f64 / 1e9,
             within_s: o.within_ns as f64 / 1e9,
+            for_break_s: o.for_break_ns as f64 / 1e9,
             by_type: by_type.into_values().collect(),
         }
     });
@@ -438,6 +444,7 @@ mod tests {
             key,
             learned: !keep,
             incident: false,
+            judged_ns: t,
         }
     }
 
@@ -483,6 +490,7 @@ mod tests {
             after_ns: 300 * S,
             grace_ns: 120 * S,
             within_ns: 60 * S,
+            for_break_ns: 2_500_000_000,
         };
         let r = report(
             &spans,
