@@ -13,13 +13,13 @@ It first replays the rule `scale eval` ran (`--count`, `--window`, `--cooldown`,
 that it finds the engine's own decisions (the count, the false ones and the ones that acted,
 from the JSON report); it then prints the same for each variant: `--hold S` the rule with
 `for: S` seconds instead (the service's spans in an incident of its own for S seconds, with no
-break between two of them over `--break`, as the engine does), `--sustain D:G` with `for: D`
+break between two of them over `--break`, as the engine does), `--hold-break D:G` with `for: D`
 and breaks of up to G seconds.
 
 Usage (the nezha-ob data, see scripts/nezha-eval.sh):
   scale eval --json --rules configs/rules/nezha-ob.yaml --faults FAULTS --scores /tmp/s.csv \\
       SPANS > /tmp/r.json
-  scripts/rule_persistence.py /tmp/s.csv /tmp/r.json --hold 0 5 7 15 20 --sustain 10:2 10:3
+  scripts/rule_persistence.py /tmp/s.csv /tmp/r.json --hold 0 5 7 15 20 --hold-break 10:2 10:3
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ ap.add_argument("--break", dest="brk", type=float, default=None,
                 help="the longest break a `for` run survives, s (default: the engine's, from the report)")
 ap.add_argument("--hold", dest="holds", nargs="*", default=[], metavar="S",
                 help="variants: the rule with `for` of S seconds instead")
-ap.add_argument("--sustain", nargs="*", default=[], metavar="D:G",
+ap.add_argument("--hold-break", nargs="*", default=[], metavar="D:G",
                 help="variants: `for: D` with breaks of up to G s")
 args = ap.parse_args()
 
@@ -127,7 +127,7 @@ rows = [(f"count {args.count} in {args.window:g} s, for {args.hold:g} s, breaks 
 for v in args.holds:
     rows.append((f"count {args.count} in {args.window:g} s, for {float(v):g} s",
                  judge(replay(args.count, args.window, float(v), args.brk))))
-for v in args.sustain:
+for v in args.hold_break:
     d, g = (float(x) for x in v.split(":"))
     rows.append((f"count {args.count} in {args.window:g} s, for {d:g} s, breaks ≤ {g:g} s",
                  judge(replay(args.count, args.window, d, g))))
