@@ -628,6 +628,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
+        let lo = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok());
+        let ports: Vec<u16> = (0..200).map(|_| free_port().unwrap()).collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        if let Some(lo) = lo {
+            assert!(
+                ports.iter().all(|&p| p < lo),
+                "{ports:?} (ephemeral from {lo})"
+            );
+        }
+        for &p in ports.iter().take(10) {
+            TcpListener::bind(("127.0.0.1", p)).unwrap();
+        }
+    }
+
+    #[test]
     fn paths_of_objects() {
         let ns =
             serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}});
