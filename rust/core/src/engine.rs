@@ -1352,13 +1352,10 @@ mod tests {
         }
     }
 
-    /// Issue 11: a service that is slow because a service it calls is slow, or because its
-    /// calls into one are delayed on the way (the callee's network), is not in an incident of
-    /// its own (rules named after the service decide for the callee only, or for none); one
-    /// that is slow itself is, whether or not its calls are slower too.
-    #[test]
-    fn a_caller_of_a_service_in_an_incident_is_not_in_one_of_its_own() {
-        let mut e = Engine::from_yaml(
+    /// An engine with one rule per service counting spans of a service in an incident of its
+    /// own (20 in 10 s).
+    fn own_incident_engine() -> Engine {
+        Engine::from_yaml(
             r#"
 sampler: { train_size: 2000, window_size: 100 }
 rules:
@@ -1370,7 +1367,16 @@ rules:
     action: { kind: horizontal, target: { kind: Deployment, name: "${service}" }, max: 5 }
 "#,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Issue 11: a service that is slow because a service it calls is slow, or because its
+    /// calls into one are delayed on the way (the callee's network), is not in an incident of
+    /// its own (rules named after the service decide for the callee only, or for none); one
+    /// that is slow itself is, whether or not its calls are slower too.
+    #[test]
+    fn a_caller_of_a_service_in_an_incident_is_not_in_one_of_its_own() {
+        let mut e = own_incident_engine();
         let mut rng = crate::rng::SplitMix64::new(3);
         let mut t = 0u64;
         // Services whose spans the verdicts put in an incident of their own, since last cleared.
@@ -1501,19 +1507,7 @@ rules:
     /// its ordinary client spans, it would not be (frontend under `cpu_consumed` in nezha-ob).
     #[test]
     fn a_service_is_judged_on_its_own_work_not_its_calls() {
-        let mut e = Engine::from_yaml(
-            r#"
-sampler: { train_size: 2000, window_size: 100 }
-rules:
-  - name: own-incident
-    match: { service: "*" }
-    when: { incident: true }
-    count: 20
-    window: 10s
-    action: { kind: horizontal, target: { kind: Deployment, name: "${service}" }, max: 5 }
-"#,
-        )
-        .unwrap();
+        let mut e = own_incident_engine();
         let mut rng = crate::rng::SplitMix64::new(5);
         let mut t = 0u64;
         // One request: web's route makes ten calls into api (client spans and api's server
