@@ -5,9 +5,10 @@ Each stream is a CSV `start_unix_nano,service,operation,duration_ms,label` order
 the shape `scale eval` reads as a timeline (spans arrive when they end). Deterministic (seeded).
 
   demo        the recorded OpenTelemetry demo traces (data/otel-demo) replayed as `make demo` does:
-              one pass over the 1,876 traces every 60 s, every trace shifted to end when it is
-              sent; two normal passes, then every checkoutservice span 10x slower for 40 s
-              (label 1), then normal passes again for 120 s. Also writes demo-faults.csv.
+              one pass over the 1,876 traces every 60 s, every trace shifted so that its
+              request ends when it is sent (scripts/demo.py `request_end`); two normal passes,
+              then every checkoutservice span 10x slower for 40 s (label 1), then normal passes
+              again for 120 s. Also writes demo-faults.csv.
   regular     3 operations at 5, 50 and 500 ms (uniform +-10 % jitter), 30 spans/s each for
               10 min; after the first 2 min, 1 % of spans are 3x slower (label 1).
   speedups    the same, but the 1 % are 3x faster (label 1: none of them should be kept).
@@ -23,16 +24,20 @@ Usage: scripts/streams.py OUTDIR [NAME ...]    (all of them by default; gzip-com
 from __future__ import annotations
 
 import gzip
-import json
 import math
 import random
 import sys
 from pathlib import Path
 
+import demo as demo_py  # scripts/demo.py: the replay this stream reproduces
+
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
 S = 1_000_000_000
-PLACE_ORDER = "oteldemo.CheckoutService/PlaceOrder"
+# The demo stream's timeline (scripts/detection.py reads it too): passes of DEMO_LOOP_S, the fault
+# after DEMO_PASSES_BEFORE of them, for DEMO_FAULT_S, then DEMO_AFTER_S of normal passes.
+DEMO_LOOP_S, DEMO_PASSES_BEFORE, DEMO_FAULT_S, DEMO_AFTER_S, DEMO_FACTOR = 60.0, 2, 40.0, 120.0, 10
+DEMO_SECONDS = DEMO_LOOP_S * DEMO_PASSES_BEFORE + DEMO_FAULT_S + DEMO_AFTER_S
 
 
 def write(path: Path, rows: list[tuple[int, str, str, float, int]]) -> None:
@@ -45,31 +50,13 @@ def write(path: Path, rows: list[tuple[int, str, str, float, int]]) -> None:
 
 def demo(out: Path) -> None:
     """The `make demo` replay, offline: passes of the recording, a 10x checkout fault."""
-    traces = []
-    with gzip.open(ROOT / "data/otel-demo/traces.jsonl.gz", "rt") as f:
-        for line in f:
-            spans = []
-            for rs in json.loads(line).get("resourceSpans", []):
-                svc = next((kv["value"].get("stringValue", "") for kv in rs.get("resource", {}).get("attributes", [])
-                            if kv.get("key") == "service.name"), "")
-                for ss in rs.get("scopeSpans", []):
-                    for sp in ss.get("spans", []):
-                        spans.append((svc, sp["name"], int(sp["startTimeUnixNano"]), int(sp["endTimeUnixNano"])))
-            if spans:
-                traces.append(spans)
-    # The order scripts/demo.py sends them in: the recording's, with the traces holding a
-    # PlaceOrder spread evenly over the pass.
-    traces.sort(key=lambda t: min(s[2] for s in t))
-    po = [t for t in traces if any(s[1] == PLACE_ORDER for s in t)]
-    rest = [t for t in traces if not any(s[1] == PLACE_ORDER for s in t)]
-    every = len(traces) / max(1, len(po))
-    slots = {int(i * every + every / 2) for i in range(len(po))}
-    pi, ri = iter(po), iter(rest)
-    traces = [(next(pi, None) if i in slots else next(ri, None)) or next(ri, None) or next(pi) for i in range(len(traces))]
-    loop_s, passes_before, fault_s, after_s, factor = 60.0, 2, 40.0, 120.0, 10
+    # The traces, their order, the fault and the shift as scripts/demo.py sends them.
+    traces = demo_py.replay_order(demo_py.load_traces(demo_py.TRACES))
+    fault_svc = demo_py.FAULT_SERVICE
+    loop_s, passes_before, fault_s, factor = DEMO_LOOP_S, DEMO_PASSES_BEFORE, DEMO_FAULT_S, DEMO_FACTOR
     rate = len(traces) / loop_s
     fault = (T0 + int(passes_before * loop_s * S), T0 + int((passes_before * loop_s + fault_s) * S))
-    end = fault[1] + int(after_s * S)
+    end = T0 + int(DEMO_SECONDS * S)
     rows, i = [], 0
     while True:
         sent = T0 + int(i / rate * S)
@@ -77,12 +64,12 @@ def demo(out: Path) -> None:
             break
         tr = traces[i % len(traces)]
         faulty = fault[0] <= sent < fault[1]
-        spans = [(svc, op, st, st + (en - st) * factor if faulty and svc == "checkoutservice" else en)
-                 for svc, op, st, en in tr]
-        shift = sent - max(en for *_, en in spans)
-        for svc, op, st, en in spans:
-            lab = 1 if faulty and svc == "checkoutservice" else 0
-            rows.append((st + shift, svc, op, max(0, en - st) / 1e6, lab))
+        spans = [(svc, sp, st, st + (en - st) * factor if faulty and svc == fault_svc and en > st else en)
+                 for svc, sp, st, en, *_ in tr.spans]
+        shift = sent - demo_py.request_end(spans)
+        for svc, sp, st, en in spans:
+            lab = 1 if faulty and svc == fault_svc else 0
+            rows.append((st + shift, svc, sp["name"], max(0, en - st) / 1e6, lab))
         i += 1
     write(out / "demo.csv.gz", rows)
     (out / "demo-faults.csv").write_text(
