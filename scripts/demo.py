@@ -333,7 +333,7 @@ def request_end(spans: list) -> int:
     ends when it is sent. Three traces of the recording also hold 85 spans that start minutes after
     their request ended (DNS look-ups and TCP connects of pooled connections, a flagd event
     stream, which kept the request's context); counted in, they would pull the request minutes
-    into the past (a faulted PlaceOrder 370 s before the fault). They keep their offset from the
+    into the past (a faulted PlaceOrder 367 s before the fault). They keep their offset from the
     request instead, and arrive when they end. `spans`: (service, span, start, end, ...) tuples."""
     roots = [s for s in spans if not s[1].get("parentSpanId")] or spans
     root_end = min(roots, key=lambda s: s[2])[3]
