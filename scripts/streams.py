@@ -51,7 +51,7 @@ def write(path: Path, rows: list[tuple[int, str, str, float, int]]) -> None:
 def demo(out: Path) -> None:
     """The `make demo` replay, offline: passes of the recording, a 10x checkout fault."""
     # The traces, their order, the fault and the shift as scripts/demo.py sends them.
-    traces = demo_py.replay_order(demo_py.load_traces(demo_py.TRACES))
+    traces = demo_py.replay_order(demo_py.steady_part(demo_py.load_traces(demo_py.TRACES)))
     fault_svc = demo_py.FAULT_SERVICE
     loop_s, passes_before, fault_s, factor = DEMO_LOOP_S, DEMO_PASSES_BEFORE, DEMO_FAULT_S, DEMO_FACTOR
     rate = len(traces) / loop_s

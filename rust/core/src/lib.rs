@@ -73,7 +73,8 @@
 //!   beyond the 1 % tail, four standard deviations beyond chance). The thresholds are large on
 //!   purpose: ordinary traffic has load waves (a route a few times slower for tens of seconds),
 //!   and those must stay within the budget; a slowdown of 40–70 times that lasts (the demo's
-//!   recording has one, frontend's calls to cartservice) is an incident. And rare spans, one in a
+//!   recording starts with one: frontend's calls to cartservice, failing in milliseconds until
+//!   cartservice was up, then working in 200 ms) is an incident. And rare spans, one in a
 //!   hundred of ordinary traffic by construction, in excess across the engine (over 1.5 % of
 //!   the last ~4,000 scored spans) are an incident spread over keys.
 //! * **No poisoning.** The spans of a key in an incident, the slow spans (slower than 90 % of
