@@ -10,12 +10,12 @@ What runs, all on 127.0.0.1 and all started (and stopped) by this script:
   otelcol-scale       a stand-in trace store for the sidecar's traces/store pipeline (otlp -> debug)
 
 This script replays data/otel-demo/traces.jsonl.gz (its steady part: `steady_part`) to the sidecar
-over OTLP/HTTP JSON, timestamps shifted to now, in a loop at a steady rate; after --normal seconds it multiplies the durations of
-every `checkoutservice` span by --factor for --fault seconds, then sends normal traffic again until
-the daemon has scaled the Deployment back to its minimum (bounded by --recover-max). Meanwhile it
-shows the kept spans and decisions (from the daemon's JSON log), the Kubernetes Events and the
-Deployment's replicas (scale subresource, as the admin). At the end: a timeline, and an SVG plot
-plus the transcript in --out.
+over OTLP/HTTP JSON, timestamps shifted to now, in a loop at a steady rate; after --normal seconds
+it multiplies the durations of every `checkoutservice` span by --factor for --fault seconds, then
+sends normal traffic again until the daemon has scaled the Deployment back to its minimum (bounded
+by --recover-max). Meanwhile it shows the kept spans and decisions (from the daemon's JSON log),
+the Kubernetes Events and the Deployment's replicas (scale subresource, as the admin). At the end:
+a timeline, and an SVG plot plus the transcript in --out.
 
 Binaries come from `make demo` (cargo build --workspace --release, make collector,
 scripts/k8s-bins.sh). Ctrl-C stops everything it started.
