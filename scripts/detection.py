@@ -140,7 +140,12 @@ def main() -> None:
     for ph in ["before", "during", "after"]:
         p = demo.get(ph)
         print(f"| {ph} | {pct(rate(p, 'normal'))} | {pct(rate(p, 'unaffected'))} | {pct(rate(p, 'labelled'))} |")
+    # Per pass: every normal span, and those of the services the fault does not touch (what
+    # scripts/demo.py's checks compare; offline, the faulted service's first slow child spans
+    # arrive up to 36 s before the fault, as they end that long before their trace: see
+    # BENCHMARKS.md, "The demo replay, offline").
     passes: dict[int, list[int]] = {}
+    others: dict[int, list[int]] = {}
     po = [0, 0]
     with open(st / "demo-scores.csv") as f:
         rows = list(csv.DictReader(f))
@@ -151,15 +156,17 @@ def main() -> None:
     for x in rows:
         p = int((int(x["arrival_unix_nano"]) - t0) / 1e9 // streams.DEMO_LOOP_S)
         if x["label"] == "0" and p < n_passes:
-            c = passes.setdefault(p, [0, 0])
-            c[0] += 1
-            c[1] += int(x["keep"])
+            for d in [passes] + [others] * (x["service"] != streams.demo_py.FAULT_SERVICE):
+                c = d.setdefault(p, [0, 0])
+                c[0] += 1
+                c[1] += int(x["keep"])
         elif x["operation"] == "oteldemo.CheckoutService/PlaceOrder":
             po[0] += 1
             po[1] += int(x["keep"])
     print()
-    print("demo, normal spans kept per pass: " + ", ".join(f"pass {p + 1} {pct(k / n)}" for p, (n, k) in sorted(passes.items()))
-          + f"; faulted PlaceOrder spans kept: {po[1]}/{po[0]}")
+    per_pass = lambda d: ", ".join(f"pass {p + 1} {pct(k / n)}" for p, (n, k) in sorted(d.items()))
+    print(f"demo, normal spans kept per pass: {per_pass(passes)}; of services other than "
+          f"{streams.demo_py.FAULT_SERVICE}: {per_pass(others)}; faulted PlaceOrder spans kept: {po[1]}/{po[0]}")
     if rules is not None:
         rr = rules.result()["timeline"]["rules"]
         print()

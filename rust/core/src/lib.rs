@@ -17,7 +17,8 @@
 //!
 //! Scores: **higher means more anomalous**, in `[0, 1]`; there is no score until the first
 //! `window_size` spans have been learned ([`Engine::is_warm`]), and nothing is kept until the
-//! keep threshold has enough scores behind it (about `10 / keep_budget` spans).
+//! keep threshold has enough scores behind it (about `10 / keep_budget` spans, counted from the
+//! forest's fifth window: [`engine::CALIBRATION_SETTLE_WINDOWS`]).
 //!
 //! # Example: score a batch
 //!
