@@ -523,15 +523,6 @@ impl PartialEq for ExplainSlot {
 /// lasting change of latency is absorbed about this many times slower than ordinary traffic.
 /// Latency rules (`duration_above`) keep counting meanwhile.
 pub const INCIDENT_LEARN_EVERY: u64 = 8;
-/// The keep threshold is calibrated on the scores of spans after the forest's first this many
-/// windows. Before them the forest's reference mass comes from a few hundred spans, of keys that
-/// have only just appeared (nearly every span of a young key is a new slowest one), and it scores
-/// higher than it will later: on the demo's recording the 99th percentile of the second window's
-/// scores is 0.994, of later windows 0.94–0.97. Counted, those scores held the threshold above
-/// later traffic's for the calibrator's whole memory, and a cold engine kept less in its first
-/// minutes than afterwards (of the demo replay's services the fault does not touch, 0.62 % in
-/// the first pass and 0.93 % in the second; 0.83 % and 0.95 % with those scores left out).
-pub const CALIBRATION_SETTLE_WINDOWS: u64 = 4;
 /// Weight of each scored span in the moving share of rare spans.
 pub const RARE_SHARE_WEIGHT: f64 = 1.0 / 4096.0;
 /// Rare spans are in excess above this many times their share in ordinary traffic.
@@ -897,11 +888,7 @@ impl Engine {
         if learn {
             self.featurizer.learn(key, look.ld, at_ns);
         }
-        // Scores of a forest still settling (its first CALIBRATION_SETTLE_WINDOWS windows) are
-        // not what it will score later, and would hold the threshold off for long.
-        let settled =
-            self.learned > CALIBRATION_SETTLE_WINDOWS * u64::from(self.cfg.sampler.window_size);
-        if let Some(s) = score.filter(|_| settled) {
+        if let Some(s) = score {
             // The threshold is calibrated on ordinary spans. A span of a key in an incident
             // counts 1 / INCIDENT_LEARN_EVERY: an incident keeps most of its spans beyond the
             // budget, but a slowdown that keeps coming back does not escape it altogether. While

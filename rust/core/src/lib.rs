@@ -17,8 +17,7 @@
 //!
 //! Scores: **higher means more anomalous**, in `[0, 1]`; there is no score until the first
 //! `window_size` spans have been learned ([`Engine::is_warm`]), and nothing is kept until the
-//! keep threshold has enough scores behind it (about `10 / keep_budget` spans, counted from the
-//! forest's fifth window: [`engine::CALIBRATION_SETTLE_WINDOWS`]).
+//! keep threshold has enough scores behind it (about `10 / keep_budget` spans).
 //!
 //! # Example: score a batch
 //!
