@@ -12,6 +12,8 @@
 SHELL := /bin/bash
 export SCALE_CACHE ?= $(HOME)/.cache/scale
 CARGO ?= cargo
+# A fresh clone's `target` and `fuzz/target` are links into the cache (scripts/cargo-target.sh).
+CARGO_TARGET_LINKS := $(shell scripts/cargo-target.sh)
 
 .PHONY: build test lint test-rust k8s-bins jaeger-bin helm-bin test-helm bench bench-core bench-river bench-daemon eval detection check-fmt demo
 
