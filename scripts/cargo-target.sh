@@ -14,7 +14,9 @@ CACHE="${SCALE_CACHE:-$HOME/.cache/scale}/cargo-target"
 MAX_GB="${SCALE_CARGO_TARGET_MAX_GB:-20}"
 for t in target fuzz/target; do
     link="$ROOT/$t"
-    [ -e "$link" ] || [ -L "$link" ] && continue
+    if [ -e "$link" ] || [ -L "$link" ]; then
+        continue
+    fi
     if [ -d "$CACHE" ] && [ "$(du -s --block-size=1G "$CACHE" | cut -f1)" -gt "$MAX_GB" ]; then
         echo "cargo-target.sh: $CACHE holds over $MAX_GB GB: emptying it" >&2
         rm -rf "${CACHE:?}"

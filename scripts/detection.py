@@ -156,7 +156,8 @@ def main() -> None:
     for x in rows:
         p = int((int(x["arrival_unix_nano"]) - t0) / 1e9 // streams.DEMO_LOOP_S)
         if x["label"] == "0" and p < n_passes:
-            for d in [passes] + [others] * (x["service"] != streams.demo_py.FAULT_SERVICE):
+            untouched = x["service"] != streams.demo_py.FAULT_SERVICE
+            for d in [passes, others] if untouched else [passes]:
                 c = d.setdefault(p, [0, 0])
                 c[0] += 1
                 c[1] += int(x["keep"])
