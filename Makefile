@@ -33,12 +33,12 @@ lint: libscale
 	cd collector-go && $(GO_ENV) $(GO) vet ./...
 	scripts/cargo-deny.sh
 
-# The daemon's integration tests (rust/scaler/tests/k8s.rs) start a real kube-apiserver + etcd,
+# The daemon's integration tests (rust/scaler/tests/it/k8s.rs) start a real kube-apiserver + etcd,
 # built once per machine from the Go module proxy into $(SCALE_CACHE)/k8s/bin (~14 min cold).
-# rust/scaler/tests/evidence.rs also runs the ocb-built collector, so it is built first.
-# rust/scaler/tests/train.rs reads spans from a real Jaeger v2, built once per machine from the
+# rust/scaler/tests/it/evidence.rs also runs the ocb-built collector, so it is built first.
+# rust/scaler/tests/it/train.rs reads spans from a real Jaeger v2, built once per machine from the
 # Go module proxy into $(SCALE_CACHE)/jaeger/bin (scripts/jaeger.sh, ~9 min cold).
-# rust/scaler/tests/helm.rs renders the Helm chart with Helm from scripts/helm.sh (SCALE_HELM).
+# rust/scaler/tests/it/helm.rs renders the Helm chart with Helm from scripts/helm.sh (SCALE_HELM).
 test-rust: k8s-bins collector jaeger-bin helm-bin
 	SCALE_OTELCOL=$(CURDIR)/$(COLLECTOR) SCALE_JAEGER=$$(scripts/jaeger.sh | tail -n 1) \
 		SCALE_HELM=$$(scripts/helm.sh | tail -n 1)/helm $(CARGO) test --workspace --release
@@ -55,7 +55,7 @@ helm-bin:
 	scripts/helm.sh >/dev/null
 
 # The Helm chart (deploy/helm/scale): `helm lint --strict` and `helm template` with the default
-# values and with ci/all-values.yaml (every option). rust/scaler/tests/helm.rs applies both
+# values and with ci/all-values.yaml (every option). rust/scaler/tests/it/helm.rs applies both
 # renderings to a real API server and runs the daemon with the chart's RBAC.
 HELM_CHART := deploy/helm/scale
 test-helm: helm-bin

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds Helm (the `helm` command line), used by `make test-helm` and by the chart test
-# rust/scaler/tests/helm.rs, from the Go module proxy, into a cache outside the repository (once
+# rust/scaler/tests/it/helm.rs, from the Go module proxy, into a cache outside the repository (once
 # per machine):
 #
 #   $SCALE_CACHE/helm/bin/helm   helm.sh/helm/v4 v4.3.2 (cmd/helm)

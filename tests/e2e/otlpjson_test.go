@@ -160,7 +160,7 @@ func readSpans(path string) ([]span, error) {
 					for _, s := range ss.Spans {
 						if s.Name == "scale.report" {
 							// The processor's evidence reports for the daemon, not spans of the
-							// workload (rust/scaler/tests/evidence.rs tests them end to end).
+							// workload (rust/scaler/tests/it/evidence.rs tests them end to end).
 							continue
 						}
 						st, _ := strconv.ParseInt(s.Start, 10, 64)

@@ -1,6 +1,6 @@
 //! Detection behaviour at the defaults, on synthetic timelines: the keep budget, latency-sided
 //! judgement, no poisoning after a fault, replays. (Real data: `scale eval` on the recorded
-//! streams, BENCHMARKS.md; a sample of the fault data is checked in `rust/scaler/tests/cli.rs`.)
+//! streams, BENCHMARKS.md; a sample of the fault data is checked in `rust/scaler/tests/it/cli.rs`.)
 
 use scale_core::rng::SplitMix64;
 use scale_core::{BatchOutput, Engine, EngineConfig, SpanKey, SpanRef, Timing};

@@ -29,7 +29,7 @@
 //! Environment: PARTS (decision,ingest,decode), DECISIONS (300), GAP_MS (20), SECONDS (10),
 //! STREAMS (8), CONNS (1), BATCH (512).
 
-#[path = "../tests/harness/mod.rs"]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
 use std::io::BufRead;

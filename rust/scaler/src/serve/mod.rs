@@ -53,7 +53,7 @@
 //! much, and one ahead shortens it: keep nodes synchronised (the same holds for the stale
 //! check in [`intake`]).
 //!
-//! Tested against a real kube-apiserver + etcd in `tests/k8s.rs` (scale-testcluster).
+//! Tested against a real kube-apiserver + etcd in `tests/it/k8s.rs` (scale-testcluster).
 
 pub mod actor;
 pub mod evidence;

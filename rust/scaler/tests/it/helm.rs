@@ -7,13 +7,11 @@
 //! is refused (403) for another. The chart's defaults are checked against `configs/k8s/` and
 //! `configs/rules/otel-demo.yaml`, so the two ways to deploy do not drift apart.
 
-mod harness;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use harness::*;
+use crate::harness::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
@@ -221,7 +219,7 @@ fn chart_config_passes_scale_check() {
 /// runs the scale processor's Validate with the engine built from the inline rules and settings.
 #[test]
 fn chart_collector_configs_pass_otelcol_validate() {
-    let otelcol = harness::collector::otelcol();
+    let otelcol = crate::harness::collector::otelcol();
     let dir = tempdir();
     let mut checked = Vec::new();
     for args in [&[][..], &["-f", "deploy/helm/scale/ci/all-values.yaml"][..]] {

@@ -8,15 +8,13 @@
 //! Needs `_build/otelcol-scale/otelcol-scale` (`make collector`; `make test` builds it before
 //! the Rust tests) or `$SCALE_OTELCOL`.
 
-mod harness;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use harness::collector::*;
-use harness::*;
+use crate::harness::collector::*;
+use crate::harness::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 

@@ -6,12 +6,10 @@
 //! and reads replicas, Events and the daemon's metrics back. There are no controllers: replicas
 //! are read from the scale subresource.
 
-mod harness;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use harness::*;
+use crate::harness::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v1::Scale as K8sScale;
 use k8s_openapi::api::core::v1::Pod;

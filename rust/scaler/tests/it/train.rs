@@ -2,15 +2,13 @@
 //! the recorded demo traces over OTLP, and the real kube-apiserver of the k8s tests for the
 //! ConfigMap path. The snapshot from Jaeger must be byte-identical to the one from the file.
 
-mod harness;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use harness::collector::Collector;
-use harness::jaeger::{self, Jaeger};
-use harness::{free_addr, root};
+use crate::harness::collector::Collector;
+use crate::harness::jaeger::{self, Jaeger};
+use crate::harness::{free_addr, root};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 
@@ -191,12 +189,12 @@ fn a_damaged_snapshot_or_one_from_another_configuration_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_goes_into_a_configmap_byte_identical_and_an_oversized_one_is_refused() {
     let dir = tempdir("configmap");
-    let (cluster, admin) = harness::cluster().await;
+    let (cluster, admin) = crate::harness::cluster().await;
     let kubeconfig = cluster.admin_kubeconfig();
     let file = dir.join("file.snap");
     ok(&scale(&["train", path(&demo()), "-o", path(&file)]));
 
-    let target = format!("{}/scale-snapshot", harness::NS);
+    let target = format!("{}/scale-snapshot", crate::harness::NS);
     let text = ok(&scale(&[
         "train",
         path(&demo()),
@@ -236,14 +234,15 @@ async fn a_snapshot_goes_into_a_configmap_byte_identical_and_an_oversized_one_is
         "--config",
         path(&big),
         "--configmap",
-        &format!("{}/too-big", harness::NS),
+        &format!("{}/too-big", crate::harness::NS),
         "--kubeconfig",
         path(&kubeconfig),
     ]));
     assert!(err.contains("over the 1048576 a ConfigMap holds"), "{err}");
     assert!(err.contains("sampler.height"), "{err}");
     let t =
-        scale_scaler::train::configmap::Target::parse(&format!("{}/too-big", harness::NS)).unwrap();
+        scale_scaler::train::configmap::Target::parse(&format!("{}/too-big", crate::harness::NS))
+            .unwrap();
     assert!(
         scale_scaler::train::configmap::read(admin, &t)
             .await
