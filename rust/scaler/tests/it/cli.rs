@@ -4,16 +4,10 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-fn scale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_scale"))
-        .args(args)
-        .env("SCALE_LOG", "warn")
-        .output()
-        .expect("run scale")
-}
+use crate::harness::scale;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use crate::harness::collector::Collector;
 use crate::harness::jaeger::{self, Jaeger};
-use crate::harness::{free_addr, root};
+use crate::harness::{free_addr, root, scale};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 
@@ -19,14 +19,6 @@ fn demo() -> PathBuf {
 
 const SINCE: &str = "2024-11-08T00:00:00Z";
 const UNTIL: &str = "2024-11-09T00:00:00Z";
-
-fn scale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_scale"))
-        .args(args)
-        .env("SCALE_LOG", "warn")
-        .output()
-        .expect("run scale")
-}
 
 fn ok(o: &Output) -> String {
     assert!(

@@ -9,7 +9,7 @@ pub mod jaeger;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -508,4 +508,13 @@ pub async fn send_at(
     c.export(decision_at(rule, trace_byte, window_end_ns))
         .await
         .map(|_| ())
+}
+
+/// Runs the `scale` binary with `args` (logging at `warn`) and waits for it.
+pub fn scale(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scale"))
+        .args(args)
+        .env("SCALE_LOG", "warn")
+        .output()
+        .expect("run scale")
 }
