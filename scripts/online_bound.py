@@ -14,7 +14,17 @@ The keyed engine's score is of this kind (its x0 is the same tail probability, f
 sketch; see rust/core/src/lib.rs), so this is the ceiling the default design works under on this
 stream; BENCHMARKS.md ("Detection") has the numbers.
 
-Usage: scripts/online_bound.py [--bin 0.25] [--train 19302] [--score tail|density]
+`--score slowdown` scores a span by how much better a slowdown of its key explains it than the
+key's ordinary latency: ln(p_slow / p), where p is a kernel density estimate over the key's bins
+(a bandwidth of max(0.6, 3.5 n^-1/5) bins of 2^(1/4), the usual n^-1/5 rate, plus 5 % spread
+wide, a standard deviation of a factor 2.8, so that nothing is impossible) and p_slow the same
+density of the key's spans made slower by a factor log-uniform in x1.7..x32. It assumes nothing
+of the stream's shock (x8-10). `--self-gate TAU` drops the labels: a span is learned unless its
+score is above TAU (a key's first 5 spans always are), which is what an engine could do, if it
+never learned what it held back.
+
+Usage: scripts/online_bound.py [--bin 0.25] [--train 19302] [--score tail|density|slowdown]
+                               [--self-gate TAU]
 """
 import argparse
 import bisect
@@ -28,16 +38,63 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--bin", type=float, nargs="*", default=[0.1, 0.173, 0.25, 0.35],
                 help="bin widths in ln(µs) (0.173 = the engine's 2^(1/4) bins)")
 ap.add_argument("--train", type=int, default=19302, help="rows learned only (the paper's protocol)")
-ap.add_argument("--score", choices=["tail", "density"], default="tail",
+ap.add_argument("--score", choices=["tail", "density", "slowdown"], default="tail",
                 help="tail: P(this slow or slower); density: the mass of the key's bins no denser than the "
                      "span's (a highest-density-region p-value, slower side of the median only), which ranks "
-                     "a recurring slow mode (5 s time-outs) below an empty stretch of the tail")
+                     "a recurring slow mode (5 s time-outs) below an empty stretch of the tail; "
+                     "slowdown: the likelihood ratio of a slowdown (see above)")
+ap.add_argument("--self-gate", type=float, default=None, metavar="TAU",
+                help="no labels: learn a span unless its score is above TAU (with --score slowdown)")
 ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "data", "seed-tracemesh", "spans.csv.gz"))
 args = ap.parse_args()
 
 with gzip.open(args.data, "rt") as f:
     rows = [(r["service"] + "::" + r["operation"], math.log1p(float(r["duration_ms"]) * 1000.0), r["label"] == "1")
             for r in csv.DictReader(f)]
+
+
+SLOW_LO, SLOW_HI = 0.75 * math.log(2), 5 * math.log(2)  # x1.68 .. x32, in ln
+SMOOTH_MIN, SMOOTH_ONE, WIDE_SHARE, WIDE = 0.6, 3.5, 0.05, 6.0  # in bins of 2^(1/4)
+ENGINE_BIN = math.log(2) / 4
+
+
+class Kernels:
+    """Kernel tables by integer bin distance, for bandwidths quantized to 0.1 engine bins."""
+
+    def __init__(self, width: float):
+        self.width = width
+        self.reach = int(40 / width * ENGINE_BIN) + 1
+        self.shifts = [k * width for k in range(int(SLOW_LO / width), int(SLOW_HI / width) + 1)]
+        self.levels: dict[int, tuple[list[float], list[float]]] = {}
+
+    def _gauss(self, d: float, sigma: float) -> float:
+        return math.exp(-0.5 * (d / sigma) ** 2) / sigma
+
+    def level(self, n: int) -> tuple[list[float], list[float]]:
+        sigma_bins = max(SMOOTH_MIN, SMOOTH_ONE * n ** -0.2)
+        q = round(sigma_bins * 10)
+        if q not in self.levels:
+            sigma, wide = q / 10 * ENGINE_BIN, WIDE * ENGINE_BIN  # in ln
+
+            def k(d: float) -> float:
+                return (1 - WIDE_SHARE) * self._gauss(d, sigma) + WIDE_SHARE * self._gauss(d, wide)
+
+            ds = [(i - self.reach) * self.width for i in range(2 * self.reach + 1)]
+            self.levels[q] = ([k(d) for d in ds],
+                              [sum(k(d - s) for s in self.shifts) / len(self.shifts) for d in ds])
+        return self.levels[q]
+
+    def slowdown(self, h: collections.Counter, n: int, b: int) -> float:
+        ordinary, slow = self.level(n)
+        p = q = 0.0
+        for x, c in h.items():
+            d = b - x
+            if -self.reach <= d <= self.reach:
+                p += c * ordinary[d + self.reach]
+                q += c * slow[d + self.reach]
+        if p == 0.0 and q == 0.0:  # beyond reach of everything learned
+            return 50.0 if b > max(h) else -50.0
+        return math.log(q + 1e-300) - math.log(p + 1e-300)
 
 
 def f1_at(scored: list[tuple[float, bool]], fpr: float | None) -> tuple[float, float, float]:
@@ -72,10 +129,17 @@ for width in args.bin:
     sorted_bins: dict[str, list[int]] = collections.defaultdict(list)
     total: collections.Counter = collections.Counter()
     scored = []
+    kernels = Kernels(width)
     for i, (key, ld, anomalous) in enumerate(rows):
         b = int(ld / width)
         h, n = hist[key], total[key]
-        if i >= args.train:
+        score = None
+        if args.score == "slowdown":
+            score = kernels.slowdown(h, n, b) if n else 0.0
+        if score is not None:
+            if i >= args.train:
+                scored.append((score, anomalous))
+        elif i >= args.train:
             if n == 0:
                 tail = 1.0
             else:
@@ -90,7 +154,11 @@ for width in args.bin:
                         d0 = h.get(b, 0)
                         tail = (sum(c for c in h.values() if c <= d0) + 0.5) / (n + 1)
             scored.append((-math.log(tail), anomalous))
-        if not anomalous:
+        if args.self_gate is not None:
+            learn = n < 5 or score is None or score <= args.self_gate
+        else:
+            learn = not anomalous
+        if learn:
             if b not in h:
                 bisect.insort(sorted_bins[key], b)
             h[b] += 1
