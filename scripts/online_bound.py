@@ -24,7 +24,7 @@ score is above TAU (a key's first 5 spans always are), which is what an engine c
 never learned what it held back.
 
 Usage: scripts/online_bound.py [--bin 0.25] [--train 19302] [--score tail|density|slowdown]
-                               [--self-gate TAU]
+                               [--self-gate TAU [--learn-every N]]
 """
 import argparse
 import bisect
@@ -45,6 +45,8 @@ ap.add_argument("--score", choices=["tail", "density", "slowdown"], default="tai
                      "slowdown: the likelihood ratio of a slowdown (see above)")
 ap.add_argument("--self-gate", type=float, default=None, metavar="TAU",
                 help="no labels: learn a span unless its score is above TAU (with --score slowdown)")
+ap.add_argument("--learn-every", type=int, default=0, metavar="N",
+                help="with --self-gate: learn one in N of the spans held back (the engine's INCIDENT_LEARN_EVERY)")
 ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "data", "seed-tracemesh", "spans.csv.gz"))
 args = ap.parse_args()
 
@@ -130,6 +132,7 @@ for width in args.bin:
     total: collections.Counter = collections.Counter()
     scored = []
     kernels = Kernels(width)
+    held = 0
     for i, (key, ld, anomalous) in enumerate(rows):
         b = int(ld / width)
         h, n = hist[key], total[key]
@@ -156,6 +159,9 @@ for width in args.bin:
             scored.append((-math.log(tail), anomalous))
         if args.self_gate is not None:
             learn = n < 5 or score is None or score <= args.self_gate
+            if not learn and args.learn_every:
+                held += 1
+                learn = held % args.learn_every == 0
         else:
             learn = not anomalous
         if learn:
