@@ -3,7 +3,18 @@
 //!
 //! A [`Calibrator`] keeps a weighted histogram of scores and puts the threshold at its
 //! `1 − keep_budget` quantile, recomputed every [`RECOMPUTE_EVERY`] scores; old scores fade by
-//! half every [`HALF_LIFE_SCORES`] (of weight). The engine decides what each score weighs (see
+//! half every [`HALF_LIFE_SCORES`] (of weight).
+//!
+//! **A young calibrator forgets as fast as it has learned.** Until it is ready every score counts
+//! alike; from then until it holds [`HALF_LIFE_SCORES`] of weight, its half-life is the weight
+//! it holds (at least
+//! [`YOUNG_TAIL_SCORES`] scores above the threshold's worth, `2,000` scores at a budget of 1 %):
+//! a young engine's scores drift as its forest's first windows pass and its keys mature, upwards
+//! on one system and downwards on another, and a threshold that weighed the first minute as much
+//! as the tenth would keep too little for minutes afterwards (the OpenTelemetry demo's first
+//! replay: 0.62 % of the other services' spans against 0.92 % in the second) or too much. Once
+//! it holds that much weight, the half-life is fixed: a settled engine's threshold does not chase
+//! the last minute's traffic. The engine decides what each score weighs (see
 //! [`crate::Engine`]): ordinary spans count fully, the spans of an incident hardly at all, so an
 //! incident does not raise the threshold its own spans are judged by and its spans are not
 //! "used up" by the budget.
@@ -29,6 +40,9 @@ pub const RECOMPUTE_EVERY: u32 = 256;
 pub const HALF_LIFE_SCORES: f64 = 32_768.0;
 /// Scores the tail above the threshold must hold before the threshold is trusted.
 pub const MIN_TAIL_SCORES: f64 = 10.0;
+/// While young, the calibrator's half-life is the weight it holds, but never shorter than
+/// this many scores above the threshold (`YOUNG_TAIL_SCORES / budget` scores in all).
+pub const YOUNG_TAIL_SCORES: f64 = 20.0;
 
 /// A threshold calibrated to a keep budget.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,11 +126,21 @@ impl Calibrator {
     pub fn add(&mut self, score: f64, weight: f32) {
         // Old scores fade per unit of weight added: 2^(weight / HALF_LIFE_SCORES).
         const GROWTH: f32 = 1.000_021_1; // 2^(1 / HALF_LIFE_SCORES)
-        self.unit *= if weight == 1.0 {
-            GROWTH
+        // While young, the half-life is the weight held, at least `YOUNG_TAIL_SCORES / budget`
+        // (see the module docs).
+        let held = self.total / self.unit as f64;
+        if self.threshold.is_none() {
+            // Not ready: every score counts alike until there are enough for a threshold.
+        } else if held < HALF_LIFE_SCORES {
+            let half_life = held.max(YOUNG_TAIL_SCORES / self.budget);
+            self.unit *= (weight as f64 / half_life.min(HALF_LIFE_SCORES)).exp2() as f32;
         } else {
-            (weight as f64 / HALF_LIFE_SCORES).exp2() as f32
-        };
+            self.unit *= if weight == 1.0 {
+                GROWTH
+            } else {
+                (weight as f64 / HALF_LIFE_SCORES).exp2() as f32
+            };
+        }
         if self.unit > 1e30 {
             for b in &mut self.bins {
                 *b *= 1e-30;
@@ -205,6 +229,26 @@ mod tests {
         }
         assert_eq!(bin_of(1.0), BINS - 1);
         assert_eq!(bin_of(-3.0), 0);
+    }
+
+    #[test]
+    fn a_young_calibrator_follows_its_scores_as_they_settle() {
+        // A young engine's first scores have a heavier upper tail than its settled ones (here
+        // 5,000 of them, then 15,000 settled). The threshold must keep about the budget of the
+        // settled scores, not a fraction of it (a half-life fixed at HALF_LIFE_SCORES from the
+        // start keeps 0.15 % here).
+        let mut c = Calibrator::new(0.01);
+        let mut rng = SplitMix64::new(9);
+        for _ in 0..5_000 {
+            c.add(1.0 - 0.2 * rng.next_f64().sqrt(), 1.0);
+        }
+        let mut settled = move || 1.0 - 0.2 * rng.next_f64().powf(0.25);
+        for _ in 0..15_000 {
+            c.add(settled(), 1.0);
+        }
+        let t = c.threshold().unwrap();
+        let kept = (0..100_000).filter(|_| settled() >= t).count() as f64 / 1e5;
+        assert!((0.005..0.02).contains(&kept), "kept {kept} at {t}");
     }
 
     #[test]
