@@ -128,10 +128,10 @@ impl Calibrator {
         const GROWTH: f32 = 1.000_021_1; // 2^(1 / HALF_LIFE_SCORES)
         // While young, the half-life is the weight held, at least `YOUNG_TAIL_SCORES / budget`
         // (see the module docs).
-        let held = self.total / self.unit as f64;
         if self.threshold.is_none() {
             // Not ready: every score counts alike until there are enough for a threshold.
-        } else if held < HALF_LIFE_SCORES {
+        } else if self.total < HALF_LIFE_SCORES * self.unit as f64 {
+            let held = self.total / self.unit as f64;
             let half_life = held.max(YOUNG_TAIL_SCORES / self.budget);
             self.unit *= (weight as f64 / half_life.min(HALF_LIFE_SCORES)).exp2() as f32;
         } else {
