@@ -2,11 +2,13 @@
 """Span timelines for `scale eval` besides the recorded ones (Python standard library only).
 
 Each stream is a CSV `start_unix_nano,service,operation,duration_ms,label` ordered by start time,
-the shape `scale eval` reads as a timeline (spans arrive when they end). Deterministic (seeded).
+the shape `scale eval` reads as a timeline (spans arrive when they end); the demo's also has
+`arrival_unix_nano` and is ordered by it. Deterministic (seeded).
 
   demo        the recorded OpenTelemetry demo traces (data/otel-demo) replayed as `make demo` does:
               one pass over the 1,876 traces every 60 s, every trace shifted so that its
-              request ends when it is sent (scripts/demo.py `request_end`); two normal passes,
+              request ends when it is sent (scripts/demo.py `request_end`), and all its spans
+              arriving then, together (as the collector receives them); two normal passes,
               then every checkoutservice span 10x slower for 40 s (label 1), then normal passes
               again for 120 s. Also writes demo-faults.csv.
   regular     3 operations at 5, 50 and 500 ms (uniform +-10 % jitter), 30 spans/s each for
@@ -48,6 +50,16 @@ def write(path: Path, rows: list[tuple[int, str, str, float, int]]) -> None:
             f.write(f"{st},{svc},{op},{d:.6f},{lab}\n")
 
 
+def write_arrivals(path: Path, rows: list[tuple[int, int, str, str, float, int]]) -> None:
+    """Rows `(arrival, start, service, operation, duration_ms, label)`, in arrival order: `scale
+    eval` gives each span to the engine at its arrival, not at its end."""
+    rows.sort(key=lambda r: (r[0], r[1]))
+    with gzip.open(path, "wt", newline="") as f:
+        f.write("arrival_unix_nano,start_unix_nano,service,operation,duration_ms,label\n")
+        for at, st, svc, op, d, lab in rows:
+            f.write(f"{at},{st},{svc},{op},{d:.6f},{lab}\n")
+
+
 def demo(out: Path) -> None:
     """The `make demo` replay, offline: passes of the recording, a 10x checkout fault."""
     # The traces, their order, the fault and the shift as scripts/demo.py sends them.
@@ -67,11 +79,12 @@ def demo(out: Path) -> None:
         spans = [(svc, sp, st, st + (en - st) * factor if faulty and svc == fault_svc and en > st else en)
                  for svc, sp, st, en, *_ in tr.spans]
         shift = sent - demo_py.request_end(spans)
+        # The whole trace reaches the collector when it is sent, as scripts/demo.py sends it.
         for svc, sp, st, en in spans:
             lab = 1 if faulty and svc == fault_svc else 0
-            rows.append((st + shift, svc, sp["name"], max(0, en - st) / 1e6, lab))
+            rows.append((sent, st + shift, svc, sp["name"], max(0, en - st) / 1e6, lab))
         i += 1
-    write(out / "demo.csv.gz", rows)
+    write_arrivals(out / "demo.csv.gz", rows)
     (out / "demo-faults.csv").write_text(
         "fault_id,service,fault_type,start_unix_nano,end_unix_nano\n"
         f"demo-checkout,checkoutservice,latency_x{factor},{fault[0]},{fault[1]}\n")

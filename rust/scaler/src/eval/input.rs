@@ -6,9 +6,10 @@
 //! * **CSV** with a header naming its columns: `operation` and `duration_ms` are required,
 //!   `service` (default `unknown_service`), `label` (`0`/`1`/`true`/`false`) and
 //!   `start_unix_nano` (the span's start, ns since the Unix epoch: a timeline, see
-//!   [`super`]) are optional, in any order; other columns are ignored (so the paper's
+//!   [`super`]) and `arrival_unix_nano` (when the span reached the collector, with
+//!   `start_unix_nano`) are optional, in any order; other columns are ignored (so the paper's
 //!   `seed_results.csv` reads too). With `start_unix_nano` a row's timing is its start and its
-//!   end (start + duration); a start that does not parse makes the row a bad line. Fields may be
+//!   end (start + duration); a start or arrival that does not parse makes the row a bad line. Fields may be
 //!   double-quoted (RFC 4180, one line per record). A duration that does not parse becomes
 //!   `NaN`, which the engine counts as skipped (`invalid_duration`), so stream positions are kept.
 //!   A row with the wrong number of fields or a bad label is a *bad line*: counted, not fed.
@@ -111,6 +112,9 @@ pub struct SpanRecord<'a> {
     pub span_id: [u8; 8],
     /// Ground truth, if the input carries it.
     pub label: Option<bool>,
+    /// When the span reached the collector (CSV `arrival_unix_nano`), if the input says; a span
+    /// with times and no arrival arrives when it ends.
+    pub arrival_ns: Option<u64>,
 }
 
 /// What reading one file found.
@@ -294,6 +298,8 @@ pub struct CsvColumns {
     pub label: Option<usize>,
     /// `start_unix_nano`, if present.
     pub start: Option<usize>,
+    /// `arrival_unix_nano`, if present.
+    pub arrival: Option<usize>,
 }
 
 impl CsvColumns {
@@ -313,6 +319,7 @@ impl CsvColumns {
                 duration,
                 label: find("label"),
                 start: find("start_unix_nano"),
+                arrival: find("arrival_unix_nano"),
             }),
             (o, d) => Err([(o.is_none(), "operation"), (d.is_none(), "duration_ms")]
                 .iter()
@@ -389,6 +396,14 @@ fn read_csv(
                 Err(_) => Timing::DurationMs(duration),
             },
         };
+        let arrival_ns = match c.arrival.map(|i| fields[i].trim().parse::<u64>()) {
+            None => None,
+            Some(Ok(a)) => Some(a),
+            Some(Err(_)) => {
+                summary.bad_lines += 1;
+                continue;
+            }
+        };
         let service = c
             .service
             .map(|i| fields[i].as_ref())
@@ -402,6 +417,7 @@ fn read_csv(
             trace_id: [0; 16],
             span_id: [0; 8],
             label,
+            arrival_ns,
         });
     }
     Ok(())
@@ -509,6 +525,7 @@ pub fn emit_request(
                     trace_id: id(&span.trace_id),
                     span_id: id(&span.span_id),
                     label: label_of(attr(&span.attributes, "scale.label")),
+                    arrival_ns: None,
                 });
             }
         }

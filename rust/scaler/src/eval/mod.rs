@@ -12,8 +12,10 @@
 //!    the engine when they *end*, as they reach a collector: a reorder buffer holds each span
 //!    until the input has moved past its end (exact for input ordered by start time, like the
 //!    recorded fault data; a span that ends before spans already given is counted as `late` and
-//!    goes in at once). The data's clock is the latest end so far; CSV rows without times advance
-//!    it by 1 ms each. A batch ends after [`BATCH`] spans or [`BATCH_SPAN_NS`] of the clock and
+//!    goes in at once). A CSV with `arrival_unix_nano` says when each span reached the collector
+//!    instead (an SDK or a replay sends a trace's spans together, after the request ends), and
+//!    is read in that order; the engine still gets each span's own times. The data's clock is
+//!    the latest arrival so far; CSV rows without times advance it by 1 ms each. A batch ends after [`BATCH`] spans or [`BATCH_SPAN_NS`] of the clock and
 //!    is processed at the clock's value after its last span, so rule windows run on the data's
 //!    own time.
 //! 4. Skipped spans (bad timing; see [`scale_core::SkipReason`]) are counted by the engine and
@@ -305,7 +307,8 @@ pub struct SpanCounts {
     pub skipped_by_reason: BTreeMap<&'static str, u64>,
     /// Input lines/rows that could not be used (not given to the engine).
     pub bad_input_lines: u64,
-    /// Timed spans that ended before spans already processed (input not ordered by start).
+    /// Timed spans that arrived (ended, or at their `arrival_unix_nano`) before spans already
+    /// processed (input not in order).
     pub late: u64,
 }
 
@@ -454,14 +457,15 @@ impl Slot {
 /// A timed span in the reorder buffer, ordered by end time, then by input order.
 #[derive(Debug)]
 struct Pending {
-    end_ns: u64,
+    /// When the span reaches the engine: its arrival if the input gives one, else its end.
+    arrive_ns: u64,
     seq: u64,
     slot: Slot,
 }
 
 impl PartialEq for Pending {
     fn eq(&self, o: &Self) -> bool {
-        (self.end_ns, self.seq) == (o.end_ns, o.seq)
+        (self.arrive_ns, self.seq) == (o.arrive_ns, o.seq)
     }
 }
 impl Eq for Pending {}
@@ -472,8 +476,8 @@ impl PartialOrd for Pending {
 }
 impl Ord for Pending {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        // Reversed: BinaryHeap is a max-heap and the earliest end must come out first.
-        (o.end_ns, o.seq).cmp(&(self.end_ns, self.seq))
+        // Reversed: BinaryHeap is a max-heap and the earliest arrival must come out first.
+        (o.arrive_ns, o.seq).cmp(&(self.arrive_ns, self.seq))
     }
 }
 
@@ -548,8 +552,9 @@ struct Runner {
     clock_ns: u64,
     /// The clock when the current batch began.
     batch_start_ns: u64,
-    /// Timed spans not yet arrived, and the latest start read so far: a span whose end is at
-    /// or before it has arrived, for every later span of a start-ordered input starts after it.
+    /// Timed spans not yet arrived, and the latest start (or arrival, for input that gives
+    /// arrivals) read so far: a span whose end is at or before it has arrived, for every later
+    /// span of a start-ordered input starts after it (of an arrival-ordered one, arrives).
     pending: std::collections::BinaryHeap<Pending>,
     frontier_ns: u64,
     seq: u64,
@@ -579,12 +584,13 @@ impl Runner {
                 let mut slot = Slot::default();
                 slot.fill(r);
                 self.seq += 1;
+                let arrive_ns = r.arrival_ns.unwrap_or(end_ns);
                 self.pending.push(Pending {
-                    end_ns,
+                    arrive_ns,
                     seq: self.seq,
                     slot,
                 });
-                self.frontier_ns = self.frontier_ns.max(start_ns);
+                self.frontier_ns = self.frontier_ns.max(r.arrival_ns.unwrap_or(start_ns));
                 self.release(false);
             }
             // Untimed rows, and timing the engine will refuse, go in as read; CSV rows without
@@ -605,14 +611,16 @@ impl Runner {
     /// Give the engine every pending span that has arrived (all of them at the end).
     fn release(&mut self, all: bool) {
         while let Some(p) = self.pending.peek() {
-            if !all && p.end_ns > self.frontier_ns {
+            if !all && p.arrive_ns > self.frontier_ns {
                 break;
             }
-            let Pending { end_ns, slot, .. } = self.pending.pop().expect("peeked");
-            if end_ns < self.clock_ns {
+            let Pending {
+                arrive_ns, slot, ..
+            } = self.pending.pop().expect("peeked");
+            if arrive_ns < self.clock_ns {
                 self.late += 1;
             }
-            self.clock_ns = self.clock_ns.max(end_ns);
+            self.clock_ns = self.clock_ns.max(arrive_ns);
             let at = self.clock_ns;
             let s = self.next_slot();
             *s = slot;
@@ -1396,6 +1404,56 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["metrics"]["tp"], m.confusion.tp);
         assert_eq!(json["config"]["mode"], "keyed");
+    }
+
+    #[test]
+    fn spans_arrive_at_their_arrival_when_the_input_gives_one() {
+        // A trace sent whole when its request ends (60 ms): its child ended at 6 ms, its root at
+        // 60 ms; they arrive together, in input order, not by end. Then a span alone.
+        const T: u64 = 1_700_000_000_000_000_000;
+        let ms = |m: u64| T + m * 1_000_000;
+        let csv = format!(
+            "start_unix_nano,arrival_unix_nano,service,operation,duration_ms\n\
+             {},{},s,root,60\n{},{},s,child,1\n{},{},s,alone,1\n{},x,s,bad,1\n",
+            ms(0),
+            ms(60),
+            ms(5),
+            ms(60),
+            ms(70),
+            ms(71),
+            ms(80),
+        );
+        let p = temp("arrival.csv", &csv);
+        let scores = p.with_extension("scores.csv");
+        let a = args(&[
+            "--train-size",
+            "0",
+            "--scores",
+            scores.to_str().unwrap(),
+            p.to_str().unwrap(),
+        ]);
+        let r = run(&a).unwrap();
+        assert_eq!(
+            (r.spans.total, r.spans.late, r.spans.bad_input_lines),
+            (3, 0, 1)
+        );
+        let text = std::fs::read_to_string(&scores).unwrap();
+        let rows: Vec<(String, u64)> = text
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[7].to_string(), f[5].parse().unwrap())
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("root".to_string(), ms(60)),
+                ("child".to_string(), ms(60)),
+                ("alone".to_string(), ms(71)),
+            ]
+        );
     }
 
     #[test]

@@ -555,6 +555,7 @@ mod tests {
             trace_id: [id; 16],
             span_id: [id; 8],
             label: None,
+            arrival_ns: None,
         }
     }
 
