@@ -7,7 +7,8 @@
 //!   `service` (default `unknown_service`), `label` (`0`/`1`/`true`/`false`) and
 //!   `start_unix_nano` (the span's start, ns since the Unix epoch: a timeline, see
 //!   [`super`]) and `arrival_unix_nano` (when the span reached the collector, with
-//!   `start_unix_nano`) are optional, in any order; other columns are ignored (so the paper's
+//!   `start_unix_nano`: `scale eval` gives spans to the engine in that order; `scale train`
+//!   learns a store's spans by their end and ignores it) are optional, in any order; other columns are ignored (so the paper's
 //!   `seed_results.csv` reads too). With `start_unix_nano` a row's timing is its start and its
 //!   end (start + duration); a start or arrival that does not parse makes the row a bad line. Fields may be
 //!   double-quoted (RFC 4180, one line per record). A duration that does not parse becomes
