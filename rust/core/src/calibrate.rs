@@ -6,18 +6,17 @@
 //! half every [`HALF_LIFE_SCORES`] (of weight).
 //!
 //! **A young calibrator forgets as fast as it has learned.** Until it is ready every score counts
-//! alike; from then until it holds [`HALF_LIFE_SCORES`] of weight, its half-life is the weight
-//! it holds (at least
-//! [`YOUNG_TAIL_SCORES`] scores above the threshold's worth, `2,000` scores at a budget of 1 %):
-//! a young engine's scores drift as its forest's first windows pass and its keys mature, upwards
-//! on one system and downwards on another, and a threshold that weighed the first minute as much
-//! as the tenth would keep too little for minutes afterwards (the OpenTelemetry demo's first
-//! replay: 0.62 % of the other services' spans against 0.92 % in the second) or too much. Once
-//! it holds that much weight, the half-life is fixed: a settled engine's threshold does not chase
-//! the last minute's traffic. The engine decides what each score weighs (see
+//! alike; from then until it holds [`HALF_LIFE_SCORES`] of weight, its half-life is the weight it
+//! holds (at least [`YOUNG_TAIL_SCORES`] scores above the threshold's worth, `2,000` scores at a
+//! budget of 1 %): a young engine's scores drift as its forest's first windows pass and its keys
+//! mature, upwards on one system and downwards on another, and a threshold that weighed the first
+//! minute as much as the tenth would keep too little for minutes afterwards (the OpenTelemetry
+//! demo's first replay: 0.62 % of the other services' spans against 0.92 % in the second) or too
+//! much. Once it holds that much weight, the half-life is fixed: a settled engine's threshold does
+//! not chase the last minute's traffic. The engine decides what each score weighs (see
 //! [`crate::Engine`]): ordinary spans count fully, the spans of an incident hardly at all, so an
-//! incident does not raise the threshold its own spans are judged by and its spans are not
-//! "used up" by the budget.
+//! incident does not raise the threshold its own spans are judged by and its spans are not "used
+//! up" by the budget.
 //!
 //! Scores are binned by `1 − score` on a logarithmic scale ([`BINS_PER_OCTAVE`] bins per halving,
 //! read off the floating-point exponent and mantissa), so the resolution is finest where

@@ -4,16 +4,16 @@
 //! # Formats
 //!
 //! * **CSV** with a header naming its columns: `operation` and `duration_ms` are required,
-//!   `service` (default `unknown_service`), `label` (`0`/`1`/`true`/`false`) and
-//!   `start_unix_nano` (the span's start, ns since the Unix epoch: a timeline, see
-//!   [`super`]) and `arrival_unix_nano` (when the span reached the collector, with
-//!   `start_unix_nano`: `scale eval` gives spans to the engine in that order; `scale train`
-//!   learns a store's spans by their end and ignores it) are optional, in any order; other columns are ignored (so the paper's
-//!   `seed_results.csv` reads too). With `start_unix_nano` a row's timing is its start and its
-//!   end (start + duration); a start or arrival that does not parse makes the row a bad line. Fields may be
-//!   double-quoted (RFC 4180, one line per record). A duration that does not parse becomes
-//!   `NaN`, which the engine counts as skipped (`invalid_duration`), so stream positions are kept.
-//!   A row with the wrong number of fields or a bad label is a *bad line*: counted, not fed.
+//!   `service` (default `unknown_service`), `label` (`0`/`1`/`true`/`false`) and `start_unix_nano`
+//!   (the span's start, ns since the Unix epoch: a timeline, see [`super`]) and `arrival_unix_nano`
+//!   (when the span reached the collector, with `start_unix_nano`: `scale eval` gives spans to the
+//!   engine in that order; `scale train` learns a store's spans by their end and ignores it) are
+//!   optional, in any order; other columns are ignored (so the paper's `seed_results.csv` reads
+//!   too). With `start_unix_nano` a row's timing is its start and its end (start + duration); a
+//!   start or arrival that does not parse makes the row a bad line. Fields may be double-quoted
+//!   (RFC 4180, one line per record). A duration that does not parse becomes `NaN`, which the
+//!   engine counts as skipped (`invalid_duration`), so stream positions are kept. A row with the
+//!   wrong number of fields or a bad label is a *bad line*: counted, not fed.
 //! * **OTLP JSON lines**: one `ExportTraceServiceRequest` per line, as written by the collector's
 //!   file exporter and read by its `otlpjsonfile` receiver. Parsed with `opentelemetry-proto`'s
 //!   serde support, which decodes hex trace/span ids and string-encoded 64-bit integers. Service

@@ -8,16 +8,16 @@
 //!    are fed to [`Engine::process_batch`] in batches of [`BATCH`], by key id ([`SpanKey::Id`],
 //!    names interned just before the call, as the C ABI's callers cache ids), with one
 //!    [`BatchOutput`] reused throughout. Batches run across file boundaries.
-//! 3. **Timelines.** Spans with start and end times (OTLP, or CSV with `start_unix_nano`) reach
-//!    the engine when they *end*, as they reach a collector: a reorder buffer holds each span
-//!    until the input has moved past its end (exact for input ordered by start time, like the
-//!    recorded fault data; a span that ends before spans already given is counted as `late` and
-//!    goes in at once). A CSV with `arrival_unix_nano` says when each span reached the collector
-//!    instead (an SDK or a replay sends a trace's spans together, after the request ends), and
-//!    is read in that order; the engine still gets each span's own times. The data's clock is
-//!    the latest arrival so far; CSV rows without times advance it by 1 ms each. A batch ends after [`BATCH`] spans or [`BATCH_SPAN_NS`] of the clock and
-//!    is processed at the clock's value after its last span, so rule windows run on the data's
-//!    own time.
+//! 3. **Timelines.** Spans with start and end times (OTLP, or CSV with `start_unix_nano`) reach the
+//!    engine when they *end*, as they reach a collector: a reorder buffer holds each span until the
+//!    input has moved past its end (exact for input ordered by start time, like the recorded fault
+//!    data; a span that ends before spans already given is counted as `late` and goes in at once).
+//!    A CSV with `arrival_unix_nano` says when each span reached the collector instead (an SDK or a
+//!    replay sends a trace's spans together, after the request ends), and is read in that order;
+//!    the engine still gets each span's own times. The data's clock is the latest arrival so far;
+//!    CSV rows without times advance it by 1 ms each. A batch ends after [`BATCH`] spans or
+//!    [`BATCH_SPAN_NS`] of the clock and is processed at the clock's value after its last span, so
+//!    rule windows run on the data's own time.
 //! 4. Skipped spans (bad timing; see [`scale_core::SkipReason`]) are counted by the engine and
 //!    excluded from everything else. Of the rest, the first `train_size` are the training prefix
 //!    (the engine learns them and keeps none — the same count the engine uses); all later
