@@ -1,6 +1,8 @@
-//! Replays a span CSV (`[start_unix_nano,]service,operation,duration_ms[,label]`, in arrival
-//! order) through an engine and prints, per span, what the engine saw and decided: a tool for
-//! looking into detection, not a benchmark.
+//! Replays a span CSV (`[arrival_unix_nano,][start_unix_nano,]service,operation,duration_ms[,label]`,
+//! in arrival order) through an engine and prints, per span, what the engine saw and decided: a
+//! tool for looking into detection, not a benchmark. A span reaches the engine at
+//! `arrival_unix_nano` when the file has it (as `scale eval` does), else at its end, else
+//! (no times) one millisecond after the one before.
 //!
 //! ```sh
 //! cargo run --workspace --release --example probe -- CONFIG.yaml SPANS.csv > probe.csv
@@ -24,7 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let header = lines.next().ok_or("empty file")??;
     let cols: Vec<&str> = header.split(',').collect();
     let col = |n: &str| cols.iter().position(|c| *c == n);
-    let (start, service, operation, duration, label) = (
+    let (arrival, start, service, operation, duration, label) = (
+        col("arrival_unix_nano"),
         col("start_unix_nano"),
         col("service"),
         col("operation").ok_or("no operation column")?,
@@ -42,9 +45,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let line = line?;
         let f: Vec<&str> = line.split(',').collect();
         let d: f64 = f[duration].parse()?;
-        let now = match start {
-            Some(s) => f[s].parse::<u64>()? + (d * 1e6) as u64,
-            None => i as u64 * 1_000_000 + 1,
+        let now = match (arrival, start) {
+            (Some(a), _) => f[a].parse::<u64>()?,
+            (None, Some(s)) => f[s].parse::<u64>()? + (d * 1e6) as u64,
+            (None, None) => i as u64 * 1_000_000 + 1,
         };
         let svc = service.map_or("unknown_service", |s| f[s]);
         let span = SpanRef {
